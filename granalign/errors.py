@@ -1,0 +1,19 @@
+"""Errors a user can act on.
+
+Every error that reaches a user names the input and what is wrong with it, so the CLI can
+print the message alone instead of a traceback from deep inside a library.
+"""
+
+from __future__ import annotations
+
+
+class GranAlignError(Exception):
+    """Base class of every error the CLI reports as a one-line message."""
+
+
+class InputError(GranAlignError, ValueError):
+    """An input (file, line, argument, setting) is missing or malformed."""
+
+
+class ConfigError(InputError):
+    """A setting (backend spec, hyperparameter) is out of range or unknown."""

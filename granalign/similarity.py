@@ -1,0 +1,100 @@
+"""Similarity g between query variants and clip captions (GranAlign §3, the ``g`` of the fusion).
+
+The paper scores a clip by the cosine similarity of two sentence embeddings and min–max
+normalises it over the clips of one video.  The normalisation matters: raw cosines of different
+query variants live on different scales (a short simplified query is close to *every* caption),
+and only after mapping each query's curve to [0, 1] can the curves of several variants be
+averaged and thresholded with one histogram.
+
+numpy only, no model: the embeddings are computed elsewhere and handed in as arrays.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from granalign.errors import InputError
+
+FloatArray = NDArray[np.float64]
+
+# A row whose spread is below this fraction of its magnitude is treated as constant: such
+# differences come from float rounding (the same caption embedded twice), not from the model
+# preferring one clip, and stretching them to [0, 1] would invent a preference.
+_CONSTANT_RTOL = 1e-12
+
+
+def as_finite_array(values: ArrayLike, name: str, *, ndim: int | None = None) -> FloatArray:
+    """Return ``values`` as a float64 array, or raise ``InputError`` naming ``name``.
+
+    Shared by every math module so that a NaN from a failed embedding or an empty caption is
+    reported at the boundary with the argument's name, instead of silently turning a whole
+    ranking into NaN several stages later.
+    """
+    try:
+        array = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{name} must be numeric: {exc}") from exc
+    if ndim is not None and array.ndim != ndim:
+        raise InputError(f"{name} must be a {ndim}-D array, got shape {array.shape}")
+    if not np.all(np.isfinite(array)):
+        bad = int(np.count_nonzero(~np.isfinite(array)))
+        raise InputError(f"{name} contains {bad} NaN or infinite value(s)")
+    return array
+
+
+def _unit_rows(vectors: FloatArray) -> FloatArray:
+    """Scale every row to unit length; a zero row stays zero.
+
+    A zero vector has no direction, so it is treated as similar to nothing (cosine 0) rather
+    than producing 0/0 = NaN that would poison the min–max normalisation of the whole video.
+    """
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    safe = np.where(norms > 0.0, norms, 1.0)
+    return np.where(norms > 0.0, vectors / safe, 0.0)
+
+
+def cosine_similarity(queries: ArrayLike, captions: ArrayLike) -> FloatArray:
+    """Cosine similarity of every query embedding (q, d) with every caption embedding (n, d).
+
+    Returns a (q, n) array in [-1, 1].  Zero-norm vectors give similarity 0 (see
+    ``_unit_rows``).  One matrix product, so 18,000 captions cost a few milliseconds.
+    """
+    q = as_finite_array(queries, "queries", ndim=2)
+    c = as_finite_array(captions, "captions", ndim=2)
+    if q.shape[0] == 0:
+        raise InputError("queries must hold at least one embedding (shape (q, d) with q >= 1)")
+    if c.shape[0] == 0:
+        raise InputError("captions must hold at least one embedding (shape (n, d) with n >= 1)")
+    if q.shape[1] != c.shape[1]:
+        raise InputError(
+            f"queries and captions must have the same embedding size, got {q.shape[1]} and {c.shape[1]}"
+        )
+    sims = _unit_rows(q) @ _unit_rows(c).T
+    # Rounding can push |cos| a hair past 1; clip so downstream range checks stay exact.
+    return np.clip(sims, -1.0, 1.0)
+
+
+def minmax_normalise(scores: ArrayLike) -> FloatArray:
+    """Min–max normalise over the last axis (the clips), row by row, into [0, 1].
+
+    A constant row (max == min, up to float rounding) becomes all zeros: no clip is preferred
+    over another, so no clip may look like a perfect match (1.0) and win the proposal stage;
+    zeros also keep such a query variant from lifting any clip in the averaged fusion.
+    """
+    s = as_finite_array(scores, "scores")
+    if s.ndim == 0 or s.shape[-1] == 0:
+        raise InputError(f"scores must have at least one clip on its last axis, got shape {s.shape}")
+    low = s.min(axis=-1, keepdims=True)
+    high = s.max(axis=-1, keepdims=True)
+    spread = high - low
+    scale = np.maximum(np.abs(high), np.abs(low))
+    constant = spread <= _CONSTANT_RTOL * np.maximum(scale, 1.0)
+    safe = np.where(constant, 1.0, spread)
+    out = np.where(constant, 0.0, (s - low) / safe)
+    return np.clip(out, 0.0, 1.0)
+
+
+def normalised_similarity(queries: ArrayLike, captions: ArrayLike) -> FloatArray:
+    """The paper's g: cosine similarity min–max normalised over the clips of the video, (q, n)."""
+    return minmax_normalise(cosine_similarity(queries, captions))

@@ -1,0 +1,187 @@
+"""Run-time configuration of the retrieval graph (LangGraph ``context_schema``).
+
+Every hyperparameter of the method and every backend spec lives here with its default and a
+one-line description (shown as a form in LangGraph Studio).  Any field can be overridden by an
+environment variable ``GRANALIGN_<FIELD>`` (e.g. ``GRANALIGN_NMS_IOU=0.7``) so a deployment is
+configured without code, and every value is validated at construction so a typo fails before a
+model is loaded, with the allowed range in the message.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import MISSING, dataclass, field, fields, replace
+from typing import Any, Literal, get_args
+
+from granalign.errors import ConfigError
+from granalign.specs import parse_spec
+
+ENV_PREFIX = "GRANALIGN_"
+
+
+def _meta(description: str, **bounds: Any) -> dict[str, Any]:
+    return {"description": description, **bounds}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Context:
+    """Hyperparameters (paper names in brackets) and backend specs of one retrieval run."""
+
+    # -- backends ------------------------------------------------------------------------------
+    rewriter: str = field(
+        default="none",
+        metadata=_meta(
+            "Query rewriter: none | file:<rephrased jsonl> | local:<model> (local:smollm2 offline) "
+            "| openai:<base_url>#<model> (vLLM)."
+        ),
+    )
+    embedder: str = field(
+        default="local:all-MiniLM-L6-v2",
+        metadata=_meta("Sentence embedder for g(query, caption): local:<sentence-transformers id or path>."),
+    )
+    store_dir: str = field(
+        default="",
+        metadata=_meta("Chroma store folder; empty = $GRANALIGN_STORE or the user cache directory."),
+    )
+    chroma_url: str = field(
+        default="",
+        metadata=_meta("Chroma server URL (chroma run); empty = $CHROMA_URL or the embedded store."),
+    )
+    # -- rewriting -------------------------------------------------------------------------------
+    prompt_pairs: str = field(
+        default="",
+        metadata=_meta("Comma-separated prompt-pair ids from prompts/rewrite; empty = the default m pairs."),
+    )
+    m: int = field(default=3, metadata=_meta("[m] number of prompt pairs (rewrite pairs).", lo=1, hi=16))
+    include_original: bool = field(
+        default=True, metadata=_meta("Also score the original query as a variant (Q_r).")
+    )
+    # -- fusion ----------------------------------------------------------------------------------
+    clip_len: float = field(default=2.0, metadata=_meta("Clip length in seconds.", lo=0.1, hi=600.0))
+    aware_missing: Literal["zero", "agnostic"] = field(
+        default="zero",
+        metadata=_meta(
+            "Clips without a query-aware caption: 'zero' (aware channel only lifts key clips) or "
+            "'agnostic' (match Q_d against C_agn there)."
+        ),
+    )
+    # -- proposals -------------------------------------------------------------------------------
+    proposal_mode: Literal["pooled", "fused"] = field(
+        default="pooled",
+        metadata=_meta(
+            "'pooled': proposals per query variant and on the fused curve, pooled before NMS; "
+            "'fused': the paper's order (fuse, then propose once)."
+        ),
+    )
+    num_bins: int = field(
+        default=10, metadata=_meta("Histogram bins of the dynamic threshold.", lo=2, hi=1000)
+    )
+    top_k: int = field(
+        default=8, metadata=_meta("Clips that must lie above the dynamic threshold.", lo=1, hi=100000)
+    )
+    gap: int = field(
+        default=6,
+        metadata=_meta("[τ] merge high-score clips at most this many clips apart.", lo=0, hi=100000),
+    )
+    drop_pct: float = field(
+        default=0.0,
+        metadata=_meta("[n %] drop proposals whose mean score is in the bottom n %.", lo=0.0, hi=99.0),
+    )
+    lam: float = field(
+        default=0.3, metadata=_meta("[λ] proposal score = (1-λ)·mean + λ·normalised length.", lo=0.0, hi=1.0)
+    )
+    contrast: bool = field(
+        default=False, metadata=_meta("Add contrast-scored sliding windows to the proposal pool.")
+    )
+    contrast_min_len: int = field(
+        default=8, metadata=_meta("Shortest contrast window, in clips.", lo=1, hi=100000)
+    )
+    nms_iou: float = field(
+        default=0.95, metadata=_meta("Temporal NMS: suppress windows with IoU ≥ this.", lo=0.0, hi=1.0)
+    )
+    top_n: int = field(default=10, metadata=_meta("Windows returned per query.", lo=1, hi=1000))
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            _check_field(f.name, getattr(self, f.name), f.type, f.metadata)
+        parse_spec(self.rewriter, role="rewriter")
+        parse_spec(self.embedder, role="text embedder", allowed=("local",))
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Context:
+        """Defaults, then ``GRANALIGN_<FIELD>`` variables, then explicit overrides."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is not None:
+                values[f.name] = _coerce(f.name, raw, _default_of(f))
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        unknown = set(values) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ConfigError(
+                f"unknown setting(s) {sorted(unknown)}; allowed: {sorted(f.name for f in fields(cls))}"
+            )
+        return cls(**values)
+
+    def with_overrides(self, **overrides: Any) -> Context:
+        """A copy with some fields changed (validated again)."""
+        known = {f.name for f in fields(self)}
+        unknown = set(overrides) - known
+        if unknown:
+            raise ConfigError(f"unknown setting(s) {sorted(unknown)}; allowed: {sorted(known)}")
+        return replace(self, **overrides)
+
+    def proposal_kwargs(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("num_bins", "top_k", "gap", "drop_pct", "lam")}
+
+
+def _default_of(f: Any) -> Any:
+    return f.default if f.default is not MISSING else None
+
+
+def _coerce(name: str, raw: str, default: Any) -> Any:
+    """Environment values are strings: convert to the field's type, with a clear error."""
+    try:
+        if isinstance(default, bool):
+            low = raw.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("expected true/false")
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{ENV_PREFIX}{name.upper()}={raw!r}: {exc}") from None
+    return raw
+
+
+def _check_field(name: str, value: Any, annotation: Any, meta: Any) -> None:
+    choices = _literal_choices(annotation)
+    if choices:
+        if value not in choices:
+            raise ConfigError(f"setting {name}={value!r} is not allowed; choose one of {list(choices)}")
+        return
+    if "lo" in meta:
+        lo, hi = meta["lo"], meta["hi"]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"setting {name}={value!r} must be a number in [{lo}, {hi}]")
+        if isinstance(lo, int) and not isinstance(value, int):
+            raise ConfigError(f"setting {name}={value!r} must be an integer in [{lo}, {hi}]")
+        if not lo <= value <= hi:
+            raise ConfigError(f"setting {name}={value!r} is out of range; allowed: [{lo}, {hi}]")
+
+
+def _literal_choices(annotation: Any) -> tuple[Any, ...]:
+    text = str(annotation)
+    if text.startswith("Literal["):
+        return tuple(a.strip().strip("'\"") for a in text[len("Literal[") : -1].split(","))
+    return get_args(annotation) if "Literal" in text else ()
+
+
+def describe() -> list[tuple[str, Any, str]]:
+    """(name, default, description) of every setting, for ``granalign settings``."""
+    return [(f.name, _default_of(f), f.metadata.get("description", "")) for f in fields(Context)]

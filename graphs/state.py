@@ -1,0 +1,60 @@
+"""Graph state schemas.
+
+State holds only JSON-serialisable values (ids, texts, plain float lists): a checkpointer
+serialises every step, and numpy arrays or embeddings would break it or bloat it.  Embeddings
+live in Chroma and are looked up by id inside the nodes.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Annotated, Any, NotRequired
+
+from typing_extensions import TypedDict
+
+
+class RetrievalInput(TypedDict):
+    """What a caller gives: a video (store id) and a natural-language query."""
+
+    video: str
+    query: str
+    qid: NotRequired[int | str | None]
+    duration: NotRequired[float | None]
+
+
+class RetrievalOutput(TypedDict):
+    """moment_detr-style answer plus what the run did (rewrites used, stages skipped)."""
+
+    video_id: str
+    query: str
+    moments: list[list[float]]
+    saliency: list[float]
+    variants: list[dict[str, Any]]
+    mode: str
+    notes: list[str]
+
+
+class RewriteTask(TypedDict):
+    """The payload of one ``Send`` to the rewrite node (one prompt pair)."""
+
+    query: str
+    qid: int | str | None
+    pair_id: str
+
+
+class RetrievalState(TypedDict):
+    video: str
+    query: str
+    qid: NotRequired[int | str | None]
+    duration: NotRequired[float | None]
+    video_id: NotRequired[str]
+    n_clips: NotRequired[int]
+    mode: NotRequired[str]
+    rewrites: NotRequired[Annotated[list[dict[str, Any]], operator.add]]
+    variants: NotRequired[list[dict[str, Any]]]
+    variant_scores: NotRequired[list[list[float]]]
+    fused: NotRequired[list[float]]
+    candidates: NotRequired[list[list[float]]]
+    moments: NotRequired[list[list[float]]]
+    saliency: NotRequired[list[float]]
+    notes: NotRequired[Annotated[list[str], operator.add]]

@@ -1,0 +1,240 @@
+"""Prompt pairs for GranAlign's query rewriting, kept as data files.
+
+Step 1 of GranAlign rewrites a query into ``m`` pairs ``(Q_s, Q_d)``: one *simplified* rewrite
+(common words, core entities and actions; recall) and one *detailed* rewrite (fine-grained words,
+temporal context; precision), one pair per *prompt pair*.  Prompt pairs are what researchers
+compare, so they live as YAML files in ``prompts/rewrite/<id>.yaml`` instead of in code: a new
+file in that folder is a new pair, with no code change.
+
+File format (one pair per file)::
+
+    id: core                      # must equal the file stem
+    description: one line that says what the pair does
+    system: optional system message
+    simplify: template with {query}
+    detail: template with {query}
+
+Templates use Python ``str.format`` syntax with ``{query}`` as the only placeholder (write
+``{{`` / ``}}`` for literal braces).  A malformed file raises :class:`InputError` naming the file
+and the field, because a typo in a prompt file should fail at load time, not silently change
+an experiment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import string
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from granalign.errors import InputError
+
+__all__ = [
+    "DEFAULT_M",
+    "DEFAULT_PAIRS",
+    "PROMPT_DIR",
+    "PromptPair",
+    "available_pair_ids",
+    "load_all_prompt_pairs",
+    "load_prompt_pair",
+    "load_prompt_pairs",
+    "prompt_hash",
+]
+
+PROMPT_DIR: Path = Path(__file__).resolve().parent / "rewrite"
+"""The shipped prompt-pair folder (the default for every loader)."""
+
+DEFAULT_PAIRS: tuple[str, ...] = ("core", "plain", "event", "caption_style", "visual")
+"""Preference order of the shipped pairs; the default selection is its first ``DEFAULT_M``.
+
+``core``, ``plain`` and ``event`` come first because they differ most from each other (strip to
+the skeleton / change the vocabulary / change the point of view), which is what the paper's
+averaging over ``m`` pairs needs; ``caption_style`` and ``visual`` are alternatives to compare.
+"""
+
+DEFAULT_M: int = 3
+"""The paper's ``m`` (number of prompt pairs)."""
+
+_REQUIRED: tuple[str, ...] = ("id", "description", "simplify", "detail")
+_OPTIONAL: tuple[str, ...] = ("system",)
+_TEMPLATES: tuple[str, ...] = ("simplify", "detail")
+_PLACEHOLDER = "query"
+
+
+@dataclass(frozen=True)
+class PromptPair:
+    """One prompt pair: a template for the simplified and one for the detailed rewrite."""
+
+    id: str
+    description: str
+    simplify: str
+    detail: str
+    system: str = ""
+
+    def render_simplify(self, query: str) -> str:
+        """The user message asking for the simplified rewrite of ``query``."""
+        return self.simplify.format(query=query)
+
+    def render_detail(self, query: str) -> str:
+        """The user message asking for the detailed rewrite of ``query``."""
+        return self.detail.format(query=query)
+
+
+def prompt_hash(pair: PromptPair) -> str:
+    """A 12-hex-digit cache key for what the model sees.
+
+    It covers ``id``, ``system`` and both templates, not ``description``: editing the one-line
+    description must not invalidate cached rewrites, but any change of a template must.
+    """
+    canonical = json.dumps(
+        {"id": pair.id, "system": pair.system, "simplify": pair.simplify, "detail": pair.detail},
+        sort_keys=True,
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:12]
+
+
+def _read_yaml(path: Path) -> Any:
+    """Parse ``path`` with ``safe_load``; syntax errors name the file and the 1-based line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"{path}: prompt pair file not found") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not valid UTF-8 ({exc.reason})") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read prompt pair file ({exc.strerror})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise InputError(f"{path}{where}: YAML syntax error ({problem})") from None
+
+
+def _check_template(path: Path, field: str, template: str) -> None:
+    """Reject templates that would fail or silently ignore the query at render time."""
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise InputError(
+            f"{path}: field {field!r}: malformed template ({exc}); write {{{{ and }}}} for literal braces"
+        ) from None
+    names = [name for _, name, _, _ in parsed if name is not None]
+    for name in names:
+        if name != _PLACEHOLDER:
+            raise InputError(
+                f"{path}: field {field!r}: unknown placeholder {{{name}}}; only {{query}} is allowed"
+            )
+    if _PLACEHOLDER not in names:
+        raise InputError(f"{path}: field {field!r}: template must contain {{query}}")
+    for _, name, spec, conversion in parsed:
+        if name is not None and (spec or conversion):
+            raise InputError(f"{path}: field {field!r}: write the placeholder as plain {{query}}")
+
+
+def _check_fields(path: Path, data: Any) -> dict[str, str]:
+    """Validate the mapping read from ``path``: required/known fields, all non-empty strings."""
+    if not isinstance(data, dict):
+        kind = "an empty file" if data is None else type(data).__name__
+        raise InputError(f"{path}: expected a mapping with fields {', '.join(_REQUIRED)}, got {kind}")
+    for field in _REQUIRED:
+        if field not in data:
+            raise InputError(f"{path}: missing field {field!r}")
+    unknown = sorted(str(k) for k in data if k not in _REQUIRED + _OPTIONAL)
+    if unknown:
+        allowed = ", ".join(_REQUIRED + _OPTIONAL)
+        raise InputError(f"{path}: unknown field {unknown[0]!r} (allowed: {allowed})")
+    out: dict[str, str] = {}
+    for field in _REQUIRED + _OPTIONAL:
+        if field not in data:
+            continue
+        value = data[field]
+        if not isinstance(value, str):
+            raise InputError(f"{path}: field {field!r} must be a string, got {type(value).__name__}")
+        if not value.strip() and field != "system":
+            raise InputError(f"{path}: field {field!r} is empty")
+        out[field] = value.strip()
+    return out
+
+
+def load_prompt_pair(path: str | os.PathLike[str]) -> PromptPair:
+    """Load and validate one prompt-pair file (errors name the file and the field)."""
+    p = Path(path)
+    fields = _check_fields(p, _read_yaml(p))
+    if fields["id"] != p.stem:
+        raise InputError(f"{p}: field 'id' is {fields['id']!r} but must equal the file stem {p.stem!r}")
+    for field in _TEMPLATES:
+        _check_template(p, field, fields[field])
+    return PromptPair(
+        id=fields["id"],
+        description=fields["description"],
+        simplify=fields["simplify"],
+        detail=fields["detail"],
+        system=fields.get("system", ""),
+    )
+
+
+def _directory(directory: str | os.PathLike[str] | None) -> Path:
+    d = PROMPT_DIR if directory is None else Path(directory)
+    if not d.is_dir():
+        raise InputError(f"{d}: prompt pair folder not found")
+    return d
+
+
+def available_pair_ids(directory: str | os.PathLike[str] | None = None) -> list[str]:
+    """Ids of the pairs in ``directory`` (file stems of ``*.yaml``), sorted; files are not parsed."""
+    return sorted(p.stem for p in _directory(directory).glob("*.yaml") if p.is_file())
+
+
+def _default_ids(available: list[str]) -> list[str]:
+    """The first ``DEFAULT_M`` of ``DEFAULT_PAIRS`` present, topped up by id order.
+
+    Topping up keeps a custom folder without the shipped ids usable with no selection given.
+    """
+    ordered = [i for i in DEFAULT_PAIRS if i in available]
+    ordered += [i for i in available if i not in ordered]
+    return ordered[:DEFAULT_M]
+
+
+def load_prompt_pairs(
+    ids: list[str] | None = None, directory: str | os.PathLike[str] | None = None
+) -> list[PromptPair]:
+    """Load the selected pairs from ``directory`` (default: the shipped folder), sorted by id.
+
+    ``ids=None`` selects the default ``m = DEFAULT_M`` pairs (see :data:`DEFAULT_PAIRS`). Only
+    the selected files are parsed, so a broken file elsewhere in the folder does not block an
+    experiment that does not use it.
+    """
+    d = _directory(directory)
+    available = available_pair_ids(d)
+    if ids is None:
+        selected = _default_ids(available)
+    else:
+        if isinstance(ids, str):
+            raise InputError(f"prompt pair ids must be a list of ids, got the string {ids!r}")
+        selected = list(ids)
+        seen: set[str] = set()
+        for pair_id in selected:
+            if pair_id in seen:
+                raise InputError(f"prompt pair {pair_id!r} is selected twice (it would count double)")
+            seen.add(pair_id)
+            if pair_id not in available:
+                raise InputError(
+                    f"prompt pair {pair_id!r} not found in {d}; available: {', '.join(available) or 'none'}"
+                )
+    if not selected:
+        raise InputError(f"{d}: no prompt pairs selected (the folder has no *.yaml files)")
+    return sorted((load_prompt_pair(d / f"{i}.yaml") for i in selected), key=lambda p: p.id)
+
+
+def load_all_prompt_pairs(directory: str | os.PathLike[str] | None = None) -> list[PromptPair]:
+    """Every pair in ``directory``, sorted by id (for experiments that compare all of them)."""
+    return load_prompt_pairs(available_pair_ids(directory), directory)

@@ -1,0 +1,123 @@
+"""The retrieval graph in caption-only mode over a real store (real MiniLM, real Chroma)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from granalign.backends.embedder import make_embedder
+from granalign.captions_import import import_captions
+from granalign.errors import ConfigError, InputError
+from graphs import resources
+from graphs.context import Context
+from graphs.retrieval import graph
+
+CAPTIONS = [
+    "a man stands in an empty kitchen",
+    "a man stands in an empty kitchen",
+    "a man pours water into a pot on the stove",
+    "a man cuts carrots on a wooden board",
+    "a man cuts carrots on a wooden board",
+    "a man cuts onions on a wooden board",
+    "a dog sleeps on a sofa",
+    "a dog sleeps on a sofa",
+    "a red car drives down a street",
+    "a red car drives down a street",
+]
+
+
+@pytest.fixture(scope="module")
+def store_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("graphstore")
+    caps = path / "caps.jsonl"
+    caps.write_text(json.dumps({"vid": "kitchen", "clip_len_s": 2, "captions": CAPTIONS}) + "\n")
+    ctx = Context(store_dir=str(path / "store"))
+    import_captions(resources.store_for(ctx), make_embedder(ctx.embedder), caps, source="test")
+    return path / "store"
+
+
+def _run(store_dir: Path, query: str, **ctx_kw) -> dict:
+    ctx = Context(store_dir=str(store_dir), **ctx_kw)
+    return graph.invoke({"video": "kitchen", "query": query}, context=ctx)
+
+
+def test_caption_only_run_finds_the_matching_clips(store_dir):
+    out = _run(store_dir, "a man is chopping vegetables")
+    assert out["mode"] == "caption-only"
+    assert any("caption-only" in n for n in out["notes"])
+    assert len(out["saliency"]) == len(CAPTIONS)
+    start, end, _score = out["moments"][0]
+    assert 0 <= start < end <= 20
+    # the top window overlaps the cutting clips (6 s .. 12 s)
+    assert min(end, 12) - max(start, 6) > 0
+    scores = [m[2] for m in out["moments"]]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_output_is_deterministic_and_json_serialisable(store_dir):
+    a = _run(store_dir, "a dog sleeping")
+    b = _run(store_dir, "a dog sleeping")
+    assert a == b
+    json.dumps(a)
+
+
+def test_duration_override_pads_saliency(store_dir):
+    ctx = Context(store_dir=str(store_dir))
+    out = graph.invoke({"video": "kitchen", "query": "a red car", "duration": 24.0}, context=ctx)
+    assert len(out["saliency"]) == 12
+    assert all(0 <= s < e <= 24.0 for s, e, _ in out["moments"])
+
+
+def test_file_rewriter_variants_are_scored(store_dir, tmp_path):
+    para = tmp_path / "para.jsonl"
+    para.write_text(
+        json.dumps(
+            {
+                "qid": 1,
+                "query": "a dog sleeping",
+                "rephrased_query": ["a puppy naps on a couch", "a sleeping dog"],
+            }
+        )
+        + "\n"
+    )
+    out = _run(store_dir, "a dog sleeping", rewriter=f"file:{para}")
+    texts = [v["simplified"] for v in out["variants"]]
+    assert texts[0] == "a dog sleeping" and "a puppy naps on a couch" in texts and len(texts) == 3
+
+
+def test_streams_custom_progress_events(store_dir):
+    ctx = Context(store_dir=str(store_dir))
+    stages = [
+        chunk["stage"]
+        for chunk in graph.stream({"video": "kitchen", "query": "a car"}, context=ctx, stream_mode="custom")
+    ]
+    assert stages[0] == "load_video" and stages[-1] == "nms" and "fuse" in stages
+
+
+@pytest.mark.parametrize(
+    ("inp", "needle"),
+    [
+        ({"video": "kitchen", "query": "   "}, "query is empty"),
+        ({"video": "kitchen", "query": "x" * 5000}, "at most"),
+        ({"video": "unknown-video", "query": "a car"}, "not in the store"),
+        ({"video": "", "query": "a car"}, "video must be"),
+        ({"video": "kitchen", "query": "a car", "duration": -3}, "duration"),
+    ],
+)
+def test_bad_input_gets_a_clear_error(store_dir, inp, needle):
+    with pytest.raises(InputError, match=needle):
+        graph.invoke(inp, context=Context(store_dir=str(store_dir)))
+
+
+def test_context_validation_lists_what_is_allowed():
+    with pytest.raises(ConfigError, match=r"allowed: \[0.0, 1.0\]"):
+        Context(nms_iou=1.5)
+    with pytest.raises(ConfigError, match="choose one of"):
+        Context(proposal_mode="other")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="unknown setting"):
+        Context.from_env({}, not_a_field=1)
+    with pytest.raises(ConfigError, match="GRANALIGN_TOP_N"):
+        Context.from_env({"GRANALIGN_TOP_N": "many"})
+    assert Context.from_env({"GRANALIGN_LAM": "0.5"}).lam == 0.5

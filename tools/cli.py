@@ -1,0 +1,13 @@
+"""``granalign`` command line: every command module registers itself on the shared app."""
+
+from __future__ import annotations
+
+import sys
+
+from tools import cli_bench, cli_experiment, cli_index  # noqa: F401  (registers the commands)
+from tools.cli_common import app
+
+__all__ = ["app"]
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

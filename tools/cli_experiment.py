@@ -1,0 +1,95 @@
+"""CLI command: experiment (prompt pairs, m = 1..k, caption-only ablation rows)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import Progress, TaskID
+from rich.table import Table
+
+from tools.cli_common import SetOpt, StoreOpt, _progress, app, console, make_context, out, user_errors
+
+
+def _bar_updater(bar: Progress, task: TaskID) -> Callable[[int, int], None]:
+    def update(done: int, total: int) -> None:
+        bar.update(task, completed=done, total=total)
+
+    return update
+
+
+@app.command("experiment")
+@user_errors
+def experiment_cmd(
+    annotations: Annotated[Path, typer.Option(help="Annotations JSONL (qid, query, vid, duration, GT).")],
+    captions: Annotated[Path, typer.Option(help="Captions JSONL for the annotation's videos.")],
+    out_dir: Annotated[Path, typer.Option("--out-dir", help="Results folder (resumable).")] = Path(
+        "runs/experiment"
+    ),
+    rewriter: Annotated[str, typer.Option(help="LLM rewriter for the prompt pairs.")] = "local:smollm2",
+    pairs: Annotated[
+        str | None, typer.Option(help="Comma-separated pair ids (default: all shipped).")
+    ] = None,
+    max_m: Annotated[int, typer.Option("--max-m", min=1, max=16, help="Also run m = 2..max_m.")] = 3,
+    ablation: Annotated[bool, typer.Option(help="Add the caption-only ablation rows.")] = True,
+    paraphrases: Annotated[Path | None, typer.Option(help="Paraphrase JSONL for an extra row.")] = None,
+    only: Annotated[str | None, typer.Option(help="Run only these settings (comma-separated names).")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N queries.")] = None,
+    concurrency: Annotated[int, typer.Option(min=1, max=64)] = 4,
+    store: StoreOpt = None,
+    sets: SetOpt = None,
+) -> None:
+    """Compare prompt pairs and ablations; writes results.md, results.csv and results.png."""
+    from granalign.captions_import import import_captions, source_name_for
+    from graphs import resources
+    from tools.bench import read_annotations
+    from tools.experiment import plan_settings, run_setting, write_reports
+
+    base = make_context(store, sets, rewriter=rewriter)
+    anns = read_annotations(annotations, limit)
+    settings = plan_settings(
+        [p.strip() for p in pairs.split(",")] if pairs else None, max_m, ablation, paraphrases
+    )
+    if only:
+        wanted = {n.strip() for n in only.split(",")}
+        settings = [s for s in settings if s.name in wanted]
+    rows = []
+    with _progress() as bar:
+        imp = bar.add_task("import", total=None)
+        import_captions(
+            resources.store_for(base),
+            resources.embedder_for(base),
+            captions,
+            source=source_name_for(captions),
+            only={a.vid for a in anns},
+            on_progress=lambda d, t: bar.update(imp, completed=d, total=t),
+        )
+        for setting in settings:
+            task = bar.add_task(setting.name[:10], total=len(anns))
+            row = run_setting(
+                base, setting, anns, out_dir, concurrency=concurrency, on_progress=_bar_updater(bar, task)
+            )
+            bar.update(task, completed=len(anns))
+            rows.append(row)
+            console.print(
+                f"{setting.name}: R1@0.5 {row.metrics['brief']['MR-full-R1@0.5']:.2f} "
+                f"mAP {row.metrics['brief']['MR-full-mAP']:.2f}" + (" (cached)" if row.cached else "")
+            )
+    paths = write_reports(rows, out_dir)
+    table = Table(title=f"{len(anns)} queries")
+    for col in ("setting", "R1@0.5", "R1@0.7", "mAP", "HL mAP", "q/s"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        b = r.metrics["brief"]
+        table.add_row(
+            r.setting.name,
+            f"{b['MR-full-R1@0.5']:.2f}",
+            f"{b['MR-full-R1@0.7']:.2f}",
+            f"{b['MR-full-mAP']:.2f}",
+            f"{b.get('HL-min-VeryGood-mAP', float('nan')):.2f}",
+            f"{r.queries_per_s:.1f}",
+        )
+    out.print(table)
+    console.print(f"wrote {paths['md']}, {paths['csv']}, {paths['png']}")

@@ -1,0 +1,323 @@
+"""Prompt-pair experiments and the caption-only ablation rows, run through the compiled graph.
+
+A *setting* is a named set of Context overrides (plus, for ablations, a rewrite file derived
+from cached LLM rewrites).  Each setting runs the benchmark through the same graph a user calls,
+and its predictions and metrics are written to ``out_dir/settings/<name>/`` before the next one
+starts: an interrupted experiment keeps every finished setting and skips it when re-run (the
+saved config must match, else the setting is recomputed).  Rewrites are cached in the store, so
+a second run makes no LLM call.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from granalign.errors import InputError
+from granalign.evaluation import evaluate_submission, recall_and_miou
+from granalign.jsonl import atomic_write_text, read_jsonl, write_json, write_jsonl
+from graphs import resources
+from graphs.context import Context
+from prompts import DEFAULT_PAIRS, available_pair_ids, load_prompt_pairs
+from tools.bench import Annotation, read_annotations, run_queries
+
+Side = Literal["both", "simplified", "detailed"]
+COLUMNS = (
+    "MR-full-R1@0.5",
+    "MR-full-R1@0.7",
+    "MR-full-mAP@0.5",
+    "MR-full-mAP@0.75",
+    "MR-full-mAP",
+    "HL-min-VeryGood-mAP",
+    "HL-min-VeryGood-Hit1",
+)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One row of the results table."""
+
+    name: str
+    description: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    sides: Side = "both"  # which rewrite side(s) are scored (ablations derive a rewrite file)
+    pairs: tuple[str, ...] = ()  # prompt pairs of an LLM rewriter
+
+    def config(self) -> dict[str, Any]:
+        return {"overrides": self.overrides, "sides": self.sides, "pairs": list(self.pairs)}
+
+
+def pair_settings(pair_ids: Sequence[str], max_m: int) -> list[Setting]:
+    """One row per prompt pair (m = 1) and the m = 1..max_m prefixes of ``pair_ids``."""
+    rows = [
+        Setting(
+            f"pair:{p}", f"prompt pair {p} alone (Q_s and Q_d, m=1)", {"include_original": False}, pairs=(p,)
+        )
+        for p in pair_ids
+    ]
+    for m in range(2, min(max_m, len(pair_ids)) + 1):
+        ids = tuple(pair_ids[:m])
+        rows.append(
+            Setting(f"m={m}", f"pairs {', '.join(ids)} (m={m})", {"include_original": False}, pairs=ids)
+        )
+    return rows
+
+
+def ablation_settings(pair_ids: Sequence[str], paraphrases: Path | None) -> list[Setting]:
+    """The paper's ablation rows that are possible without frames (caption-only)."""
+    ids = tuple(pair_ids)
+    rows = [
+        Setting("Q_r->C_agn", "original query only", {"rewriter": "none", "include_original": True}),
+        Setting("Q_s->C_agn", "simplified rewrites only", {"include_original": False}, "simplified", ids),
+        Setting(
+            "Q_d->C_agn",
+            "detailed rewrites only, against agnostic captions",
+            {"include_original": False},
+            "detailed",
+            ids,
+        ),
+        Setting(
+            "Q_s+Q_d->C_agn",
+            "both sides against agnostic captions",
+            {"include_original": False, "aware_missing": "agnostic"},
+            "both",
+            ids,
+        ),
+        Setting(
+            "Q_r+Q_s+Q_d->C_agn",
+            "original + both sides against agnostic captions",
+            {"include_original": True, "aware_missing": "agnostic"},
+            "both",
+            ids,
+        ),
+    ]
+    if paraphrases is not None:
+        rows.append(
+            Setting(
+                "Q_r+para->C_agn",
+                f"original + paraphrases of {paraphrases.name}",
+                {"rewriter": f"file:{paraphrases}", "include_original": True},
+            )
+        )
+    return rows
+
+
+@dataclass
+class RowResult:
+    setting: Setting
+    metrics: dict[str, Any]
+    extra: dict[str, float]
+    n: int
+    seconds: float
+    skipped: int
+    cached: bool
+
+    @property
+    def queries_per_s(self) -> float:
+        return self.n / self.seconds if self.seconds > 0 else float("inf")
+
+
+def _derived_rewrite_file(
+    base: Context, setting: Setting, annotations: Sequence[Annotation], work: Path
+) -> Path:
+    """Write the setting's rewrites (from the cache) with only the chosen side(s) kept."""
+    queries = [a.query for a in annotations]
+    per_pair = {
+        p.id: resources.cached_rewrites(base, p, queries) for p in load_prompt_pairs(list(setting.pairs))
+    }
+    rows = []
+    for j, ann in enumerate(annotations):
+        rewrites = []
+        for pid in setting.pairs:
+            r = per_pair[pid][j]
+            s, d = r.simplified, r.detailed
+            if setting.sides == "simplified":
+                d = s
+            elif setting.sides == "detailed":
+                s = d
+            rewrites.append(
+                {"pair_id": pid, "simplified": s, "detailed": d, "fallback": r.fallback, "reason": r.reason}
+            )
+        rows.append({"qid": ann.qid, "query": ann.query, "rewrites": rewrites})
+    path = work / f"rewrites.{setting.sides}.{'-'.join(setting.pairs)}.jsonl"
+    write_jsonl(path, rows)
+    return path
+
+
+def _context_for(base: Context, setting: Setting, annotations: Sequence[Annotation], work: Path) -> Context:
+    overrides = dict(setting.overrides)
+    if setting.pairs:
+        overrides["prompt_pairs"] = ",".join(setting.pairs)
+        overrides["m"] = len(setting.pairs)
+        if setting.sides != "both":
+            overrides["rewriter"] = f"file:{_derived_rewrite_file(base, setting, annotations, work)}"
+            if setting.sides == "detailed":
+                overrides.setdefault("aware_missing", "agnostic")
+    return base.with_overrides(**overrides)
+
+
+def _load_cached(row_dir: Path, setting: Setting, base: Context) -> RowResult | None:
+    meta = row_dir / "row.json"
+    if not meta.exists():
+        return None
+    saved = json.loads(meta.read_text())
+    if saved.get("config") != _config_key(setting, base):
+        return None
+    return RowResult(
+        setting, saved["metrics"], saved["extra"], saved["n"], saved["seconds"], saved["skipped"], True
+    )
+
+
+def _config_key(setting: Setting, base: Context) -> dict[str, Any]:
+    return {"setting": setting.config(), "context": {k: str(v) for k, v in vars(base).items()}}
+
+
+def run_setting(
+    base: Context,
+    setting: Setting,
+    annotations: Sequence[Annotation],
+    out_dir: Path,
+    *,
+    concurrency: int = 4,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> RowResult:
+    """Run one setting (or load its finished result) and save it atomically."""
+    row_dir = out_dir / "settings" / setting.name.replace("/", "_").replace(">", "")
+    cached = _load_cached(row_dir, setting, base)
+    if cached is not None:
+        return cached
+    ctx = _context_for(base, setting, annotations, out_dir)
+    if setting.pairs and setting.sides == "both":
+        resources.warm_rewrites(ctx, [a.query for a in annotations])
+    t0 = time.perf_counter()
+    preds, skipped = run_queries(annotations, ctx, concurrency=concurrency, on_progress=on_progress)
+    seconds = time.perf_counter() - t0
+    if not preds:
+        raise InputError(f"setting {setting.name}: no query could be answered")
+    answered = {p["qid"] for p in preds}
+    gt = [a.raw for a in annotations if a.qid in answered]
+    metrics = evaluate_submission(preds, gt, allow_subset=True)
+    extra = recall_and_miou(preds, gt)
+    write_jsonl(row_dir / "preds.jsonl", preds)
+    result = RowResult(setting, metrics, extra, len(preds), seconds, len(skipped), False)
+    write_json(
+        row_dir / "row.json",
+        {
+            "config": _config_key(setting, base),
+            "metrics": metrics,
+            "extra": extra,
+            "n": len(preds),
+            "seconds": seconds,
+            "skipped": len(skipped),
+        },
+    )
+    return result
+
+
+def results_table(rows: Sequence[RowResult]) -> list[dict[str, Any]]:
+    out = []
+    for r in rows:
+        row: dict[str, Any] = {"setting": r.setting.name, "description": r.setting.description, "n": r.n}
+        row.update({c: r.metrics["brief"].get(c, float("nan")) for c in COLUMNS})
+        row.update(
+            {"R1@0.3": r.extra["R1@0.3"], "mIoU": r.extra["mIoU"], "queries/s": round(r.queries_per_s, 1)}
+        )
+        out.append(row)
+    return out
+
+
+def to_markdown(table: Sequence[dict[str, Any]]) -> str:
+    if not table:
+        return ""
+    cols = list(table[0])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for row in table:
+        lines.append("| " + " | ".join(_fmt(row[c]) for c in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(table: Sequence[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    if table:
+        writer = csv.DictWriter(buf, fieldnames=list(table[0]))
+        writer.writeheader()
+        writer.writerows(table)
+    return buf.getvalue()
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+def comparison_plot(table: Sequence[dict[str, Any]], path: Path) -> Path:
+    """Grouped bars of the headline metrics, one group per setting."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    metrics = ("MR-full-R1@0.5", "MR-full-R1@0.7", "MR-full-mAP", "HL-min-VeryGood-mAP")
+    names = [row["setting"] for row in table]
+    x = np.arange(len(names))
+    width = 0.8 / len(metrics)
+    fig, ax = plt.subplots(figsize=(max(8.0, 0.9 * len(names) + 3), 4.2))
+    for i, metric in enumerate(metrics):
+        ax.bar(x + i * width - 0.4 + width / 2, [row[metric] for row in table], width, label=metric)
+    ax.set_xticks(x, names, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("score (%)")
+    ax.legend(fontsize=8, ncol=len(metrics), loc="upper center", bbox_to_anchor=(0.5, 1.12))
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def write_reports(rows: Sequence[RowResult], out_dir: Path) -> dict[str, Path]:
+    table = results_table(rows)
+    paths = {"md": out_dir / "results.md", "csv": out_dir / "results.csv", "png": out_dir / "results.png"}
+    atomic_write_text(paths["md"], to_markdown(table))
+    atomic_write_text(paths["csv"], to_csv(table))
+    comparison_plot(table, paths["png"])
+    return paths
+
+
+def plan_settings(
+    pairs: Sequence[str] | None, max_m: int, ablation: bool, paraphrases: Path | None
+) -> list[Setting]:
+    avail = available_pair_ids()
+    ids = (
+        list(pairs)
+        if pairs
+        else [p for p in DEFAULT_PAIRS if p in avail] + [p for p in avail if p not in DEFAULT_PAIRS]
+    )
+    load_prompt_pairs(ids)  # fails early, naming a bad or unknown pair
+    rows = pair_settings(ids, max_m)
+    if ablation:
+        rows += ablation_settings(ids[: max(1, min(max_m, len(ids)))], paraphrases)
+    return rows
+
+
+def read_rows(out_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(p.read_text()) for p in sorted((out_dir / "settings").glob("*/row.json"))]
+
+
+__all__ = [
+    "RowResult",
+    "Setting",
+    "plan_settings",
+    "read_annotations",
+    "read_jsonl",
+    "run_setting",
+    "write_reports",
+]
