@@ -10,7 +10,7 @@ run: setup
 
 lint: setup
 	.venv/bin/ruff check .
-	.venv/bin/mypy granalign graphs tools prompts
+	.venv/bin/mypy granalign graphs tools prompts agent
 
 test: setup lint
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 .venv/bin/python -m pytest -q

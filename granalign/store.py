@@ -1,4 +1,4 @@
-"""The Chroma store: caption embeddings, video records and cached rewrites.
+"""The Chroma store: frame and caption embeddings, video records and cached rewrites.
 
 Why Chroma: one embedded folder for a laptop (``PersistentClient``) and the same API against a
 server (``chroma run``) for a deployment shared by many callers.  Every collection is opened
@@ -9,6 +9,20 @@ Ids are deterministic (``video_id:clip:model:prompt_hash``), so re-running an im
 the same records and adds nothing.  A video record is written *after* all its captions and
 carries ``complete=True``: a killed import leaves at most an incomplete video, which the next
 run redoes from scratch (its captions are upserted again under the same ids).
+
+Videos ingested from files add two collections and a per-clip rule:
+
+* ``frames.<clip model>``: one CLIP image embedding per clip (id
+  ``video_id:clip:model:sampling_key``); one collection per CLIP model, because Chroma fixes a
+  collection's dimensionality.
+* ``aware_captions.<embedder>``: query-aware captions of key clips, one per (clip, captioner,
+  prompt, query) (id ``video_id:clip:captioner:prompt_hash:query_hash``).
+
+A clip is *finished* when its agnostic caption record exists: the frame embedding is written
+first, the caption record (text + sentence embedding + metadata, one Chroma record, so it is
+written whole or not at all) last.  A killed ingest therefore leaves at most frame records
+without captions, which the next run completes; it never leaves a caption whose frame is
+missing.  The video record (``complete=True``) is written after the last clip.
 """
 
 from __future__ import annotations
@@ -68,6 +82,9 @@ class VideoRecord:
     has_frames: bool = False
     complete: bool = True
     path: str = ""
+    clip_model: str = ""
+    caption_prompt: str = ""
+    ingest_key: str = ""
 
     def to_metadata(self) -> dict[str, Any]:
         return asdict(self)
@@ -84,11 +101,24 @@ class VideoRecord:
             has_frames=bool(meta.get("has_frames", False)),
             complete=bool(meta.get("complete", True)),
             path=str(meta.get("path", "")),
+            clip_model=str(meta.get("clip_model", "")),
+            caption_prompt=str(meta.get("caption_prompt", "")),
+            ingest_key=str(meta.get("ingest_key", "")),
         )
 
 
 def caption_id(video_id: str, clip: int, source: str, prompt_hash: str) -> str:
     return f"{video_id}:{clip:06d}:{source}:{prompt_hash}"
+
+
+def frame_id(video_id: str, clip: int, model: str, sampling_key: str) -> str:
+    """Id of one clip's CLIP image embedding; ``sampling_key`` covers the clip length."""
+    return f"{video_id}:{clip:06d}:{model}:{sampling_key}"
+
+
+def aware_id(video_id: str, clip: int, source: str, prompt_hash: str, query_hash: str) -> str:
+    """Id of one query-aware caption: the agnostic id plus the query (and its focus) hash."""
+    return f"{video_id}:{clip:06d}:{source}:{prompt_hash}:{query_hash}"
 
 
 def _client_for(store_dir: Path | None, chroma_url: str | None) -> Any:
@@ -201,11 +231,14 @@ class Store:
         )
 
     def get_captions(
-        self, video_id: str, *, source: str, embedder_name: str
+        self, video_id: str, *, source: str, embedder_name: str, prompt_hash: str | None = None
     ) -> tuple[list[str], NDArray[np.float32]]:
-        """Captions of a video in clip order with their embeddings."""
+        """Captions of a video in clip order with their embeddings (of one caption prompt, if given)."""
+        conditions: list[dict[str, Any]] = [{"video_id": video_id}, {"source": source}]
+        if prompt_hash is not None:
+            conditions.append({"prompt_hash": prompt_hash})
         got = self._collection(self.captions_collection(embedder_name)).get(
-            where={"$and": [{"video_id": video_id}, {"source": source}]},
+            where={"$and": conditions},
             include=["embeddings", "metadatas", "documents"],
         )
         if not got["ids"]:
@@ -214,6 +247,141 @@ class Store:
         docs = [got["documents"][i] for i in order]
         emb = np.asarray(got["embeddings"], dtype=np.float32)[order]
         return docs, emb
+
+    def put_clip_captions(
+        self,
+        video_id: str,
+        clips: Sequence[int],
+        captions: Sequence[str],
+        embeddings: NDArray[np.float32],
+        *,
+        source: str,
+        prompt_hash: str,
+        embedder_name: str,
+    ) -> None:
+        """Agnostic captions of some clips of an ingested video (the record that finishes a clip)."""
+        if not len(clips) == len(captions) == len(embeddings):
+            raise InputError(
+                f"video {video_id}: {len(clips)} clips, {len(captions)} captions, "
+                f"{len(embeddings)} embeddings"
+            )
+        if not clips:
+            return
+        self._upsert(
+            self.captions_collection(embedder_name),
+            ids=[caption_id(video_id, c, source, prompt_hash) for c in clips],
+            embeddings=np.asarray(embeddings, dtype=np.float32),
+            documents=list(captions),
+            metadatas=[
+                {"video_id": video_id, "clip": int(c), "source": source, "prompt_hash": prompt_hash}
+                for c in clips
+            ],
+        )
+
+    def existing_ids(self, name: str, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` are stored in collection ``name`` (no payload is read)."""
+        found: set[str] = set()
+        col = self._collection(name)
+        ids = list(ids)
+        for lo in range(0, len(ids), 1000):
+            found.update(col.get(ids=ids[lo : lo + 1000], include=[])["ids"])
+        return found
+
+    # -- frames ------------------------------------------------------------------------------
+    def frames_collection(self, clip_model: str) -> str:
+        """One collection per CLIP model: Chroma fixes a collection's dimensionality."""
+        return f"frames.{collection_slug(clip_model)}"
+
+    def put_frames(
+        self,
+        video_id: str,
+        clips: Sequence[int],
+        embeddings: NDArray[np.float32],
+        *,
+        clip_model: str,
+        sampling_key: str,
+    ) -> None:
+        """CLIP image embeddings of some clips (written before the clips' captions)."""
+        if len(clips) != len(embeddings):
+            raise InputError(f"video {video_id}: {len(clips)} clips but {len(embeddings)} frame embeddings")
+        if not clips:
+            return
+        self._upsert(
+            self.frames_collection(clip_model),
+            ids=[frame_id(video_id, c, clip_model, sampling_key) for c in clips],
+            embeddings=np.asarray(embeddings, dtype=np.float32),
+            metadatas=[{"video_id": video_id, "clip": int(c), "sampling": sampling_key} for c in clips],
+        )
+
+    def get_frames(
+        self, video_id: str, *, clip_model: str, sampling_key: str
+    ) -> tuple[list[int], NDArray[np.float32]]:
+        """(clip indices, embeddings) of a video's frames in clip order."""
+        got = self._collection(self.frames_collection(clip_model)).get(
+            where={"$and": [{"video_id": video_id}, {"sampling": sampling_key}]},
+            include=["embeddings", "metadatas"],
+        )
+        if not got["ids"]:
+            return [], np.zeros((0, 0), dtype=np.float32)
+        clips = [int(m["clip"]) for m in got["metadatas"]]
+        order = np.argsort(clips, kind="stable")
+        return [clips[i] for i in order], np.asarray(got["embeddings"], dtype=np.float32)[order]
+
+    # -- query-aware captions ----------------------------------------------------------------
+    def aware_collection(self, embedder_name: str) -> str:
+        return f"aware_captions.{collection_slug(embedder_name)}"
+
+    def put_aware_captions(
+        self,
+        video_id: str,
+        clips: Sequence[int],
+        captions: Sequence[str],
+        embeddings: NDArray[np.float32],
+        *,
+        source: str,
+        prompt_hash: str,
+        query_hash: str,
+        embedder_name: str,
+    ) -> None:
+        if not len(clips) == len(captions) == len(embeddings):
+            raise InputError(
+                f"video {video_id}: {len(clips)} clips, {len(captions)} aware captions, "
+                f"{len(embeddings)} embeddings"
+            )
+        if not clips:
+            return
+        self._upsert(
+            self.aware_collection(embedder_name),
+            ids=[aware_id(video_id, c, source, prompt_hash, query_hash) for c in clips],
+            embeddings=np.asarray(embeddings, dtype=np.float32),
+            documents=list(captions),
+            metadatas=[
+                {"video_id": video_id, "clip": int(c), "source": source, "query_hash": query_hash}
+                for c in clips
+            ],
+        )
+
+    def get_aware_captions(
+        self,
+        video_id: str,
+        clips: Sequence[int],
+        *,
+        source: str,
+        prompt_hash: str,
+        query_hash: str,
+        embedder_name: str,
+    ) -> dict[int, tuple[str, NDArray[np.float32]]]:
+        """Cached aware captions of ``clips`` for one query: ``{clip: (text, embedding)}``."""
+        ids = [aware_id(video_id, c, source, prompt_hash, query_hash) for c in clips]
+        if not ids:
+            return {}
+        got = self._collection(self.aware_collection(embedder_name)).get(
+            ids=ids, include=["embeddings", "metadatas", "documents"]
+        )
+        return {
+            int(m["clip"]): (doc, np.asarray(emb, dtype=np.float32))
+            for m, doc, emb in zip(got["metadatas"], got["documents"], got["embeddings"], strict=True)
+        }
 
     # -- rewrites ----------------------------------------------------------------------------
     def get_rewrite(self, key: str) -> dict[str, Any] | None:

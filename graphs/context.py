@@ -1,4 +1,4 @@
-"""Run-time configuration of the retrieval graph (LangGraph ``context_schema``).
+"""Run-time configuration of the retrieval and ingest graphs (LangGraph ``context_schema``).
 
 Every hyperparameter of the method and every backend spec lives here with its default and a
 one-line description (shown as a form in LangGraph Studio).  Any field can be overridden by an
@@ -47,6 +47,66 @@ class Context:
         default="",
         metadata=_meta("Chroma server URL (chroma run); empty = $CHROMA_URL or the embedded store."),
     )
+    clip_model: str = field(
+        default="local:ViT-B-32",
+        metadata=_meta("CLIP for the clip filter: local:<open_clip model name>."),
+    )
+    clip_pretrained: str = field(
+        default="laion2b_s34b_b79k",
+        metadata=_meta(
+            "open_clip pretrained tag or checkpoint file for clip_model; "
+            "'none' = random weights (tests only)."
+        ),
+    )
+    captioner: str = field(
+        default="local:Qwen/Qwen2.5-VL-7B-Instruct",
+        metadata=_meta(
+            "Query-agnostic captioner (ingest): local:<hf id or path> (transformers) | "
+            "openai:<base_url>#<model> (vLLM serving Qwen2.5-VL-7B-Instruct)."
+        ),
+    )
+    aware_captioner: str = field(
+        default="",
+        metadata=_meta("Query-aware captioner (key clips, per query); empty = the same as captioner."),
+    )
+    video_roots: str = field(
+        default="",
+        metadata=_meta(
+            "Folders video paths must resolve into (os.pathsep-separated); empty = "
+            "$GRANALIGN_VIDEO_ROOTS or the current directory."
+        ),
+    )
+    auto_ingest: bool = field(
+        default=True, metadata=_meta("Ingest a video file the store does not know before retrieving.")
+    )
+    # -- backend limits ------------------------------------------------------------------------
+    concurrency: int = field(
+        default=8, metadata=_meta("Requests in flight per OpenAI-compatible backend.", lo=1, hi=256)
+    )
+    request_timeout: float = field(
+        default=60.0, metadata=_meta("Timeout of one model-server request, in seconds.", lo=0.1, hi=3600.0)
+    )
+    request_attempts: int = field(
+        default=3,
+        metadata=_meta(
+            "Attempts per model-server request (only HTTP 5xx and timeouts are retried).", lo=1, hi=10
+        ),
+    )
+    max_pixels: int = field(
+        default=448 * 448,
+        metadata=_meta(
+            "Frames are shrunk to at most this many pixels before captioning.", lo=28 * 28, hi=4096 * 4096
+        ),
+    )
+    caption_tokens: int = field(
+        default=64, metadata=_meta("Longest caption, in generated tokens.", lo=4, hi=1024)
+    )
+    ingest_batch: int = field(
+        default=16,
+        metadata=_meta(
+            "Clips per ingest batch (decode → CLIP → caption → store; the resume unit).", lo=1, hi=1024
+        ),
+    )
     # -- rewriting -------------------------------------------------------------------------------
     prompt_pairs: str = field(
         default="",
@@ -56,7 +116,15 @@ class Context:
     include_original: bool = field(
         default=True, metadata=_meta("Also score the original query as a variant (Q_r).")
     )
-    # -- fusion ----------------------------------------------------------------------------------
+    # -- clip filter and fusion ----------------------------------------------------------------
+    key_pct: float = field(
+        default=30.0,
+        metadata=_meta(
+            "[K %] the CLIP filter keeps the top K % clips as key clips (query-aware captions).",
+            lo=1.0,
+            hi=100.0,
+        ),
+    )
     clip_len: float = field(default=2.0, metadata=_meta("Clip length in seconds.", lo=0.1, hi=600.0))
     aware_missing: Literal["zero", "agnostic"] = field(
         default="zero",
@@ -106,6 +174,15 @@ class Context:
             _check_field(f.name, getattr(self, f.name), f.type, f.metadata)
         parse_spec(self.rewriter, role="rewriter")
         parse_spec(self.embedder, role="text embedder", allowed=("local",))
+        parse_spec(self.clip_model, role="CLIP model", allowed=("local",))
+        parse_spec(self.captioner, role="captioner", allowed=("local", "openai"))
+        if self.aware_captioner:
+            parse_spec(self.aware_captioner, role="aware captioner", allowed=("local", "openai"))
+
+    @property
+    def aware_captioner_spec(self) -> str:
+        """The query-aware captioner's spec (``captioner`` unless set separately)."""
+        return self.aware_captioner or self.captioner
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Context:

@@ -2,25 +2,48 @@
 
 Models and store clients are heavy and not serialisable, so nodes look them up here by the
 spec strings in Context: one instance per spec per process, shared by every run and thread.
-Caption embeddings of recently used videos are kept in a small LRU cache because a benchmark
-asks several queries of the same video and Chroma reads cost more than the math.
+Caption and frame embeddings of recently used videos are kept in small LRU caches because a
+benchmark asks several queries of the same video and Chroma reads cost more than the math.
+
+Cache keys of ingested videos (all explicit, all in the store's ids):
+
+* ``sampling_key``: clip length and frame rule; ``agnostic_prompt_hash``: the agnostic caption
+  prompt, frame size and caption length; ``ingest_key``: both plus the CLIP model, captioner and
+  text embedder.  A video record whose ``ingest_key`` differs from the run's is re-ingested
+  (finished clips under the same ids are kept).
+* query-aware captions: captioner + aware prompt settings + the hash of the rendered prompt
+  (which holds the query's entities and actions), per clip.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
 
+from granalign.backends.captioner import (
+    AGNOSTIC_PROMPT,
+    AWARE_PROMPT,
+    Captioner,
+    QueryFocus,
+    aware_prompt,
+    focus_from_keywords,
+    make_captioner,
+)
+from granalign.backends.clip import ClipEncoder, make_clip_encoder
 from granalign.backends.embedder import TextEmbedder, make_embedder
+from granalign.backends.openai_llm import BackendError
 from granalign.errors import InputError
 from granalign.rewrite import Rewrite, Rewriter, make_rewriter, rewrite_queries
+from granalign.specs import parse_spec
 from granalign.store import Store, VideoRecord, open_store, text_hash
+from granalign.video import content_hash, parse_roots, resolve_video_path
 from graphs.context import Context
 from prompts import DEFAULT_PAIRS, PromptPair, load_prompt_pairs, prompt_hash
 
@@ -38,8 +61,74 @@ def rewriter_for_spec(spec: str) -> Rewriter:
     return make_rewriter(spec)
 
 
+@lru_cache(maxsize=8)
+def _served_rewriter(spec: str, timeout_s: float, attempts: int, concurrency: int) -> Rewriter:
+    return make_rewriter(spec, timeout_s=timeout_s, attempts=attempts, concurrency=concurrency)
+
+
 def rewriter_for(ctx: Context) -> Rewriter:
+    """The run's rewriter; an ``openai:`` one also carries the Context's request limits."""
+    if parse_spec(ctx.rewriter, role="rewriter").engine == "openai":
+        return _served_rewriter(ctx.rewriter, ctx.request_timeout, ctx.request_attempts, ctx.concurrency)
     return rewriter_for_spec(ctx.rewriter)
+
+
+def clip_for(ctx: Context) -> ClipEncoder:
+    return make_clip_encoder(ctx.clip_model, ctx.clip_pretrained)
+
+
+@lru_cache(maxsize=8)
+def _captioner(
+    spec: str, max_pixels: int, max_tokens: int, concurrency: int, timeout_s: float, attempts: int
+) -> Captioner:
+    return make_captioner(
+        spec,
+        max_pixels=max_pixels,
+        max_tokens=max_tokens,
+        concurrency=concurrency,
+        timeout_s=timeout_s,
+        attempts=attempts,
+    )
+
+
+def captioner_for(ctx: Context, *, aware: bool = False) -> Captioner:
+    """The agnostic captioner (ingest), or with ``aware=True`` the query-aware one (key clips)."""
+    spec = ctx.aware_captioner_spec if aware else ctx.captioner
+    return _captioner(
+        spec, ctx.max_pixels, ctx.caption_tokens, ctx.concurrency, ctx.request_timeout, ctx.request_attempts
+    )
+
+
+def video_roots(ctx: Context) -> list[Path]:
+    return parse_roots(ctx.video_roots)
+
+
+# -- cache keys of ingested videos ------------------------------------------------------------
+
+
+def sampling_key(ctx: Context) -> str:
+    """Which frame stands for a clip: the centre frame of ``clip_len``-second clips."""
+    return text_hash(f"centre-frame;clip_len={ctx.clip_len:g}")
+
+
+def agnostic_prompt_hash(ctx: Context) -> str:
+    return text_hash(f"{AGNOSTIC_PROMPT}|{sampling_key(ctx)}|px={ctx.max_pixels}|tok={ctx.caption_tokens}")
+
+
+def aware_prompt_hash(ctx: Context) -> str:
+    return text_hash(f"{AWARE_PROMPT}|{sampling_key(ctx)}|px={ctx.max_pixels}|tok={ctx.caption_tokens}")
+
+
+def ingest_key(ctx: Context) -> str:
+    """Everything an ingested video's stored clips depend on."""
+    parts = [
+        sampling_key(ctx),
+        agnostic_prompt_hash(ctx),
+        clip_for(ctx).name,
+        captioner_for(ctx).name,
+        embedder_for(ctx).name,
+    ]
+    return text_hash("|".join(parts))
 
 
 def is_pairless(rewriter: Rewriter) -> bool:
@@ -85,7 +174,15 @@ def video_captions(ctx: Context, video_id: str) -> VideoCaptions:
             f"video {video_id!r} was indexed with embedder {record.caption_embedder!r}, "
             f"but this run uses {embedder.name!r}; re-run granalign index with this embedder"
         )
-    captions, emb = store.get_captions(video_id, source=record.caption_source, embedder_name=embedder.name)
+    prompt = record.caption_prompt or None  # ingested videos: only the captions of this prompt
+    captions, emb = store.get_captions(
+        video_id, source=record.caption_source, embedder_name=embedder.name, prompt_hash=prompt
+    )
+    if record.has_frames and len(captions) != record.n_clips:
+        raise InputError(
+            f"video {video_id!r} has {len(captions)} of {record.n_clips} clip captions in the store at "
+            f"{store.location}; re-run granalign index on its file to finish it"
+        )
     if not captions:
         raise InputError(f"video {video_id!r} has no captions in the store at {store.location}")
     value = VideoCaptions(record, captions, emb)
@@ -97,9 +194,172 @@ def video_captions(ctx: Context, video_id: str) -> VideoCaptions:
 
 
 def clear_caches() -> None:
-    """Forget cached captions (a benchmark's cold pass, tests)."""
+    """Forget cached captions and frames (a benchmark's cold pass, tests)."""
     with _CAPTIONS_LOCK:
         _CAPTIONS.clear()
+    with _FRAMES_LOCK:
+        _FRAMES.clear()
+
+
+_FRAMES: OrderedDict[tuple[str, str, str, str], NDArray[np.float32]] = OrderedDict()
+_FRAMES_LOCK = threading.Lock()
+
+
+def forget_video(video_id: str) -> None:
+    """Drop one video's cached captions and frames (after it was (re-)ingested)."""
+    with _CAPTIONS_LOCK:
+        for key in [k for k in _CAPTIONS if k[1] == video_id]:
+            del _CAPTIONS[key]
+    with _FRAMES_LOCK:
+        for fkey in [k for k in _FRAMES if k[1] == video_id]:
+            del _FRAMES[fkey]
+
+
+def video_frames(ctx: Context, record: VideoRecord) -> NDArray[np.float32]:
+    """CLIP image embeddings of an ingested video, one row per clip in order (LRU-cached)."""
+    store = store_for(ctx)
+    key = (store.location, record.video_id, record.clip_model, sampling_key(ctx))
+    with _FRAMES_LOCK:
+        hit = _FRAMES.get(key)
+        if hit is not None:
+            _FRAMES.move_to_end(key)
+            return hit
+    clips, emb = store.get_frames(
+        record.video_id, clip_model=record.clip_model, sampling_key=sampling_key(ctx)
+    )
+    if clips != list(range(record.n_clips)):
+        raise InputError(
+            f"video {record.video_id!r} has {len(clips)} of {record.n_clips} frame embeddings in the store "
+            f"at {store.location}; re-run granalign index on its file"
+        )
+    with _FRAMES_LOCK:
+        _FRAMES[key] = emb
+        while len(_FRAMES) > 64:
+            _FRAMES.popitem(last=False)
+    return emb
+
+
+def video_file(ctx: Context, record: VideoRecord, given: str | None = None) -> Path:
+    """The file of an ingested video, checked to still hold the same bytes (for decoding frames)."""
+    candidates = [c for c in (given, record.path) if c]
+    if not candidates:
+        raise InputError(f"video {record.video_id!r} has no file path in the store")
+    problem = ""
+    for candidate in candidates:
+        try:
+            path = resolve_video_path(candidate, video_roots(ctx))
+        except InputError as exc:
+            problem = str(exc)
+            continue
+        if content_hash(path) == record.video_id:
+            return path
+        problem = f"{candidate} no longer holds the ingested video (its content changed)"
+    raise InputError(f"the file of video {record.video_id!r} is not available: {problem}")
+
+
+# -- query focus and query-aware captions ------------------------------------------------------
+
+
+def _focus_key(rewriter: Rewriter, query: str) -> str:
+    return f"focus:{rewriter.name}:{text_hash(query)}"
+
+
+def query_focus(ctx: Context, query: str) -> QueryFocus:
+    """The entities and actions that guide the query's aware captions (cached in the store).
+
+    From the rewriter's LLM when it can extract them (``openai:``); otherwise, or when its answer
+    is unusable, the query's content words, with the reason in ``note``.  A server failure
+    falls back the same way but is not cached, so the next run asks again.
+    """
+    rewriter = rewriter_for(ctx)
+    extract = getattr(rewriter, "extract_focus", None)
+    if extract is None:
+        return focus_from_keywords(
+            query, note=f"rewriter {rewriter.name} does not extract entities and actions"
+        )
+    store = store_for(ctx)
+    key = _focus_key(rewriter, query)
+    cached = store.get_rewrite(key)
+    if cached is not None:
+        return QueryFocus.from_dict(cached)
+    try:
+        entities, actions, problem = extract(query)
+    except BackendError as exc:
+        return focus_from_keywords(query, note=str(exc))
+    focus = (
+        focus_from_keywords(query, note=f"unusable entities/actions from {rewriter.name}: {problem}")
+        if problem
+        else QueryFocus(tuple(entities), tuple(actions), "llm")
+    )
+    store.put_rewrites({key: focus.to_dict()}, {key: query})
+    return focus
+
+
+@dataclass(frozen=True)
+class AwareCaptions:
+    """Query-aware captions of some key clips (clip order) and how many were computed now."""
+
+    clips: list[int]
+    captions: list[str]
+    embeddings: NDArray[np.float32]
+    computed: int
+
+
+def aware_captions(
+    ctx: Context,
+    record: VideoRecord,
+    clips: Sequence[int],
+    query: str,
+    focus: QueryFocus,
+    *,
+    video_path: str | None = None,
+) -> AwareCaptions:
+    """C_awr of ``clips``: cached ones from the store, the rest captioned now from decoded frames.
+
+    Only missing clips are decoded (one seek each) and captioned; results are stored before
+    returning, so the next query with the same focus costs no VLM call.  A server failure
+    raises BackendError; the caller records the fallback.
+    """
+    from granalign.video import clip_times, sample_frames
+
+    store, embedder = store_for(ctx), embedder_for(ctx)
+    captioner = captioner_for(ctx, aware=True)
+    prompt = aware_prompt(focus, query)
+    p_hash, q_hash = aware_prompt_hash(ctx), text_hash(prompt)
+    found = store.get_aware_captions(
+        record.video_id,
+        clips,
+        source=captioner.name,
+        prompt_hash=p_hash,
+        query_hash=q_hash,
+        embedder_name=embedder.name,
+    )
+    missing = [c for c in clips if c not in found]
+    if missing:
+        path = video_file(ctx, record, video_path)
+        times = clip_times(record.duration_s, record.clip_len_s)
+        frames = [
+            img
+            for _, img in sample_frames(
+                path, times, clip_len=record.clip_len_s, clips=missing, max_pixels=ctx.max_pixels
+            )
+        ]
+        texts = captioner.caption(frames, [prompt] * len(frames))
+        vectors = embedder.embed(texts)
+        store.put_aware_captions(
+            record.video_id,
+            missing,
+            texts,
+            vectors,
+            source=captioner.name,
+            prompt_hash=p_hash,
+            query_hash=q_hash,
+            embedder_name=embedder.name,
+        )
+        found.update({c: (t, v) for c, t, v in zip(missing, texts, vectors, strict=True)})
+    order = sorted(found)
+    emb = np.stack([found[c][1] for c in order]).astype(np.float32) if order else np.zeros((0, 0), np.float32)
+    return AwareCaptions(order, [found[c][0] for c in order], emb, len(missing))
 
 
 def rewrite_cache_key(rewriter: Rewriter, pair: PromptPair, query: str) -> str:

@@ -1,14 +1,26 @@
-"""The retrieval graph: rewrite → fuse → propose → nms, as in the paper's method figure.
+"""The retrieval graph: rewrite → clip_filter → caption → fuse → propose → nms (the paper's figure).
 
-Each node is a small function of ``(state, runtime: Runtime[Context])``.  ``rewrite`` fans out
-with ``Send``, one task per prompt pair, so pairs run concurrently against a served LLM.  This
-is the caption-only mode: a video known only by imported captions has no frames, so the CLIP
-filter and query-aware captions are skipped and that is recorded in ``notes`` (never faked).
+Each node is a small function of ``(state, runtime: Runtime[Context])``.
+
+* ``load_video`` takes a store id or a video file.  A file the store does not know (or knows
+  under other settings) is ingested first by the ingest graph, whose progress is relayed.
+* ``rewrite`` fans out with ``Send``, one task per prompt pair, so pairs run concurrently
+  against a served LLM.  In full mode two more tasks run in the same step: ``focus`` (the
+  query's entities and actions, for the aware captions) and ``clip_filter`` (top K % clips by
+  CLIP text–image similarity), which needs no rewrite, so it does not wait for one.
+* ``caption`` gets query-aware captions C_awr for the key clips only (cached per query).
+* ``fuse`` computes S_f from both channels; ``propose`` and ``nms`` turn it into windows.
+
+Caption-only mode: a video known only by imported captions has no frames, so ``clip_filter``
+and query-aware captions are skipped and that is recorded in ``notes`` (never faked).  A failed
+model server never crashes a run: the rewrite falls back to the original query and aware
+captions fall back to ``aware_missing``, each recorded in ``notes``.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import numpy as np
@@ -16,15 +28,27 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import RetryPolicy, Send
 
+from granalign.backends.captioner import QueryFocus
+from granalign.backends.openai_llm import BackendError
 from granalign.errors import InputError
 from granalign.fusion import granular_fusion, variant_scores
 from granalign.moments import propose_windows, saliency, select_moments
 from granalign.proposals import ProposalParams
 from granalign.rewrite import Rewrite
-from granalign.similarity import normalised_similarity
+from granalign.similarity import cosine_similarity, minmax_normalise, normalised_similarity
+from granalign.store import VideoRecord
+from granalign.video import content_hash, display_path, looks_like_path, resolve_video_path
 from graphs import resources
 from graphs.context import Context
-from graphs.state import RetrievalInput, RetrievalOutput, RetrievalState, RewriteTask
+from graphs.ingest import ingest_video
+from graphs.state import (
+    ClipFilterTask,
+    FocusTask,
+    RetrievalInput,
+    RetrievalOutput,
+    RetrievalState,
+    RewriteTask,
+)
 
 MAX_QUERY_CHARS = 1000
 
@@ -47,50 +71,166 @@ def _clean_query(query: Any) -> str:
     return text
 
 
+def _stored_record(ctx: Context, video: str) -> VideoRecord | None:
+    """The store's record when ``video`` is a stored id (never for strings that look like paths)."""
+    if looks_like_path(video):
+        return None
+    record = resources.store_for(ctx).video(video)
+    return record if record is not None and record.complete else None
+
+
+def _ingest(runtime: Runtime[Context], video: str, why: str) -> str:
+    """Ingest a file through the ingest graph, relaying its progress; returns the video id."""
+    ctx = runtime.context
+    if not ctx.auto_ingest:
+        raise InputError(f"video {video!r} {why}; ingest it first (granalign index VIDEO) or set auto_ingest")
+    _progress(runtime, "ingest_start", video=display_path(video), reason=why)
+    out = ingest_video(ctx, video, on_event=lambda ev: _progress(runtime, ev.pop("stage", "ingest"), **ev))
+    return str(out["video_id"])
+
+
+def _resolve_video(runtime: Runtime[Context], video: str) -> tuple[str, str]:
+    """(video id, file path or '') for a store id or a video file, ingesting when needed."""
+    ctx = runtime.context
+    record = _stored_record(ctx, video)
+    if record is not None:
+        if record.has_frames and record.ingest_key != resources.ingest_key(ctx):
+            path = str(resources.video_file(ctx, record))
+            return _ingest(runtime, path, "was ingested with other settings"), path
+        return record.video_id, ""
+    if not looks_like_path(video) and not os.path.lexists(video):
+        store = resources.store_for(ctx)
+        raise InputError(
+            f"video {video!r} is not in the store at {store.location} and is not a video file; import its "
+            "captions (granalign index --captions FILE) or pass a video file path"
+        )
+    resolved = resolve_video_path(video, resources.video_roots(ctx))
+    video_id = content_hash(resolved)
+    record = resources.store_for(ctx).video(video_id)
+    if record is None or not record.complete or record.ingest_key != resources.ingest_key(ctx):
+        why = "is not in the store" if record is None else "is not fully ingested with these settings"
+        video_id = _ingest(runtime, str(resolved), why)
+    return video_id, str(resolved)
+
+
 def load_video(state: RetrievalState, runtime: Runtime[Context]) -> dict[str, Any]:
-    """Resolve the video in the store and decide the mode (caption-only without frames)."""
+    """Resolve the video (store id or file, ingesting a new file) and decide the mode."""
     query = _clean_query(state.get("query"))
     video = state.get("video")
     if not isinstance(video, str) or not video.strip():
-        raise InputError("video must be a non-empty string (a store video id)")
-    found = resources.video_captions(runtime.context, video.strip())
+        raise InputError("video must be a non-empty string (a store video id or a video file path)")
+    video_id, path = _resolve_video(runtime, video.strip())
+    found = resources.video_captions(runtime.context, video_id)
     notes: list[str] = []
     if not found.record.has_frames:
         notes.append("caption-only mode: no frames, so clip_filter and query-aware captions were skipped")
+    elif found.record.duration_s < found.record.clip_len_s:
+        notes.append(
+            f"video is {found.record.duration_s:.2f} s long, shorter than one clip "
+            f"({found.record.clip_len_s:g} s): one clip covers it"
+        )
     _progress(runtime, "load_video", video_id=found.record.video_id, clips=len(found.captions))
-    return {
+    out: dict[str, Any] = {
         "query": query,
         "video_id": found.record.video_id,
         "n_clips": len(found.captions),
         "mode": "full" if found.record.has_frames else "caption-only",
         "notes": notes,
     }
+    if path:
+        out["video_path"] = path
+    return out
 
 
 def plan_rewrites(state: RetrievalState, runtime: Runtime[Context]) -> list[Send]:
-    """Fan out: one rewrite task per prompt pair (one task for pair-less sources)."""
+    """Fan out: one rewrite task per prompt pair (one for pair-less sources); in full mode also
+    the focus extraction and the CLIP filter, which do not depend on the rewrites."""
     task = {"query": state["query"], "qid": state.get("qid")}
     rewriter = resources.rewriter_for(runtime.context)
     if resources.is_pairless(rewriter):
-        return [Send("rewrite", RewriteTask(**task, pair_id=""))]  # type: ignore[typeddict-item]
-    return [
-        Send("rewrite", RewriteTask(**task, pair_id=p.id))  # type: ignore[typeddict-item]
-        for p in resources.pairs_for(runtime.context)
-    ]
+        sends = [Send("rewrite", RewriteTask(**task, pair_id=""))]  # type: ignore[typeddict-item]
+    else:
+        sends = [
+            Send("rewrite", RewriteTask(**task, pair_id=p.id))  # type: ignore[typeddict-item]
+            for p in resources.pairs_for(runtime.context)
+        ]
+    if state.get("mode") == "full":
+        sends.append(Send("focus", FocusTask(query=state["query"])))
+        sends.append(Send("clip_filter", ClipFilterTask(query=state["query"], video_id=state["video_id"])))
+    return sends
 
 
 def rewrite(state: RewriteTask, runtime: Runtime[Context]) -> dict[str, Any]:
-    """Step 1: rewrite the query with one prompt pair (cached in the store)."""
+    """Step 1: rewrite the query with one prompt pair (cached in the store).
+
+    A model server that fails after its retries gives the original query as a recorded
+    fallback, not cached, so the next run asks the server again.
+    """
     ctx = runtime.context
     rewriter = resources.rewriter_for(ctx)
-    if not state["pair_id"]:
-        got = rewriter.variants_for(state["query"], state.get("qid"))  # type: ignore[attr-defined]
-    else:
-        pair = next(p for p in resources.pairs_for(ctx) if p.id == state["pair_id"])
-        got = resources.cached_rewrites(ctx, pair, [state["query"]])
+    try:
+        if not state["pair_id"]:
+            got = rewriter.variants_for(state["query"], state.get("qid"))  # type: ignore[attr-defined]
+        else:
+            pair = next(p for p in resources.pairs_for(ctx) if p.id == state["pair_id"])
+            got = resources.cached_rewrites(ctx, pair, [state["query"]])
+    except BackendError as exc:
+        got = [Rewrite(state["pair_id"] or "original", state["query"], state["query"], True, str(exc))]
     notes = [f"rewrite {r.pair_id} fell back to the original query: {r.reason}" for r in got if r.fallback]
     _progress(runtime, "rewrite", pair=state["pair_id"] or rewriter.name, n=len(got))
     return {"rewrites": [r.to_dict() for r in got], "notes": notes}
+
+
+def focus(state: FocusTask, runtime: Runtime[Context]) -> dict[str, Any]:
+    """The query's entities and actions, which guide its query-aware captions (full mode)."""
+    found = resources.query_focus(runtime.context, state["query"])
+    notes = [f"query focus from the query's keywords: {found.note}"] if found.source != "llm" else []
+    _progress(
+        runtime, "focus", entities=list(found.entities), actions=list(found.actions), source=found.source
+    )
+    return {"focus": found.to_dict(), "notes": notes}
+
+
+def clip_filter(state: ClipFilterTask, runtime: Runtime[Context]) -> dict[str, Any]:
+    """Step 3: CLIP similarity of the query with every clip's frame; the top K % are key clips."""
+    ctx = runtime.context
+    record = resources.video_captions(ctx, state["video_id"]).record
+    frames = resources.video_frames(ctx, record)
+    text = resources.clip_for(ctx).embed_texts([state["query"]])
+    scores = (frames @ text[0]).astype(float)
+    k = max(1, math.ceil(ctx.key_pct / 100.0 * len(scores) - 1e-9))
+    order = np.argsort(-scores, kind="stable")[:k]
+    key = sorted(int(i) for i in order)
+    _progress(runtime, "clip_filter", key_clips=len(key), clips=len(scores))
+    return {"clip_scores": np.round(scores, 6).tolist(), "key_clips": key}
+
+
+def caption(state: RetrievalState, runtime: Runtime[Context]) -> dict[str, Any]:
+    """Step 4: query-aware captions C_awr for the key clips only (cached per query and focus)."""
+    if state.get("mode") != "full":
+        _progress(runtime, "caption", skipped=True)
+        return {}
+    ctx = runtime.context
+    record = resources.video_captions(ctx, state["video_id"]).record
+    query_focus = QueryFocus.from_dict(state.get("focus") or {})
+    try:
+        got = resources.aware_captions(
+            ctx,
+            record,
+            state.get("key_clips", []),
+            state["query"],
+            query_focus,
+            video_path=state.get("video_path"),
+        )
+    except (BackendError, InputError) as exc:
+        note = (
+            f"query-aware captions unavailable ({exc}); "
+            f"the aware channel used aware_missing={ctx.aware_missing!r}"
+        )
+        _progress(runtime, "caption", failed=True)
+        return {"aware_clips": [], "aware_captions": [], "notes": [note]}
+    _progress(runtime, "caption", key_clips=len(got.clips), computed=got.computed)
+    return {"aware_clips": got.clips, "aware_captions": got.captions}
 
 
 def _variants(state: RetrievalState, ctx: Context) -> list[Rewrite]:
@@ -105,6 +245,34 @@ def _variants(state: RetrievalState, ctx: Context) -> list[Rewrite]:
     return out or [Rewrite.original(state["query"])]
 
 
+def _aware_channel(
+    state: RetrievalState, ctx: Context, q_d: np.ndarray, n: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """g(Q_d, C_awr) over the clips that have aware captions, and the mask of those clips.
+
+    The cosine is min–max normalised over the key clips with aware captions only (the only
+    clips where C_awr exists), so the aware channel spans [0, 1] like the agnostic one and a
+    query whose aware captions all look alike lifts no clip.  Other clips are NaN (ignored).
+    """
+    mask = np.zeros(n, dtype=bool)
+    g = np.full((q_d.shape[0], n), np.nan)
+    clips = list(state.get("aware_clips") or [])
+    if not clips or state.get("mode") != "full":
+        return g, mask
+    record = resources.video_captions(ctx, state["video_id"]).record
+    got = resources.aware_captions(
+        ctx,
+        record,
+        clips,
+        state["query"],
+        QueryFocus.from_dict(state.get("focus") or {}),
+        video_path=state.get("video_path"),
+    )
+    g[:, got.clips] = minmax_normalise(cosine_similarity(q_d, got.embeddings))
+    mask[got.clips] = True
+    return g, mask
+
+
 def fuse(state: RetrievalState, runtime: Runtime[Context]) -> dict[str, Any]:
     """Step 5: granular fusion S_f of g(Q_s, C_agn) and g(Q_d, C_awr) over the video's clips."""
     ctx = runtime.context
@@ -116,11 +284,11 @@ def fuse(state: RetrievalState, runtime: Runtime[Context]) -> dict[str, Any]:
     q_d = np.stack([emb[r.detailed] for r in variants])
     g_s = normalised_similarity(q_s, video.embeddings)
     g_d_agn = normalised_similarity(q_d, video.embeddings)
-    aware_mask = np.zeros(g_s.shape[1], dtype=bool)  # caption-only: no query-aware captions
+    g_d_aware, aware_mask = _aware_channel(state, ctx, q_d, g_s.shape[1])
     kwargs: dict[str, Any] = {"g_detailed_agnostic": g_d_agn, "aware_missing": ctx.aware_missing}
-    per_variant = variant_scores(g_s, np.zeros_like(g_s), aware_mask, **kwargs)
-    fused = granular_fusion(g_s, np.zeros_like(g_s), aware_mask, **kwargs)
-    _progress(runtime, "fuse", variants=len(variants), clips=int(fused.size))
+    per_variant = variant_scores(g_s, g_d_aware, aware_mask, **kwargs)
+    fused = granular_fusion(g_s, g_d_aware, aware_mask, **kwargs)
+    _progress(runtime, "fuse", variants=len(variants), clips=int(fused.size), aware=int(aware_mask.sum()))
     return {
         "variants": [r.to_dict() for r in variants],
         "variant_scores": np.round(per_variant, 6).tolist(),
@@ -171,7 +339,10 @@ def nms(state: RetrievalState, runtime: Runtime[Context]) -> dict[str, Any]:
         nms_iou=ctx.nms_iou,
         top_n=ctx.top_n,
     )
-    n_out = max(1, math.ceil(duration / ctx.clip_len - 1e-9))
+    if state.get("mode") == "full":  # ingested videos: exactly one value per stored clip
+        n_out = int(state["n_clips"])
+    else:
+        n_out = max(1, math.ceil(duration / ctx.clip_len - 1e-9))
     curve = saliency(state["fused"])
     curve = (curve + [curve[-1]] * n_out)[:n_out]  # one value per clip of the whole duration
     _progress(runtime, "nms", moments=len(moments))
@@ -179,19 +350,29 @@ def nms(state: RetrievalState, runtime: Runtime[Context]) -> dict[str, Any]:
 
 
 def build_retrieval_graph() -> Any:
-    """Compile the retrieval graph (the object ``langgraph.json`` points at)."""
+    """Compile the retrieval graph (the object ``langgraph.json`` points at).
+
+    Retries: only the network-facing nodes retry, and only on connection errors and timeouts
+    (never ValueError/OSError); the served backends already retry 5xx answers themselves.
+    """
     network = RetryPolicy(max_attempts=3, retry_on=(ConnectionError, TimeoutError))
     builder = StateGraph(
         RetrievalState, context_schema=Context, input_schema=RetrievalInput, output_schema=RetrievalOutput
     )
     builder.add_node("load_video", load_video)
     builder.add_node("rewrite", rewrite, input_schema=RewriteTask, retry_policy=network)
+    builder.add_node("focus", focus, input_schema=FocusTask, retry_policy=network)
+    builder.add_node("clip_filter", clip_filter, input_schema=ClipFilterTask)
+    builder.add_node("caption", caption, retry_policy=network)
     builder.add_node("fuse", fuse)
     builder.add_node("propose", propose)
     builder.add_node("nms", nms)
     builder.add_edge(START, "load_video")
-    builder.add_conditional_edges("load_video", plan_rewrites, ["rewrite"])
-    builder.add_edge("rewrite", "fuse")
+    builder.add_conditional_edges("load_video", plan_rewrites, ["rewrite", "focus", "clip_filter"])
+    builder.add_edge("rewrite", "caption")
+    builder.add_edge("focus", "caption")
+    builder.add_edge("clip_filter", "caption")
+    builder.add_edge("caption", "fuse")
     builder.add_edge("fuse", "propose")
     builder.add_edge("propose", "nms")
     builder.add_edge("nms", END)

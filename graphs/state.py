@@ -1,4 +1,4 @@
-"""Graph state schemas.
+"""Graph state schemas (retrieval and ingest).
 
 State holds only JSON-serialisable values (ids, texts, plain float lists): a checkpointer
 serialises every step, and numpy arrays or embeddings would break it or bloat it.  Embeddings
@@ -42,6 +42,19 @@ class RewriteTask(TypedDict):
     pair_id: str
 
 
+class FocusTask(TypedDict):
+    """The payload of the ``Send`` that extracts the query's entities and actions (full mode)."""
+
+    query: str
+
+
+class ClipFilterTask(TypedDict):
+    """The payload of the ``Send`` that runs the CLIP filter (full mode, beside the rewrites)."""
+
+    query: str
+    video_id: str
+
+
 class RetrievalState(TypedDict):
     video: str
     query: str
@@ -50,11 +63,49 @@ class RetrievalState(TypedDict):
     video_id: NotRequired[str]
     n_clips: NotRequired[int]
     mode: NotRequired[str]
+    video_path: NotRequired[str]
     rewrites: NotRequired[Annotated[list[dict[str, Any]], operator.add]]
+    focus: NotRequired[dict[str, Any]]
+    clip_scores: NotRequired[list[float]]
+    key_clips: NotRequired[list[int]]
+    aware_clips: NotRequired[list[int]]
+    aware_captions: NotRequired[list[str]]
     variants: NotRequired[list[dict[str, Any]]]
     variant_scores: NotRequired[list[list[float]]]
     fused: NotRequired[list[float]]
     candidates: NotRequired[list[list[float]]]
     moments: NotRequired[list[list[float]]]
     saliency: NotRequired[list[float]]
+    notes: NotRequired[Annotated[list[str], operator.add]]
+
+
+class IngestInput(TypedDict):
+    """A video file to ingest (a path inside the configured video roots)."""
+
+    video: str
+
+
+class IngestOutput(TypedDict):
+    """What an ingest did: the video's id and clips, clips skipped (already stored) and encoded now."""
+
+    video_id: str
+    path: str
+    n_clips: int
+    duration_s: float
+    skipped: int
+    encoded: int
+    timings: dict[str, float]
+    notes: list[str]
+
+
+class IngestState(TypedDict):
+    video: str
+    video_id: NotRequired[str]
+    path: NotRequired[str]
+    n_clips: NotRequired[int]
+    duration_s: NotRequired[float]
+    todo: NotRequired[list[int]]
+    skipped: NotRequired[int]
+    encoded: NotRequired[int]
+    timings: NotRequired[dict[str, float]]
     notes: NotRequired[Annotated[list[str], operator.add]]

@@ -14,6 +14,11 @@ File format (one pair per file)::
     simplify: template with {query}
     detail: template with {query}
 
+The shipped templates carry no few-shot example on purpose: the offline default
+SmolLM2-135M copied the example's content into a quarter to a half of its answers ("A woman
+in a red coat ..." for a query about noodles) and was better without; larger models do not
+need one.
+
 Templates use Python ``str.format`` syntax with ``{query}`` as the only placeholder (write
 ``{{`` / ``}}`` for literal braces).  A malformed file raises :class:`InputError` naming the file
 and the field, because a typo in a prompt file should fail at load time, not silently change
@@ -135,8 +140,8 @@ def _check_template(path: Path, field: str, template: str) -> None:
             )
     if _PLACEHOLDER not in names:
         raise InputError(f"{path}: field {field!r}: template must contain {{query}}")
-    for _, name, spec, conversion in parsed:
-        if name is not None and (spec or conversion):
+    for _, field_name, spec, conversion in parsed:
+        if field_name is not None and (spec or conversion):
             raise InputError(f"{path}: field {field!r}: write the placeholder as plain {{query}}")
 
 

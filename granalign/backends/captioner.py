@@ -1,0 +1,456 @@
+"""Captioner backends: query-agnostic captions of every clip, query-aware captions of key clips.
+
+GranAlign captions each clip's frame twice: once *query-agnostic* at ingest (``C_agn``, generic,
+cached forever), and once *query-aware* at query time for the CLIP filter's key clips only
+(``C_awr``), with a prompt guided by the entities and actions extracted from the query
+(:class:`QueryFocus`).  The aware prompt names what to look for but asks the model to mention
+only what it sees, because a leading prompt otherwise invites the captioner to hallucinate the
+query into every frame.
+
+Specs:
+
+``local:<hf-id-or-path>``   a transformers image-text model run here (AutoProcessor +
+                            AutoModelForImageTextToText, e.g. Qwen2.5-VL), batched, greedy.
+``openai:<url>#<model>``    an OpenAI-compatible server (vLLM serving Qwen2.5-VL-7B-Instruct):
+                            frames as base64 JPEG data URLs, many requests in flight.
+
+Both shrink frames to at most ``max_pixels`` before captioning (the cost of a VLM grows with
+image tokens; Qwen2.5-VL spends one token per 28×28 pixels).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import re
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from granalign.backends.openai_llm import (
+    BackendError,
+    ServerSettings,
+    async_client,
+    call_with_retries,
+    run_sync,
+)
+from granalign.errors import ConfigError
+from granalign.specs import parse_spec
+
+__all__ = [
+    "AGNOSTIC_PROMPT",
+    "AWARE_PROMPT",
+    "Captioner",
+    "LocalVLMCaptioner",
+    "OpenAICaptioner",
+    "QueryFocus",
+    "aware_prompt",
+    "clean_caption",
+    "focus_from_keywords",
+    "make_captioner",
+    "shrink",
+]
+
+AGNOSTIC_PROMPT = (
+    "Describe this video frame in one or two sentences: the people, objects, actions and setting."
+)
+"""The query-agnostic caption prompt (C_agn); part of every agnostic caption's cache key."""
+
+AWARE_PROMPT = (
+    "Describe this video frame in one or two sentences. Pay attention to {focus}: say which of them are "
+    "visible and what they are doing. Do not mention anything that is not in the image."
+)
+"""The query-aware caption prompt (C_awr); ``{focus}`` lists the query's entities and actions."""
+
+MAX_CAPTION_CHARS = 600
+
+
+@dataclass(frozen=True)
+class QueryFocus:
+    """The entities and actions of a query that guide its query-aware captions.
+
+    ``source`` says where they came from: ``llm`` (the rewriter's model) or ``keywords`` (the
+    query's content words, when the rewriter cannot extract them or its answer was unusable).
+    """
+
+    entities: tuple[str, ...]
+    actions: tuple[str, ...]
+    source: str = "llm"
+    note: str = field(default="", compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "entities": list(self.entities),
+            "actions": list(self.actions),
+            "source": self.source,
+            "note": self.note,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> QueryFocus:
+        if not isinstance(data, dict):
+            raise ConfigError(f"a query focus must be a JSON object, got {type(data).__name__}")
+        return cls(
+            tuple(str(x) for x in data.get("entities", [])),
+            tuple(str(x) for x in data.get("actions", [])),
+            str(data.get("source", "llm")),
+            str(data.get("note", "")),
+        )
+
+
+_STOPWORDS = frozenset(
+    [
+        "a",
+        "an",
+        "the",
+        "and",
+        "or",
+        "but",
+        "of",
+        "in",
+        "on",
+        "at",
+        "to",
+        "with",
+        "by",
+        "for",
+        "from",
+        "into",
+        "onto",
+        "up",
+        "down",
+        "out",
+        "over",
+        "under",
+        "near",
+        "about",
+        "is",
+        "are",
+        "was",
+        "were",
+        "be",
+        "been",
+        "being",
+        "am",
+        "it",
+        "its",
+        "this",
+        "that",
+        "these",
+        "those",
+        "there",
+        "here",
+        "then",
+        "than",
+        "so",
+        "as",
+        "while",
+        "when",
+        "after",
+        "before",
+        "during",
+        "his",
+        "her",
+        "their",
+        "our",
+        "my",
+        "your",
+        "them",
+        "they",
+        "he",
+        "she",
+        "we",
+        "you",
+        "i",
+        "him",
+        "us",
+        "who",
+        "which",
+        "what",
+        "where",
+        "some",
+        "any",
+        "all",
+        "each",
+        "every",
+        "one",
+        "two",
+        "three",
+        "very",
+        "just",
+        "also",
+        "not",
+        "no",
+        "do",
+        "does",
+        "did",
+        "has",
+        "have",
+        "had",
+        "can",
+        "could",
+        "will",
+        "would",
+        "should",
+        "may",
+        "might",
+        "shall",
+        "video",
+        "clip",
+        "scene",
+        "camera",
+        "shows",
+        "showing",
+        "shown",
+        "someone",
+        "something",
+    ]
+)
+_WORD = re.compile(r"[A-Za-z][A-Za-z'-]*")
+
+
+def focus_from_keywords(query: str, *, note: str = "") -> QueryFocus:
+    """A fallback focus: the query's content words (``-ing`` words as actions, the rest as entities).
+
+    Crude, but it only steers the captioner's attention and is recorded as ``source="keywords"``.
+    """
+    words: list[str] = []
+    for w in _WORD.findall(query.lower()):
+        if w not in _STOPWORDS and len(w) > 1 and w not in words:
+            words.append(w)
+    actions = tuple(w for w in words if w.endswith("ing") and len(w) > 4)
+    entities = tuple(w for w in words if w not in actions)
+    return QueryFocus(entities[:12], actions[:12], "keywords", note)
+
+
+def aware_prompt(focus: QueryFocus, query: str) -> str:
+    """The query-aware prompt for one query (the query itself when its focus is empty)."""
+    parts = []
+    if focus.entities:
+        parts.append("these people, animals, objects or places: " + ", ".join(focus.entities))
+    if focus.actions:
+        parts.append("these actions: " + ", ".join(focus.actions))
+    text = "; and ".join(parts) if parts else f'what the search "{query}" describes'
+    return AWARE_PROMPT.format(focus=text)
+
+
+def clean_caption(text: object) -> str:
+    """One line of plain text, at most :data:`MAX_CAPTION_CHARS` characters ('' for non-text)."""
+    if not isinstance(text, str):
+        return ""
+    return " ".join(text.split())[:MAX_CAPTION_CHARS]
+
+
+def shrink(image: Any, max_pixels: int) -> Any:
+    """``image`` as RGB with at most ``max_pixels`` pixels (aspect ratio kept; 0 = unchanged)."""
+    image = image.convert("RGB")
+    w, h = image.size
+    if max_pixels > 0 and w * h > max_pixels:
+        scale = (max_pixels / (w * h)) ** 0.5
+        image = image.resize((max(1, int(w * scale)), max(1, int(h * scale))))
+    return image
+
+
+class Captioner(Protocol):
+    """Captions images, one prompt per image; ``name`` identifies the model in cache keys."""
+
+    name: str
+
+    def caption(self, images: Sequence[Any], prompts: Sequence[str]) -> list[str]:
+        """One caption per image, in order; a server failure raises BackendError."""
+        ...
+
+
+# ---------------------------------------------------------------------------------------------
+# local: transformers image-text models
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _LoadedVLM:
+    processor: Any
+    model: Any
+    lock: threading.Lock
+
+
+_VLMS: dict[tuple[str, str], _LoadedVLM] = {}
+_VLMS_LOCK = threading.Lock()
+
+
+def _load_vlm(location: str, device: str) -> _LoadedVLM:
+    """Processor and model once per (model, device) per process; failures become ConfigError."""
+    key = (location, device)
+    with _VLMS_LOCK:
+        if key in _VLMS:
+            return _VLMS[key]
+        try:
+            import transformers
+
+            auto: Any = transformers  # untyped factories; the loaded objects are used duck-typed
+            processor = auto.AutoProcessor.from_pretrained(location)
+            model = auto.AutoModelForImageTextToText.from_pretrained(location).to(device).eval()
+        except ImportError as exc:
+            raise ConfigError(f"captioner model {location!r}: a library is missing ({exc})") from exc
+        except Exception as exc:  # any loader failure is a configuration problem for the user
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ConfigError(f"captioner model {location!r} could not be loaded: {reason}") from exc
+        tokenizer = getattr(processor, "tokenizer", None)
+        if tokenizer is not None:
+            tokenizer.padding_side = "left"  # decoder-only batching: new tokens follow the prompt
+            if tokenizer.pad_token is None:
+                tokenizer.pad_token = tokenizer.eos_token
+        loaded = _LoadedVLM(processor, model, threading.Lock())
+        _VLMS[key] = loaded
+        return loaded
+
+
+class LocalVLMCaptioner:
+    """Spec ``local:<hf-id-or-path>``: an image-text model run in this process, batched and greedy."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        max_new_tokens: int = 48,
+        max_pixels: int = 448 * 448,
+        batch_size: int = 8,
+        device: str = "cpu",
+    ) -> None:
+        if not target.strip():
+            raise ConfigError("captioner model name is empty")
+        path = Path(target).expanduser()
+        self.location = str(path.resolve()) if path.exists() else target.strip()
+        self.name = f"local:{path.resolve().name if path.exists() else target.strip()}"
+        self.max_new_tokens = max_new_tokens
+        self.max_pixels = max_pixels
+        self.batch_size = batch_size
+        self.device = device
+
+    def caption(self, images: Sequence[Any], prompts: Sequence[str]) -> list[str]:
+        if len(images) != len(prompts):
+            raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
+        out: list[str] = []
+        for lo in range(0, len(images), self.batch_size):
+            out.extend(self._batch(images[lo : lo + self.batch_size], prompts[lo : lo + self.batch_size]))
+        return out
+
+    def _render(self, processor: Any, prompt: str) -> str:
+        # the prompt before the image: it is then a prefix shared by every frame (prefix caching)
+        messages = [{"role": "user", "content": [{"type": "text", "text": prompt}, {"type": "image"}]}]
+        if getattr(processor, "chat_template", None):
+            return str(processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+        return prompt  # captioning models without a chat template take the prompt as a prefix
+
+    def _batch(self, images: Sequence[Any], prompts: Sequence[str]) -> list[str]:
+        import torch
+
+        loaded = _load_vlm(self.location, self.device)
+        processor = loaded.processor
+        texts = [self._render(processor, p) for p in prompts]
+        pictures = [shrink(im, self.max_pixels) for im in images]
+        inputs = processor(text=texts, images=pictures, padding=True, return_tensors="pt").to(self.device)
+        tokenizer = getattr(processor, "tokenizer", processor)
+        with loaded.lock, torch.inference_mode():
+            generated = loaded.model.generate(
+                **inputs,
+                max_new_tokens=self.max_new_tokens,
+                do_sample=False,
+                num_beams=1,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        new = generated[:, inputs["input_ids"].shape[1] :]
+        return [clean_caption(t) for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
+
+
+# ---------------------------------------------------------------------------------------------
+# openai: an OpenAI-compatible server (vLLM)
+# ---------------------------------------------------------------------------------------------
+
+
+def jpeg_data_url(image: Any, max_pixels: int, quality: int = 90) -> str:
+    """``data:image/jpeg;base64,...`` of ``image`` shrunk to ``max_pixels``."""
+    buf = io.BytesIO()
+    shrink(image, max_pixels).save(buf, format="JPEG", quality=quality)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+class OpenAICaptioner:
+    """Spec ``openai:<url>#<model>``: one chat request per image, ``concurrency`` in flight."""
+
+    def __init__(
+        self, settings: ServerSettings, *, max_tokens: int = 64, max_pixels: int = 448 * 448
+    ) -> None:
+        self.settings = settings
+        self.max_tokens = max_tokens
+        self.max_pixels = max_pixels
+        self.name = f"openai:{settings.model}"
+
+    def caption(self, images: Sequence[Any], prompts: Sequence[str]) -> list[str]:
+        if len(images) != len(prompts):
+            raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
+        if not images:
+            return []
+        # encode on this thread: PIL work, and the event loop then only waits on the network
+        urls = [jpeg_data_url(im, self.max_pixels) for im in images]
+        return run_sync(lambda: self._caption_all(urls, list(prompts)))
+
+    async def _caption_all(self, urls: list[str], prompts: list[str]) -> list[str]:
+        gate = asyncio.Semaphore(self.settings.concurrency)
+        async with async_client(self.settings) as client:
+
+            async def one(url: str, prompt: str) -> str:
+                content = [{"type": "text", "text": prompt}, {"type": "image_url", "image_url": {"url": url}}]
+
+                async def call() -> Any:
+                    return await client.chat.completions.create(
+                        model=self.settings.model,
+                        messages=[{"role": "user", "content": content}],
+                        temperature=0.0,
+                        max_tokens=self.max_tokens,
+                    )
+
+                async with gate:
+                    response = await call_with_retries(
+                        call, self.settings, what=f"captioner {self.settings.model}"
+                    )
+                choices = getattr(response, "choices", None) or []
+                return clean_caption(choices[0].message.content if choices else "")
+
+            results = await asyncio.gather(
+                *(one(u, p) for u, p in zip(urls, prompts, strict=True)), return_exceptions=True
+            )
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            first = errors[0]
+            if not isinstance(first, BackendError):
+                raise first
+            raise BackendError(f"{first} ({len(errors)} of {len(results)} frames failed)")
+        return [r for r in results if isinstance(r, str)]
+
+
+def make_captioner(
+    spec: str,
+    *,
+    max_pixels: int = 448 * 448,
+    max_tokens: int = 64,
+    concurrency: int = 8,
+    timeout_s: float = 60.0,
+    attempts: int = 3,
+    batch_size: int = 8,
+) -> Captioner:
+    """Build the captioner a spec names (``local:`` or ``openai:``)."""
+    parsed = parse_spec(spec, role="captioner", allowed=("local", "openai"))
+    if parsed.engine == "openai":
+        settings = ServerSettings(
+            parsed.target, parsed.model, timeout_s=timeout_s, attempts=attempts, concurrency=concurrency
+        )
+        return OpenAICaptioner(settings, max_tokens=max_tokens, max_pixels=max_pixels)
+    return LocalVLMCaptioner(
+        parsed.target, max_new_tokens=max_tokens, max_pixels=max_pixels, batch_size=batch_size
+    )

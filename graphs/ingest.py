@@ -1,0 +1,283 @@
+"""The ingest graph: probe → encode → finalize, turning a video file into stored clips.
+
+For every clip (``clip_len`` seconds, from Context) the ``encode`` node samples one frame
+(PyAV, by seeking; never the whole video in memory), embeds it with CLIP, captions it
+query-agnostically (``C_agn``), embeds the caption, and writes the frame record, then the
+caption record (the one that marks the clip finished; see :mod:`granalign.store`).  Clips go in
+batches of ``ingest_batch``: the next batch's frames are decoded on a helper thread while the
+models work on the current one, and every batch is stored before the next starts, so a killed
+ingest loses at most one batch and a re-run skips every finished clip.  ``finalize`` writes the
+video record only when every clip is finished.
+
+Progress is streamed (``stream_mode="custom"``): ``{"stage": "ingest", "done", "total", ...}``
+after each batch, which ``granalign index`` shows as a bar.  :func:`ingest_video` runs the graph
+and relays those events; the retrieval graph uses it for videos the store does not know yet.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import Runtime
+
+from granalign.backends.captioner import AGNOSTIC_PROMPT
+from granalign.errors import InputError
+from granalign.store import VideoRecord, caption_id, frame_id
+from granalign.video import (
+    FrameSampler,
+    VideoInfo,
+    clip_count,
+    clip_times,
+    content_hash,
+    display_path,
+    probe_video,
+    resolve_video_path,
+)
+from graphs import resources
+from graphs.context import Context
+from graphs.state import IngestInput, IngestOutput, IngestState
+
+__all__ = ["build_ingest_graph", "graph", "ingest_video", "unfinished_clips"]
+
+STAGES = ("decode", "clip", "caption", "embed", "store")
+"""The per-batch stages whose seconds ``timings`` reports (the benchmark's throughput table)."""
+
+
+def _progress(runtime: Runtime[Context], stage: str, **data: Any) -> None:
+    writer = getattr(runtime, "stream_writer", None)
+    if writer is not None:
+        writer({"stage": stage, **data})
+
+
+def unfinished_clips(ctx: Context, video_id: str, n_clips: int) -> list[int]:
+    """Clips lacking their frame or their agnostic caption under this run's ids."""
+    store = resources.store_for(ctx)
+    clip, captioner, embedder = (
+        resources.clip_for(ctx),
+        resources.captioner_for(ctx),
+        resources.embedder_for(ctx),
+    )
+    s_key, p_hash = resources.sampling_key(ctx), resources.agnostic_prompt_hash(ctx)
+    caption_ids = [caption_id(video_id, c, captioner.name, p_hash) for c in range(n_clips)]
+    frame_ids = [frame_id(video_id, c, clip.name, s_key) for c in range(n_clips)]
+    have_caption = store.existing_ids(store.captions_collection(embedder.name), caption_ids)
+    have_frame = store.existing_ids(store.frames_collection(clip.name), frame_ids)
+    return [c for c in range(n_clips) if caption_ids[c] not in have_caption or frame_ids[c] not in have_frame]
+
+
+def probe(state: IngestState, runtime: Runtime[Context]) -> dict[str, Any]:
+    """Resolve and hash the file, read its duration, and find the clips still to encode."""
+    ctx = runtime.context
+    path = resolve_video_path(state["video"], resources.video_roots(ctx))
+    video_id = content_hash(path)
+    info = probe_video(path)
+    n_clips = clip_count(info.duration_s, ctx.clip_len)
+    record = resources.store_for(ctx).video(video_id)
+    current = (
+        record is not None
+        and record.complete
+        and record.ingest_key == resources.ingest_key(ctx)
+        and record.n_clips == n_clips
+    )
+    todo = [] if current else unfinished_clips(ctx, video_id, n_clips)
+    notes: list[str] = []
+    if info.duration_s < ctx.clip_len:
+        notes.append(
+            f"video is {info.duration_s:.2f} s long, shorter than one clip ({ctx.clip_len:g} s): "
+            "one clip covers it"
+        )
+    _progress(
+        runtime,
+        "probe",
+        video_id=video_id,
+        path=display_path(path),
+        total=n_clips,
+        todo=len(todo),
+        duration_s=round(info.duration_s, 3),
+    )
+    return {
+        "video_id": video_id,
+        "path": str(path),
+        "n_clips": n_clips,
+        "duration_s": info.duration_s,
+        "todo": todo,
+        "skipped": n_clips - len(todo),
+        "notes": notes,
+    }
+
+
+def _batches(items: Sequence[int], size: int) -> list[list[int]]:
+    return [list(items[lo : lo + size]) for lo in range(0, len(items), size)]
+
+
+def _decode(
+    sampler: FrameSampler, times: Sequence[float], clip_len: float, clips: list[int]
+) -> tuple[list[Any], float]:
+    t0 = time.perf_counter()
+    images = [sampler.frame_at(times[c], not_before=c * clip_len) for c in clips]
+    return images, time.perf_counter() - t0
+
+
+def encode(state: IngestState, runtime: Runtime[Context]) -> dict[str, Any]:
+    """Sample → CLIP-embed → caption → embed → store, batch by batch (the resume unit)."""
+    ctx = runtime.context
+    todo = list(state.get("todo", []))
+    timings = dict.fromkeys(STAGES, 0.0)
+    if not todo:
+        return {"encoded": 0, "timings": timings}
+    store, embedder = resources.store_for(ctx), resources.embedder_for(ctx)
+    clip, captioner = resources.clip_for(ctx), resources.captioner_for(ctx)
+    s_key, p_hash = resources.sampling_key(ctx), resources.agnostic_prompt_hash(ctx)
+    path, video_id, total = Path(state["path"]), state["video_id"], state["n_clips"]
+    info: VideoInfo = probe_video(path)
+    times = clip_times(info.duration_s, ctx.clip_len)
+    have_frame = store.existing_ids(
+        store.frames_collection(clip.name), [frame_id(video_id, c, clip.name, s_key) for c in todo]
+    )
+    done = state.get("skipped", 0)
+    batches = _batches(todo, ctx.ingest_batch)
+    with FrameSampler(path, info, max_pixels=ctx.max_pixels) as sampler, ThreadPoolExecutor(1) as pool:
+        pending: Future[tuple[list[Any], float]] = pool.submit(
+            _decode, sampler, times, ctx.clip_len, batches[0]
+        )
+        for i, batch in enumerate(batches):
+            images, seconds = pending.result()
+            timings["decode"] += seconds
+            if i + 1 < len(batches):  # decode the next batch while the models work on this one
+                pending = pool.submit(_decode, sampler, times, ctx.clip_len, batches[i + 1])
+            _encode_batch(
+                ctx,
+                batch,
+                images,
+                timings,
+                have_frame=have_frame,
+                video_id=video_id,
+                s_key=s_key,
+                p_hash=p_hash,
+                store=store,
+                clip=clip,
+                captioner=captioner,
+                embedder=embedder,
+            )
+            done += len(batch)
+            _progress(
+                runtime, "ingest", video_id=video_id, done=done, total=total, skipped=state.get("skipped", 0)
+            )
+    return {"encoded": len(todo), "timings": {k: round(v, 4) for k, v in timings.items()}}
+
+
+def _encode_batch(
+    ctx: Context,
+    batch: list[int],
+    images: list[Any],
+    timings: dict[str, float],
+    *,
+    have_frame: set[str],
+    video_id: str,
+    s_key: str,
+    p_hash: str,
+    store: Any,
+    clip: Any,
+    captioner: Any,
+    embedder: Any,
+) -> None:
+    """One batch: frame embeddings (for clips without one), captions, caption embeddings, writes."""
+    need = [j for j, c in enumerate(batch) if frame_id(video_id, c, clip.name, s_key) not in have_frame]
+    t0 = time.perf_counter()
+    frame_vectors = clip.embed_images([images[j] for j in need]) if need else None
+    t1 = time.perf_counter()
+    captions = captioner.caption(images, [AGNOSTIC_PROMPT] * len(images))
+    t2 = time.perf_counter()
+    vectors = embedder.embed(captions)
+    t3 = time.perf_counter()
+    if frame_vectors is not None:  # frames first: a caption record marks its clip finished
+        store.put_frames(
+            video_id, [batch[j] for j in need], frame_vectors, clip_model=clip.name, sampling_key=s_key
+        )
+    store.put_clip_captions(
+        video_id,
+        batch,
+        captions,
+        vectors,
+        source=captioner.name,
+        prompt_hash=p_hash,
+        embedder_name=embedder.name,
+    )
+    t4 = time.perf_counter()
+    for stage, seconds in zip(STAGES[1:], (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+        timings[stage] += seconds
+
+
+def finalize(state: IngestState, runtime: Runtime[Context]) -> dict[str, Any]:
+    """Write the video record, only once every clip is finished in the store."""
+    ctx = runtime.context
+    video_id, n_clips = state["video_id"], state["n_clips"]
+    left = unfinished_clips(ctx, video_id, n_clips)
+    if left:
+        raise InputError(
+            f"video {video_id}: clips {left[:5]} are still unfinished after encoding; re-run the ingest"
+        )
+    store = resources.store_for(ctx)
+    store.put_video(
+        VideoRecord(
+            video_id=video_id,
+            n_clips=n_clips,
+            clip_len_s=ctx.clip_len,
+            duration_s=float(state["duration_s"]),
+            caption_source=resources.captioner_for(ctx).name,
+            caption_embedder=resources.embedder_for(ctx).name,
+            has_frames=True,
+            complete=True,
+            path=display_path(state["path"]),
+            clip_model=resources.clip_for(ctx).name,
+            caption_prompt=resources.agnostic_prompt_hash(ctx),
+            ingest_key=resources.ingest_key(ctx),
+        )
+    )
+    resources.forget_video(video_id)
+    _progress(
+        runtime,
+        "finalize",
+        video_id=video_id,
+        total=n_clips,
+        encoded=state.get("encoded", 0),
+        skipped=state.get("skipped", 0),
+    )
+    return {}
+
+
+def build_ingest_graph() -> Any:
+    """Compile the ingest graph (``langgraph.json``: ``ingest``)."""
+    builder = StateGraph(
+        IngestState, context_schema=Context, input_schema=IngestInput, output_schema=IngestOutput
+    )
+    builder.add_node("probe", probe)
+    builder.add_node("encode", encode)
+    builder.add_node("finalize", finalize)
+    builder.add_edge(START, "probe")
+    builder.add_edge("probe", "encode")
+    builder.add_edge("encode", "finalize")
+    builder.add_edge("finalize", END)
+    return builder.compile(name="granalign-ingest")
+
+
+graph = build_ingest_graph()
+
+
+def ingest_video(
+    ctx: Context, video: str, on_event: Callable[[dict[str, Any]], None] | None = None
+) -> dict[str, Any]:
+    """Run the ingest graph on one file, relaying its progress events; returns its output."""
+    result: dict[str, Any] = {}
+    for mode, chunk in graph.stream({"video": video}, context=ctx, stream_mode=["custom", "values"]):
+        if mode == "custom":
+            if on_event is not None:
+                on_event(chunk)
+        else:
+            result = chunk
+    return {k: result.get(k) for k in IngestOutput.__annotations__}

@@ -1,0 +1,363 @@
+"""The video-QA agent loop: a scripted chat model stand-in, and once a real served SmolLM2.
+
+``ScriptedChatModel`` is a *model stand-in*: it replays scripted replies (tool calls, answers,
+malformed calls) so the loop's behaviour is tested exactly; the retrieval tool behind it is the
+real one over a real store.  The last tests talk to a real ``transformers serve`` process
+serving SmolLM2-135M-Instruct through ChatOpenAI: its answers are not judged (a 135M model
+does not call tools), only that the loop completes and never crashes on such a model.
+``smollm2_endpoint`` is shared with ``test_langgraph_dev_agent.py`` (one server per session).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.tools import StructuredTool
+from langgraph.checkpoint.memory import InMemorySaver
+from pydantic import Field
+
+from agent.context import AgentContext
+from agent.graph import NO_ANSWER, build_agent
+from graphs.context import Context
+from tests.servers import free_port, server
+from tests.test_tool import DOG_VIDEO, demo_store, smollm2_folder  # noqa: F401  (fixtures)
+from tools.langchain_tool import MomentRetriever, ToolSettings, granalign_tools
+
+BIN = Path(sys.executable).parent
+
+
+class ScriptedChatModel(BaseChatModel):
+    """Model stand-in: replays ``replies`` in order, then ``default``; records every call."""
+
+    replies: list[AIMessage]
+    default: AIMessage | None = None
+    calls: list[dict[str, Any]] = Field(default_factory=list)
+    bound: list[str] = Field(default_factory=list)
+
+    @property
+    def _llm_type(self) -> str:
+        return "scripted-stand-in"
+
+    def bind_tools(self, tools: Any, **kwargs: Any) -> Any:
+        return self.model_copy(update={"bound": [t.name for t in tools]})
+
+    def _generate(
+        self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kw: Any
+    ) -> ChatResult:
+        self.calls.append({"messages": list(messages), "tools": list(self.bound)})
+        if self.replies:
+            reply = self.replies.pop(0)
+        elif self.default is not None:
+            reply = self.default.model_copy(deep=True)
+        else:
+            raise AssertionError("the agent asked the scripted model more often than scripted")
+        return ChatResult(generations=[ChatGeneration(message=reply)])
+
+
+def _scripted(*replies: AIMessage, default: AIMessage | None = None) -> ScriptedChatModel:
+    return ScriptedChatModel(replies=list(replies), default=default, calls=[], bound=[])
+
+
+def _call(name: str, args: dict[str, Any], call_id: str = "call-1") -> dict[str, Any]:
+    return {"id": call_id, "name": name, "args": args, "type": "tool_call"}
+
+
+@pytest.fixture(scope="module")
+def tools(demo_store):  # noqa: F811
+    store, _ = demo_store
+    settings = ToolSettings(context=Context(store_dir=str(store)), roots=(), url_allowlist=())
+    return granalign_tools(MomentRetriever(settings))
+
+
+def transcript(messages: list[BaseMessage]) -> str:
+    """A readable record of a run (question → tool call → answer), for the report."""
+    lines = []
+    for m in messages:
+        if isinstance(m, HumanMessage):
+            lines.append(f"USER: {m.text}")
+        elif isinstance(m, AIMessage):
+            for c in m.tool_calls:
+                lines.append(f"AGENT → {c['name']}({c['args']})")
+            if m.text:
+                lines.append(f"AGENT: {m.text}")
+        elif isinstance(m, ToolMessage):
+            lines.append(f"TOOL[{m.name}, {m.status}]: {m.text}")
+    return "\n".join(lines)
+
+
+def test_question_tool_call_answer_with_windows_cited(tools, demo_store, capsys):  # noqa: F811
+    _, anns = demo_store
+    question = "When are the friends playing with the black dog?"
+    model = _scripted(
+        AIMessage(
+            content="",
+            tool_calls=[
+                _call("retrieve_moments", {"video": DOG_VIDEO, "query": "friends play with a black dog"})
+            ],
+        ),
+        AIMessage(content="The friends play with the black dog towards the end of the video."),
+    )
+    agent = build_agent(model=model, tools=tools)
+    out = agent.invoke({"messages": [HumanMessage(question)], "video": DOG_VIDEO})
+    msgs = out["messages"]
+    assert [type(m).__name__ for m in msgs] == ["HumanMessage", "AIMessage", "ToolMessage", "AIMessage"]
+    tool_msg = msgs[2]
+    assert tool_msg.status == "success" and tool_msg.tool_call_id == "call-1"
+    moments = tool_msg.artifact["moments"]
+    assert moments and tool_msg.artifact["video_id"] == DOG_VIDEO
+    # the model saw the tool's text on its second call, with the tools still bound
+    second = model.calls[1]
+    assert second["tools"] == ["retrieve_moments", "list_videos"]
+    assert any(isinstance(m, ToolMessage) and "moment(s), best first" in m.text for m in second["messages"])
+    # the conversation's video went into the system prompt as data
+    system = model.calls[0]["messages"][0]
+    assert isinstance(system, SystemMessage) and repr(DOG_VIDEO) in system.text
+    # the answer cites the windows in seconds (appended: the model did not)
+    answer = msgs[-1].text
+    s, e, _ = moments[0]
+    assert answer.startswith("The friends play with the black dog") and f"{s:.1f}–{e:.1f} s" in answer
+    assert out["citations"] == [
+        {"video_id": DOG_VIDEO, "query": "friends play with a black dog", "moments": moments}
+    ]
+    gt = anns[DOG_VIDEO]["relevant_windows"]
+    with capsys.disabled():
+        print(f"\n[agent transcript, scripted model stand-in; ground truth {gt}]\n{transcript(msgs)}")
+
+
+def test_an_answer_that_already_cites_is_left_alone(tools):
+    model = _scripted(
+        AIMessage(
+            content="", tool_calls=[_call("retrieve_moments", {"video": DOG_VIDEO, "query": "a black dog"})]
+        ),
+        default=AIMessage(content="placeholder"),
+    )
+    agent = build_agent(model=model, tools=tools)
+    first = agent.invoke({"messages": [HumanMessage("when is the dog there?")]})
+    s, e, _ = first["citations"][0]["moments"][0]
+    model2 = _scripted(
+        AIMessage(
+            content="", tool_calls=[_call("retrieve_moments", {"video": DOG_VIDEO, "query": "a black dog"})]
+        ),
+        AIMessage(content=f"From {s:g} s to {e:g} s."),
+    )
+    out = build_agent(model=model2, tools=tools).invoke(
+        {"messages": [HumanMessage("when is the dog there?")]}
+    )
+    assert out["messages"][-1].text == f"From {s:g} s to {e:g} s."
+
+
+def test_model_mistakes_come_back_as_readable_tool_errors(tools):
+    """Refused arguments, an unknown tool, arguments that are not JSON: errors, then an answer."""
+    bad = AIMessage(
+        content="",
+        tool_calls=[
+            _call("retrieve_moments", {"video": "../../etc/passwd", "query": "a dog"}, "c1"),
+            _call("retrieve_moments", {"video": DOG_VIDEO, "query": "a dog", "top_k": 1000}, "c2"),
+            _call("delete_everything", {}, "c3"),
+        ],
+        invalid_tool_calls=[
+            {
+                "id": "c4",
+                "name": "retrieve_moments",
+                "args": "{video: oops",
+                "error": "bad json",
+                "type": "invalid_tool_call",
+            }
+        ],
+    )
+    model = _scripted(bad, AIMessage(content="Sorry, I could not search that video."))
+    out = build_agent(model=model, tools=tools).invoke({"messages": [HumanMessage("when does the dog run?")]})
+    errors = {m.tool_call_id: m.text for m in out["messages"] if isinstance(m, ToolMessage)}
+    assert set(errors) == {"c1", "c2", "c3", "c4"}
+    assert "'..' is not allowed" in errors["c1"]
+    assert "top_k" in errors["c2"] and "less than or equal to 20" in errors["c2"]
+    assert "unknown tool 'delete_everything'" in errors["c3"]
+    assert "not a valid JSON object" in errors["c4"]
+    assert all(m.status == "error" for m in out["messages"] if isinstance(m, ToolMessage))
+    assert out["messages"][-1].text == "Sorry, I could not search that video."
+    assert out["citations"] == []
+
+
+def test_a_tool_that_raises_does_not_end_the_conversation():
+    def explode(video: str) -> str:
+        """Always fails."""
+        raise RuntimeError("boom")
+
+    tool = StructuredTool.from_function(explode, name="explode")
+    model = _scripted(
+        AIMessage(content="", tool_calls=[_call("explode", {"video": "x"})]), AIMessage(content="It failed.")
+    )
+    out = build_agent(model=model, tools=[tool]).invoke({"messages": [HumanMessage("try it")]})
+    tool_msg = out["messages"][2]
+    assert tool_msg.status == "error" and "tool explode failed (RuntimeError)" in tool_msg.text
+    assert out["messages"][-1].text == "It failed."
+
+
+def test_async_only_tools_run_under_ainvoke_and_fail_readably_under_invoke():
+    async def echo(text: str) -> str:
+        """Echo (async only, like the tools langchain-mcp-adapters makes)."""
+        return f"echo {text}"
+
+    tool = StructuredTool.from_function(coroutine=echo, name="echo")
+
+    def script() -> ScriptedChatModel:
+        return _scripted(
+            AIMessage(content="", tool_calls=[_call("echo", {"text": "hi"})]), AIMessage(content="ok")
+        )
+
+    question = {"messages": [HumanMessage("say hi")]}
+    out = asyncio.run(build_agent(model=script(), tools=[tool]).ainvoke(question))
+    assert out["messages"][2].status == "success" and out["messages"][2].text == "echo hi"
+    out = build_agent(model=script(), tools=[tool]).invoke(question)
+    assert (
+        out["messages"][2].status == "error"
+        and "tool echo failed (NotImplementedError)" in out["messages"][2].text
+    )
+    assert out["messages"][-1].text == "ok"
+
+
+def test_the_tool_budget_ends_a_model_that_only_calls_tools(tools):
+    looping = AIMessage(content="", tool_calls=[_call("list_videos", {})])
+    model = _scripted(default=looping)
+    agent = build_agent(model=model, tools=tools)
+    out = agent.invoke({"messages": [HumanMessage("loop forever")]}, context=AgentContext(max_tool_calls=2))
+    tool_msgs = [m for m in out["messages"] if isinstance(m, ToolMessage)]
+    assert len(tool_msgs) == 2
+    # the last model call had no tools and its (tool-calling) reply was turned into an answer
+    assert model.calls[-1]["tools"] == [] and len(model.calls) == 3
+    assert "No more tool calls are possible" in model.calls[-1]["messages"][0].text
+    last = out["messages"][-1]
+    assert isinstance(last, AIMessage) and not last.tool_calls and last.text == NO_ANSWER
+
+
+def test_budget_is_per_question_in_a_chat_thread(tools):
+    def call() -> AIMessage:
+        return AIMessage(content="", tool_calls=[_call("list_videos", {})])
+
+    model = _scripted(call(), AIMessage(content="two videos"), call(), AIMessage(content="still two"))
+    agent = build_agent(model=model, tools=tools, checkpointer=InMemorySaver())
+    cfg = {"configurable": {"thread_id": "chat-1"}}
+    ctx = AgentContext(max_tool_calls=1)
+    agent.invoke({"messages": [HumanMessage("which videos?")]}, cfg, context=ctx)
+    out = agent.invoke({"messages": [HumanMessage("and now?")]}, cfg, context=ctx)
+    assert [m.text for m in out["messages"] if isinstance(m, AIMessage) and m.text] == [
+        "two videos",
+        "still two",
+    ]
+    assert model.calls[2]["tools"] == ["retrieve_moments", "list_videos"]  # the budget was reset
+
+
+def test_a_model_that_never_calls_tools_just_answers(tools):
+    for reply, expected in [(AIMessage(content="No idea."), "No idea."), (AIMessage(content=""), NO_ANSWER)]:
+        out = build_agent(model=_scripted(reply), tools=tools).invoke({"messages": [HumanMessage("when?")]})
+        assert out["messages"][-1].text == expected and out["citations"] == []
+
+
+def test_progress_of_agent_and_tool_share_one_custom_stream(tools):
+    model = _scripted(
+        AIMessage(content="", tool_calls=[_call("retrieve_moments", {"video": DOG_VIDEO, "query": "a dog"})]),
+        AIMessage(content="done"),
+    )
+    agent = build_agent(model=model, tools=tools)
+
+    async def run() -> list[tuple[str, Any]]:
+        return [
+            c
+            async for c in agent.astream(
+                {"messages": [HumanMessage("when?")]}, stream_mode=["updates", "custom"]
+            )
+        ]
+
+    chunks = asyncio.run(run())
+    custom = [c for mode, c in chunks if mode == "custom"]
+    updates = [next(iter(c)) for mode, c in chunks if mode == "updates"]
+    assert updates == ["agent", "tools", "agent", "answer"]
+    assert [c.get("agent") for c in custom if "agent" in c] == [
+        "model",
+        "model_done",
+        "tool",
+        "tool_done",
+        "model",
+        "model_done",
+        "answer",
+    ]
+    stages = [c["stage"] for c in custom if c.get("tool") == "retrieve_moments"]
+    assert stages[0] == "load_video" and stages[-1] == "nms"
+
+
+def test_agent_context_validates_its_settings(monkeypatch):
+    from granalign.errors import ConfigError
+
+    for bad in (
+        {"max_tool_calls": 99},
+        {"max_tool_calls": 2.5},
+        {"max_tokens": True},
+        {"temperature": -1.0},
+        {"model": "local:smollm2"},
+        {"api_key_env": "A B"},
+    ):
+        with pytest.raises(ConfigError):
+            AgentContext(**bad)
+    monkeypatch.setenv("GRANALIGN_AGENT_MODEL", "openai:http://127.0.0.1:1/v1#m")
+    assert AgentContext().model_spec().target == "http://127.0.0.1:1/v1"
+    assert AgentContext(model="openai:http://h:2/v1#x").model_spec().model == "x"
+
+
+# ---------------------------------------------------------------------------------------------
+# a real model behind a real OpenAI-compatible server
+# ---------------------------------------------------------------------------------------------
+
+_SERVED: dict[str, str] = {}
+
+
+@pytest.fixture(scope="session")
+def smollm2_endpoint(request, smollm2_folder, tmp_path_factory) -> str:  # noqa: F811
+    """``transformers serve`` with SmolLM2 on a free loopback port, once per test session."""
+    if "spec" in _SERVED:
+        return _SERVED["spec"]
+    port = free_port()
+    log = tmp_path_factory.mktemp("serve") / "transformers_serve.log"
+    cmd = [
+        str(BIN / "transformers"),
+        "serve",
+        str(smollm2_folder),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--device",
+        "cpu",
+    ]
+    # one torch thread: on a small, busy machine two spinning OpenMP threads make decoding ~10x slower
+    env = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    running = server(cmd, f"http://127.0.0.1:{port}/health", log, env=env, timeout=180)
+    running.__enter__()
+    request.config.add_cleanup(lambda: running.__exit__(None, None, None))
+    _SERVED["spec"] = f"openai:http://127.0.0.1:{port}/v1#{smollm2_folder}"
+    return _SERVED["spec"]
+
+
+@pytest.mark.slow
+def test_the_loop_completes_with_a_real_served_model(tools, smollm2_endpoint, capsys):
+    """SmolLM2 through ChatOpenAI: whatever it says, the run ends with an answer."""
+    agent = build_agent(tools=tools)
+    ctx = AgentContext(model=smollm2_endpoint, max_tokens=16)
+    question = {
+        "messages": [HumanMessage("When are the friends playing with the black dog?")],
+        "video": DOG_VIDEO,
+    }
+    out = agent.invoke(question, context=ctx)
+    first_reply, last = out["messages"][1], out["messages"][-1]
+    assert first_reply.response_metadata.get("model_provider") == "openai"  # it really went over HTTP
+    assert isinstance(last, AIMessage) and last.text and not last.tool_calls
+    with capsys.disabled():
+        print(
+            f"\n[agent transcript, real SmolLM2-135M via transformers serve]\n{transcript(out['messages'])}"
+        )

@@ -1,0 +1,403 @@
+"""The ingest graph and ``granalign index`` on real videos (CPU, offline).
+
+Models: open_clip ViT-S-32 with ``pretrained=None`` (seeded random weights) and a tiny
+random-weight Qwen2.5-VL built here and loaded through the ``local:`` captioner path, plus the
+real MiniLM embedder and a real Chroma store.  Captions are gibberish; what is tested is the
+machinery: ids, resumability (by killing a real ingest process), progress, bad input, and
+that the store is never left with half a clip.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from granalign.backends.captioner import AGNOSTIC_PROMPT
+from granalign.errors import InputError
+from granalign.store import caption_id, frame_id, open_store
+from granalign.video import content_hash
+from graphs import resources
+from graphs.context import Context
+from graphs.ingest import ingest_video, unfinished_clips
+from tests.conftest import SHARED_DATA
+from tests.test_video import make_audio_only, make_video, needs_videos
+from tools.cli import app
+
+VIDEOS = SHARED_DATA / "videos"
+pytestmark = needs_videos
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# -- shared helpers (also used by test_full_mode and test_openai_backends) ----------------------
+
+
+def build_tiny_vlm_random_weights(folder: Path) -> Path:
+    """A tiny Qwen2.5-VL (1 text layer, 1 vision block, 32 wide) with random weights, saved as a
+    normal transformers model folder (processor with a chat template, tokenizer, weights).
+
+    The tokenizer is a 400-token byte-level BPE trained on a few sentences: no download, and a
+    model small enough that captioning a frame takes milliseconds.  Its captions are gibberish.
+    """
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import (
+        PreTrainedTokenizerFast,
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLProcessor,
+    )
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
+    special = [
+        "<|endoftext|>",
+        "<|im_start|>",
+        "<|im_end|>",
+        "<|vision_start|>",
+        "<|vision_end|>",
+        "<|image_pad|>",
+        "<|video_pad|>",
+    ]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    corpus = ["a man rides a bike down a street", "a dog runs on the grass", "people cook in a kitchen"] * 5
+    bpe.train_from_iterator(
+        corpus,
+        trainers.BpeTrainer(
+            vocab_size=400, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    chat = (
+        "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+        "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+        "{% for c in message['content'] %}"
+        "{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+        "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
+        "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    processor = Qwen2_5_VLProcessor(
+        image_processor=Qwen2VLImageProcessor(min_pixels=28 * 28 * 4, max_pixels=112 * 112),
+        tokenizer=tok,
+        video_processor=Qwen2VLVideoProcessor(),
+        chat_template=chat,
+    )
+    ids = {t: tok.convert_tokens_to_ids(t) for t in special}
+    config = Qwen2_5_VLConfig(
+        text_config={
+            "vocab_size": len(tok),
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "max_position_embeddings": 2048,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+            "bos_token_id": None,
+            "eos_token_id": ids["<|im_end|>"],
+            "pad_token_id": ids["<|endoftext|>"],
+        },
+        vision_config={
+            "depth": 1,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_heads": 2,
+            "out_hidden_size": 32,
+            "fullatt_block_indexes": [0],
+        },
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    model.generation_config.eos_token_id = ids["<|im_end|>"]
+    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def model_context(store_dir: Path, vlm: Path, roots: list[Path], **overrides: Any) -> Context:
+    """Context with the test models: random-weight CLIP, the tiny random-weight VLM, real MiniLM.
+
+    CLIP is open_clip's ViT-S-32 (the default ViT-B-32's code path at half the CPU cost; no
+    weights ship for either, so both would be random here).
+    """
+    values: dict[str, Any] = {
+        "store_dir": str(store_dir),
+        "clip_model": "local:ViT-S-32",
+        "clip_pretrained": "none",
+        "captioner": f"local:{vlm}",
+        "caption_tokens": 8,
+        "video_roots": os.pathsep.join(str(r) for r in roots),
+    }
+    values.update(overrides)
+    return Context(**values)
+
+
+class Calls:
+    """Counts what the model backends were asked to do (wraps the process-level instances)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, ctx: Context) -> None:
+        self.frames = 0
+        self.agnostic = 0
+        self.aware = 0
+        clip = resources.clip_for(ctx)
+        captioners = {
+            id(resources.captioner_for(ctx)): resources.captioner_for(ctx),
+            id(resources.captioner_for(ctx, aware=True)): resources.captioner_for(ctx, aware=True),
+        }
+        embed_images = clip.embed_images
+
+        def count_frames(images):
+            self.frames += len(images)
+            return embed_images(images)
+
+        monkeypatch.setattr(clip, "embed_images", count_frames)
+        for cap in captioners.values():
+            real = cap.caption
+
+            def count_captions(images, prompts, _real=real):
+                for p in prompts:
+                    if p == AGNOSTIC_PROMPT:
+                        self.agnostic += 1
+                    else:
+                        self.aware += 1
+                return _real(images, prompts)
+
+            monkeypatch.setattr(cap, "caption", count_captions)
+
+
+def assert_no_half_clips(ctx: Context, video_id: str, n_clips: int) -> None:
+    """Every clip with a caption record also has its frame record (frames are written first)."""
+    store = resources.store_for(ctx)
+    clip, cap, emb = resources.clip_for(ctx), resources.captioner_for(ctx), resources.embedder_for(ctx)
+    s_key, p_hash = resources.sampling_key(ctx), resources.agnostic_prompt_hash(ctx)
+    captions = store.existing_ids(
+        store.captions_collection(emb.name),
+        [caption_id(video_id, c, cap.name, p_hash) for c in range(n_clips)],
+    )
+    frames = store.existing_ids(
+        store.frames_collection(clip.name), [frame_id(video_id, c, clip.name, s_key) for c in range(n_clips)]
+    )
+    for c in range(n_clips):
+        if caption_id(video_id, c, cap.name, p_hash) in captions:
+            assert frame_id(video_id, c, clip.name, s_key) in frames, f"clip {c} has a caption but no frame"
+
+
+# -- fixtures ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def vlm(tmp_path_factory) -> Path:
+    return build_tiny_vlm_random_weights(tmp_path_factory.mktemp("models") / "tiny-qwen25vl-random-weights")
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("ingest")
+
+
+@pytest.fixture(scope="module")
+def ctx(work, vlm) -> Context:
+    return model_context(work / "store", vlm, [VIDEOS, work], ingest_batch=4)
+
+
+# -- tests -------------------------------------------------------------------------------------
+
+
+def test_ingest_bikes_random_weights_is_idempotent(ctx, monkeypatch):
+    events: list[dict] = []
+    out = ingest_video(ctx, str(VIDEOS / "bikes.mp4"), on_event=events.append)
+    assert out["video_id"].startswith("sha256-") and out["n_clips"] == 5
+    assert (out["skipped"], out["encoded"]) == (0, 5)
+    assert set(out["timings"]) == {"decode", "clip", "caption", "embed", "store"}
+    stages = [e["stage"] for e in events]
+    assert stages[0] == "probe" and stages[-1] == "finalize" and stages.count("ingest") == 2  # 4 + 1 clips
+    assert [e["done"] for e in events if e["stage"] == "ingest"] == [4, 5]
+    store = resources.store_for(ctx)
+    record = store.video(out["video_id"])
+    assert record is not None and record.complete and record.has_frames and record.n_clips == 5
+    assert record.duration_s == 10.0 and record.path.endswith("bikes.mp4")
+    clips, frames = store.get_frames(
+        out["video_id"], clip_model=record.clip_model, sampling_key=resources.sampling_key(ctx)
+    )
+    assert clips == list(range(5)) and frames.shape == (5, 384)
+    assert len(resources.video_captions(ctx, out["video_id"]).captions) == 5
+    calls = Calls(monkeypatch, ctx)
+    again = ingest_video(ctx, str(VIDEOS / "bikes.mp4"))
+    assert (again["skipped"], again["encoded"], again["video_id"]) == (5, 0, out["video_id"])
+    assert (calls.frames, calls.agnostic) == (0, 0)
+
+
+def test_killed_ingest_process_resumes_at_the_first_unfinished_clip_random_weights(ctx, work, monkeypatch):
+    """A real ingest process is SIGKILLed after its first stored batch; the re-run skips those clips."""
+    store_dir = work / "killed-store"
+    killed_ctx = ctx.with_overrides(store_dir=str(store_dir), ingest_batch=1)
+    video = str(VIDEOS / "bikes.mp4")
+    fields = {
+        k: getattr(killed_ctx, k)
+        for k in (
+            "store_dir",
+            "clip_model",
+            "clip_pretrained",
+            "captioner",
+            "caption_tokens",
+            "video_roots",
+            "ingest_batch",
+        )
+    }
+    script = (
+        "import json, sys\n"
+        "from graphs.context import Context\n"
+        "from graphs.ingest import graph\n"
+        "ctx = Context(**json.loads(sys.argv[1]))\n"
+        "for ev in graph.stream({'video': sys.argv[2]}, context=ctx, stream_mode='custom'):\n"
+        "    print(json.dumps(ev), flush=True)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, json.dumps(fields), video],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
+    )
+    done_before_kill = 0
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            event = json.loads(line)
+            if event["stage"] == "ingest":
+                done_before_kill = event["done"]
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=60)
+    assert done_before_kill == 1, "the ingest process ended before its first batch was stored"
+    store = open_store(store_dir)
+    video_id = content_hash(VIDEOS / "bikes.mp4")
+    assert store.video(video_id) is None  # no record until every clip is finished
+    assert_no_half_clips(killed_ctx, video_id, 5)
+    left = unfinished_clips(killed_ctx, video_id, 5)
+    assert 0 < len(left) <= 5 - done_before_kill
+    calls = Calls(monkeypatch, killed_ctx)
+    out = ingest_video(killed_ctx, video)
+    assert out["skipped"] == 5 - len(left) >= done_before_kill
+    assert out["encoded"] == len(left) == calls.agnostic
+    assert calls.frames <= len(left)
+    assert store.video(video_id) is not None and not unfinished_clips(killed_ctx, video_id, 5)
+
+
+def test_index_cli_ingests_a_folder_with_bounded_concurrency_random_weights(ctx, work, vlm):
+    folder = work / "folder"
+    (folder / "sub").mkdir(parents=True)
+    shutil.copy(VIDEOS / "bikes.mp4", folder / "bikes.mp4")  # already ingested: skipped
+    make_video(folder / "sub" / "short.mp4", 0.8)  # shorter than one clip: one clip
+    (folder / "broken.mp4").write_text("not a video")
+    env = {
+        "GRANALIGN_STORE": ctx.store_dir,
+        "GRANALIGN_CLIP_PRETRAINED": "none",
+        "GRANALIGN_CAPTIONER": ctx.captioner,
+        "GRANALIGN_CAPTION_TOKENS": "8",
+        "GRANALIGN_VIDEO_ROOTS": ctx.video_roots,
+    }
+    result = CliRunner().invoke(app, ["index", str(folder), "--jobs", "2"], env=env)
+    assert result.exit_code == 1, result.output  # one file failed, the others were ingested
+    assert "broken.mp4" in result.output and "not a video FFmpeg can read" in result.output
+    assert "short.mp4" in result.output and "shorter than one clip" in result.output
+    record = resources.store_for(ctx).video(content_hash(folder / "sub" / "short.mp4"))
+    assert record is not None and record.n_clips == 1 and record.complete
+    again = CliRunner().invoke(app, ["index", str(folder / "sub" / "short.mp4")], env=env)
+    assert again.exit_code == 0, again.output
+    assert "│       1 │       0" in again.output  # 1 clip skipped, 0 encoded
+
+
+def test_index_cli_needs_exactly_one_source(ctx):
+    result = CliRunner().invoke(app, ["index"], env={"GRANALIGN_STORE": ctx.store_dir})
+    assert result.exit_code == 2 and "give a video file or folder, or --captions FILE" in result.output
+
+
+@pytest.mark.parametrize(
+    ("make", "needle"),
+    [
+        (lambda d: d / "missing.mp4", "video file not found"),
+        (lambda d: d, "is a directory"),
+        (lambda d: _write(d / "text.mp4", b"plain text, renamed"), "not a video FFmpeg can read"),
+        (
+            lambda d: _write(d / "half.mp4", (VIDEOS / "bikes.mp4").read_bytes()[:254934]),
+            "not a video FFmpeg",
+        ),
+        (lambda d: make_audio_only(d / "audio.mp4"), "no video stream"),
+        (lambda d: _write(d / "zero.mp4", b""), "is empty"),
+        (lambda d: Path("/etc/hostname"), "outside the allowed video roots"),
+        (lambda d: "https://example.org/v.mp4", "is a URL"),
+    ],
+    ids=[
+        "missing",
+        "directory",
+        "not-a-video",
+        "truncated-bikes",
+        "audio-only",
+        "zero-length",
+        "outside-roots",
+        "url",
+    ],
+)
+def test_bad_files_get_clear_errors_and_leave_nothing_behind(ctx, work, make, needle):
+    folder = work / "bad"
+    folder.mkdir(exist_ok=True)
+    target = make(folder)
+    store = resources.store_for(ctx)
+    before = store.count(VIDEOS_COLLECTION)
+    with pytest.raises(InputError, match=needle):
+        ingest_video(ctx, str(target))
+    assert store.count(VIDEOS_COLLECTION) == before
+
+
+def test_truncated_video_stops_with_a_clear_error_and_keeps_only_whole_clips_random_weights(ctx, work):
+    """An mp4 cut in half with its index up front: clips before the cut are stored whole, then a
+    clear error; no video record; a later run would resume at the first missing clip."""
+    full = make_video(work / "fast.mp4", 8, fps=10, size=(96, 72), faststart=True, pattern="noise")
+    cut = work / "fast_cut.mp4"
+    data = full.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    small = ctx.with_overrides(ingest_batch=1)
+    with pytest.raises(InputError, match="truncated or corrupt"):
+        ingest_video(small, str(cut))
+    video_id = content_hash(cut)
+    assert resources.store_for(ctx).video(video_id) is None
+    assert_no_half_clips(small, video_id, 4)
+    assert 0 < len(unfinished_clips(small, video_id, 4)) < 4
+
+
+def test_non_utf8_file_name_ingests_random_weights(ctx, work):
+    path = Path(work, os.fsdecode(b"v\xe9lo \xff.mp4"))
+    make_video(path, 1.5)
+    out = ingest_video(ctx, str(path))
+    assert out["n_clips"] == 1 and out["encoded"] == 1
+    record = resources.store_for(ctx).video(out["video_id"])
+    assert record is not None and "\\xe9" in record.path  # stored printable
+
+
+VIDEOS_COLLECTION = "videos"
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path

@@ -1,0 +1,337 @@
+"""The ``openai:`` backends (vLLM in production) against real HTTP servers on loopback.
+
+* ``transformers serve`` (a real OpenAI-compatible server process) serving SmolLM2 saved as a
+  normal model folder (the rewriter) and a tiny random-weight Qwen2.5-VL (the captioner):
+  the request formats are accepted end to end, images travel as base64 data URLs.
+  ``transformers serve`` ignores ``response_format`` (it logs "Ignoring unsupported fields"),
+  so SmolLM2's free-text answers exercise the validation and fallback path.
+* A scripted OpenAI-compatible stub (``http.server`` on loopback, in a thread) for what a
+  healthy model server rarely does on demand: valid JSON, invalid JSON, HTTP 500 then
+  recovery, HTTP 400, a hang past the timeout, and a server that is down.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from granalign.backends.captioner import OpenAICaptioner, make_captioner
+from granalign.backends.openai_llm import BackendError, OpenAIRewriter, ServerSettings
+from granalign.errors import InputError
+from granalign.rewrite import make_rewriter
+from granalign.video import content_hash
+from graphs import resources
+from graphs.context import Context
+from graphs.ingest import ingest_video, unfinished_clips
+from graphs.retrieval import graph
+from prompts import load_prompt_pairs
+from tests.conftest import SHARED_DATA
+from tests.servers import BIN, free_port, server
+from tests.test_ingest import build_tiny_vlm_random_weights, model_context
+from tests.test_video import needs_videos
+
+VIDEOS = SHARED_DATA / "videos"
+CORE = load_prompt_pairs(["core"])[0]
+QUERY = "a man in a blue shirt rides a bike down the street"
+
+
+# -- a scripted OpenAI-compatible stub ------------------------------------------------------------
+
+
+class Stub:
+    """Answers /v1/chat/completions from a script: each entry is used once, the last one forever."""
+
+    def __init__(self) -> None:
+        self.script: list[tuple[str, Any]] = [("content", "ok")]
+        self.requests: list[dict] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.lock = threading.Lock()
+        self.delay = 0.0
+
+    def next(self) -> tuple[str, Any]:
+        with self.lock:
+            return self.script.pop(0) if len(self.script) > 1 else self.script[0]
+
+
+def _completion(content: str) -> bytes:
+    return json.dumps(
+        {
+            "id": "x",
+            "object": "chat.completion",
+            "created": 0,
+            "model": "stub",
+            "choices": [
+                {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}
+            ],
+        }
+    ).encode()
+
+
+@pytest.fixture
+def stub() -> Iterator[tuple[Stub, str]]:
+    state = Stub()
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            with state.lock:
+                state.requests.append(body)
+                state.in_flight += 1
+                state.max_in_flight = max(state.max_in_flight, state.in_flight)
+            try:
+                kind, value = state.next()
+                time.sleep(state.delay)
+                if kind == "sleep":
+                    time.sleep(value)
+                    kind, value = "content", "late"
+                if kind == "status":
+                    payload, code = json.dumps({"error": {"message": f"scripted {value}"}}).encode(), value
+                else:
+                    payload, code = _completion(value), 200
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client gave up (timeout test)
+            finally:
+                with state.lock:
+                    state.in_flight -= 1
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield state, f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def _rewriter(url: str, **kw: Any) -> OpenAIRewriter:
+    settings = ServerSettings(url, "llama-3-8b", **{"backoff_s": 0.01, **kw})
+    return OpenAIRewriter(settings)
+
+
+def test_rewriter_asks_for_json_schema_and_uses_valid_json(stub):
+    state, url = stub
+    answer = {
+        "simplified": "A man rides a bike.",
+        "detailed": "A man in a blue shirt rides a bike down the street.",
+    }
+    state.script = [("content", json.dumps(answer))]
+    (got,) = _rewriter(url).rewrite_batch([QUERY], CORE)
+    assert (got.pair_id, got.simplified, got.detailed, got.fallback) == ("core", *answer.values(), False)
+    body = state.requests[0]
+    assert body["model"] == "llama-3-8b" and body["temperature"] == 0.0
+    fmt = body["response_format"]
+    assert fmt["type"] == "json_schema" and set(fmt["json_schema"]["schema"]["required"]) == {
+        "simplified",
+        "detailed",
+    }
+    assert QUERY in body["messages"][-1]["content"] and body["messages"][0]["role"] == "system"
+
+
+def test_rewriter_records_a_fallback_for_invalid_or_unusable_json(stub):
+    state, url = stub
+    state.script = [
+        ("content", "Sure! Here is the rewrite: a man rides"),
+        ("content", '{"simplified": "", "detailed": 3}'),
+    ]
+    first, second = (_rewriter(url).rewrite_batch([QUERY], CORE)[0] for _ in range(2))
+    assert first.fallback and "invalid JSON" in first.reason and first.simplified == QUERY
+    assert second.fallback and "simplified:" in second.reason and "detailed:" in second.reason
+
+
+def test_retries_5xx_with_backoff_then_succeeds(stub):
+    state, url = stub
+    good = json.dumps({"simplified": "A man rides a bike.", "detailed": "A man rides a bike down a street."})
+    state.script = [("status", 500), ("status", 503), ("content", good)]
+    (got,) = _rewriter(url, attempts=3).rewrite_batch([QUERY], CORE)
+    assert not got.fallback and len(state.requests) == 3
+
+
+@pytest.mark.parametrize(
+    ("script", "kw", "needle", "requests"),
+    [
+        ([("status", 500)], {"attempts": 3}, "failed", 3),
+        ([("status", 400)], {"attempts": 3}, "HTTP 400", 1),  # the caller's mistake: not retried
+        ([("sleep", 1.5)], {"attempts": 2, "timeout_s": 0.3}, "timed out 2 time", 2),
+    ],
+    ids=["http-500", "http-400", "timeout"],
+)
+def test_server_failures_become_clear_backend_errors(stub, script, kw, needle, requests):
+    state, url = stub
+    state.script = script
+    with pytest.raises(BackendError, match=needle) as err:
+        _rewriter(url, **kw).rewrite_batch([QUERY], CORE)
+    assert url in str(err.value)
+    time.sleep(0.05)
+    assert len(state.requests) == requests
+
+
+def test_a_server_that_is_down_fails_fast():
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    start = time.perf_counter()
+    with pytest.raises(BackendError, match="not reachable"):
+        _rewriter(url, attempts=3).rewrite_batch([QUERY], CORE)
+    assert time.perf_counter() - start < 5
+
+
+def test_focus_keeps_only_terms_grounded_in_the_query(stub):
+    state, url = stub
+    copied = {"entities": ["man", "blue shirt", "ducks", "pond"], "actions": ["riding a bike", "feeds ducks"]}
+    state.script = [("content", json.dumps(copied)), ("content", '{"entities": ["ducks"], "actions": []}')]
+    entities, actions, problem = _rewriter(url).extract_focus(QUERY)
+    assert (entities, actions, problem) == (["man", "blue shirt"], ["riding a bike"], "")
+    assert state.requests[0]["response_format"]["json_schema"]["name"] == "query_focus"
+    assert _rewriter(url).extract_focus(QUERY)[2]  # nothing grounded: a problem, not an exception
+
+
+def test_captioner_sends_base64_frames_within_max_pixels_many_in_flight(stub):
+    from PIL import Image
+
+    state, url = stub
+    state.script, state.delay = [("content", "  a man\n rides a bike  ")], 0.3
+    captioner = make_captioner(f"openai:{url}#qwen2.5-vl", max_pixels=64 * 64, concurrency=4, max_tokens=32)
+    assert isinstance(captioner, OpenAICaptioner)
+    images = [Image.new("RGB", (640, 272), (i * 20, 0, 0)) for i in range(8)]
+    start = time.perf_counter()
+    captions = captioner.caption(images, ["Describe."] * 8)
+    elapsed = time.perf_counter() - start
+    assert captions == ["a man rides a bike"] * 8
+    assert state.max_in_flight == 4 and elapsed < 8 * 0.3  # concurrent, bounded by the semaphore
+    content = state.requests[0]["messages"][0]["content"]
+    url0 = content[1]["image_url"]["url"]
+    assert content[0] == {"type": "text", "text": "Describe."} and url0.startswith("data:image/jpeg;base64,")
+    image = Image.open(io.BytesIO(base64.b64decode(url0.split(",", 1)[1])))
+    assert image.size[0] * image.size[1] <= 64 * 64 and abs(image.size[0] / image.size[1] - 640 / 272) < 0.1
+    assert state.requests[0]["max_tokens"] == 32
+
+
+def test_captioner_failure_names_how_many_frames_failed(stub):
+    from PIL import Image
+
+    state, url = stub
+    state.script = [("status", 400)]
+    captioner = make_captioner(f"openai:{url}#qwen2.5-vl", attempts=1)
+    with pytest.raises(BackendError, match=r"HTTP 400.*\(3 of 3 frames failed\)"):
+        captioner.caption([Image.new("RGB", (32, 32))] * 3, ["x"] * 3)
+
+
+# -- graph-level fallbacks with failing servers (local models for the rest) ----------------------
+
+
+@pytest.fixture(scope="module")
+def vlm(tmp_path_factory) -> Path:
+    return build_tiny_vlm_random_weights(tmp_path_factory.mktemp("models") / "tiny-qwen25vl-random-weights")
+
+
+@pytest.fixture(scope="module")
+def local_ctx(tmp_path_factory, vlm) -> Context:
+    work = tmp_path_factory.mktemp("openai-graph")
+    ctx = model_context(work / "store", vlm, [VIDEOS, work], request_attempts=1)
+    ingest_video(ctx, str(VIDEOS / "bikes.mp4"))
+    return ctx
+
+
+@needs_videos
+def test_graph_records_fallbacks_when_model_servers_fail_random_weights(local_ctx, stub):
+    state, url = stub
+    state.script = [("status", 500)]
+    down = f"http://127.0.0.1:{free_port()}/v1"
+    ctx = local_ctx.with_overrides(rewriter=f"openai:{url}#llama", aware_captioner=f"openai:{down}#qwen", m=1)
+    out = graph.invoke({"video": str(VIDEOS / "bikes.mp4"), "query": QUERY}, context=ctx)
+    assert out["mode"] == "full" and out["moments"] and len(out["saliency"]) == 5
+    notes = " | ".join(out["notes"])
+    assert "rewrite core fell back to the original query" in notes and "HTTP 500" in notes
+    assert "query-aware captions unavailable" in notes and "not reachable" in notes
+    assert "query focus from the query's keywords" in notes
+    # nothing from the failed calls was cached: a healthy server is asked next time
+    state.script = [("content", json.dumps({"simplified": "A man rides a bike.", "detailed": QUERY}))]
+    again = graph.invoke({"video": str(VIDEOS / "bikes.mp4"), "query": QUERY}, context=ctx)
+    assert not any("rewrite core fell back" in n for n in again["notes"])
+
+
+@needs_videos
+def test_ingest_with_a_failing_captioner_server_stops_cleanly_random_weights(local_ctx, stub, tmp_path):
+    state, url = stub
+    state.script = [("content", "a frame"), ("content", "a frame"), ("status", 400)]
+    ctx = local_ctx.with_overrides(
+        captioner=f"openai:{url}#qwen", ingest_batch=2, store_dir=str(tmp_path / "s")
+    )
+    with pytest.raises(BackendError, match="HTTP 400"):
+        ingest_video(ctx, str(VIDEOS / "bikes.mp4"))
+    video_id = content_hash(VIDEOS / "bikes.mp4")
+    assert resources.store_for(ctx).video(video_id) is None
+    assert unfinished_clips(ctx, video_id, 5) == [2, 3, 4]  # the first batch is kept whole
+    with pytest.raises(InputError, match="not in the store"):
+        resources.video_captions(ctx, video_id)
+
+
+# -- transformers serve: a real OpenAI-compatible server process --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, vlm) -> Iterator[tuple[str, Path, Path]]:
+    """``transformers serve`` on loopback with SmolLM2 (saved as a model folder) and the tiny VLM."""
+    from transformers import AutoModelForCausalLM
+
+    from granalign.backends.llm_local import _load, resolve_model
+
+    folder = tmp_path_factory.mktemp("served")
+    smol = folder / "smollm2-135m-instruct"
+    loaded = _load(resolve_model("smollm2"), "cpu")  # the GGUF, dequantised (shared with local:smollm2)
+    config = loaded.model.config
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    plain = AutoModelForCausalLM.from_config(config)
+    plain.load_state_dict(loaded.model.state_dict())
+    plain.generation_config = loaded.model.generation_config
+    plain.save_pretrained(smol)
+    loaded.tokenizer.save_pretrained(smol)
+    port = free_port()
+    cmd = [str(BIN / "transformers"), "serve", "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
+    with server(cmd, f"http://127.0.0.1:{port}/health", folder / "serve.log", env={"HF_HUB_OFFLINE": "1"}):
+        yield f"http://127.0.0.1:{port}/v1", smol, vlm
+
+
+def test_rewriter_through_transformers_serve_smollm2(served):
+    """One real request (SmolLM2 on a loaded CPU needs seconds per token through the server)."""
+    url, smol, _ = served
+    rewriter = make_rewriter(f"openai:{url}#{smol}", timeout_s=300)
+    (got,) = rewriter.rewrite_batch([QUERY], CORE)
+    assert got.pair_id == "core" and got.simplified.strip() and got.detailed.strip()
+    if got.fallback:  # SmolLM2 without guided decoding rarely answers JSON: recorded, not raised
+        assert any(w in got.reason for w in ("JSON", "simplified:", "detailed:")), got.reason
+
+
+@needs_videos
+def test_full_graph_through_transformers_serve_random_weights(served, tmp_path):
+    """Ingest and retrieve with both captioners (agnostic and query-aware) behind the server."""
+    url, _, vlm = served
+    ctx = model_context(
+        tmp_path / "store", vlm, [VIDEOS, tmp_path], captioner=f"openai:{url}#{vlm}", request_timeout=120
+    )
+    out = graph.invoke({"video": str(VIDEOS / "bigbuckbunny.mp4"), "query": QUERY}, context=ctx)
+    assert out["mode"] == "full" and len(out["saliency"]) == 3
+    assert all(0 <= s < e <= 5.28 for s, e, _ in out["moments"])
+    assert not any("query-aware captions unavailable" in n for n in out["notes"])
+    record = resources.store_for(ctx).video(out["video_id"])
+    assert record is not None and record.caption_source == f"openai:{vlm}"
+    texts = resources.video_captions(ctx, out["video_id"]).captions
+    assert len(texts) == 3 and all(isinstance(t, str) for t in texts)

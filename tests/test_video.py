@@ -1,0 +1,303 @@
+"""Video files: untrusted paths, content ids, probing, frame sampling by seeking (PyAV, no models).
+
+Synthetic videos are made with PyAV in the test: each frame's grey level encodes its index, so
+a sampled frame tells which frame the sampler decoded.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from granalign.errors import InputError
+from granalign.video import (
+    FrameSampler,
+    clip_count,
+    clip_times,
+    content_hash,
+    display_path,
+    find_videos,
+    looks_like_path,
+    parse_roots,
+    probe_video,
+    resolve_video_path,
+    sample_frames,
+)
+from tests.conftest import SHARED_DATA
+
+VIDEOS = SHARED_DATA / "videos"
+needs_videos = pytest.mark.skipif(
+    not (VIDEOS / "bikes.mp4").is_file(),
+    reason=f"shared videos not found at {VIDEOS} (set GRANALIGN_SHARED_DATA)",
+)
+FPS = 25
+LEVEL_STEP = 2  # grey level of frame i is (i * LEVEL_STEP) % 256
+
+
+def make_video(
+    path: Path,
+    seconds: float,
+    *,
+    fps: int = FPS,
+    gop: int | None = None,
+    size: tuple[int, int] = (64, 48),
+    faststart: bool = False,
+    pattern: str = "index",
+) -> Path:
+    """An H.264 mp4 whose frame i is a flat grey of level (2 i) % 256 (``pattern='index'``) or noise."""
+    import av
+
+    options = {"movflags": "faststart"} if faststart else {}
+    rng = np.random.default_rng(0)
+    with av.open(str(path), "w", options=options) as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height = size
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.options = {"preset": "ultrafast", "crf": "0" if pattern == "index" else "30"}
+        if gop:
+            stream.codec_context.gop_size = gop
+        for i in range(round(seconds * fps)):
+            if pattern == "index":
+                pixels = np.full((size[1], size[0], 3), (i * LEVEL_STEP) % 256, dtype=np.uint8)
+            else:
+                pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def make_audio_only(path: Path) -> Path:
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=16000)
+        stream.layout = "mono"
+        for i in range(20):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = 16000, i * 1024
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def frame_index(image) -> int:
+    return round(float(np.asarray(image).mean()) / LEVEL_STEP)
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("synth")
+    make_video(folder / "gop5.mp4", 4.8, gop=5)
+    make_video(folder / "gop250.mp4", 4.8, gop=250)
+    return folder
+
+
+# -- paths -----------------------------------------------------------------------------------
+
+
+def test_refuses_urls_escapes_devices_folders_and_missing_files(tmp_path, monkeypatch):
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "clip.mp4").write_bytes(b"not empty")
+    (root / "empty.mp4").write_bytes(b"")
+    outside = tmp_path / "outside.mp4"
+    outside.write_bytes(b"x")
+    (root / "link.mp4").symlink_to(outside)
+    roots = [root.resolve()]
+    monkeypatch.chdir(root)
+    assert resolve_video_path("clip.mp4", roots) == (root / "clip.mp4").resolve()
+    cases = {
+        "http://example.org/v.mp4": "is a URL",
+        "file:///etc/passwd": "is a URL",
+        "../outside.mp4": "outside the allowed video roots",
+        str(root / "link.mp4"): "outside the allowed video roots",  # a symlink out of the roots
+        "missing.mp4": "video file not found",
+        str(root): "is a directory",
+        "empty.mp4": "is empty",
+        "": "empty",
+    }
+    for raw, needle in cases.items():
+        with pytest.raises(InputError, match=needle):
+            resolve_video_path(raw, roots)
+    with pytest.raises(InputError, match="not a regular file"):
+        resolve_video_path("/dev/null", [Path("/")])
+
+
+def test_roots_come_from_setting_env_or_cwd(tmp_path, monkeypatch):
+    a, b = tmp_path / "a", tmp_path / "b"
+    monkeypatch.setenv("GRANALIGN_VIDEO_ROOTS", f"{a}{os.pathsep}{b}")
+    assert parse_roots("") == [a.resolve(), b.resolve()]
+    assert parse_roots(str(b)) == [b.resolve()]
+    monkeypatch.delenv("GRANALIGN_VIDEO_ROOTS")
+    monkeypatch.chdir(tmp_path)
+    assert parse_roots("") == [tmp_path.resolve()]
+
+
+@needs_videos
+def test_non_utf8_file_name_is_read_and_shown_safely(tmp_path):
+    raw = os.fsdecode(b"caf\xe9 \xff.mp4")  # not UTF-8: surrogate escapes
+    path = Path(tmp_path, raw)
+    shutil.copy(VIDEOS / "bikes.mp4", path)
+    resolved = resolve_video_path(str(path), [tmp_path.resolve()])
+    assert probe_video(resolved).duration_s == pytest.approx(10.0)
+    assert content_hash(resolved) == content_hash(VIDEOS / "bikes.mp4")  # content id, not name
+    shown = display_path(resolved)
+    shown.encode("utf-8")  # printable and storable
+    assert "\\xe9" in shown
+
+
+def test_store_ids_and_paths_are_told_apart():
+    assert looks_like_path("clips/a.mp4") and looks_like_path("a.MKV") and looks_like_path("~/v")
+    assert not looks_like_path("NUsG9BgSes0_210.0_360.0") and not looks_like_path("sha256-91028f9d6c")
+
+
+def test_find_videos_recurses_and_skips_hidden(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / ".hidden").mkdir()
+    for name in ("a.mp4", "sub/b.MKV", ".hidden/c.mp4", "notes.txt", ".d.mp4"):
+        (tmp_path / name).write_bytes(b"x")
+    assert [p.relative_to(tmp_path).as_posix() for p in find_videos(tmp_path)] == ["a.mp4", "sub/b.MKV"]
+
+
+# -- probing ---------------------------------------------------------------------------------
+
+
+@needs_videos
+def test_probe_real_videos():
+    bikes = probe_video(VIDEOS / "bikes.mp4")
+    assert (bikes.duration_s, bikes.width, bikes.height, bikes.fps) == (10.0, 640, 272, 25.0)
+    charades = probe_video(VIDEOS / "charades_univtg_example.mp4")
+    assert charades.duration_s == pytest.approx(30.7, abs=0.01)
+    assert clip_count(charades.duration_s, 2.0) == 16
+
+
+@needs_videos
+@pytest.mark.parametrize(
+    ("maker", "needle"),
+    [
+        (lambda d: d / "text.mp4", "not a video FFmpeg can read"),
+        (lambda d: d / "half.mp4", "not a video FFmpeg can read"),
+        (lambda d: make_audio_only(d / "audio.m4a"), "has no video stream"),
+    ],
+    ids=["text-renamed-mp4", "truncated-bikes", "audio-only"],
+)
+def test_unusable_files_get_clear_errors(tmp_path, maker, needle):
+    (tmp_path / "text.mp4").write_text("this is not a video\n")
+    data = (VIDEOS / "bikes.mp4").read_bytes()
+    (tmp_path / "half.mp4").write_bytes(data[: len(data) // 2])  # bikes.mp4 keeps its index at the end
+    path = maker(tmp_path)
+    with pytest.raises(InputError, match=needle) as err:
+        probe_video(path)
+    assert path.name in str(err.value)
+
+
+def test_zero_length_video_is_refused(tmp_path):
+    import av
+
+    path = tmp_path / "zero.mp4"
+    with av.open(str(path), "w") as container:  # a stream header, no frame at all
+        stream = container.add_stream("libx264", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        container.start_encoding()
+    if not path.exists() or path.stat().st_size == 0:
+        path.write_bytes(b"")  # FFmpeg wrote nothing: a zero-byte video
+        with pytest.raises(InputError, match="is empty"):
+            resolve_video_path(path, [tmp_path.resolve()])
+        return
+    with pytest.raises(InputError, match=r"no video frames|not a video"):
+        probe_video(path)
+
+
+def test_video_shorter_than_one_clip_is_one_clip(tmp_path):
+    path = make_video(tmp_path / "short.mp4", 0.8)
+    info = probe_video(path)
+    assert info.duration_s == pytest.approx(0.8)
+    assert clip_count(info.duration_s, 2.0) == 1
+    assert clip_times(info.duration_s, 2.0) == [pytest.approx(0.4)]
+    ((_, image),) = list(sample_frames(path, clip_times(info.duration_s, 2.0), clip_len=2.0))
+    assert abs(frame_index(image) - 10) <= 1
+
+
+# -- sampling ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["gop5.mp4", "gop250.mp4"])
+def test_sampled_frame_is_the_clip_centre_frame(synth, name):
+    """Short and long GOPs (seek vs decode forward) give the same, correct frames."""
+    path = synth / name
+    info = probe_video(path)
+    times = clip_times(info.duration_s, 0.5)
+    got = [frame_index(img) for _, img in sample_frames(path, times, clip_len=0.5, info=info)]
+    expected = [round(t * FPS) for t in times]
+    assert len(got) == len(times) == 10
+    assert all(abs(g - e) <= 1 for g, e in zip(got, expected, strict=True)), (got, expected)
+
+
+def test_random_access_and_resume_from_a_later_clip(synth):
+    path = synth / "gop250.mp4"
+    with FrameSampler(path) as sampler:
+        got = [frame_index(sampler.frame_at(t)) for t in (3.0, 1.0, 4.7, 0.0, 2.2)]
+    assert all(abs(g - e) <= 1 for g, e in zip(got, [75, 25, 117, 0, 55], strict=True)), got
+    info = probe_video(path)
+    times = clip_times(info.duration_s, 0.5)
+    later = [c for c, _ in sample_frames(path, times, clip_len=0.5, clips=[7, 3, 9])]
+    assert later == [3, 7, 9]
+
+
+@needs_videos
+def test_frames_are_shrunk_to_max_pixels():
+    path = VIDEOS / "bigbuckbunny.mp4"
+    ((_, image),) = list(sample_frames(path, [1.0], clip_len=2.0, max_pixels=224 * 224))
+    w, h = image.size
+    assert w * h <= 224 * 224 and abs(w / h - 1280 / 720) < 0.05
+
+
+def test_truncated_file_with_index_first_fails_at_the_missing_part(tmp_path):
+    """An mp4 with its index up front opens fine; the clips past the cut cannot be decoded."""
+    full = make_video(tmp_path / "fast.mp4", 12, size=(160, 120), faststart=True, pattern="noise")
+    cut = tmp_path / "fast_half.mp4"
+    data = full.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    info = probe_video(cut)
+    assert info.duration_s == pytest.approx(12.0)  # the index still claims 12 s
+    frames = sample_frames(cut, clip_times(info.duration_s, 2.0), clip_len=2.0, info=info)
+    assert next(frames)[0] == 0  # the first clip is there
+    with pytest.raises(InputError, match="truncated or corrupt"):
+        list(frames)
+
+
+@needs_videos
+def test_content_hash_is_streamed_and_cached(tmp_path, monkeypatch):
+    path = tmp_path / "v.mp4"
+    shutil.copy(VIDEOS / "bikes.mp4", path)
+    reads: list[int] = []
+    real_open = open
+
+    class Spy:
+        def __init__(self, fh):
+            self.fh = fh
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.fh.close()
+
+        def read(self, n=-1):
+            reads.append(n)
+            return self.fh.read(n)
+
+    monkeypatch.setattr("builtins.open", lambda p, mode="r", *a, **k: Spy(real_open(p, mode, *a, **k)))
+    first = content_hash(path)
+    monkeypatch.undo()
+    assert first.startswith("sha256-") and len(first) == 7 + 24
+    assert reads and all(0 < n <= 1 << 20 for n in reads)  # bounded blocks, never read() of all
+    assert content_hash(path) == first

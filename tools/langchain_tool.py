@@ -1,0 +1,645 @@
+"""GranAlign as LangChain tools: ``retrieve_moments`` and ``list_videos``.
+
+A chat agent asks "when does X happen in video V?"; ``retrieve_moments`` runs the retrieval
+graph and answers with a short text for the model (the windows, best first, in seconds) and
+the structured result as the tool message's *artifact* (moments, saliency curve, mode, notes,
+query variants), which programs read and the model never sees
+(``response_format="content_and_artifact"``).
+
+Where the graph runs:
+
+* in this process by default (the compiled ``graphs.retrieval.graph``), with the retrieval
+  :class:`~graphs.context.Context` taken from ``GRANALIGN_*`` variables;
+* on a LangGraph server (``langgraph dev`` or a deployment) through
+  :class:`~langgraph.pregel.remote.RemoteGraph` when ``GRANALIGN_GRAPH_URL`` is set (graph id
+  ``GRANALIGN_GRAPH_ID``, default ``retrieval``; an API key, if any, from ``LANGGRAPH_API_KEY``).
+  The deployment then owns every setting except ``top_n``.
+
+Why the core is a plain class (:class:`MomentRetriever`) under thin wrappers: the LangChain tool
+and the MCP server (``tools/mcp_server.py``) must validate, run and report in exactly the same
+way, and only their error and progress channels differ.
+
+Arguments come from an LLM, so they are validated by :mod:`tools.safety` before anything is
+read (see there); every failure becomes a tool error whose text the model can act on, never an
+exception that ends the agent's run.  Progress events of the graph (``{"stage": ...}``) are
+forwarded to the caller's stream: LangGraph's custom stream when the tool runs inside a graph
+(``stream_mode="custom"``), LangChain custom events (``astream_events``: ``granalign_progress``)
+and, for MCP, progress notifications.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from langchain_core.runnables import RunnableConfig
+from langchain_core.tools import BaseTool, StructuredTool, ToolException
+from pydantic import BaseModel, Field, ValidationError
+
+from granalign.errors import ConfigError, GranAlignError, InputError
+from tools.safety import (
+    MAX_QUERY_CHARS,
+    MAX_VIDEO_ARG_CHARS,
+    VideoArg,
+    bounded_int,
+    clean_query,
+    clean_text,
+    parse_video_arg,
+    url_allowlist,
+    video_roots,
+)
+
+__all__ = [
+    "DEFAULT_TOP_K",
+    "ENV_GRAPH_ID",
+    "ENV_GRAPH_URL",
+    "MAX_LIST_LIMIT",
+    "MAX_TOP_K",
+    "ListVideosInput",
+    "MomentRetriever",
+    "MomentsResult",
+    "RetrievalFailed",
+    "RetrieveMomentsInput",
+    "ToolSettings",
+    "VideoList",
+    "granalign_tools",
+    "list_videos",
+    "make_list_videos_tool",
+    "make_retrieve_moments_tool",
+    "retrieve_moments",
+]
+
+log = logging.getLogger(__name__)
+
+ENV_GRAPH_URL = "GRANALIGN_GRAPH_URL"
+ENV_GRAPH_ID = "GRANALIGN_GRAPH_ID"
+DEFAULT_TOP_K = 5
+MAX_TOP_K = 20
+MAX_LIST_LIMIT = 200
+MAX_CONTAINS_CHARS = 64
+PROGRESS_EVENT = "granalign_progress"
+"""Name of the LangChain custom event that carries retrieval progress (``astream_events``)."""
+
+Progress = Callable[[dict[str, Any]], Any]
+"""A progress sink: called with each event; may return an awaitable (awaited in async runs)."""
+
+_OUTPUT_KEYS = ("video_id", "query", "moments", "saliency", "variants", "mode", "notes")
+
+RETRIEVE_DESCRIPTION = (
+    "Find WHEN something happens in a video. Give the video (an id from list_videos) and a short "
+    "description of what is visible (people, objects, actions), e.g. 'a girl stirs a pot with her mom'. "
+    "Returns time windows in seconds from the start of the video, best first, each with a score in "
+    "[0, 1]. Use it for questions like 'when does ... happen' or 'what happens around ...'. "
+    "Errors come back as text explaining what to fix."
+)
+LIST_DESCRIPTION = (
+    "List the videos that retrieve_moments can search (their ids, durations and mode). "
+    "Optionally filter ids by a substring."
+)
+
+
+class RetrievalFailed(GranAlignError):
+    """The graph run failed for a reason other than a bad argument (a backend, the server)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# settings
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ToolSettings:
+    """Where the graph runs and what inputs are allowed (see the module docstring)."""
+
+    graph_url: str = ""
+    graph_id: str = "retrieval"
+    context: Any = None
+    """In-process retrieval Context (``graphs.context.Context``); None = ``Context.from_env()``."""
+    roots: tuple[Path, ...] | None = None
+    """Allowed video roots; None = ``GRANALIGN_VIDEO_ROOTS`` (default the cwd) at call time."""
+    url_allowlist: tuple[str, ...] | None = None
+    """Hosts a video URL may name; None = ``GRANALIGN_URL_ALLOWLIST`` at call time."""
+    timeout_s: float = 600.0
+    """Limit of an async call (a sync in-process run cannot be interrupted from outside)."""
+    remote_headers: Mapping[str, str] = field(default_factory=dict)
+    """Extra HTTP headers for the LangGraph server (e.g. an auth proxy's)."""
+
+    def __post_init__(self) -> None:
+        if self.graph_url and not self.graph_url.startswith(("http://", "https://")):
+            raise ConfigError(f"{ENV_GRAPH_URL}={self.graph_url!r} must start with http:// or https://")
+        if not self.graph_id.strip():
+            raise ConfigError(f"{ENV_GRAPH_ID} must name a graph or assistant id")
+        if not 0 < self.timeout_s <= 3600:
+            raise ConfigError(f"tool timeout {self.timeout_s} s is out of range; allowed: (0, 3600]")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ToolSettings:
+        env = os.environ if environ is None else environ
+        return cls(
+            graph_url=env.get(ENV_GRAPH_URL, "").strip(),
+            graph_id=env.get(ENV_GRAPH_ID, "retrieval").strip() or "retrieval",
+        )
+
+    @property
+    def remote(self) -> bool:
+        return bool(self.graph_url)
+
+
+# ---------------------------------------------------------------------------------------------
+# results
+# ---------------------------------------------------------------------------------------------
+
+
+def _fmt_s(x: float) -> str:
+    return f"{x:.1f}"
+
+
+@dataclass(frozen=True)
+class MomentsResult:
+    """What one retrieval returned: the artifact (structured) and a short text for a model."""
+
+    artifact: dict[str, Any]
+
+    @property
+    def content(self) -> str:
+        """Windows best first, in seconds; only numbers, ids and the caller's own query.
+
+        Rewrites (LLM output) and notes stay in the artifact: text a model reads should not carry
+        another model's output that nobody asked it to trust.
+        """
+        a = self.artifact
+        moments = a["moments"]
+        head = f"Video {a['video_id']}, query {json.dumps(a['query'], ensure_ascii=False)}: "
+        if not moments:
+            return head + "no matching moment found."
+        lines = [head + f"{len(moments)} moment(s), best first (seconds from the start of the video):"]
+        lines += [
+            f"{i}. {_fmt_s(s)}–{_fmt_s(e)} s (score {score:.2f})"
+            for i, (s, e, score) in enumerate(moments, start=1)
+        ]
+        if a.get("mode") == "caption-only":
+            lines.append("(matched against stored captions of the video; no frames were analysed)")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class VideoList:
+    """Indexed videos (``list_videos``): artifact rows and a short text for a model."""
+
+    videos: list[dict[str, Any]]
+    total: int
+
+    @property
+    def artifact(self) -> dict[str, Any]:
+        return {"videos": self.videos, "total": self.total, "truncated": self.total > len(self.videos)}
+
+    @property
+    def content(self) -> str:
+        if not self.videos:
+            return "No indexed video matches."
+        lines = [
+            f"{self.total} indexed video(s)"
+            + (f", first {len(self.videos)}:" if self.total > len(self.videos) else ":")
+        ]
+        lines += [f"- {v['video_id']} ({v['duration_s']:.0f} s, {v['mode']})" for v in self.videos]
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# the core
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Request:
+    video: VideoArg
+    query: str
+    top_k: int
+    context: Any  # graphs.context.Context (in-process) or None (remote)
+
+
+def _isolated_config(run_name: str) -> RunnableConfig:
+    """A config that makes the retrieval graph its own root run.
+
+    Called inside an agent's tool node, the graph would otherwise inherit the agent's task
+    config and run as its subgraph: checkpoints written into the agent's thread, and events
+    doubled in a parent that streams subgraphs.  A fresh ``thread_id`` drops the inherited
+    task keys (``ensure_config`` treats it as a new checkpoint lineage) while callbacks are kept,
+    so traces still nest under the tool call.  The graph has no checkpointer: nothing is saved.
+    """
+    return {"configurable": {"thread_id": f"granalign-tool-{uuid.uuid4()}"}, "run_name": run_name}
+
+
+def _project(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: values[k] for k in _OUTPUT_KEYS if k in values}
+
+
+def _parent_sinks() -> list[Callable[[dict[str, Any]], None]]:
+    """The caller's LangGraph custom stream, when the tool runs inside a graph node.
+
+    Looked up before the retrieval graph starts, in the caller's context; LangChain callbacks
+    get the same events through :func:`_dispatch`.
+    """
+    sinks: list[Callable[[dict[str, Any]], None]] = []
+    try:
+        from langgraph.config import get_stream_writer
+
+        sinks.append(get_stream_writer())
+    except (RuntimeError, KeyError, AttributeError):  # not inside a LangGraph run
+        pass
+    return sinks
+
+
+def _dispatch(event: dict[str, Any]) -> None:
+    from langchain_core.callbacks.manager import dispatch_custom_event
+
+    with contextlib.suppress(RuntimeError):  # no parent run (called outside a Runnable): nobody to tell
+        dispatch_custom_event(PROGRESS_EVENT, event)
+
+
+async def _adispatch(event: dict[str, Any]) -> None:
+    from langchain_core.callbacks.manager import adispatch_custom_event
+
+    with contextlib.suppress(RuntimeError):
+        await adispatch_custom_event(PROGRESS_EVENT, event)
+
+
+def _remote_error(exc: Exception) -> GranAlignError:
+    """A LangGraph server's run error as a message: input errors keep their text."""
+    data = getattr(exc, "args", [None])[0]
+    if isinstance(data, dict):
+        kind, message = str(data.get("error", "")), str(data.get("message", ""))
+        if kind in ("InputError", "ConfigError", "UnsafeInputError", "ValueError"):
+            return InputError(message)
+        return RetrievalFailed(f"the retrieval server failed ({kind or 'error'}): {message}")
+    return RetrievalFailed(f"the retrieval server failed: {type(exc).__name__}: {exc}")
+
+
+class MomentRetriever:
+    """Validate untrusted arguments, run the retrieval graph, shape the result.
+
+    ``settings=None`` reads :class:`ToolSettings` from the environment at every call, so a
+    long-lived agent process follows configuration changes; tests pass explicit settings.
+    """
+
+    def __init__(self, settings: ToolSettings | None = None) -> None:
+        self._settings = settings
+
+    @property
+    def settings(self) -> ToolSettings:
+        return self._settings if self._settings is not None else ToolSettings.from_env()
+
+    # -- validation -----------------------------------------------------------------------------
+    def _context(self, settings: ToolSettings) -> Any:
+        from graphs.context import Context
+
+        ctx = settings.context if settings.context is not None else Context.from_env()
+        if not isinstance(ctx, Context):
+            raise ConfigError(
+                f"tool settings: context must be a graphs.context.Context, got {type(ctx).__name__}"
+            )
+        return ctx
+
+    def _store(self, ctx: Any) -> Any:
+        from graphs import resources
+
+        return resources.store_for(ctx)
+
+    def prepare(self, video: object, query: object, top_k: object) -> _Request:
+        """Validate the arguments (see :mod:`tools.safety`); raises InputError with a reason."""
+        settings = self.settings
+        k = bounded_int("top_k", top_k, 1, MAX_TOP_K)
+        text = clean_query(query)
+        roots = settings.roots if settings.roots is not None else video_roots()
+        allow = settings.url_allowlist if settings.url_allowlist is not None else url_allowlist()
+        if settings.remote:
+            # the deployment's store decides; an id-shaped name is passed on as an id
+            arg = parse_video_arg(video, is_known_id=lambda _id: True, roots=roots, allowlist=allow)
+            return _Request(arg, text, k, None)
+        ctx = self._context(settings).with_overrides(top_n=k)
+        store = self._store(ctx)
+
+        def known(video_id: str) -> bool:
+            record = store.video(video_id)
+            return record is not None and record.complete
+
+        arg = parse_video_arg(video, is_known_id=known, roots=roots, allowlist=allow)
+        return _Request(arg, text, k, ctx)
+
+    def _finish(self, req: _Request, values: Mapping[str, Any] | None, elapsed: float) -> MomentsResult:
+        if not values or "moments" not in values:
+            raise RetrievalFailed("the retrieval graph returned no result")
+        out = _project(values)
+        out["moments"] = [[float(s), float(e), float(sc)] for s, e, sc in out["moments"][: req.top_k]]
+        out["saliency"] = [float(x) for x in out.get("saliency", [])]
+        out.setdefault("notes", [])
+        out.setdefault("variants", [])
+        out["clip_len_s"] = float(req.context.clip_len) if req.context is not None else None
+        out["elapsed_s"] = round(elapsed, 4)
+        out["backend"] = "remote" if req.context is None else "in-process"
+        return MomentsResult(out)
+
+    def _not_indexed(self, req: _Request, exc: InputError) -> InputError:
+        """Paths and URLs the graph cannot use yet read as 'not indexed', with the graph's reason."""
+        if req.video.kind == "id":
+            return exc
+        return InputError(
+            f"video {req.video.value!r} is not indexed: this deployment answers only about videos in "
+            f"its store (call list_videos to see them). Reason: {exc}"
+        )
+
+    def _graph_input(self, req: _Request) -> dict[str, Any]:
+        return {"video": req.video.value, "query": req.query}
+
+    # -- sync -------------------------------------------------------------------------------------
+    def run(
+        self, video: object, query: object, top_k: object = DEFAULT_TOP_K, on_progress: Progress | None = None
+    ) -> MomentsResult:
+        """Retrieve moments synchronously (progress to the caller's stream and ``on_progress``)."""
+        req = self.prepare(video, query, top_k)
+        sinks = _parent_sinks()
+        t0 = time.perf_counter()
+
+        def emit(event: dict[str, Any]) -> None:
+            payload = {"tool": "retrieve_moments", **event}
+            for sink in sinks:
+                sink(payload)
+            _dispatch(payload)
+            if on_progress is not None:
+                on_progress(payload)
+
+        values: Mapping[str, Any] | None = None
+        try:
+            for mode, chunk in self._stream_sync(req):
+                if mode == "custom" and isinstance(chunk, dict):
+                    emit(chunk)
+                elif mode == "values" and isinstance(chunk, dict):
+                    values = chunk
+        except InputError as exc:
+            raise self._not_indexed(req, exc) from exc
+        except GranAlignError:
+            raise
+        except Exception as exc:
+            raise self._wrap_failure(exc) from exc
+        return self._finish(req, values, time.perf_counter() - t0)
+
+    def _stream_sync(self, req: _Request) -> Any:
+        settings = self.settings
+        if settings.remote:
+            graph = self._remote(settings)
+            for part in graph.stream(
+                self._graph_input(req),
+                context={"top_n": req.top_k},
+                stream_mode=["custom", "values"],
+            ):
+                yield part[0], part[1]
+            return
+        from graphs.retrieval import graph as local_graph
+
+        yield from local_graph.stream(
+            self._graph_input(req),
+            _isolated_config("retrieve_moments"),
+            context=req.context,
+            stream_mode=["custom", "values"],
+        )
+
+    # -- async ------------------------------------------------------------------------------------
+    async def arun(
+        self, video: object, query: object, top_k: object = DEFAULT_TOP_K, on_progress: Progress | None = None
+    ) -> MomentsResult:
+        """Retrieve moments without blocking the event loop (the graph's sync nodes use threads)."""
+        import asyncio
+
+        req = self.prepare(video, query, top_k)
+        sinks = _parent_sinks()
+        t0 = time.perf_counter()
+
+        async def emit(event: dict[str, Any]) -> None:
+            payload = {"tool": "retrieve_moments", **event}
+            for sink in sinks:
+                sink(payload)
+            await _adispatch(payload)
+            if on_progress is not None:
+                got = on_progress(payload)
+                if inspect.isawaitable(got):
+                    await got
+
+        values: Mapping[str, Any] | None = None
+        try:
+            async with asyncio.timeout(self.settings.timeout_s):
+                async for mode, chunk in self._stream_async(req):
+                    if mode == "custom" and isinstance(chunk, dict):
+                        await emit(chunk)
+                    elif mode == "values" and isinstance(chunk, dict):
+                        values = chunk
+        except TimeoutError as exc:
+            raise RetrievalFailed(f"retrieval took longer than {self.settings.timeout_s:.0f} s") from exc
+        except InputError as exc:
+            raise self._not_indexed(req, exc) from exc
+        except GranAlignError:
+            raise
+        except Exception as exc:
+            raise self._wrap_failure(exc) from exc
+        return self._finish(req, values, time.perf_counter() - t0)
+
+    async def _stream_async(self, req: _Request) -> Any:
+        settings = self.settings
+        if settings.remote:
+            graph = self._remote(settings)
+            async for part in graph.astream(
+                self._graph_input(req),
+                context={"top_n": req.top_k},
+                stream_mode=["custom", "values"],
+            ):
+                yield part[0], part[1]
+            return
+        from graphs.retrieval import graph as local_graph
+
+        async for mode, chunk in local_graph.astream(
+            self._graph_input(req),
+            _isolated_config("retrieve_moments"),
+            context=req.context,
+            stream_mode=["custom", "values"],
+        ):
+            yield mode, chunk
+
+    # -- helpers ----------------------------------------------------------------------------------
+    def _remote(self, settings: ToolSettings) -> Any:
+        from langgraph.pregel.remote import RemoteGraph
+
+        return RemoteGraph(
+            settings.graph_id, url=settings.graph_url, headers=dict(settings.remote_headers) or None
+        )
+
+    def _wrap_failure(self, exc: Exception) -> GranAlignError:
+        from langgraph.pregel.remote import RemoteException
+
+        if isinstance(exc, RemoteException):
+            return _remote_error(exc)
+        log.exception("retrieve_moments failed")
+        reason = str(exc).splitlines()[0] if str(exc) else ""
+        return RetrievalFailed(f"retrieval failed ({type(exc).__name__}){': ' + reason if reason else ''}")
+
+    def list_videos(self, contains: object = "", limit: object = 20) -> VideoList:
+        """Complete videos of the configured store whose id contains ``contains`` (case-insensitive)."""
+        n = bounded_int("limit", limit, 1, MAX_LIST_LIMIT)
+        needle = clean_text(contains, name="contains", max_chars=MAX_CONTAINS_CHARS, allow_empty=True).lower()
+        store = self._store(self._context(self.settings))
+        try:
+            records = [r for r in store.list_videos() if r.complete and needle in r.video_id.lower()]
+        except GranAlignError:
+            raise
+        except Exception as exc:
+            raise self._wrap_failure(exc) from exc
+        rows = [
+            {
+                "video_id": r.video_id,
+                "duration_s": float(r.duration_s),
+                "n_clips": int(r.n_clips),
+                "clip_len_s": float(r.clip_len_s),
+                "mode": "full" if r.has_frames else "caption-only",
+            }
+            for r in records[:n]
+        ]
+        return VideoList(rows, len(records))
+
+
+# ---------------------------------------------------------------------------------------------
+# LangChain tools
+# ---------------------------------------------------------------------------------------------
+
+
+class RetrieveMomentsInput(BaseModel):
+    """Arguments of ``retrieve_moments`` (the JSON schema a model sees)."""
+
+    video: str = Field(
+        description=(
+            "The video to search: a video id exactly as list_videos returns it "
+            "(e.g. 'NUsG9BgSes0_210.0_360.0'), or a file path inside the allowed video folders."
+        ),
+        min_length=1,
+        max_length=MAX_VIDEO_ARG_CHARS,
+    )
+    query: str = Field(
+        description=(
+            "What to find, as a short visual description of the moment: who, what they do, "
+            "which objects (e.g. 'a man chops onions in a kitchen'). Not a question."
+        ),
+        min_length=1,
+        max_length=MAX_QUERY_CHARS,
+    )
+    top_k: int = Field(
+        default=DEFAULT_TOP_K,
+        ge=1,
+        le=MAX_TOP_K,
+        description=f"How many time windows to return, best first (1-{MAX_TOP_K}).",
+    )
+
+
+class ListVideosInput(BaseModel):
+    """Arguments of ``list_videos``."""
+
+    contains: str = Field(
+        default="",
+        max_length=MAX_CONTAINS_CHARS,
+        description="Only ids containing this text (case-insensitive); empty lists all.",
+    )
+    limit: int = Field(
+        default=20, ge=1, le=MAX_LIST_LIMIT, description=f"At most this many ids (1-{MAX_LIST_LIMIT})."
+    )
+
+
+def _validation_message(tool: str) -> Callable[[Any], str]:
+    """Pydantic errors as one line a model can act on, without echoing the (untrusted) input."""
+
+    def message(exc: Any) -> str:
+        if isinstance(exc, ValidationError):
+            parts = [f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}" for e in exc.errors()]
+        else:
+            parts = [str(exc)]
+        return f"Invalid arguments for {tool}: " + "; ".join(parts)
+
+    return message
+
+
+def _tool_error(exc: ToolException) -> str:
+    return f"Error: {exc.args[0] if exc.args else 'tool failed'}"
+
+
+def make_retrieve_moments_tool(retriever: MomentRetriever | None = None) -> BaseTool:
+    """The ``retrieve_moments`` tool over ``retriever`` (default: settings from the environment)."""
+    core = retriever or MomentRetriever()
+
+    def run(video: str, query: str, top_k: int = DEFAULT_TOP_K) -> tuple[str, dict[str, Any]]:
+        try:
+            result = core.run(video, query, top_k)
+        except GranAlignError as exc:
+            raise ToolException(str(exc)) from exc
+        return result.content, result.artifact
+
+    async def arun(video: str, query: str, top_k: int = DEFAULT_TOP_K) -> tuple[str, dict[str, Any]]:
+        try:
+            result = await core.arun(video, query, top_k)
+        except GranAlignError as exc:
+            raise ToolException(str(exc)) from exc
+        return result.content, result.artifact
+
+    return StructuredTool.from_function(
+        func=run,
+        coroutine=arun,
+        name="retrieve_moments",
+        description=RETRIEVE_DESCRIPTION,
+        args_schema=RetrieveMomentsInput,
+        response_format="content_and_artifact",
+        handle_tool_error=_tool_error,
+        handle_validation_error=_validation_message("retrieve_moments"),
+    )
+
+
+def make_list_videos_tool(retriever: MomentRetriever | None = None) -> BaseTool:
+    """The ``list_videos`` tool (ids the store can answer about)."""
+    core = retriever or MomentRetriever()
+
+    def run(contains: str = "", limit: int = 20) -> tuple[str, dict[str, Any]]:
+        try:
+            found = core.list_videos(contains, limit)
+        except GranAlignError as exc:
+            raise ToolException(str(exc)) from exc
+        return found.content, found.artifact
+
+    async def arun(contains: str = "", limit: int = 20) -> tuple[str, dict[str, Any]]:
+        import asyncio
+
+        return await asyncio.to_thread(run, contains, limit)
+
+    return StructuredTool.from_function(
+        func=run,
+        coroutine=arun,
+        name="list_videos",
+        description=LIST_DESCRIPTION,
+        args_schema=ListVideosInput,
+        response_format="content_and_artifact",
+        handle_tool_error=_tool_error,
+        handle_validation_error=_validation_message("list_videos"),
+    )
+
+
+def granalign_tools(retriever: MomentRetriever | None = None) -> list[BaseTool]:
+    """Both tools over one retriever, ready for ``model.bind_tools`` or an agent."""
+    core = retriever or MomentRetriever()
+    return [make_retrieve_moments_tool(core), make_list_videos_tool(core)]
+
+
+retrieve_moments = make_retrieve_moments_tool()
+"""``retrieve_moments`` configured from the environment (in-process unless GRANALIGN_GRAPH_URL)."""
+list_videos = make_list_videos_tool()
+"""``list_videos`` over the store configured in the environment."""
