@@ -14,6 +14,14 @@ fused saliency curves (6 query variants, MiniGPT-v2 captions) in ``"fused"`` mod
 57.42 / 29.77 without, 58.13 / 37.65 with contrast windows.  It stays off by default here only
 because callers choose it explicitly (a graph ``Context`` setting); the numbers favour turning
 it on.
+
+Best measured setting with this code (QVHighlights val, shared MiniGPT-v2 captions,
+all-MiniLM-L6-v2, original query + 5 Baichuan2 paraphrases, caption-only with
+``aware_missing="zero"``): query feedback (``feedback.feedback_queries``, k = 3, w = 0.5), σ = 1
+temporal smoothing of each variant's cosines (``smoothing.smoothed_similarity``), ``"pooled"``
+with ``contrast=True, contrast_min_len=10`` and ``ProposalParams(top_k=12, gap=3, lam=0.5)``,
+NMS 0.95, ``saliency(..., sigma=2)``: R1@0.5 57.81, R1@0.7 41.61, mAP 38.41, HL-min-VeryGood
+mAP 39.05 / HIT@1 63.87 (library defaults: 54.13 / 35.03 / 33.96, 33.53 / 60.00).
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from granalign.errors import ConfigError, InputError
 from granalign.nms import temporal_nms
 from granalign.proposals import ProposalParams, as_score_curve, contrast_windows, generate_proposals
 from granalign.similarity import as_finite_array
+from granalign.smoothing import gaussian_smooth
 
 FloatArray = NDArray[np.float64]
 Mode = Literal["pooled", "fused"]
@@ -74,12 +83,20 @@ def clips_to_seconds(windows: ArrayLike, clip_len: float, duration: float) -> Fl
     return np.column_stack((starts, ends, rows[:, 2]))
 
 
-def saliency(fused: ArrayLike) -> list[float]:
+def saliency(fused: ArrayLike, *, sigma: float = 0.0) -> list[float]:
     """The fused curve S_f as plain Python floats, one per clip (highlight detection output).
 
     Plain floats because the graph's state and the JSONL output must not hold numpy objects.
+    ``sigma`` > 0 smooths the curve over time with a Gaussian of σ clips first
+    (``smoothing.gaussian_smooth``; the result stays in [0, 1]).  Annotators rate whole
+    moments, so a curve smooth over a moment ranks its clips together: on QVHighlights val
+    (MiniLM, original + 5 paraphrases) σ = 2 raised HL-min-VeryGood mAP 33.53 → 38.64 and
+    HIT@1 60.00 → 64.90.  The default 0 keeps S_f unchanged.
     """
-    values: list[float] = as_score_curve(fused, "fused").tolist()
+    curve = as_score_curve(fused, "fused")
+    if sigma:
+        curve = np.clip(gaussian_smooth(curve, sigma), 0.0, 1.0)
+    values: list[float] = curve.tolist()
     return values
 
 

@@ -145,10 +145,10 @@ class Context:
         default=10, metadata=_meta("Histogram bins of the dynamic threshold.", lo=2, hi=1000)
     )
     top_k: int = field(
-        default=8, metadata=_meta("Clips that must lie above the dynamic threshold.", lo=1, hi=100000)
+        default=12, metadata=_meta("Clips that must lie above the dynamic threshold.", lo=1, hi=100000)
     )
     gap: int = field(
-        default=6,
+        default=3,
         metadata=_meta("[τ] merge high-score clips at most this many clips apart.", lo=0, hi=100000),
     )
     drop_pct: float = field(
@@ -156,13 +156,46 @@ class Context:
         metadata=_meta("[n %] drop proposals whose mean score is in the bottom n %.", lo=0.0, hi=99.0),
     )
     lam: float = field(
-        default=0.3, metadata=_meta("[λ] proposal score = (1-λ)·mean + λ·normalised length.", lo=0.0, hi=1.0)
+        default=0.5, metadata=_meta("[λ] proposal score = (1-λ)·mean + λ·normalised length.", lo=0.0, hi=1.0)
     )
     contrast: bool = field(
-        default=False, metadata=_meta("Add contrast-scored sliding windows to the proposal pool.")
+        default=True, metadata=_meta("Add contrast-scored sliding windows to the proposal pool.")
     )
     contrast_min_len: int = field(
-        default=8, metadata=_meta("Shortest contrast window, in clips.", lo=1, hi=100000)
+        default=10, metadata=_meta("Shortest contrast window, in clips.", lo=1, hi=100000)
+    )
+    feedback_k: int = field(
+        default=3,
+        metadata=_meta(
+            "Query feedback: move each variant toward the mean embedding of its k best-matching "
+            "agnostic captions before scoring; 0 = off.",
+            lo=0,
+            hi=1000,
+        ),
+    )
+    feedback_weight: float = field(
+        default=0.5,
+        metadata=_meta(
+            "Query feedback weight w: q' = unit(q + w·unit(mean of the k best captions)); 0 = off.",
+            lo=0.0,
+            hi=10.0,
+        ),
+    )
+    smooth_sigma: float = field(
+        default=1.0,
+        metadata=_meta(
+            "Gaussian smoothing (σ, clips) of each variant's cosine curve before min–max; 0 = off.",
+            lo=0.0,
+            hi=200.0,
+        ),
+    )
+    saliency_sigma: float = field(
+        default=2.0,
+        metadata=_meta(
+            "Gaussian smoothing (σ, clips) of the saliency curve (highlight detection); 0 = off.",
+            lo=0.0,
+            hi=200.0,
+        ),
     )
     nms_iou: float = field(
         default=0.95, metadata=_meta("Temporal NMS: suppress windows with IoU ≥ this.", lo=0.0, hi=1.0)

@@ -31,11 +31,13 @@ from langgraph.types import RetryPolicy, Send
 from granalign.backends.captioner import QueryFocus
 from granalign.backends.openai_llm import BackendError
 from granalign.errors import InputError
+from granalign.feedback import feedback_queries
 from granalign.fusion import granular_fusion, variant_scores
 from granalign.moments import propose_windows, saliency, select_moments
 from granalign.proposals import ProposalParams
 from granalign.rewrite import Rewrite
-from granalign.similarity import cosine_similarity, minmax_normalise, normalised_similarity
+from granalign.similarity import cosine_similarity, minmax_normalise
+from granalign.smoothing import smoothed_similarity
 from granalign.store import VideoRecord
 from granalign.video import content_hash, display_path, looks_like_path, resolve_video_path
 from graphs import resources
@@ -282,8 +284,12 @@ def fuse(state: RetrievalState, runtime: Runtime[Context]) -> dict[str, Any]:
     emb = dict(zip(texts, resources.embedder_for(ctx).embed(texts), strict=True))
     q_s = np.stack([emb[r.simplified] for r in variants])
     q_d = np.stack([emb[r.detailed] for r in variants])
-    g_s = normalised_similarity(q_s, video.embeddings)
-    g_d_agn = normalised_similarity(q_d, video.embeddings)
+    # Pseudo-relevance feedback and temporal smoothing (measured on QVHighlights val, README).
+    k, w, sigma = ctx.feedback_k, ctx.feedback_weight, ctx.smooth_sigma
+    g_s = smoothed_similarity(feedback_queries(q_s, video.embeddings, k=k, weight=w), video.embeddings, sigma)
+    g_d_agn = smoothed_similarity(
+        feedback_queries(q_d, video.embeddings, k=k, weight=w), video.embeddings, sigma
+    )
     g_d_aware, aware_mask = _aware_channel(state, ctx, q_d, g_s.shape[1])
     kwargs: dict[str, Any] = {"g_detailed_agnostic": g_d_agn, "aware_missing": ctx.aware_missing}
     per_variant = variant_scores(g_s, g_d_aware, aware_mask, **kwargs)
@@ -343,7 +349,7 @@ def nms(state: RetrievalState, runtime: Runtime[Context]) -> dict[str, Any]:
         n_out = int(state["n_clips"])
     else:
         n_out = max(1, math.ceil(duration / ctx.clip_len - 1e-9))
-    curve = saliency(state["fused"])
+    curve = saliency(state["fused"], sigma=ctx.saliency_sigma)
     curve = (curve + [curve[-1]] * n_out)[:n_out]  # one value per clip of the whole duration
     _progress(runtime, "nms", moments=len(moments))
     return {"moments": moments, "saliency": curve}

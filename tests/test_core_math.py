@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from granalign.errors import ConfigError, InputError
+from granalign.feedback import feedback_queries
 from granalign.fusion import granular_fusion, variant_scores
 from granalign.moments import (
     DEFAULT_NMS_IOU,
@@ -35,6 +36,7 @@ from granalign.proposals import (
     score_proposals,
 )
 from granalign.similarity import cosine_similarity, minmax_normalise, normalised_similarity
+from granalign.smoothing import gaussian_smooth, smoothed_similarity
 
 # ----------------------------------------------------------------------------------------------
 # similarity
@@ -513,3 +515,124 @@ def test_nms_properties(windows: np.ndarray, threshold: float, top_n: int) -> No
         np.fill_diagonal(iou, 0.0)
         assert np.all(iou < threshold)
     assert np.array_equal(temporal_nms(windows, threshold, top_n), kept)
+
+
+# ----------------------------------------------------------------------------------------------
+# temporal smoothing and query feedback
+
+
+def _reference_smooth(row: np.ndarray, sigma: float) -> np.ndarray:
+    """Edge-normalised Gaussian by np.convolve: the rule the research sweep measured."""
+    radius = math.ceil(3 * sigma)
+    offsets = np.arange(-radius, radius + 1)
+    kernel = np.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel /= kernel.sum()
+    ones = np.ones(row.size)
+    centre = slice(radius, radius + row.size)  # "full" then the centre: also for kernels longer than row
+    smoothed: np.ndarray = np.convolve(row, kernel)[centre] / np.convolve(ones, kernel)[centre]
+    return smoothed
+
+
+def test_gaussian_smooth_hand_case() -> None:
+    # an impulse in the middle of 3 clips with sigma 1: weights e^-2, e^-1/2, 1, e^-1/2, e^-2
+    w, w2 = math.exp(-0.5), math.exp(-2.0)
+    out = gaussian_smooth(np.array([0.0, 1.0, 0.0]), 1.0)
+    # edge-normalised: the first clip divides by the weights of the clips that exist (0, 1, 2)
+    np.testing.assert_allclose(out, [w / (1 + w + w2), 1 / (1 + 2 * w), w / (1 + w + w2)], atol=1e-12)
+
+
+def test_gaussian_smooth_identity_cases_and_errors() -> None:
+    curve = np.array([0.1, 0.9, 0.3, 0.5])
+    assert np.array_equal(gaussian_smooth(curve, 0.0), curve)
+    assert np.array_equal(gaussian_smooth(np.array([0.7]), 2.0), [0.7])  # one clip: nothing to mix
+    np.testing.assert_allclose(gaussian_smooth(np.full(9, 0.4), 3.0), np.full(9, 0.4))
+    for bad in (-1.0, math.nan, math.inf, True, "1"):
+        with pytest.raises(ConfigError):
+            gaussian_smooth(curve, bad)  # type: ignore[arg-type]
+    with pytest.raises(InputError):
+        gaussian_smooth(np.array([0.1, math.nan]), 1.0)
+
+
+@settings(max_examples=60, deadline=None, database=None)
+@given(
+    rows=arrays(np.float64, st.tuples(st.integers(1, 4), st.integers(1, 60)), elements=st.floats(0.0, 1.0)),
+    sigma=st.sampled_from([0.5, 1.0, 1.5, 2.0, 7.0, 40.0]),
+)
+def test_gaussian_smooth_properties(rows: np.ndarray, sigma: float) -> None:
+    out = gaussian_smooth(rows, sigma)
+    assert out.shape == rows.shape
+    # convex combinations: bounds kept per row, so a [0, 1] curve stays a valid score curve
+    assert np.all(out >= rows.min(axis=1, keepdims=True) - 1e-12)
+    assert np.all(out <= rows.max(axis=1, keepdims=True) + 1e-12)
+    for row, smoothed in zip(rows, out, strict=True):  # rows are independent, as in the reference
+        np.testing.assert_allclose(gaussian_smooth(row, sigma), smoothed, atol=1e-12)
+        if row.size > 1:
+            np.testing.assert_allclose(smoothed, _reference_smooth(row, sigma), atol=1e-12)
+
+
+def test_smoothed_similarity() -> None:
+    rng = np.random.default_rng(3)
+    queries, captions = rng.normal(size=(2, 8)), rng.normal(size=(30, 8))
+    np.testing.assert_array_equal(
+        smoothed_similarity(queries, captions, 0.0), normalised_similarity(queries, captions)
+    )
+    g = smoothed_similarity(queries, captions, 1.0)
+    np.testing.assert_allclose(g.min(axis=1), 0.0, atol=1e-12)
+    np.testing.assert_allclose(g.max(axis=1), 1.0, atol=1e-12)
+    expected = minmax_normalise(gaussian_smooth(cosine_similarity(queries, captions), 1.0))
+    np.testing.assert_array_equal(g, expected)
+
+
+def test_feedback_hand_case() -> None:
+    queries = np.array([[2.0, 0.0, 0.0]])  # scale must not matter
+    captions = np.array([[1.0, 0.0, 0.0], [0.8, 0.6, 0.0], [0.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    # top-2 captions of q are clips 0 and 1; their unit mean is (0.9, 0.3, 0) / |..|
+    centroid = np.array([0.9, 0.3, 0.0]) / math.hypot(0.9, 0.3)
+    moved = np.array([1.0, 0.0, 0.0]) + 0.5 * centroid
+    out = feedback_queries(queries, captions, k=2, weight=0.5)
+    np.testing.assert_allclose(out, [moved / np.linalg.norm(moved)], atol=1e-12)
+    # k past the number of captions uses them all
+    everything = feedback_queries(queries, captions, k=99, weight=1.0)
+    np.testing.assert_allclose(everything, feedback_queries(queries, captions, k=4, weight=1.0))
+
+
+def test_feedback_off_is_identity_and_errors() -> None:
+    rng = np.random.default_rng(5)
+    queries, captions = rng.normal(size=(3, 6)), rng.normal(size=(10, 6))
+    assert np.array_equal(feedback_queries(queries, captions, k=0), queries)
+    assert np.array_equal(feedback_queries(queries, captions, k=3, weight=0.0), queries)
+    out = feedback_queries(queries, captions, k=3, weight=0.5)
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0)
+    bad: list[dict[str, object]] = [
+        {"k": -1},
+        {"k": 1.5},
+        {"k": True},
+        {"weight": -0.1},
+        {"weight": math.nan},
+    ]
+    for kwargs in bad:
+        with pytest.raises(ConfigError):
+            feedback_queries(queries, captions, **kwargs)  # type: ignore[arg-type]
+    with pytest.raises(InputError):
+        feedback_queries(queries, captions[:, :5])
+    with pytest.raises(InputError):
+        feedback_queries(np.empty((0, 6)), captions)
+
+
+def test_feedback_lifts_clips_like_the_best_match() -> None:
+    # the query matches clip 0 best; clip 2 resembles clip 0 more than clip 1 does, and after
+    # feedback clip 2 must gain on clip 1 (the point of the step)
+    queries = np.array([[1.0, 0.2, 0.0]])
+    captions = np.array([[1.0, 0.0, 0.3], [0.5, 0.5, 0.0], [0.5, 0.0, 0.5]])
+    before = cosine_similarity(queries, captions)[0]
+    after = cosine_similarity(feedback_queries(queries, captions, k=1, weight=1.0), captions)[0]
+    assert (after[2] - after[1]) > (before[2] - before[1])
+
+
+def test_saliency_sigma() -> None:
+    curve = np.array([0.0, 1.0, 0.0, 0.2, 0.4])
+    assert saliency(curve) == saliency(curve, sigma=0.0) == curve.tolist()
+    smoothed = saliency(curve, sigma=1.0)
+    assert len(smoothed) == curve.size and all(type(x) is float for x in smoothed)
+    np.testing.assert_allclose(smoothed, gaussian_smooth(curve, 1.0))
+    assert all(0.0 <= x <= 1.0 for x in smoothed)
