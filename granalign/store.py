@@ -218,16 +218,15 @@ class Store:
         prompt_hash: str,
         embedder_name: str,
     ) -> None:
-        if len(captions) != len(embeddings):
-            raise InputError(f"video {video_id}: {len(captions)} captions but {len(embeddings)} embeddings")
-        ids = [caption_id(video_id, i, source, prompt_hash) for i in range(len(captions))]
-        metas = [{"video_id": video_id, "clip": i, "source": source} for i in range(len(captions))]
-        self._upsert(
-            self.captions_collection(embedder_name),
-            ids=ids,
-            embeddings=np.asarray(embeddings, dtype=np.float32),
-            documents=list(captions),
-            metadatas=metas,
+        """All captions of a video, clip i at index i (an imported captions file)."""
+        self.put_clip_captions(
+            video_id,
+            range(len(captions)),
+            captions,
+            embeddings,
+            source=source,
+            prompt_hash=prompt_hash,
+            embedder_name=embedder_name,
         )
 
     def get_captions(

@@ -63,6 +63,7 @@ def read_annotations(path: str | Path, limit: int | None = None) -> list[Annotat
 
 @dataclass
 class BenchResult:
+    annotations: list[Annotation]
     predictions: list[dict[str, Any]]
     metrics: dict[str, Any]
     skipped: list[tuple[int | str, str]]
@@ -180,7 +181,7 @@ def run_benchmark(
         raise InputError(f"no query of {annotations_path} could be answered ({len(skipped)} skipped)")
     gt = [a.raw for a in annotations if a.qid in {p["qid"] for p in preds}]
     metrics = evaluate_submission(preds, gt, allow_subset=True)
-    return BenchResult(preds, metrics, skipped, report, import_s, rewrite_s, passes)
+    return BenchResult(annotations, preds, metrics, skipped, report, import_s, rewrite_s, passes)
 
 
 def save_results(result: BenchResult, out: str | Path | None, metrics_out: str | Path | None) -> None:

@@ -81,7 +81,7 @@ def _run_bench(
     plot: Path | None,
 ) -> None:
     from granalign.evaluation import recall_and_miou
-    from tools.bench import read_annotations, run_benchmark, save_results
+    from tools.bench import run_benchmark, save_results
 
     with _progress() as bar:
         tasks: dict[str, Any] = {}
@@ -103,7 +103,7 @@ def _run_bench(
     save_results(result, out_path, metrics)
     for qid, why in result.skipped:
         console.print(f"[yellow]skipped[/] qid {qid}: {why}", highlight=False)
-    gt = [a.raw for a in read_annotations(annotations, limit)]
+    gt = [a.raw for a in result.annotations]
     answered = {p["qid"] for p in result.predictions}
     extra = recall_and_miou(result.predictions, [g for g in gt if g["qid"] in answered])
     _print_metrics(result.metrics, extra, title=f"{result.n} queries, rewriter {_short_spec(ctx.rewriter)}")

@@ -21,11 +21,11 @@ from typing import Any, Literal
 
 from granalign.errors import InputError
 from granalign.evaluation import evaluate_submission, recall_and_miou
-from granalign.jsonl import atomic_write_text, read_jsonl, write_json, write_jsonl
+from granalign.jsonl import atomic_write_text, write_json, write_jsonl
 from graphs import resources
 from graphs.context import Context
 from prompts import DEFAULT_PAIRS, available_pair_ids, load_prompt_pairs
-from tools.bench import Annotation, read_annotations, run_queries
+from tools.bench import Annotation, run_queries
 
 Side = Literal["both", "simplified", "detailed"]
 COLUMNS = (
@@ -306,18 +306,3 @@ def plan_settings(
     if ablation:
         rows += ablation_settings(ids[: max(1, min(max_m, len(ids)))], paraphrases)
     return rows
-
-
-def read_rows(out_dir: Path) -> list[dict[str, Any]]:
-    return [json.loads(p.read_text()) for p in sorted((out_dir / "settings").glob("*/row.json"))]
-
-
-__all__ = [
-    "RowResult",
-    "Setting",
-    "plan_settings",
-    "read_annotations",
-    "read_jsonl",
-    "run_setting",
-    "write_reports",
-]
