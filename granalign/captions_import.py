@@ -49,10 +49,20 @@ def _validate(obj: dict[str, object], where: str) -> CaptionedVideo:
     if not isinstance(caps, list) or not caps or not all(isinstance(c, str) for c in caps):
         raise InputError(f"{where}: 'captions' must be a non-empty list of strings (video {vid})")
     clip_len = obj.get("clip_len_s", 2)
-    if not isinstance(clip_len, int | float) or isinstance(clip_len, bool) or not clip_len > 0:
+    if (
+        not isinstance(clip_len, int | float)
+        or isinstance(clip_len, bool)
+        or not math.isfinite(clip_len)
+        or not clip_len > 0
+    ):
         raise InputError(f"{where}: 'clip_len_s' must be a positive number (video {vid})")
     duration = obj.get("duration", len(caps) * float(clip_len))
-    if not isinstance(duration, int | float) or not math.isfinite(duration) or duration <= 0:
+    if (
+        not isinstance(duration, int | float)
+        or isinstance(duration, bool)
+        or not math.isfinite(duration)
+        or duration <= 0
+    ):
         raise InputError(f"{where}: 'duration' must be a positive number (video {vid})")
     return CaptionedVideo(vid, float(clip_len), tuple(c.strip() for c in caps), float(duration))
 

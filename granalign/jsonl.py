@@ -18,33 +18,48 @@ from granalign.errors import InputError
 
 
 def _open_checked(path: Path) -> Path:
-    if not path.exists():
-        raise InputError(f"{path}: file not found")
-    if path.is_dir():
-        raise InputError(f"{path}: is a directory, expected a JSONL file")
+    try:
+        if not path.exists():
+            raise InputError(f"{path}: file not found")
+        if path.is_dir():
+            raise InputError(f"{path}: is a directory, expected a JSONL file")
+        if not path.is_file():
+            raise InputError(f"{path}: not a regular file (a device, FIFO or socket), expected a JSONL file")
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     if not os.access(path, os.R_OK):
         raise InputError(f"{path}: file is not readable")
     return path
 
 
+def _parse_line(line: str, where: str) -> Any:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{where}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+    except (RecursionError, ValueError) as exc:  # absurd nesting; integers past Python's digit limit
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).split(";")[0]
+        raise InputError(f"{where}: unreadable JSON ({reason})") from None
+
+
 def iter_jsonl(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
     """Yield one dict per non-empty line; errors name the file and the 1-based line."""
     p = _open_checked(Path(path))
-    with p.open("rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            try:
-                line = raw.decode("utf-8").strip()
-            except UnicodeDecodeError as exc:
-                raise InputError(f"{p}:{lineno}: not valid UTF-8 ({exc.reason})") from None
-            if not line:
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{p}:{lineno}: malformed JSON ({exc.msg} at column {exc.colno})") from None
-            if not isinstance(obj, dict):
-                raise InputError(f"{p}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            yield obj
+    try:
+        with p.open("rb") as fh:
+            for lineno, raw in enumerate(fh, start=1):
+                try:
+                    line = raw.decode("utf-8").strip()
+                except UnicodeDecodeError as exc:
+                    raise InputError(f"{p}:{lineno}: not valid UTF-8 ({exc.reason})") from None
+                if not line:
+                    continue
+                obj = _parse_line(line, f"{p}:{lineno}")
+                if not isinstance(obj, dict):
+                    raise InputError(f"{p}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+                yield obj
+    except OSError as exc:
+        raise InputError(f"{p}: cannot be read ({exc.strerror or exc})") from None
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -76,3 +91,53 @@ def write_jsonl(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]]) ->
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     """Atomically write ``obj`` as indented JSON."""
     atomic_write_text(path, json.dumps(obj, indent=4) + "\n")
+
+
+class Journal:
+    """An append-only JSONL log of finished work that survives ``kill -9``.
+
+    The first line names what the log belongs to (``key``: a hash of the run's settings); a
+    log of other settings is discarded, never mixed in.  Every :meth:`append` is flushed and
+    fsync'd, so a kill loses at most the rows being written; a torn last line is dropped on
+    open (the good lines are rewritten atomically before appending resumes).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], key: str) -> None:
+        self.path = Path(path)
+        self.key = key
+        self.rows: list[dict[str, Any]] = self._recover()
+        self._fh = self.path.open("a", encoding="utf-8")
+
+    def _recover(self) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        if self.path.exists():
+            lines = self.path.read_text(encoding="utf-8", errors="replace").split("\n")
+            parsed = []
+            for line in lines:
+                try:
+                    obj = json.loads(line)
+                except (ValueError, RecursionError):  # JSONDecodeError is a ValueError
+                    break  # a torn write: everything after it is dropped
+                if not isinstance(obj, dict):
+                    break
+                parsed.append(obj)
+            if parsed and parsed[0].get("journal") == self.key:
+                rows = parsed[1:]
+        header = json.dumps({"journal": self.key}) + "\n"
+        atomic_write_text(self.path, header + "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        return rows
+
+    def append(self, rows: Iterable[dict[str, Any]]) -> None:
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        if text:
+            self._fh.write(text)
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def discard(self) -> None:
+        """The work is saved elsewhere (atomically): the log is no longer needed."""
+        self.close()
+        self.path.unlink(missing_ok=True)

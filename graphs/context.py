@@ -107,6 +107,34 @@ class Context:
             "Clips per ingest batch (decode → CLIP → caption → store; the resume unit).", lo=1, hi=1024
         ),
     )
+    lock_dir: str = field(
+        default="",
+        metadata=_meta(
+            "Folder of the per-video ingest locks; empty = <store folder>/locks (embedded store) or "
+            "the user cache (chroma_url). Processes sharing a store must share this folder."
+        ),
+    )
+    ingest_lock_timeout: float = field(
+        default=3600.0,
+        metadata=_meta(
+            "Seconds a caller waits for another caller's ingest of the same video.", lo=0.0, hi=86400.0
+        ),
+    )
+    checkpointer: Literal["sqlite", "memory", "none"] = field(
+        default="sqlite",
+        metadata=_meta(
+            "Checkpointer of library/CLI/tool runs, so a failed run resumes by thread id "
+            "(LangGraph Server uses its own)."
+        ),
+    )
+    checkpoint_db: str = field(
+        default="",
+        metadata=_meta("SQLite checkpoint file; empty = checkpoints.sqlite beside the store."),
+    )
+    keep_threads: bool = field(
+        default=False,
+        metadata=_meta("Keep the checkpoints of successful runs too (default: failed runs only)."),
+    )
     # -- rewriting -------------------------------------------------------------------------------
     prompt_pairs: str = field(
         default="",
@@ -115,6 +143,15 @@ class Context:
     m: int = field(default=3, metadata=_meta("[m] number of prompt pairs (rewrite pairs).", lo=1, hi=16))
     include_original: bool = field(
         default=True, metadata=_meta("Also score the original query as a variant (Q_r).")
+    )
+    drift_threshold: float = field(
+        default=-1.0,
+        metadata=_meta(
+            "Rewrite validation: a rewrite side whose cosine to the query is below this is replaced "
+            "by the query (-1 = off).",
+            lo=-1.0,
+            hi=1.0,
+        ),
     )
     # -- clip filter and fusion ----------------------------------------------------------------
     key_pct: float = field(
@@ -132,6 +169,17 @@ class Context:
             "Clips without a query-aware caption: 'zero' (aware channel only lifts key clips) or "
             "'agnostic' (match Q_d against C_agn there)."
         ),
+    )
+    imitation_guard: bool = field(
+        default=True,
+        metadata=_meta(
+            "Damp query-aware caption scores that copy the query's wording beyond what the clip's "
+            "agnostic caption supports (full mode)."
+        ),
+    )
+    imitation_max_penalty: float = field(
+        default=0.5,
+        metadata=_meta("Largest share of a clip's aware score the imitation guard removes.", lo=0.0, hi=1.0),
     )
     # -- proposals -------------------------------------------------------------------------------
     proposal_mode: Literal["pooled", "fused"] = field(

@@ -27,6 +27,7 @@ from langgraph.runtime import Runtime
 
 from granalign.backends.captioner import AGNOSTIC_PROMPT
 from granalign.errors import InputError
+from granalign.locks import video_lock
 from granalign.store import VideoRecord, caption_id, frame_id
 from granalign.video import (
     FrameSampler,
@@ -126,10 +127,26 @@ def _decode(
 def encode(state: IngestState, runtime: Runtime[Context]) -> dict[str, Any]:
     """Sample → CLIP-embed → caption → embed → store, batch by batch (the resume unit)."""
     ctx = runtime.context
-    todo = list(state.get("todo", []))
     timings = dict.fromkeys(STAGES, 0.0)
-    if not todo:
+    if not state.get("todo"):
         return {"encoded": 0, "timings": timings}
+    video_id = state["video_id"]
+    with video_lock(
+        resources.lock_dir_for(ctx),
+        video_id,
+        ctx.ingest_lock_timeout,
+        on_wait=lambda: _progress(runtime, "ingest_wait", video_id=video_id),
+    ):
+        # Another caller may have finished some clips while this one waited: look again.
+        todo = unfinished_clips(ctx, video_id, state["n_clips"])
+        if not todo:
+            return {"encoded": 0, "skipped": state["n_clips"], "timings": timings}
+        return _encode_clips(ctx, runtime, state, todo, timings)
+
+
+def _encode_clips(
+    ctx: Context, runtime: Runtime[Context], state: IngestState, todo: list[int], timings: dict[str, float]
+) -> dict[str, Any]:
     store, embedder = resources.store_for(ctx), resources.embedder_for(ctx)
     clip, captioner = resources.clip_for(ctx), resources.captioner_for(ctx)
     s_key, p_hash = resources.sampling_key(ctx), resources.agnostic_prompt_hash(ctx)
@@ -139,7 +156,8 @@ def encode(state: IngestState, runtime: Runtime[Context]) -> dict[str, Any]:
     have_frame = store.existing_ids(
         store.frames_collection(clip.name), [frame_id(video_id, c, clip.name, s_key) for c in todo]
     )
-    done = state.get("skipped", 0)
+    skipped = state["n_clips"] - len(todo)
+    done = skipped
     batches = _batches(todo, ctx.ingest_batch)
     with FrameSampler(path, info, max_pixels=ctx.max_pixels) as sampler, ThreadPoolExecutor(1) as pool:
         pending: Future[tuple[list[Any], float]] = pool.submit(
@@ -165,10 +183,8 @@ def encode(state: IngestState, runtime: Runtime[Context]) -> dict[str, Any]:
                 embedder=embedder,
             )
             done += len(batch)
-            _progress(
-                runtime, "ingest", video_id=video_id, done=done, total=total, skipped=state.get("skipped", 0)
-            )
-    return {"encoded": len(todo), "timings": {k: round(v, 4) for k, v in timings.items()}}
+            _progress(runtime, "ingest", video_id=video_id, done=done, total=total, skipped=skipped)
+    return {"encoded": len(todo), "skipped": skipped, "timings": {k: round(v, 4) for k, v in timings.items()}}
 
 
 def _encode_batch(

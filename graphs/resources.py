@@ -17,6 +17,7 @@ Cache keys of ingested videos (all explicit, all in the store's ids):
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -42,7 +43,7 @@ from granalign.backends.openai_llm import BackendError
 from granalign.errors import InputError
 from granalign.rewrite import Rewrite, Rewriter, make_rewriter, rewrite_queries
 from granalign.specs import parse_spec
-from granalign.store import Store, VideoRecord, open_store, text_hash
+from granalign.store import Store, VideoRecord, default_store_dir, open_store, text_hash
 from granalign.video import content_hash, parse_roots, resolve_video_path
 from graphs.context import Context
 from prompts import DEFAULT_PAIRS, PromptPair, load_prompt_pairs, prompt_hash
@@ -101,6 +102,17 @@ def captioner_for(ctx: Context, *, aware: bool = False) -> Captioner:
 
 def video_roots(ctx: Context) -> list[Path]:
     return parse_roots(ctx.video_roots)
+
+
+def lock_dir_for(ctx: Context) -> Path:
+    """Where the per-video ingest locks live (see :mod:`granalign.locks`)."""
+    if ctx.lock_dir:
+        return Path(ctx.lock_dir).expanduser()
+    if ctx.chroma_url or os.environ.get("CHROMA_URL"):
+        from platformdirs import user_cache_dir
+
+        return Path(user_cache_dir("granalign")) / "locks"
+    return (Path(ctx.store_dir).expanduser() if ctx.store_dir else default_store_dir()) / "locks"
 
 
 # -- cache keys of ingested videos ------------------------------------------------------------

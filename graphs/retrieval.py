@@ -24,6 +24,7 @@ import os
 from typing import Any
 
 import numpy as np
+from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import RetryPolicy, Send
@@ -39,6 +40,7 @@ from granalign.rewrite import Rewrite
 from granalign.similarity import cosine_similarity, minmax_normalise
 from granalign.smoothing import smoothed_similarity
 from granalign.store import VideoRecord
+from granalign.validation import ImitationGuard, drifted, rewrite_similarity
 from granalign.video import content_hash, display_path, looks_like_path, resolve_video_path
 from graphs import resources
 from graphs.context import Context
@@ -248,13 +250,20 @@ def _variants(state: RetrievalState, ctx: Context) -> list[Rewrite]:
 
 
 def _aware_channel(
-    state: RetrievalState, ctx: Context, q_d: np.ndarray, n: int
+    state: RetrievalState,
+    ctx: Context,
+    q_d: np.ndarray,
+    n: int,
+    video: resources.VideoCaptions,
+    query_emb: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     """g(Q_d, C_awr) over the clips that have aware captions, and the mask of those clips.
 
     The cosine is min–max normalised over the key clips with aware captions only (the only
     clips where C_awr exists), so the aware channel spans [0, 1] like the agnostic one and a
     query whose aware captions all look alike lifts no clip.  Other clips are NaN (ignored).
+    With ``imitation_guard`` each clip's aware score is then damped by how much its caption
+    copies the query beyond what its agnostic caption supports (:class:`ImitationGuard`).
     """
     mask = np.zeros(n, dtype=bool)
     g = np.full((q_d.shape[0], n), np.nan)
@@ -270,9 +279,48 @@ def _aware_channel(
         QueryFocus.from_dict(state.get("focus") or {}),
         video_path=state.get("video_path"),
     )
-    g[:, got.clips] = minmax_normalise(cosine_similarity(q_d, got.embeddings))
+    aware = minmax_normalise(cosine_similarity(q_d, got.embeddings))
+    if ctx.imitation_guard and got.clips:
+        guard = ImitationGuard(max_penalty=ctx.imitation_max_penalty)
+        aware = aware * guard.weights(
+            got.captions,
+            [video.captions[c] for c in got.clips],
+            state["query"],
+            got.embeddings,
+            video.embeddings[got.clips],
+            query_emb,
+        )[None, :]
+    g[:, got.clips] = aware
     mask[got.clips] = True
     return g, mask
+
+
+def _replace_drifted(
+    variants: list[Rewrite], query: str, emb: dict[str, np.ndarray], threshold: float
+) -> tuple[list[Rewrite], int]:
+    """Rewrite validation: a side whose cosine to the query is below ``threshold`` becomes the query.
+
+    A small LLM sometimes answers the question or invents a subject instead of rewriting; such a
+    side would pull the scores towards the wrong clips.  Returns the variants and how many sides
+    were replaced (reported in the notes).
+    """
+    sides = [t for r in variants for t in (r.simplified, r.detailed)]
+    bad = drifted(rewrite_similarity(emb[query], np.stack([emb[t] for t in sides])), threshold)
+    if not bad.any():
+        return variants, 0
+    out = []
+    for i, r in enumerate(variants):
+        s_bad, d_bad = bool(bad[2 * i]), bool(bad[2 * i + 1])
+        if s_bad or d_bad:
+            r = Rewrite(
+                r.pair_id,
+                query if s_bad else r.simplified,
+                query if d_bad else r.detailed,
+                r.fallback,
+                (r.reason + "; " if r.reason else "") + "drifted from the query: replaced",
+            )
+        out.append(r)
+    return out, int(bad.sum())
 
 
 def fuse(state: RetrievalState, runtime: Runtime[Context]) -> dict[str, Any]:
@@ -280,8 +328,17 @@ def fuse(state: RetrievalState, runtime: Runtime[Context]) -> dict[str, Any]:
     ctx = runtime.context
     video = resources.video_captions(ctx, state["video_id"])
     variants = _variants(state, ctx)
-    texts = sorted({t for r in variants for t in (r.simplified, r.detailed)})
+    query = state["query"]
+    texts = sorted({query} | {t for r in variants for t in (r.simplified, r.detailed)})
     emb = dict(zip(texts, resources.embedder_for(ctx).embed(texts), strict=True))
+    notes: list[str] = []
+    if ctx.drift_threshold > -1.0:
+        variants, replaced = _replace_drifted(variants, query, emb, ctx.drift_threshold)
+        if replaced:
+            notes.append(
+                f"{replaced} rewrite side(s) drifted from the query (cosine < {ctx.drift_threshold:g}) "
+                "and were replaced by the original query"
+            )
     q_s = np.stack([emb[r.simplified] for r in variants])
     q_d = np.stack([emb[r.detailed] for r in variants])
     # Pseudo-relevance feedback and temporal smoothing (measured on QVHighlights val, README).
@@ -290,12 +347,13 @@ def fuse(state: RetrievalState, runtime: Runtime[Context]) -> dict[str, Any]:
     g_d_agn = smoothed_similarity(
         feedback_queries(q_d, video.embeddings, k=k, weight=w), video.embeddings, sigma
     )
-    g_d_aware, aware_mask = _aware_channel(state, ctx, q_d, g_s.shape[1])
+    g_d_aware, aware_mask = _aware_channel(state, ctx, q_d, g_s.shape[1], video, emb[query])
     kwargs: dict[str, Any] = {"g_detailed_agnostic": g_d_agn, "aware_missing": ctx.aware_missing}
     per_variant = variant_scores(g_s, g_d_aware, aware_mask, **kwargs)
     fused = granular_fusion(g_s, g_d_aware, aware_mask, **kwargs)
     _progress(runtime, "fuse", variants=len(variants), clips=int(fused.size), aware=int(aware_mask.sum()))
     return {
+        "notes": notes,
         "variants": [r.to_dict() for r in variants],
         "variant_scores": np.round(per_variant, 6).tolist(),
         "fused": np.round(fused, 6).tolist(),
@@ -355,8 +413,11 @@ def nms(state: RetrievalState, runtime: Runtime[Context]) -> dict[str, Any]:
     return {"moments": moments, "saliency": curve}
 
 
-def build_retrieval_graph() -> Any:
+def build_retrieval_graph(checkpointer: BaseCheckpointSaver[Any] | None = None) -> Any:
     """Compile the retrieval graph (the object ``langgraph.json`` points at).
+
+    ``langgraph.json``'s graph has no checkpointer (LangGraph Server brings its own);
+    :mod:`graphs.durable` compiles one with SQLite for the library, CLI and tool.
 
     Retries: only the network-facing nodes retry, and only on connection errors and timeouts
     (never ValueError/OSError); the served backends already retry 5xx answers themselves.
@@ -382,7 +443,7 @@ def build_retrieval_graph() -> Any:
     builder.add_edge("fuse", "propose")
     builder.add_edge("propose", "nms")
     builder.add_edge("nms", END)
-    return builder.compile(name="granalign-retrieval")
+    return builder.compile(name="granalign-retrieval", checkpointer=checkpointer)
 
 
 graph = build_retrieval_graph()

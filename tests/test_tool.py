@@ -268,10 +268,11 @@ def test_a_failing_graph_is_a_tool_error_not_a_crash(demo_store, monkeypatch):
         raise RuntimeError("disk on fire")
 
     store, _ = demo_store
-    monkeypatch.setattr(retrieval.graph, "stream", broken)
+    monkeypatch.setattr(retrieval, "propose_windows", broken)
     tool = make_retrieve_moments_tool(MomentRetriever(_settings(store)))
     msg = _call(tool, {"video": DOG_VIDEO, "query": "a dog"})
     assert msg.status == "error" and "retrieval failed (RuntimeError): disk on fire" in msg.content
+    assert "resume with thread_id=retrieve-" in msg.content
 
 
 def test_environment_configured_tools(demo_store, monkeypatch, tmp_path):

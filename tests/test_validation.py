@@ -53,3 +53,74 @@ def test_guard_validates_inputs():
         ImitationGuard(max_penalty=2)
     with pytest.raises(InputError, match="aware captions"):
         ImitationGuard().weights(["a"], [], "q", np.ones((1, 2)), np.ones((0, 2)), np.ones(2))
+
+
+# -- wired into the retrieval graph ---------------------------------------------------------------
+
+
+def test_graph_replaces_drifted_rewrite_sides_and_says_so(tmp_path):
+    import json
+
+    from granalign.backends.embedder import make_embedder
+    from granalign.captions_import import import_captions
+    from graphs import resources
+    from graphs.context import Context
+    from graphs.retrieval import graph
+    from tests.test_graph import CAPTIONS
+
+    caps = tmp_path / "caps.jsonl"
+    caps.write_text(json.dumps({"vid": "kitchen", "clip_len_s": 2, "captions": CAPTIONS}) + "\n")
+    base = Context(store_dir=str(tmp_path / "store"))
+    import_captions(resources.store_for(base), make_embedder(base.embedder), caps, source="test")
+    query = "a man cuts vegetables"
+    rewrites = tmp_path / "rewrites.jsonl"
+    rewrites.write_text(
+        json.dumps(
+            {
+                "query": query,
+                "rewrites": [
+                    {
+                        "pair_id": "core",
+                        "simplified": "stock prices fell today",
+                        "detailed": "a man chops carrots",
+                    }
+                ],
+            }
+        )
+        + "\n"
+    )
+    ctx = base.with_overrides(rewriter=f"file:{rewrites}", include_original=False, prompt_pairs="core", m=1)
+    off = graph.invoke({"video": "kitchen", "query": query}, context=ctx)
+    on = graph.invoke({"video": "kitchen", "query": query}, context=ctx.with_overrides(drift_threshold=0.3))
+    assert not any("drifted" in n for n in off["notes"])
+    assert any("1 rewrite side(s) drifted" in n for n in on["notes"])
+    (variant,) = on["variants"]
+    assert variant["simplified"] == query and variant["detailed"] == "a man chops carrots"
+    assert "drifted" in variant["reason"]
+    assert on["saliency"] != off["saliency"]
+
+
+def test_imitation_guard_damps_only_copied_aware_captions_in_full_mode(monkeypatch):
+    import numpy as np
+
+    from granalign.backends.embedder import make_embedder
+    from graphs import resources
+    from graphs import retrieval as r
+    from graphs.context import Context
+
+    query = "a woman plays a red violin on stage"
+    agnostic = ["a woman plays a red violin on a stage", "a person stands in a dark room", "a dog runs"]
+    aware = ["a woman plays a red violin on a stage", "a woman plays a red violin on stage", "a dog runs"]
+    emb = make_embedder("local:all-MiniLM-L6-v2")
+    video = resources.VideoCaptions(record=None, captions=agnostic, embeddings=emb.embed(agnostic))  # type: ignore[arg-type]
+    got = resources.AwareCaptions(clips=[0, 1, 2], captions=aware, embeddings=emb.embed(aware), computed=0)
+    monkeypatch.setattr(resources, "video_captions", lambda ctx, vid: video)
+    monkeypatch.setattr(resources, "aware_captions", lambda *a, **k: got)
+    state = {"aware_clips": [0, 1, 2], "mode": "full", "video_id": "v", "query": query}
+    q = emb.embed([query])
+    ctx = Context()
+    on, _ = r._aware_channel(state, ctx, q, 3, video, q[0])
+    off, _ = r._aware_channel(state, ctx.with_overrides(imitation_guard=False), q, 3, video, q[0])
+    assert on[0, 0] == off[0, 0]  # clip 0: the agnostic caption shows the same thing
+    assert on[0, 1] < off[0, 1] and on[0, 1] >= 0.5 * off[0, 1]  # clip 1 copies the query: damped, not erased
+    assert np.isclose(on[0, 2], off[0, 2])

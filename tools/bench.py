@@ -7,6 +7,8 @@ has no captions are reported and skipped, the run goes on.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -17,7 +19,8 @@ from typing import Any
 from granalign.captions_import import ImportReport, import_captions, source_name_for
 from granalign.errors import GranAlignError, InputError
 from granalign.evaluation import evaluate_submission
-from granalign.jsonl import iter_jsonl, write_json, write_jsonl
+from granalign.jsonl import Journal, iter_jsonl, write_json, write_jsonl
+from granalign.store import default_store_dir, text_hash
 from graphs import resources
 from graphs.context import Context
 from graphs.retrieval import graph
@@ -71,6 +74,7 @@ class BenchResult:
     import_s: float
     rewrite_s: float
     passes_s: list[float] = field(default_factory=list)
+    resumed: int = 0  # queries of the first pass taken from the journal of an interrupted run
 
     @property
     def n(self) -> int:
@@ -97,24 +101,48 @@ def run_queries(
     concurrency: int = 4,
     chunk: int = 32,
     on_progress: Callable[[int, int], None] | None = None,
+    journal: Journal | None = None,
 ) -> tuple[list[dict[str, Any]], list[tuple[int | str, str]]]:
-    """Send queries through the compiled graph in chunks; per-query errors are collected."""
-    preds: list[dict[str, Any]] = []
-    skipped: list[tuple[int | str, str]] = []
+    """Send queries through the compiled graph in chunks; per-query errors are collected.
+
+    With a ``journal`` every finished chunk is logged (fsync'd) and queries it already holds
+    are not run again, so a killed benchmark resumes where it stopped; the result is in
+    annotation order either way, equal to an uninterrupted run's.
+    """
+    done: dict[str, dict[str, Any]] = {}
+    if journal is not None:
+        done = {json.dumps(r["qid"]): r for r in journal.rows if "qid" in r}
+    todo = [a for a in annotations if json.dumps(a.qid) not in done]
     config: dict[str, Any] = {"max_concurrency": concurrency}
-    for lo in range(0, len(annotations), chunk):
-        part = annotations[lo : lo + chunk]
+    finished = len(annotations) - len(todo)
+    if on_progress and finished:
+        on_progress(finished, len(annotations))
+    for lo in range(0, len(todo), chunk):
+        part = todo[lo : lo + chunk]
         inputs = [{"video": a.vid, "query": a.query, "qid": a.qid, "duration": a.duration} for a in part]
         outs = graph.batch(inputs, config=config, context=ctx, return_exceptions=True)
+        rows: list[dict[str, Any]] = []
         for ann, out in zip(part, outs, strict=True):
             if isinstance(out, GranAlignError):
-                skipped.append((ann.qid, str(out)))
+                rows.append({"qid": ann.qid, "skipped": str(out)})
             elif isinstance(out, BaseException):
                 raise out
             else:
-                preds.append(_prediction(ann, out))
+                rows.append({"qid": ann.qid, "pred": _prediction(ann, out)})
+        if journal is not None:
+            journal.append(rows)
+        done.update((json.dumps(r["qid"]), r) for r in rows)
+        finished += len(part)
         if on_progress:
-            on_progress(min(lo + chunk, len(annotations)), len(annotations))
+            on_progress(finished, len(annotations))
+    preds: list[dict[str, Any]] = []
+    skipped: list[tuple[int | str, str]] = []
+    for ann in annotations:
+        row = done[json.dumps(ann.qid)]
+        if "pred" in row:
+            preds.append(row["pred"])
+        else:
+            skipped.append((ann.qid, str(row["skipped"])))
     return preds, skipped
 
 
@@ -141,8 +169,14 @@ def run_benchmark(
     repeat: int = 1,
     concurrency: int = 4,
     on_progress: Callable[[str, int, int], None] | None = None,
+    journal_path: str | Path | None = None,
 ) -> BenchResult:
-    """Import captions (skipped when present), warm the rewrite cache, run, evaluate."""
+    """Import captions (skipped when present), warm the rewrite cache, run, evaluate.
+
+    Every stage resumes after a crash: the import and the rewrites through the store, the
+    first graph pass through a journal (``journal_path``, default under the store folder,
+    keyed by the settings; removed once the run has finished).
+    """
     annotations = read_annotations(annotations_path, limit)
     store = resources.store_for(ctx)
     embedder = resources.embedder_for(ctx)
@@ -166,22 +200,45 @@ def run_benchmark(
     passes: list[float] = []
     preds: list[dict[str, Any]] = []
     skipped: list[tuple[int | str, str]] = []
-    for i in range(max(1, repeat)):
-        if i == 0:
-            resources.clear_caches()
-        t0 = time.perf_counter()
-        preds, skipped = run_queries(
-            annotations,
-            ctx,
-            concurrency=concurrency,
-            on_progress=_stage_progress(on_progress, f"pass {i + 1}"),
-        )
-        passes.append(time.perf_counter() - t0)
+    journal = Journal(journal_path or _journal_path(ctx, annotations_path, limit), _run_key(ctx, annotations))
+    try:
+        for i in range(max(1, repeat)):
+            if i == 0:
+                resources.clear_caches()
+            t0 = time.perf_counter()
+            preds, skipped = run_queries(
+                annotations,
+                ctx,
+                concurrency=concurrency,
+                on_progress=_stage_progress(on_progress, f"pass {i + 1}"),
+                journal=journal if i == 0 else None,
+            )
+            passes.append(time.perf_counter() - t0)
+    finally:
+        journal.close()
+    resumed = len(journal.rows)
     if not preds:
         raise InputError(f"no query of {annotations_path} could be answered ({len(skipped)} skipped)")
     gt = [a.raw for a in annotations if a.qid in {p["qid"] for p in preds}]
     metrics = evaluate_submission(preds, gt, allow_subset=True)
-    return BenchResult(annotations, preds, metrics, skipped, report, import_s, rewrite_s, passes)
+    journal.discard()
+    return BenchResult(annotations, preds, metrics, skipped, report, import_s, rewrite_s, passes, resumed)
+
+
+def _run_key(ctx: Context, annotations: Sequence[Annotation]) -> str:
+    """What a journal's rows depend on: every setting and the exact queries."""
+    settings = {k: v for k, v in dataclasses.asdict(ctx).items() if k not in _NOT_IN_KEY}
+    queries = [[a.qid, a.query, a.vid, a.duration] for a in annotations]
+    return text_hash(json.dumps({"context": settings, "queries": queries}, sort_keys=True, default=str))
+
+
+_NOT_IN_KEY = {"concurrency", "request_timeout", "request_attempts", "keep_threads", "checkpointer"}
+
+
+def _journal_path(ctx: Context, annotations_path: str | Path, limit: int | None) -> Path:
+    base = Path(ctx.store_dir).expanduser() if ctx.store_dir else default_store_dir()
+    name = text_hash(f"{Path(annotations_path).resolve()}|{limit}")[:16]
+    return base / "journals" / f"bench-{name}.jsonl"
 
 
 def save_results(result: BenchResult, out: str | Path | None, metrics_out: str | Path | None) -> None:

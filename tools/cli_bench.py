@@ -101,6 +101,11 @@ def _run_bench(
             on_progress=on_progress,
         )
     save_results(result, out_path, metrics)
+    if result.resumed:
+        console.print(
+            f"[yellow]resumed[/]: {result.resumed} queries came from an interrupted run's journal "
+            "(pass 1 speed covers the rest only)"
+        )
     for qid, why in result.skipped:
         console.print(f"[yellow]skipped[/] qid {qid}: {why}", highlight=False)
     gt = [a.raw for a in result.annotations]

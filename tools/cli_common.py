@@ -40,6 +40,13 @@ SetOpt = Annotated[
 ]
 
 
+def _resume_hint(exc: BaseException) -> None:
+    """A checkpointed run that failed (see graphs.durable) can be resumed by its thread id."""
+    tid = getattr(exc, "thread_id", None)
+    if tid:
+        console.print(f"[yellow]resume:[/] re-run the same command with --thread-id {tid}", highlight=False)
+
+
 def user_errors(fn: F) -> F:
     """Turn user-facing errors into a one-line message and exit code 2."""
 
@@ -49,7 +56,11 @@ def user_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except GranAlignError as exc:
             console.print(f"[bold red]error:[/] {exc}", highlight=False)
+            _resume_hint(exc)
             raise typer.Exit(2) from None
+        except Exception as exc:
+            _resume_hint(exc)
+            raise
         except KeyboardInterrupt:
             console.print("[yellow]interrupted[/]: finished work is kept in the store; re-run to resume")
             raise typer.Exit(130) from None

@@ -154,19 +154,25 @@ def retrieve_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the graph output as JSON.")] = False,
     plot: Annotated[Path | None, typer.Option(help="Write a timeline PNG here.")] = None,
     rewriter: Annotated[str | None, typer.Option(help="Rewriter spec (see settings).")] = None,
+    thread_id: Annotated[
+        str | None,
+        typer.Option(
+            "--thread-id", help="Checkpoint thread of this run; a failed run under it is resumed."
+        ),
+    ] = None,
     store: StoreOpt = None,
     sets: SetOpt = None,
 ) -> None:
     """Find the moments of a video that match a query."""
-    from graphs.retrieval import graph
+    from graphs.durable import stream_retrieval
+    from tools.safety import clean_thread_id
 
     ctx = make_context(store, sets, rewriter=rewriter)
+    tid = clean_thread_id(thread_id) if thread_id is not None else None
     result: dict[str, Any] = {}
     with _progress() as bar:
         task: TaskID | None = None
-        for mode, chunk in graph.stream(
-            {"video": video, "query": query}, context=ctx, stream_mode=["custom", "values"]
-        ):
+        for mode, chunk in stream_retrieval(ctx, {"video": video, "query": query}, thread_id=tid):
             if mode == "values":
                 result = chunk
             elif chunk.get("stage") in ("probe", "ingest"):

@@ -21,7 +21,8 @@ from typing import Any, Literal
 
 from granalign.errors import InputError
 from granalign.evaluation import evaluate_submission, recall_and_miou
-from granalign.jsonl import atomic_write_text, write_json, write_jsonl
+from granalign.jsonl import Journal, atomic_write_text, write_json, write_jsonl
+from granalign.store import text_hash
 from graphs import resources
 from graphs.context import Context
 from prompts import DEFAULT_PAIRS, available_pair_ids, load_prompt_pairs
@@ -195,8 +196,14 @@ def run_setting(
     ctx = _context_for(base, setting, annotations, out_dir)
     if setting.pairs and setting.sides == "both":
         resources.warm_rewrites(ctx, [a.query for a in annotations])
+    journal = Journal(row_dir / "preds.partial.jsonl", _journal_key(setting, base, annotations))
     t0 = time.perf_counter()
-    preds, skipped = run_queries(annotations, ctx, concurrency=concurrency, on_progress=on_progress)
+    try:
+        preds, skipped = run_queries(
+            annotations, ctx, concurrency=concurrency, on_progress=on_progress, journal=journal
+        )
+    finally:
+        journal.close()
     seconds = time.perf_counter() - t0
     if not preds:
         raise InputError(f"setting {setting.name}: no query could be answered")
@@ -215,9 +222,17 @@ def run_setting(
             "n": len(preds),
             "seconds": seconds,
             "skipped": len(skipped),
+            "resumed": len(journal.rows),
         },
     )
+    journal.discard()
     return result
+
+
+def _journal_key(setting: Setting, base: Context, annotations: Sequence[Annotation]) -> str:
+    queries = [[a.qid, a.query, a.vid, a.duration] for a in annotations]
+    payload = {"config": _config_key(setting, base), "queries": queries}
+    return text_hash(json.dumps(payload, sort_keys=True, default=str))
 
 
 def results_table(rows: Sequence[RowResult]) -> list[dict[str, Any]]:

@@ -30,6 +30,7 @@ and, for MCP, progress notifications.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import json
 import logging
@@ -53,6 +54,7 @@ from tools.safety import (
     bounded_int,
     clean_query,
     clean_text,
+    clean_thread_id,
     parse_video_arg,
     url_allowlist,
     video_roots,
@@ -225,6 +227,7 @@ class _Request:
     query: str
     top_k: int
     context: Any  # graphs.context.Context (in-process) or None (remote)
+    thread_id: str | None = None  # resume this checkpointed run (in-process only)
 
 
 def _isolated_config(run_name: str) -> RunnableConfig:
@@ -234,7 +237,8 @@ def _isolated_config(run_name: str) -> RunnableConfig:
     config and run as its subgraph: checkpoints written into the agent's thread, and events
     doubled in a parent that streams subgraphs.  A fresh ``thread_id`` drops the inherited
     task keys (``ensure_config`` treats it as a new checkpoint lineage) while callbacks are kept,
-    so traces still nest under the tool call.  The graph has no checkpointer: nothing is saved.
+    so traces still nest under the tool call.  In-process runs are checkpointed in the tool's
+    own SQLite file under their own thread id (:mod:`graphs.durable`), never in the agent's.
     """
     return {"configurable": {"thread_id": f"granalign-tool-{uuid.uuid4()}"}, "run_name": run_name}
 
@@ -362,10 +366,18 @@ class MomentRetriever:
 
     # -- sync -------------------------------------------------------------------------------------
     def run(
-        self, video: object, query: object, top_k: object = DEFAULT_TOP_K, on_progress: Progress | None = None
+        self,
+        video: object,
+        query: object,
+        top_k: object = DEFAULT_TOP_K,
+        on_progress: Progress | None = None,
+        thread_id: str | None = None,
     ) -> MomentsResult:
-        """Retrieve moments synchronously (progress to the caller's stream and ``on_progress``)."""
-        req = self.prepare(video, query, top_k)
+        """Retrieve moments synchronously (progress to the caller's stream and ``on_progress``).
+
+        ``thread_id`` names the checkpointed run: a failed run under it is resumed.
+        """
+        req = self._with_thread(self.prepare(video, query, top_k), thread_id)
         sinks = _parent_sinks()
         t0 = time.perf_counter()
 
@@ -403,23 +415,28 @@ class MomentRetriever:
             ):
                 yield part[0], part[1]
             return
-        from graphs.retrieval import graph as local_graph
+        from graphs.durable import stream_retrieval
 
-        yield from local_graph.stream(
+        yield from stream_retrieval(
+            req.context,
             self._graph_input(req),
-            _isolated_config("retrieve_moments"),
-            context=req.context,
-            stream_mode=["custom", "values"],
+            thread_id=req.thread_id,
+            config=_isolated_config("retrieve_moments"),
         )
 
     # -- async ------------------------------------------------------------------------------------
     async def arun(
-        self, video: object, query: object, top_k: object = DEFAULT_TOP_K, on_progress: Progress | None = None
+        self,
+        video: object,
+        query: object,
+        top_k: object = DEFAULT_TOP_K,
+        on_progress: Progress | None = None,
+        thread_id: str | None = None,
     ) -> MomentsResult:
         """Retrieve moments without blocking the event loop (the graph's sync nodes use threads)."""
         import asyncio
 
-        req = self.prepare(video, query, top_k)
+        req = self._with_thread(self.prepare(video, query, top_k), thread_id)
         sinks = _parent_sinks()
         t0 = time.perf_counter()
 
@@ -462,13 +479,13 @@ class MomentRetriever:
             ):
                 yield part[0], part[1]
             return
-        from graphs.retrieval import graph as local_graph
+        from graphs.durable import astream_retrieval
 
-        async for mode, chunk in local_graph.astream(
+        async for mode, chunk in astream_retrieval(
+            req.context,
             self._graph_input(req),
-            _isolated_config("retrieve_moments"),
-            context=req.context,
-            stream_mode=["custom", "values"],
+            thread_id=req.thread_id,
+            config=_isolated_config("retrieve_moments"),
         ):
             yield mode, chunk
 
@@ -480,6 +497,13 @@ class MomentRetriever:
             settings.graph_id, url=settings.graph_url, headers=dict(settings.remote_headers) or None
         )
 
+    def _with_thread(self, req: _Request, thread_id: str | None) -> _Request:
+        if thread_id is None:
+            return req
+        if req.context is None:
+            raise InputError("thread_id: only in-process runs can be resumed (not a remote graph)")
+        return dataclasses.replace(req, thread_id=clean_thread_id(thread_id))
+
     def _wrap_failure(self, exc: Exception) -> GranAlignError:
         from langgraph.pregel.remote import RemoteException
 
@@ -487,7 +511,13 @@ class MomentRetriever:
             return _remote_error(exc)
         log.exception("retrieve_moments failed")
         reason = str(exc).splitlines()[0] if str(exc) else ""
-        return RetrievalFailed(f"retrieval failed ({type(exc).__name__}){': ' + reason if reason else ''}")
+        tid = getattr(exc, "thread_id", None)
+        resume = f" (resume with thread_id={tid})" if tid else ""
+        failed = RetrievalFailed(
+            f"retrieval failed ({type(exc).__name__}){': ' + reason if reason else ''}{resume}"
+        )
+        failed.thread_id = tid  # type: ignore[attr-defined]
+        return failed
 
     def list_videos(self, contains: object = "", limit: object = 20) -> VideoList:
         """Complete videos of the configured store whose id contains ``contains`` (case-insensitive)."""

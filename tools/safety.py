@@ -72,6 +72,7 @@ MAX_QUERY_CHARS = 500
 MAX_VIDEO_ARG_CHARS = 1024
 MAX_VIDEO_ID_CHARS = 128
 VIDEO_ID_RE = re.compile(rf"[A-Za-z0-9_.:-]{{1,{MAX_VIDEO_ID_CHARS}}}")
+THREAD_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 
 _URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _BARE_SCHEMES = re.compile(
@@ -226,6 +227,14 @@ def check_video_id(text: str) -> str:
         raise UnsafeInputError(
             f"video id refused: ids use only letters, digits and _ . : - (at most {MAX_VIDEO_ID_CHARS})"
         )
+    return text
+
+
+def clean_thread_id(value: object) -> str:
+    """A checkpoint thread id: 1–128 of letters, digits and ``_.:-`` (it keys SQLite rows)."""
+    text = clean_text(value, name="thread_id", max_chars=128)
+    if not THREAD_ID.fullmatch(text):
+        raise InputError(f"thread_id {text!r}: use 1-128 letters, digits, '_', '.', ':' or '-'")
     return text
 
 

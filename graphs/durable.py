@@ -1,0 +1,246 @@
+"""Durable graph runs: a SQLite checkpointer so a failed retrieval resumes by thread id.
+
+A retrieval may die half-way: a model server times out during the rewrites, the process is
+killed while a new video is ingested.  Every super-step of a run made here is checkpointed
+(with the writes of the parallel rewrite tasks that did finish) before the next one starts
+(``durability="sync"``: LangGraph's default writes in the background, which a ``kill -9``
+can outrun), so re-running the same
+``thread_id`` with no input continues from the last step instead of starting over.  A run that
+succeeds deletes its thread (``keep_threads`` keeps it for inspection), so the file holds
+failed runs only and does not grow with traffic.
+
+The graphs in ``langgraph.json`` are compiled without a checkpointer: LangGraph Server
+(``langgraph dev``, Studio) brings its own persistence.  This module serves the library, the
+CLI and the in-process agent tool.
+
+``SqliteSaver`` is sync-only; :class:`ThreadedSqliteSaver` runs its calls in a worker thread
+for ``astream`` (the connection is shared across threads behind the saver's lock), so the sync
+and async paths use one file and one format.  The file is opened in WAL mode with a busy
+timeout so several processes can share it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import threading
+import uuid
+from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import (
+    BaseCheckpointSaver,
+    ChannelVersions,
+    Checkpoint,
+    CheckpointMetadata,
+    CheckpointTuple,
+)
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.checkpoint.sqlite import SqliteSaver
+
+from granalign.backends.openai_llm import BackendError
+from granalign.errors import ConfigError, GranAlignError
+from granalign.store import default_store_dir
+from graphs.context import Context
+
+_SAVERS: dict[str, BaseCheckpointSaver[Any]] = {}
+_GRAPHS: dict[str, Any] = {}
+_LOCK = threading.Lock()
+
+
+class ThreadedSqliteSaver(SqliteSaver):
+    """SqliteSaver whose async methods run the sync ones in a thread (same file, same rows)."""
+
+    async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        return await asyncio.to_thread(self.get_tuple, config)
+
+    async def alist(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> AsyncIterator[CheckpointTuple]:
+        rows = await asyncio.to_thread(
+            lambda: list(self.list(config, filter=filter, before=before, limit=limit))
+        )
+        for row in rows:
+            yield row
+
+    async def aput(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        return await asyncio.to_thread(self.put, config, checkpoint, metadata, new_versions)
+
+    async def aput_writes(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str = "",
+    ) -> None:
+        await asyncio.to_thread(self.put_writes, config, writes, task_id, task_path)
+
+    async def adelete_thread(self, thread_id: str) -> None:
+        await asyncio.to_thread(self.delete_thread, thread_id)
+
+
+def checkpoint_path(ctx: Context) -> Path:
+    """``checkpoint_db``, else ``checkpoints.sqlite`` beside the store (user cache for a server store)."""
+    if ctx.checkpoint_db:
+        return Path(ctx.checkpoint_db).expanduser()
+    if ctx.chroma_url or os.environ.get("CHROMA_URL"):
+        from platformdirs import user_cache_dir
+
+        return Path(user_cache_dir("granalign")) / "checkpoints.sqlite"
+    base = Path(ctx.store_dir).expanduser() if ctx.store_dir else default_store_dir()
+    return base / "checkpoints.sqlite"
+
+
+def _open_sqlite(path: Path) -> ThreadedSqliteSaver:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(str(path), check_same_thread=False, timeout=30.0)
+        conn.execute("PRAGMA journal_mode=WAL")
+        saver = ThreadedSqliteSaver(conn)
+        saver.setup()
+    except (OSError, sqlite3.Error) as exc:
+        raise ConfigError(f"checkpoint_db {str(path)!r} cannot be used: {exc}") from exc
+    return saver
+
+
+def checkpointer_for(ctx: Context) -> BaseCheckpointSaver[Any] | None:
+    """One saver per database per process (``checkpointer``: sqlite | memory | none)."""
+    if ctx.checkpointer == "none":
+        return None
+    key = "memory" if ctx.checkpointer == "memory" else str(checkpoint_path(ctx).resolve())
+    with _LOCK:
+        saver = _SAVERS.get(key)
+        if saver is None:
+            saver = InMemorySaver() if ctx.checkpointer == "memory" else _open_sqlite(Path(key))
+            _SAVERS[key] = saver
+        return saver
+
+
+def durable_retrieval_graph(ctx: Context) -> Any:
+    """The retrieval graph compiled with the run's checkpointer (cached per database)."""
+    from graphs.retrieval import build_retrieval_graph
+
+    saver = checkpointer_for(ctx)
+    key = "none" if saver is None else str(id(saver))
+    with _LOCK:
+        graph = _GRAPHS.get(key)
+        if graph is None:
+            graph = build_retrieval_graph(checkpointer=saver)
+            _GRAPHS[key] = graph
+        return graph
+
+
+def new_thread_id() -> str:
+    return f"retrieve-{uuid.uuid4().hex}"
+
+
+def thread_config(thread_id: str, base: RunnableConfig | None = None) -> RunnableConfig:
+    config: RunnableConfig = dict(base or {})  # type: ignore[assignment]
+    config["configurable"] = {**config.get("configurable", {}), "thread_id": thread_id}
+    return config
+
+
+def pending_run(ctx: Context, thread_id: str) -> bool:
+    """True when ``thread_id`` holds an unfinished run of this database (so resume it)."""
+    graph = durable_retrieval_graph(ctx)
+    if checkpointer_for(ctx) is None:
+        return False
+    snapshot = graph.get_state(thread_config(thread_id))
+    return bool(snapshot.next)
+
+
+def finish_thread(ctx: Context, thread_id: str) -> None:
+    """Forget a finished run (kept when ``keep_threads``), so the file holds failed runs only."""
+    saver = checkpointer_for(ctx)
+    if saver is not None and not ctx.keep_threads:
+        saver.delete_thread(thread_id)
+
+
+def _durability(ctx: Context) -> Any:
+    # LangGraph rejects "sync" without a checkpointer; there is nothing to write then anyway.
+    return "sync" if checkpointer_for(ctx) is not None else "exit"
+
+
+def _start(ctx: Context, graph_input: dict[str, Any], thread_id: str | None) -> tuple[str, Any]:
+    """(thread id, input): ``None`` input resumes the thread's unfinished run."""
+    tid = thread_id or new_thread_id()
+    resume = thread_id is not None and pending_run(ctx, thread_id)
+    return tid, None if resume else graph_input
+
+
+def _mark(exc: BaseException, ctx: Context, tid: str) -> None:
+    """Offer the resume for failures a retry can fix; wrong input is final (its thread goes)."""
+    if isinstance(exc, GranAlignError) and not isinstance(exc, BackendError):
+        finish_thread(ctx, tid)
+    elif checkpointer_for(ctx) is not None:
+        exc.thread_id = tid  # type: ignore[attr-defined]
+        exc.add_note(f"resume this run with thread id {tid}")
+
+
+def stream_retrieval(
+    ctx: Context,
+    graph_input: dict[str, Any],
+    *,
+    thread_id: str | None = None,
+    config: RunnableConfig | None = None,
+    stream_mode: Sequence[str] = ("custom", "values"),
+) -> Iterator[tuple[str, Any]]:
+    """Stream a checkpointed retrieval; an unfinished run under ``thread_id`` is resumed.
+
+    On failure the exception carries ``thread_id`` (and a note saying it) so the caller can
+    offer the resume; on success the thread is deleted (see :func:`finish_thread`).
+    """
+    tid, payload = _start(ctx, graph_input, thread_id)
+    graph = durable_retrieval_graph(ctx)
+    try:
+        yield from graph.stream(
+            payload,
+            thread_config(tid, config),
+            context=ctx,
+            stream_mode=list(stream_mode),
+            durability=_durability(ctx),
+        )
+    except Exception as exc:
+        _mark(exc, ctx, tid)
+        raise
+    finish_thread(ctx, tid)
+
+
+async def astream_retrieval(
+    ctx: Context,
+    graph_input: dict[str, Any],
+    *,
+    thread_id: str | None = None,
+    config: RunnableConfig | None = None,
+    stream_mode: Sequence[str] = ("custom", "values"),
+) -> AsyncIterator[tuple[str, Any]]:
+    """The async twin of :func:`stream_retrieval` (same database, same resume rule)."""
+    tid, payload = await asyncio.to_thread(_start, ctx, graph_input, thread_id)
+    graph = durable_retrieval_graph(ctx)
+    try:
+        async for mode, chunk in graph.astream(
+            payload,
+            thread_config(tid, config),
+            context=ctx,
+            stream_mode=list(stream_mode),
+            durability=_durability(ctx),
+        ):
+            yield mode, chunk
+    except Exception as exc:
+        _mark(exc, ctx, tid)
+        raise
+    await asyncio.to_thread(finish_thread, ctx, tid)

@@ -1,0 +1,198 @@
+"""Durable retrieval runs: a failed or killed run resumes by thread id from its SQLite checkpoint.
+
+Faults are injected in the ``propose`` step (after ingest/rewrites/fusion are done): an
+exception in-process, and a real ``kill -9`` of a process.  The resumed run must not redo the
+finished steps and must equal an uninterrupted run.  Real MiniLM, real Chroma, real SQLite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from granalign.backends.embedder import make_embedder
+from granalign.captions_import import import_captions
+from granalign.errors import InputError
+from graphs import durable, resources
+from graphs import retrieval as retrieval_module
+from graphs.context import Context
+from graphs.retrieval import graph as plain_graph
+from tests.test_graph import CAPTIONS
+from tools.cli import app
+from tools.langchain_tool import MomentRetriever, RetrievalFailed, ToolSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+QUERY = "a man is chopping vegetables"
+INPUT = {"video": "kitchen", "query": QUERY}
+
+
+@pytest.fixture(scope="module")
+def store_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("durable")
+    caps = path / "caps.jsonl"
+    caps.write_text(json.dumps({"vid": "kitchen", "clip_len_s": 2, "captions": CAPTIONS}) + "\n")
+    ctx = Context(store_dir=str(path / "store"))
+    import_captions(resources.store_for(ctx), make_embedder(ctx.embedder), caps, source="test")
+    return path / "store"
+
+
+@pytest.fixture
+def ctx(store_dir, tmp_path) -> Context:
+    return Context(store_dir=str(store_dir), checkpoint_db=str(tmp_path / "ckpt.sqlite"))
+
+
+class FailOnce:
+    """Replaces propose_windows: raises the first time, then delegates (counts both)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.real = retrieval_module.propose_windows
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls == 1:
+            raise RuntimeError("injected fault in propose")
+        return self.real(*args, **kwargs)
+
+
+def _nodes(chunks: list) -> list[str]:
+    return [name for mode, chunk in chunks if mode == "updates" for name in chunk]
+
+
+def _final(ctx: Context, **kw) -> tuple[dict, list[str]]:
+    chunks = list(durable.stream_retrieval(ctx, INPUT, stream_mode=("updates", "values"), **kw))
+    values = [c for m, c in chunks if m == "values"][-1]
+    return values, _nodes(chunks)
+
+
+def test_failed_run_resumes_by_thread_id_without_redoing_finished_steps(ctx, monkeypatch):
+    expected = plain_graph.invoke(INPUT, context=ctx)
+    monkeypatch.setattr(retrieval_module, "propose_windows", FailOnce())
+    with pytest.raises(RuntimeError, match="injected") as info:
+        list(durable.stream_retrieval(ctx, INPUT, thread_id="t-1"))
+    assert info.value.thread_id == "t-1"  # type: ignore[attr-defined]
+    assert any("thread id t-1" in n for n in info.value.__notes__)
+    assert durable.pending_run(ctx, "t-1")
+    got, nodes = _final(ctx, thread_id="t-1")
+    assert nodes == ["propose", "nms"]  # load_video, rewrite, caption and fuse are not re-run
+    assert got["moments"] == expected["moments"] and got["saliency"] == expected["saliency"]
+    assert not durable.pending_run(ctx, "t-1")  # a finished thread is deleted
+    again, nodes = _final(ctx, thread_id="t-1")  # same id, nothing pending: a fresh run
+    assert nodes[0] == "load_video" and again["moments"] == expected["moments"]
+
+
+def test_async_run_resumes_through_the_same_file(ctx, monkeypatch):
+    expected = plain_graph.invoke(INPUT, context=ctx)
+    monkeypatch.setattr(retrieval_module, "propose_windows", FailOnce())
+
+    async def collect(thread_id: str) -> list:
+        stream = durable.astream_retrieval(ctx, INPUT, thread_id=thread_id, stream_mode=("updates", "values"))
+        return [c async for c in stream]
+
+    with pytest.raises(RuntimeError, match="injected"):
+        asyncio.run(collect("t-async"))
+    chunks = asyncio.run(collect("t-async"))
+    assert _nodes(chunks) == ["propose", "nms"]
+    assert [c for m, c in chunks if m == "values"][-1]["moments"] == expected["moments"]
+
+
+def test_wrong_input_is_final_and_leaves_no_thread(ctx):
+    with pytest.raises(InputError) as info:
+        list(durable.stream_retrieval(ctx, {"video": "no-such-video", "query": QUERY}, thread_id="t-bad"))
+    assert not hasattr(info.value, "thread_id")
+    assert not durable.pending_run(ctx, "t-bad")
+
+
+def test_successful_runs_leave_the_file_empty_unless_kept(ctx, tmp_path):
+    _final(ctx)
+    saver = durable.checkpointer_for(ctx)
+    assert saver is not None and list(saver.list(None)) == []
+    kept = ctx.with_overrides(keep_threads=True, checkpoint_db=str(tmp_path / "kept.sqlite"))
+    _final(kept, thread_id="t-keep")
+    assert durable.checkpointer_for(kept).get_tuple(durable.thread_config("t-keep")) is not None
+
+
+def test_checkpointer_none_and_memory(ctx):
+    for kind in ("none", "memory"):
+        got, nodes = _final(ctx.with_overrides(checkpointer=kind))
+        assert nodes[0] == "load_video" and got["moments"]
+
+
+def test_unusable_checkpoint_file_is_a_clear_error(ctx, tmp_path):
+    (tmp_path / "dir.sqlite").mkdir()
+    with pytest.raises(InputError, match=r"checkpoint_db .*dir\.sqlite"):
+        list(durable.stream_retrieval(ctx.with_overrides(checkpoint_db=str(tmp_path / "dir.sqlite")), INPUT))
+
+
+CRASH = textwrap.dedent(
+    """
+    import json, os, signal, sys
+    from graphs import durable, retrieval
+    from graphs.context import Context
+
+    ctx = Context(store_dir=sys.argv[1], checkpoint_db=sys.argv[2])
+    if sys.argv[4] == "crash":
+        def die(*a, **k):
+            os.kill(os.getpid(), signal.SIGKILL)
+        retrieval.propose_windows = die
+    nodes, values = [], {}
+    for mode, chunk in durable.stream_retrieval(
+        ctx,
+        {"video": "kitchen", "query": sys.argv[5]},
+        thread_id=sys.argv[3],
+        stream_mode=("updates", "values"),
+    ):
+        if mode == "updates":
+            nodes += list(chunk)
+        else:
+            values = chunk
+    print(json.dumps({"nodes": nodes, "moments": values["moments"]}))
+    """
+)
+
+
+def test_kill_9_during_a_run_then_resume_in_a_new_process(ctx, store_dir, tmp_path):
+    expected = plain_graph.invoke(INPUT, context=ctx)
+    args = [sys.executable, "-c", CRASH, str(store_dir), ctx.checkpoint_db, "t-kill"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    crashed = subprocess.run([*args, "crash", QUERY], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
+    resumed = subprocess.run([*args, "resume", QUERY], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    out = json.loads(resumed.stdout.strip().splitlines()[-1])
+    assert out["nodes"] == ["propose", "nms"]
+    assert out["moments"] == [list(m) for m in expected["moments"]]
+
+
+def test_cli_prints_the_resume_hint_then_resumes(ctx, monkeypatch):
+    monkeypatch.setattr(retrieval_module, "propose_windows", FailOnce())
+    monkeypatch.setenv("GRANALIGN_CHECKPOINT_DB", ctx.checkpoint_db)
+    cmd = ["retrieve", "kitchen", QUERY, "--store", ctx.store_dir, "--json"]
+    first = CliRunner().invoke(app, [*cmd, "--thread-id", "cli-1"])
+    assert first.exit_code != 0 and "--thread-id cli-1" in first.output
+    second = CliRunner().invoke(app, [*cmd, "--thread-id", "cli-1"])
+    assert second.exit_code == 0, second.output
+    assert json.loads(second.stdout[second.stdout.index("{") :])["moments"]
+    bad = CliRunner().invoke(app, [*cmd, "--thread-id", "../x"])
+    assert bad.exit_code == 2 and "thread_id" in bad.output
+
+
+def test_tool_failure_names_the_thread_and_run_resumes_it(ctx, monkeypatch):
+    retriever = MomentRetriever(ToolSettings(context=ctx, roots=(), url_allowlist=()))
+    monkeypatch.setattr(retrieval_module, "propose_windows", FailOnce())
+    with pytest.raises(RetrievalFailed, match=r"resume with thread_id=retrieve-[0-9a-f]+") as info:
+        retriever.run("kitchen", QUERY)
+    tid = info.value.thread_id  # type: ignore[attr-defined]
+    got = retriever.run("kitchen", QUERY, thread_id=tid)
+    assert got.artifact["moments"]
+    with pytest.raises(InputError, match="thread_id"):
+        retriever.run("kitchen", QUERY, thread_id="no spaces allowed")
