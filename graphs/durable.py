@@ -110,6 +110,9 @@ def _open_sqlite(path: Path) -> ThreadedSqliteSaver:
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(str(path), check_same_thread=False, timeout=30.0)
         conn.execute("PRAGMA journal_mode=WAL")
+        # WAL + NORMAL survives a killed process (what resume is for), not a power cut; FULL
+        # would fsync every step of every run.
+        conn.execute("PRAGMA synchronous=NORMAL")
         saver = ThreadedSqliteSaver(conn)
         saver.setup()
     except (OSError, sqlite3.Error) as exc:
@@ -170,9 +173,9 @@ def finish_thread(ctx: Context, thread_id: str) -> None:
         saver.delete_thread(thread_id)
 
 
-def _durability(ctx: Context) -> Any:
+def _durability(ctx: Context) -> dict[str, Any]:
     # LangGraph rejects "sync" without a checkpointer; there is nothing to write then anyway.
-    return "sync" if checkpointer_for(ctx) is not None else "exit"
+    return {"durability": "sync"} if checkpointer_for(ctx) is not None else {}
 
 
 def _start(ctx: Context, graph_input: dict[str, Any], thread_id: str | None) -> tuple[str, Any]:
@@ -212,7 +215,7 @@ def stream_retrieval(
             thread_config(tid, config),
             context=ctx,
             stream_mode=list(stream_mode),
-            durability=_durability(ctx),
+            **_durability(ctx),
         )
     except Exception as exc:
         _mark(exc, ctx, tid)
@@ -237,7 +240,7 @@ async def astream_retrieval(
             thread_config(tid, config),
             context=ctx,
             stream_mode=list(stream_mode),
-            durability=_durability(ctx),
+            **_durability(ctx),
         ):
             yield mode, chunk
     except Exception as exc:
