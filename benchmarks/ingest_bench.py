@@ -23,6 +23,7 @@ models-loaded baseline, and that it does not grow with the video's length.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import shutil
@@ -163,14 +164,26 @@ def bench_queries(ctx: Any, video: str, queries: list[str]) -> dict[str, Any]:
 
 
 def long_run(
-    ctx: Any, work: Path, minutes: float, clip_len: float, size: tuple[int, int] = (320, 180)
+    ctx: Any,
+    work: Path,
+    minutes: float,
+    clip_len: float,
+    size: tuple[int, int] = (320, 180),
+    *,
+    fps: int = 10,
+    verbose: bool = True,
+    keep_video: bool = True,
 ) -> dict[str, Any]:
-    """Make a synthetic video of ``minutes`` and ingest it, sampling the process's memory."""
+    """Make a synthetic video of ``minutes`` and ingest it, sampling the process's memory.
+
+    ``keep_video=False`` deletes the file afterwards: two hours of video are a few hundred MiB
+    that a suite running several lengths should not keep on disk.
+    """
     from graphs.ingest import ingest_video
 
     path = work / f"synthetic_{minutes:g}min.mp4"
     t0 = time.perf_counter()
-    make_long_video(path, minutes, size=size)
+    make_long_video(path, minutes, fps=fps, size=size)
     made = time.perf_counter() - t0
     before = rss_mib()
     with RssSampler() as sampler:
@@ -180,6 +193,7 @@ def long_run(
     result = {
         "minutes": minutes,
         "size": f"{size[0]}x{size[1]}",
+        "fps": fps,
         "file_mib": round(path.stat().st_size / 2**20, 1),
         "make_s": round(made, 1),
         "clip_len_s": clip_len,
@@ -192,8 +206,64 @@ def long_run(
         "rss_growth_mib": round(sampler.peak - before[0], 1),
         "vmhwm_after_mib": round(rss_mib()[1], 1),
     }
-    print(json.dumps(result), flush=True)
+    if not keep_video:
+        path.unlink(missing_ok=True)
+    if verbose:
+        print(json.dumps(result), flush=True)
     return result
+
+
+def ingest_context(
+    work: Path,
+    video_roots: list[Path],
+    *,
+    clip_model: str = "local:ViT-B-32",
+    clip_pretrained: str = "none",
+    captioner: str = "",
+    rewriter: str = "none",
+    prompt_pairs: str = "",
+    base: Any = None,
+) -> Any:
+    """The Context of an ingest benchmark: a store under ``work`` and the models this CPU has.
+
+    An empty ``captioner`` builds the tiny random-weight Qwen2.5-VL of the tests under ``work``
+    (its cost says nothing about Qwen2.5-VL-7B; it only exercises the real loading and
+    generation code).  ``base`` supplies every other setting (``--set`` overrides of a CLI);
+    without it they come from the defaults and ``GRANALIGN_<NAME>`` variables.
+    """
+    from graphs.context import Context
+
+    tiny = work / "tiny-qwen25vl-random-weights"
+    if not captioner and not tiny.exists():
+        # Imported by name: the tests' helper is not part of the strictly type-checked code.
+        importlib.import_module("tests.test_ingest").build_tiny_vlm_random_weights(tiny)
+    settings: dict[str, Any] = {
+        "store_dir": str(work / "store"),
+        "clip_model": clip_model,
+        "clip_pretrained": clip_pretrained,
+        "captioner": captioner or f"local:{tiny}",
+        "rewriter": rewriter,
+        "prompt_pairs": prompt_pairs,
+        "video_roots": os.pathsep.join(str(p) for p in [*video_roots, work]),
+    }
+    return base.with_overrides(**settings) if base is not None else Context.from_env(**settings)
+
+
+def ingest_once(ctx: Any, video: Path) -> dict[str, Any]:
+    """Ingest one file into ``ctx``'s store: clips, wall time and per-stage throughput."""
+    from graphs.ingest import ingest_video
+
+    t0 = time.perf_counter()
+    out = ingest_video(ctx, str(video))
+    wall = time.perf_counter() - t0
+    return {
+        "video": video.name,
+        "clips": out["n_clips"],
+        "wall_s": round(wall, 2),
+        "clips_per_s": round(out["n_clips"] / wall, 2),
+        "stage_s": out["timings"],
+        "stage_clips_per_s": stage_rates(out),
+    }
 
 
 def main() -> None:
@@ -211,60 +281,57 @@ def main() -> None:
     )
     parser.add_argument("--long-clip-len", type=float, default=10.0, help="clip length of the long runs (s)")
     parser.add_argument("--long-size", default="320x180", help="frame size of the synthetic videos, WxH")
+    parser.add_argument("--long-fps", type=int, default=10, help="frame rate of the synthetic videos")
+    parser.add_argument(
+        "--warm-minutes",
+        type=float,
+        default=0.0,
+        help="ingest a synthetic video this long before the long runs, so first-use allocations "
+        "are in the baseline (rss_baseline_mib); 0 = none",
+    )
     parser.add_argument("--skip-short", action="store_true", help="only the long-video memory runs")
+    parser.add_argument("--quiet", action="store_true", help="write --out only, print nothing")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / "ingest.json")
     args = parser.parse_args()
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from graphs.context import Context
-    from graphs.ingest import ingest_video
-    from tests.test_ingest import build_tiny_vlm_random_weights
-
     work = Path(tempfile.mkdtemp(prefix="granalign-bench-"))
-    captioner = (
-        args.captioner or f"local:{build_tiny_vlm_random_weights(work / 'tiny-qwen25vl-random-weights')}"
-    )
-    ctx = Context(
-        store_dir=str(work / "store"),
+    ctx = ingest_context(
+        work,
+        [args.video.resolve().parent],
         clip_model=args.clip_model,
         clip_pretrained=args.clip_pretrained,
-        captioner=captioner,
+        captioner=args.captioner,
         rewriter=args.rewriter,
         prompt_pairs=args.prompt_pairs,
-        video_roots=os.pathsep.join([str(args.video.resolve().parent), str(work)]),
     )
     report: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "load_avg": os.getloadavg()},
         "models": {
             "clip": f"{ctx.clip_model} ({ctx.clip_pretrained})",
-            "captioner": captioner,
+            "captioner": ctx.captioner,
             "rewriter": ctx.rewriter,
         },
     }
     try:
         report["model_load_s"] = warm_models(ctx)
         if not args.skip_short:
-            t0 = time.perf_counter()
-            out = ingest_video(ctx, str(args.video))
-            wall = time.perf_counter() - t0
-            report["ingest"] = {
-                "video": args.video.name,
-                "clips": out["n_clips"],
-                "wall_s": round(wall, 2),
-                "clips_per_s": round(out["n_clips"] / wall, 2),
-                "stage_s": out["timings"],
-                "stage_clips_per_s": stage_rates(out),
-            }
+            report["ingest"] = ingest_once(ctx, args.video)
             report["queries"] = bench_queries(ctx, str(args.video), QUERIES)
         minutes = [float(m) for m in args.long_minutes.split(",") if float(m) > 0]
         w, h = (int(x) for x in args.long_size.lower().split("x"))
-        report["long_videos"] = [long_run(ctx, work, m, args.long_clip_len, (w, h)) for m in minutes]
+        run = {"fps": args.long_fps, "verbose": not args.quiet, "keep_video": False}
+        if args.warm_minutes > 0:  # same store as the long runs: its client is part of the baseline
+            long_run(ctx, work, args.warm_minutes, args.long_clip_len, (w, h), **{**run, "verbose": False})
+            report["rss_baseline_mib"] = round(rss_mib()[0], 1)
+        report["long_videos"] = [long_run(ctx, work, m, args.long_clip_len, (w, h), **run) for m in minutes]
     finally:
         shutil.rmtree(work, ignore_errors=True)  # models, store and synthetic videos
     report["machine"]["load_avg_after"] = os.getloadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    if not args.quiet:
+        print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

@@ -37,9 +37,34 @@ FloatArray = NDArray[np.float64]
 
 
 def _unit(vectors: FloatArray) -> FloatArray:
-    """Rows scaled to unit length; zero rows stay zero (they point nowhere)."""
+    """Rows scaled to unit length; zero rows stay zero (they point nowhere).
+
+    Divides once and zeroes the zero rows afterwards instead of ``np.where`` over the whole
+    matrix: the same values bit for bit, one full-size temporary fewer (the caption matrix of
+    a 10-hour video is 18,000 × 384).
+    """
     norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
-    return np.where(norms > 0.0, vectors / np.where(norms > 0.0, norms, 1.0), 0.0)
+    pointless = ~(norms > 0.0)
+    out: FloatArray = vectors / np.where(pointless, 1.0, norms)
+    out[np.broadcast_to(pointless, out.shape)] = 0.0
+    return out
+
+
+def _top_k(sims: FloatArray, k: int) -> NDArray[np.int64]:
+    """Per row, the indices of the ``k`` largest values, best first, ties in clip order.
+
+    Exactly ``np.argsort(-sims, kind="stable")[:, :k]``, but a partial partition finds the
+    k-th best value first and only the clips at or above it are sorted, so a long video costs
+    O(n) per query instead of a full O(n log n) sort (the rows are thousands of clips, k is 3).
+    """
+    if k >= sims.shape[1]:
+        return np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    rows = []
+    for row in -sims:
+        kth = np.partition(row, k - 1)[k - 1]
+        near = np.flatnonzero(row <= kth)  # ascending clip order: the stable tie-break
+        rows.append(near[np.argsort(row[near], kind="stable")[:k]])
+    return np.stack(rows).astype(np.int64)
 
 
 def _check(k: object, weight: object) -> tuple[int, float]:
@@ -76,7 +101,7 @@ def feedback_queries(
         return q.copy()
     uq, uc = _unit(q), _unit(c)
     sims = uq @ uc.T
-    top = np.argsort(-sims, axis=1, kind="stable")[:, : min(k, c.shape[0])]  # (q, k)
+    top = _top_k(sims, min(k, c.shape[0]))  # (q, k)
     centroid = _unit(uc[top].mean(axis=1))  # (q, d)
     moved: FloatArray = _unit(uq + w * centroid)
     return moved

@@ -25,7 +25,6 @@ import pytest
 from granalign.errors import InputError
 from granalign.locks import lock_path, video_lock
 from graphs import resources
-from graphs.retrieval import graph
 from tests.conftest import SHARED_DATA
 from tests.test_ingest import Calls, build_tiny_vlm_random_weights, model_context
 from tests.test_video import needs_videos
@@ -123,29 +122,20 @@ def vlm(tmp_path_factory) -> Path:
     return build_tiny_vlm_random_weights(tmp_path_factory.mktemp("models") / "tiny-qwen25vl-random-weights")
 
 
-def _retrieve(ctx, video: str, query: str) -> tuple[list, list[str]]:
-    stages: list[str] = []
-    state: dict = {}
-    for mode, chunk in graph.stream(
-        {"video": video, "query": query}, context=ctx, stream_mode=["custom", "values"]
-    ):
-        if mode == "custom":
-            stages.append(chunk["stage"])
-        else:
-            state = chunk
-    return state["moments"], stages
-
-
 @needs_videos
 def test_concurrent_threads_ingest_a_new_video_once_random_weights(tmp_path, vlm, monkeypatch):
+    """Four agent tool calls (retrieve_moments) at once on a video the store has never seen."""
+    from tools.langchain_tool import MomentRetriever, ToolSettings
+
     ctx = model_context(tmp_path / "store", vlm, [VIDEOS], ingest_batch=2)
     calls = Calls(monkeypatch, ctx)
+    tool = MomentRetriever(ToolSettings(context=ctx, roots=(VIDEOS,), url_allowlist=()))
     video = str(VIDEOS / "bikes.mp4")  # 5 clips
     with ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(lambda _: _retrieve(ctx, video, "a person rides a bicycle"), range(4)))
+        results = list(pool.map(lambda _: tool.run(video, "a person rides a bicycle"), range(4)))
     assert calls.frames == 5 and calls.agnostic == 5  # once, not 4 times
-    windows = [r[0] for r in results]
-    assert all(w == windows[0] for w in windows)
+    windows = [r.artifact["moments"] for r in results]
+    assert windows[0] and all(w == windows[0] for w in windows)
     resources.clear_caches()
 
 
