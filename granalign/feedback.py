@@ -31,23 +31,14 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from granalign.errors import ConfigError, InputError
-from granalign.similarity import as_finite_array
+from granalign.similarity import as_finite_array, unit_rows_exact
 
 FloatArray = NDArray[np.float64]
 
 
 def _unit(vectors: FloatArray) -> FloatArray:
-    """Rows scaled to unit length; zero rows stay zero (they point nowhere).
-
-    Divides once and zeroes the zero rows afterwards instead of ``np.where`` over the whole
-    matrix: the same values bit for bit, one full-size temporary fewer (the caption matrix of
-    a 10-hour video is 18,000 × 384).
-    """
-    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
-    pointless = ~(norms > 0.0)
-    out: FloatArray = vectors / np.where(pointless, 1.0, norms)
-    out[np.broadcast_to(pointless, out.shape)] = 0.0
-    return out
+    """Rows scaled to unit length; zero rows stay zero (they point nowhere)."""
+    return unit_rows_exact(vectors, axis=-1)
 
 
 def _top_k(sims: FloatArray, k: int) -> NDArray[np.int64]:

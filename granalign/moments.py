@@ -52,12 +52,20 @@ DEFAULT_TOP_N = 10
 _DECIMALS = 4
 
 
+MIN_SECONDS = 1e-3
+"""Shortest duration/clip length: times are rounded to 4 decimals, so less would round to 0."""
+MAX_SECONDS = 1e7
+"""Longest (~115 days): far past any video, and far from where float rounding breaks."""
+
+
 def _positive(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
         raise InputError(f"{name} must be a positive number of seconds, got {value!r}")
     number = float(value)
-    if not math.isfinite(number) or number <= 0.0:
-        raise InputError(f"{name} must be a positive number of seconds, got {value}")
+    if not math.isfinite(number) or not MIN_SECONDS <= number <= MAX_SECONDS:
+        raise InputError(
+            f"{name} must be a number of seconds in [{MIN_SECONDS:g}, {MAX_SECONDS:g}], got {value}"
+        )
     return number
 
 

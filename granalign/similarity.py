@@ -49,9 +49,28 @@ def _unit_rows(vectors: FloatArray) -> FloatArray:
     A zero vector has no direction, so it is treated as similar to nothing (cosine 0) rather
     than producing 0/0 = NaN that would poison the min–max normalisation of the whole video.
     """
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    safe = np.where(norms > 0.0, norms, 1.0)
-    return np.where(norms > 0.0, vectors / safe, 0.0)
+    return unit_rows_exact(vectors, axis=1)
+
+
+def unit_rows_exact(vectors: FloatArray, axis: int = -1) -> FloatArray:
+    """Unit rows along ``axis``, also for magnitudes whose squares over- or underflow.
+
+    ``np.linalg.norm`` squares the entries, so a row beyond ~1e154 gets an infinite norm and one
+    below ~1e-154 a zero norm (cosine 0 for parallel vectors).  Only such rows are first scaled
+    by their largest entry (direction is scale-free); every ordinary row takes the plain path,
+    so ordinary results are unchanged bit for bit.
+    """
+    norms = np.linalg.norm(vectors, axis=axis, keepdims=True)
+    peak = np.max(np.abs(vectors), axis=axis, keepdims=True) if vectors.size else norms
+    odd = ~np.isfinite(norms) | ((norms < 1e-150) & (peak > 0.0))
+    if np.any(odd):
+        scaled = vectors / np.where(odd & (peak > 0.0), peak, 1.0)
+        norms = np.where(odd, np.linalg.norm(scaled, axis=axis, keepdims=True), norms)
+        vectors = np.where(odd, scaled, vectors)
+    pointless = ~(norms > 0.0)
+    out: FloatArray = vectors / np.where(pointless, 1.0, norms)
+    out[np.broadcast_to(pointless, out.shape)] = 0.0
+    return out
 
 
 def cosine_similarity(queries: ArrayLike, captions: ArrayLike) -> FloatArray:
@@ -87,7 +106,10 @@ def minmax_normalise(scores: ArrayLike) -> FloatArray:
         raise InputError(f"scores must have at least one clip on its last axis, got shape {s.shape}")
     low = s.min(axis=-1, keepdims=True)
     high = s.max(axis=-1, keepdims=True)
-    spread = high - low
+    with np.errstate(over="ignore"):
+        spread = high - low
+    if not np.all(np.isfinite(spread)):  # a row spans more than the float range: halve it first
+        return minmax_normalise(s / 2.0)
     scale = np.maximum(np.abs(high), np.abs(low))
     constant = spread <= _CONSTANT_RTOL * np.maximum(scale, 1.0)
     safe = np.where(constant, 1.0, spread)

@@ -78,6 +78,10 @@ def gaussian_smooth(values: ArrayLike, sigma: float) -> FloatArray:
     s = _check_sigma(sigma)
     if array.ndim == 0 or array.shape[-1] <= 1 or s == 0.0:
         return array.copy()
+    peak = float(np.max(np.abs(array))) if array.size else 0.0
+    if peak > 1e300:  # a weighted sum near the float maximum would overflow: smooth the scaled values
+        scaled: FloatArray = gaussian_smooth(array / peak, sigma) * peak
+        return scaled
     n = array.shape[-1]
     weights = gaussian_weights(s, n)
     radius = (weights.size - 1) // 2

@@ -16,8 +16,10 @@ Four contracts, each checked on generated inputs:
   ``tests/test_core_math.py`` already pins the properties of unit-interval curves near real
   video lengths; the cases here are the ones it does not generate.
 
-Bugs found by this file are kept as ``xfail(strict=True)`` tests with the minimal example
-(section "known bugs"): when the library is fixed they start passing and must be un-marked.
+Every bug this file found (pathological JSON, unreadable files, infinite clip lengths, boolean
+durations, durations that round to zero or overflow, overflowing norms, spreads and smoothing
+sums) is fixed in the library and kept below as a regression test with its minimal example.
+A new finding goes there as ``xfail(strict=True)`` naming the file and the fix.
 """
 
 from __future__ import annotations
@@ -880,8 +882,7 @@ def test_clips_to_seconds_clamps_or_refuses(windows: np.ndarray, clip_len: float
 
 
 # =============================================================================================
-# bugs found by the fuzzing above: fixed ones stay as regression tests; open ones are
-# strict xfails naming the file, the minimal example and the fix
+# bugs found by the fuzzing above (all fixed): minimal examples as regression tests
 # =============================================================================================
 
 @pytest.mark.parametrize("reader", ["iter_jsonl", "read_annotations", "read_captions_file", "FileRewriter"])
@@ -928,56 +929,30 @@ def test_captions_reader_refuses_boolean_duration(fuzz_dir: Path) -> None:
         list(read_captions_file(path))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="granalign/moments.py:137/146: a duration below 5e-5 s rounds to an end of 0.0, and the "
-    "whole-video fallback returns [0.0, 0.0, s] (start == end) instead of refusing the duration",
-)
-def test_bug_localize_tiny_duration_gives_empty_window() -> None:
-    out = localize_moments(np.zeros((0, 1)), np.array([0.5]), clip_len=2.0, duration=1e-5)
-    assert all(start < end for start, end, _ in out), out
+def test_localize_refuses_a_duration_that_rounds_to_zero() -> None:
+    with pytest.raises(InputError, match="duration must be a number of seconds in"):
+        localize_moments(np.zeros((0, 1)), np.array([0.5]), clip_len=2.0, duration=1e-5)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="granalign/moments.py:136/177: np.round(x, 4) overflows to inf for x > ~1.8e304, so a huge "
-    "(finite) duration gives an infinite window end",
-)
-def test_bug_localize_huge_duration_gives_infinite_end() -> None:
-    with np.errstate(all="ignore"):
-        out = localize_moments(np.zeros((0, 3)), np.array([0.0, 1.0, 0.0]), clip_len=1e308, duration=1e308)
-    assert all(math.isfinite(x) for w in out for x in w), out
+def test_localize_refuses_durations_beyond_any_video() -> None:
+    with pytest.raises(InputError, match="clip_len must be a number of seconds in"):
+        localize_moments(np.zeros((0, 3)), np.array([0.0, 1.0, 0.0]), clip_len=1e308, duration=1e308)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="granalign/similarity.py:90-94: minmax_normalise overflows (high - low = inf) on finite rows "
-    "spanning more than the float range and returns NaN",
-)
-def test_bug_minmax_normalise_nan_on_huge_finite_range() -> None:
+def test_minmax_normalise_of_a_range_past_the_float_maximum() -> None:
     with np.errstate(all="ignore"):
         out = minmax_normalise(np.array([-1e308, 1e308, 0.0]))
     assert np.all(np.isfinite(out)), out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="granalign/smoothing.py:90: the weighted sum overflows to inf for values near the float "
-    "maximum, although every output is documented as a convex combination of inputs",
-)
-def test_bug_gaussian_smooth_overflows() -> None:
+def test_gaussian_smooth_near_the_float_maximum() -> None:
     with np.errstate(all="ignore"):
         out = gaussian_smooth(np.array([1e308, 1e308, 1e308]), 1.0)
     assert np.all(np.isfinite(out)), out
 
 
 @pytest.mark.parametrize("scale", [1e200, 1e-200], ids=["huge", "tiny"])
-@pytest.mark.xfail(
-    strict=True,
-    reason="granalign/similarity.py:52 (_unit_rows) and feedback.py _unit: np.linalg.norm overflows "
-    "(|v| > ~1e154) or underflows (|v| < ~1e-154), so a parallel pair gets cosine 0 instead of 1",
-)
-def test_bug_cosine_similarity_of_extreme_magnitudes(scale: float) -> None:
+def test_cosine_similarity_of_extreme_magnitudes(scale: float) -> None:
     with np.errstate(all="ignore"):
         sims = cosine_similarity(np.array([[scale, scale]]), np.array([[1.0, 1.0]]))
     assert sims[0, 0] == pytest.approx(1.0)
