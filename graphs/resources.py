@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -163,6 +164,17 @@ class VideoCaptions:
 _CAPTIONS: OrderedDict[tuple[str, str, str], VideoCaptions] = OrderedDict()
 _CAPTIONS_LOCK = threading.Lock()
 _CAPTIONS_MAX = 512
+_CACHE_BYTES = 1 << 30
+"""Embedding bytes each LRU may hold: a 10-hour video is ~28 MB of caption embeddings, so a
+count bound alone would let a library of long videos grow the process to many GB."""
+
+
+def _evict(cache: OrderedDict[Any, Any], max_items: int, size: Callable[[Any], int]) -> None:
+    """Drop least-recently-used entries past ``max_items`` or ``_CACHE_BYTES`` (keep the newest)."""
+    total = sum(size(v) for v in cache.values())
+    while len(cache) > 1 and (len(cache) > max_items or total > _CACHE_BYTES):
+        _, old = cache.popitem(last=False)
+        total -= size(old)
 
 
 def video_captions(ctx: Context, video_id: str) -> VideoCaptions:
@@ -200,8 +212,7 @@ def video_captions(ctx: Context, video_id: str) -> VideoCaptions:
     value = VideoCaptions(record, captions, emb)
     with _CAPTIONS_LOCK:
         _CAPTIONS[key] = value
-        while len(_CAPTIONS) > _CAPTIONS_MAX:
-            _CAPTIONS.popitem(last=False)
+        _evict(_CAPTIONS, _CAPTIONS_MAX, lambda v: int(v.embeddings.nbytes))
     return value
 
 
@@ -246,8 +257,7 @@ def video_frames(ctx: Context, record: VideoRecord) -> NDArray[np.float32]:
         )
     with _FRAMES_LOCK:
         _FRAMES[key] = emb
-        while len(_FRAMES) > 64:
-            _FRAMES.popitem(last=False)
+        _evict(_FRAMES, 64, lambda v: int(v.nbytes))
     return emb
 
 
