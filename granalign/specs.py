@@ -54,6 +54,10 @@ def parse_spec(spec: str, *, role: str, allowed: tuple[Engine, ...] = ENGINES) -
     if engine not in allowed:
         raise ConfigError(f"{role} backend engine {engine!r} in {spec!r} is unknown; allowed: {forms}")
     if engine == "none":
+        if rest.strip():  # "none:smollm2" is a typo, not a way to switch the backend off
+            raise ConfigError(
+                f"{role} backend spec {spec!r}: 'none' takes nothing after it; allowed: {forms}"
+            )
         return BackendSpec("none")
     if not rest:
         raise ConfigError(f"{role} backend spec {spec!r} names no target; allowed: {forms}")

@@ -283,6 +283,14 @@ def test_parse_spec_gives_a_valid_spec_or_config_error(spec: str, role: str) -> 
     assert parse_spec(str(parsed), role=role, allowed=allowed) == parsed  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("spec", ["none:smollm2", "none: x"])
+def test_parse_spec_refuses_a_target_after_none(spec: str) -> None:
+    """A typo must not silently switch the backend off."""
+    with pytest.raises(ConfigError, match="'none' takes nothing after it"):
+        parse_spec(spec, role="rewriter")
+    assert parse_spec("none:", role="rewriter").engine == "none"
+
+
 @pytest.mark.parametrize("value", [None, 1, 2.5, b"local:x", True])
 def test_parse_spec_refuses_non_strings(value: object) -> None:
     with pytest.raises(ConfigError, match="must be a string"):
