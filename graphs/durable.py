@@ -42,7 +42,7 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.checkpoint.sqlite import SqliteSaver
 
 from granalign.backends.openai_llm import BackendError
-from granalign.errors import ConfigError, GranAlignError
+from granalign.errors import ConfigError, GranAlignError, InputError
 from granalign.store import default_store_dir
 from graphs.context import Context
 
@@ -179,10 +179,22 @@ def _durability(ctx: Context) -> dict[str, Any]:
 
 
 def _start(ctx: Context, graph_input: dict[str, Any], thread_id: str | None) -> tuple[str, Any]:
-    """(thread id, input): ``None`` input resumes the thread's unfinished run."""
+    """(thread id, input): ``None`` input resumes the thread's unfinished run.
+
+    The unfinished run must be for the same video and query: a reused id must not silently
+    answer an older question.
+    """
     tid = thread_id or new_thread_id()
-    resume = thread_id is not None and pending_run(ctx, thread_id)
-    return tid, None if resume else graph_input
+    if thread_id is None or not pending_run(ctx, thread_id):
+        return tid, graph_input
+    saved = durable_retrieval_graph(ctx).get_state(thread_config(thread_id)).values
+    for key in ("video", "query"):
+        if key in graph_input and saved.get(key) not in (None, graph_input[key]):
+            raise InputError(
+                f"thread_id {thread_id!r} holds an unfinished run for another {key} "
+                f"({saved.get(key)!r}); use a new thread id or resume with the same {key}"
+            )
+    return tid, None
 
 
 def _mark(exc: BaseException, ctx: Context, tid: str) -> None:

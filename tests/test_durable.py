@@ -82,6 +82,8 @@ def test_failed_run_resumes_by_thread_id_without_redoing_finished_steps(ctx, mon
     assert info.value.thread_id == "t-1"  # type: ignore[attr-defined]
     assert any("thread id t-1" in n for n in info.value.__notes__)
     assert durable.pending_run(ctx, "t-1")
+    with pytest.raises(InputError, match="t-1' holds an unfinished run for another query"):
+        list(durable.stream_retrieval(ctx, {"video": "kitchen", "query": "a red car"}, thread_id="t-1"))
     got, nodes = _final(ctx, thread_id="t-1")
     assert nodes == ["propose", "nms"]  # load_video, rewrite, caption and fuse are not re-run
     assert got["moments"] == expected["moments"] and got["saliency"] == expected["saliency"]
