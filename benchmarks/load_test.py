@@ -55,7 +55,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tests.servers import free_port, server
+from tests.servers import free_port, langgraph_dev, server
 from tools.demo_data import DEMO
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,21 +145,8 @@ def server_env(store: Path) -> dict[str, str]:
 
 @contextlib.contextmanager
 def langgraph_server(store: Path, logs: Path, n_jobs: int | None) -> Iterator[str]:
-    port = free_port()
-    cmd = [
-        str(BIN / "langgraph"),
-        "dev",
-        "--no-browser",
-        "--no-reload",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
-    if n_jobs is not None:
-        cmd += ["--n-jobs-per-worker", str(n_jobs)]
-    url = f"http://127.0.0.1:{port}"
-    with server(cmd, f"{url}/ok", logs / "langgraph.log", cwd=ROOT, env=server_env(store), timeout=240):
+    extra = ("--n-jobs-per-worker", str(n_jobs)) if n_jobs is not None else ()
+    with langgraph_dev(server_env(store), logs / "langgraph.log", extra_args=extra, timeout=240) as url:
         yield url
 
 

@@ -84,3 +84,27 @@ def chroma_server(tmp: Path) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     with server(cmd, f"{url}/api/v2/heartbeat", tmp / "chroma.log"):
         yield url
+
+
+@contextlib.contextmanager
+def langgraph_dev(
+    env: dict[str, str], log: Path, *, extra_args: tuple[str, ...] = (), timeout: float = 240
+) -> Iterator[str]:
+    """``langgraph dev`` on a free loopback port, serving the repo's langgraph.json; yields its URL.
+
+    No browser, no reloader, no analytics; the venv's bin goes first on PATH so the server's
+    workers find the same ``granalign`` environment.  ``env`` adds to the current environment.
+    """
+    root = Path(__file__).resolve().parents[1]
+    port = free_port()
+    cmd = [str(BIN / "langgraph"), "dev", "--no-browser", "--no-reload", "--host", "127.0.0.1"]
+    cmd += ["--port", str(port), *extra_args]
+    full_env = {
+        "LANGGRAPH_CLI_NO_ANALYTICS": "1",
+        "HF_HUB_OFFLINE": "1",
+        **env,
+        "PATH": f"{BIN}{os.pathsep}{env.get('PATH', os.environ.get('PATH', ''))}",
+    }
+    url = f"http://127.0.0.1:{port}"
+    with server(cmd, f"{url}/ok", log, cwd=root, env=full_env, timeout=timeout):
+        yield url

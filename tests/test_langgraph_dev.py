@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,10 +11,8 @@ import pytest
 from granalign.backends.embedder import make_embedder
 from granalign.captions_import import import_captions
 from granalign.store import Store
-from tests.servers import free_port, server
+from tests.servers import langgraph_dev
 from tools.demo_data import DEMO
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -35,26 +31,9 @@ def test_langgraph_dev_serves_the_retrieval_graph(one_query, tmp_path):
     from langgraph_sdk import get_client
 
     store_dir, ann = one_query
-    port = free_port()
-    cmd = [
-        str(Path(sys.executable).parent / "langgraph"),
-        "dev",
-        "--no-browser",
-        "--no-reload",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
-    env = {
-        "LANGGRAPH_CLI_NO_ANALYTICS": "1",
-        "GRANALIGN_STORE": str(store_dir),
-        "HF_HUB_OFFLINE": "1",
-        "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
-    }
-    url = f"http://127.0.0.1:{port}"
+    env = {"GRANALIGN_STORE": str(store_dir)}
 
-    async def scenario() -> dict:
+    async def scenario(url: str) -> dict:
         client = get_client(url=url)
         assistants = await client.assistants.search(graph_id="retrieval")
         assert assistants, "the retrieval graph is not registered"
@@ -68,8 +47,8 @@ def test_langgraph_dev_serves_the_retrieval_graph(one_query, tmp_path):
             context={"top_n": 5},
         )
 
-    with server(cmd, f"{url}/ok", tmp_path / "langgraph.log", cwd=ROOT, env=env, timeout=180):
-        out = asyncio.run(scenario())
+    with langgraph_dev(env, tmp_path / "langgraph.log", timeout=180) as url:
+        out = asyncio.run(scenario(url))
     assert out["video_id"] == ann["vid"]
     assert 1 <= len(out["moments"]) <= 5
     assert all(0 <= s < e <= ann["duration"] for s, e, _ in out["moments"])

@@ -8,49 +8,31 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from graphs.context import Context
-from tests.servers import free_port, server
+from tests.servers import langgraph_dev
 from tests.test_agent import smollm2_endpoint  # noqa: F401  (fixture)
 from tests.test_tool import DOG_VIDEO, demo_store, smollm2_folder  # noqa: F401  (fixtures)
 from tools.langchain_tool import MomentRetriever, ToolSettings, make_retrieve_moments_tool
 
 ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
 def dev_server(demo_store, smollm2_endpoint, tmp_path_factory):  # noqa: F811
     store, _ = demo_store
-    port = free_port()
-    cmd = [
-        str(BIN / "langgraph"),
-        "dev",
-        "--no-browser",
-        "--no-reload",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
     env = {
-        "LANGGRAPH_CLI_NO_ANALYTICS": "1",
         "GRANALIGN_STORE": str(store),
         "GRANALIGN_AGENT_MODEL": smollm2_endpoint,
-        "HF_HUB_OFFLINE": "1",
         "OMP_NUM_THREADS": "1",
-        "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
         "PYTHONPATH": str(ROOT),
     }
-    url = f"http://127.0.0.1:{port}"
     log = tmp_path_factory.mktemp("lgdev") / "langgraph.log"
-    with server(cmd, f"{url}/ok", log, cwd=ROOT, env=env, timeout=180):
+    with langgraph_dev(env, log, timeout=180) as url:
         yield url
 
 
