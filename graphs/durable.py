@@ -22,7 +22,6 @@ timeout so several processes can share it.
 from __future__ import annotations
 
 import asyncio
-import os
 import sqlite3
 import threading
 import uuid
@@ -43,7 +42,7 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 
 from granalign.backends.openai_llm import BackendError
 from granalign.errors import ConfigError, GranAlignError, InputError
-from granalign.store import default_store_dir
+from graphs import resources
 from graphs.context import Context
 
 _SAVERS: dict[str, BaseCheckpointSaver[Any]] = {}
@@ -97,12 +96,7 @@ def checkpoint_path(ctx: Context) -> Path:
     """``checkpoint_db``, else ``checkpoints.sqlite`` beside the store (user cache for a server store)."""
     if ctx.checkpoint_db:
         return Path(ctx.checkpoint_db).expanduser()
-    if ctx.chroma_url or os.environ.get("CHROMA_URL"):
-        from platformdirs import user_cache_dir
-
-        return Path(user_cache_dir("granalign")) / "checkpoints.sqlite"
-    base = Path(ctx.store_dir).expanduser() if ctx.store_dir else default_store_dir()
-    return base / "checkpoints.sqlite"
+    return resources.local_state_dir(ctx) / "checkpoints.sqlite"
 
 
 def _open_sqlite(path: Path) -> ThreadedSqliteSaver:

@@ -105,15 +105,22 @@ def video_roots(ctx: Context) -> list[Path]:
     return parse_roots(ctx.video_roots)
 
 
-def lock_dir_for(ctx: Context) -> Path:
-    """Where the per-video ingest locks live (see :mod:`granalign.locks`)."""
-    if ctx.lock_dir:
-        return Path(ctx.lock_dir).expanduser()
+def local_state_dir(ctx: Context) -> Path:
+    """This host's folder for run state beside the store (locks, checkpoints).
+
+    The embedded store's folder; with a Chroma server there is no local store folder, so the
+    user cache directory.
+    """
     if ctx.chroma_url or os.environ.get("CHROMA_URL"):
         from platformdirs import user_cache_dir
 
-        return Path(user_cache_dir("granalign")) / "locks"
-    return (Path(ctx.store_dir).expanduser() if ctx.store_dir else default_store_dir()) / "locks"
+        return Path(user_cache_dir("granalign"))
+    return Path(ctx.store_dir).expanduser() if ctx.store_dir else default_store_dir()
+
+
+def lock_dir_for(ctx: Context) -> Path:
+    """Where the per-video ingest locks live (see :mod:`granalign.locks`)."""
+    return Path(ctx.lock_dir).expanduser() if ctx.lock_dir else local_state_dir(ctx) / "locks"
 
 
 # -- cache keys of ingested videos ------------------------------------------------------------

@@ -225,11 +225,16 @@ def run_benchmark(
     return BenchResult(annotations, preds, metrics, skipped, report, import_s, rewrite_s, passes, resumed)
 
 
-def _run_key(ctx: Context, annotations: Sequence[Annotation]) -> str:
-    """What a journal's rows depend on: every setting and the exact queries."""
-    settings = {k: v for k, v in dataclasses.asdict(ctx).items() if k not in _NOT_IN_KEY}
+def journal_key(settings: Any, annotations: Sequence[Annotation]) -> str:
+    """What a journal's rows depend on: the run's settings and the exact queries."""
     queries = [[a.qid, a.query, a.vid, a.duration] for a in annotations]
-    return text_hash(json.dumps({"context": settings, "queries": queries}, sort_keys=True, default=str))
+    return text_hash(json.dumps({"config": settings, "queries": queries}, sort_keys=True, default=str))
+
+
+def _run_key(ctx: Context, annotations: Sequence[Annotation]) -> str:
+    return journal_key(
+        {k: v for k, v in dataclasses.asdict(ctx).items() if k not in _NOT_IN_KEY}, annotations
+    )
 
 
 _NOT_IN_KEY = {"concurrency", "request_timeout", "request_attempts", "keep_threads", "checkpointer"}

@@ -22,11 +22,10 @@ from typing import Any, Literal
 from granalign.errors import InputError
 from granalign.evaluation import evaluate_submission, recall_and_miou
 from granalign.jsonl import Journal, atomic_write_text, write_json, write_jsonl
-from granalign.store import text_hash
 from graphs import resources
 from graphs.context import Context
 from prompts import DEFAULT_PAIRS, available_pair_ids, load_prompt_pairs
-from tools.bench import Annotation, run_queries
+from tools.bench import Annotation, journal_key, run_queries
 
 Side = Literal["both", "simplified", "detailed"]
 COLUMNS = (
@@ -196,7 +195,7 @@ def run_setting(
     ctx = _context_for(base, setting, annotations, out_dir)
     if setting.pairs and setting.sides == "both":
         resources.warm_rewrites(ctx, [a.query for a in annotations])
-    journal = Journal(row_dir / "preds.partial.jsonl", _journal_key(setting, base, annotations))
+    journal = Journal(row_dir / "preds.partial.jsonl", journal_key(_config_key(setting, base), annotations))
     t0 = time.perf_counter()
     try:
         preds, skipped = run_queries(
@@ -227,12 +226,6 @@ def run_setting(
     )
     journal.discard()
     return result
-
-
-def _journal_key(setting: Setting, base: Context, annotations: Sequence[Annotation]) -> str:
-    queries = [[a.qid, a.query, a.vid, a.duration] for a in annotations]
-    payload = {"config": _config_key(setting, base), "queries": queries}
-    return text_hash(json.dumps(payload, sort_keys=True, default=str))
 
 
 def results_table(rows: Sequence[RowResult]) -> list[dict[str, Any]]:
