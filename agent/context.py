@@ -59,7 +59,12 @@ class AgentContext:
     timeout_s: float = field(default=120.0, metadata=_meta("Per model request, seconds.", lo=1.0, hi=3600.0))
     max_tool_calls: int = field(
         default=4,
-        metadata=_meta("Tool calls allowed per user question; then the model must answer.", lo=0, hi=16),
+        metadata=_meta(
+            "Tool calls the model may make per user question; then it must answer (0: none; the "
+            "agent still retrieves once itself when the conversation names a video).",
+            lo=0,
+            hi=16,
+        ),
     )
     cite_windows: bool = field(
         default=True,

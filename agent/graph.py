@@ -1,6 +1,7 @@
 """The video-QA agent: a tool-calling chat loop around ``retrieve_moments``.
 
-``agent → (tools → agent)* → answer``: the model either calls tools or answers; ``answer``
+``agent → (tools → agent)* → ground → [tools → agent → ground] → answer``: the model either calls
+tools or answers; ``ground`` makes sure an answer about a video rests on a retrieval; ``answer``
 makes sure the final reply cites the windows the tool found.  A hand-written loop rather than a
 prebuilt agent, because the behaviour that matters here is in the edges:
 
@@ -10,27 +11,43 @@ prebuilt agent, because the behaviour that matters here is in the edges:
 * **Never crashes on a model's mistakes**: an unknown tool name, arguments that are not JSON,
   arguments the tool refuses (the tools validate everything, see :mod:`tools.safety`) and even
   a tool that raises all come back to the model as ``ToolMessage(status="error")`` it can read.
-  A model that never calls a tool simply answers; a reply with no text gets a plain fallback.
-* **Grounded answers**: the tool's artifact (moments, saliency) travels in the ``ToolMessage``;
+  A reply with no text gets a plain fallback.
+* **Grounded whatever the model**: small models answer "when …?" from their imagination without
+  calling a tool.  When the model answers and this question has no retrieval result yet, but the
+  conversation names a video (the input's ``video``, or a store id or video file named in a user
+  message), the ``ground`` node calls ``retrieve_moments`` itself with the user's question,
+  replaces the ungrounded draft with that call, and the model answers again with the windows in
+  context.  It does so once per question; if that retrieval fails, the answer says so.
+* **Cited answers**: the tool's artifact (moments, saliency) travels in the ``ToolMessage``;
   the ``answer`` node appends the windows (in seconds) when the model's reply does not already
   cite them, and returns them as ``citations`` for a UI.
 * **Progress**: every step writes a custom stream event (``stream_mode="custom"``), and the
   retrieval tool forwards the graph's own stage events into the same stream.
 
-Tests drive the loop with a scripted chat model; ``langgraph.json`` serves :data:`graph`, whose
-model comes from :class:`agent.context.AgentContext` at run time.
+Tests drive the loop with a scripted chat model and with a real SmolLM2 behind ``transformers
+serve``; ``langgraph.json`` serves :data:`graph`, whose model comes from
+:class:`agent.context.AgentContext` at run time.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+import uuid
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Annotated, Any, NotRequired
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, AnyMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.messages import (
+    AIMessage,
+    AnyMessage,
+    HumanMessage,
+    RemoveMessage,
+    SystemMessage,
+    ToolMessage,
+)
 from langchain_core.runnables import RunnableLambda
 from langchain_core.tools import BaseTool
 from langgraph.graph import END, START, StateGraph
@@ -39,12 +56,19 @@ from langgraph.runtime import Runtime, get_runtime
 from typing_extensions import TypedDict
 
 from agent.context import AgentContext
-from tools.safety import MAX_VIDEO_ARG_CHARS, UnsafeInputError, clean_text
+from granalign.errors import InputError
+from granalign.video import VIDEO_EXTENSIONS
+from tools.safety import MAX_QUERY_CHARS, MAX_VIDEO_ARG_CHARS, VIDEO_ID_RE, clean_text
 
 log = logging.getLogger(__name__)
 
 RETRIEVE_TOOL = "retrieve_moments"
+LIST_TOOL = "list_videos"
 NO_ANSWER = "I could not find an answer to that."
+GROUND_CALL_PREFIX = "ground-"
+"""Id prefix of the ``retrieve_moments`` calls the ``ground`` node makes (not the model's)."""
+MAX_ID_LOOKUPS = 8
+"""At most this many id-shaped words of the user's messages are looked up in the store per question."""
 
 
 class AgentInput(TypedDict):
@@ -76,6 +100,10 @@ def _emit(runtime: Runtime[AgentContext], **event: Any) -> None:
         writer({"agent": event.pop("step"), **event})
 
 
+def _context(runtime: Runtime[AgentContext]) -> AgentContext:
+    return runtime.context if isinstance(runtime.context, AgentContext) else AgentContext()
+
+
 def _this_turn(messages: Sequence[AnyMessage]) -> list[AnyMessage]:
     """Messages after the last human message (the current question's loop)."""
     for i in range(len(messages) - 1, -1, -1):
@@ -88,16 +116,21 @@ def _calls_used(messages: Sequence[AnyMessage]) -> int:
     return sum(isinstance(m, ToolMessage) for m in _this_turn(messages))
 
 
-def _video_hint(state: AgentState) -> str:
-    """The conversation's video as a data line of the system prompt (cleaned, bounded)."""
+def _state_video(state: AgentState) -> str:
+    """The input's ``video``, cleaned and bounded; empty when absent or unusable."""
     raw = state.get("video")
     if not raw:
         return ""
     try:
-        video = clean_text(raw, name="video", max_chars=MAX_VIDEO_ARG_CHARS)
-    except UnsafeInputError:
+        return clean_text(raw, name="video", max_chars=MAX_VIDEO_ARG_CHARS)
+    except InputError:
         return ""
-    return f"\nThe user is asking about the video with id {video!r}; pass it as `video`."
+
+
+def _video_hint(state: AgentState) -> str:
+    """The conversation's video as a data line of the system prompt."""
+    video = _state_video(state)
+    return f"\nThe user is asking about the video with id {video!r}; pass it as `video`." if video else ""
 
 
 @lru_cache(maxsize=16)
@@ -157,17 +190,20 @@ def _footer(citations: list[dict[str, Any]], per_video: int = 3) -> str:
     return "\n".join(lines)
 
 
-def _retrieval_result(message: AnyMessage) -> dict[str, Any] | None:
-    """The structured result of a successful ``retrieve_moments`` call, if ``message`` is one.
-
-    Our LangChain tool puts it in the artifact; the same tool reached over MCP (through
-    ``langchain-mcp-adapters``) wraps the JSON result as ``{"structured_content": ...}``.
-    """
-    if not isinstance(message, ToolMessage) or message.name != RETRIEVE_TOOL or message.status == "error":
-        return None
+def _structured(message: ToolMessage) -> Any:
+    """A tool message's structured result: our tools' artifact, or the JSON result of the same
+    tool reached over MCP (``langchain-mcp-adapters`` wraps it as ``{"structured_content": ...}``)."""
     art = message.artifact
     if isinstance(art, dict) and isinstance(art.get("structured_content"), dict):
-        art = art["structured_content"]
+        return art["structured_content"]
+    return art
+
+
+def _retrieval_result(message: AnyMessage) -> dict[str, Any] | None:
+    """The structured result of a successful ``retrieve_moments`` call, if ``message`` is one."""
+    if not isinstance(message, ToolMessage) or message.name != RETRIEVE_TOOL or message.status == "error":
+        return None
+    art = _structured(message)
     if not isinstance(art, dict) or not isinstance(art.get("moments"), list) or "video_id" not in art:
         return None
     return art
@@ -187,6 +223,335 @@ def _error_message(call_id: str, name: str, text: str) -> ToolMessage:
     return ToolMessage(content=f"Error: {text}", tool_call_id=call_id, name=name, status="error")
 
 
+def _has_calls(state: AgentState) -> bool:
+    last = state["messages"][-1]
+    return isinstance(last, AIMessage) and bool(last.tool_calls or last.invalid_tool_calls)
+
+
+# ---------------------------------------------------------------------------------------------
+# grounding: which video the conversation names, and the retrieval the agent makes itself
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Mention:
+    """A video the conversation may name; ``checked`` ones need no store look-up (the input's
+    ``video`` and file names: the tool validates them), id-shaped words must be listed."""
+
+    text: str
+    checked: bool
+
+
+@dataclass(frozen=True)
+class _Grounding:
+    """A question that has no retrieval yet: the user's words and the videos they may be about."""
+
+    question: str
+    mentions: list[_Mention]
+
+
+_EDGE_PUNCT = "\"'`()[]{}<>,;!?"
+
+
+def _words_naming_videos(text: str) -> list[_Mention]:
+    """Video files and store-id-shaped words of a user message, in order.
+
+    An id-shaped word has a digit or one of ``_ : -`` (YouTube-style ids such as
+    ``SyMt-tik9q0_660.0_810.0``), so plain English words never cost a store look-up."""
+    out = []
+    for raw in text.split():
+        word = raw.strip(_EDGE_PUNCT).rstrip(".")
+        if word.lower().endswith(VIDEO_EXTENSIONS) and len(word) <= MAX_VIDEO_ARG_CHARS:
+            out.append(_Mention(word, checked=True))
+        elif VIDEO_ID_RE.fullmatch(word) and len(word) >= 4 and re.search(r"[\d_:-]", word):
+            out.append(_Mention(word, checked=False))
+    return out
+
+
+def _grounding_needed(state: AgentState, tools: dict[str, BaseTool]) -> _Grounding | None:
+    """The question to ground, when the model answered without a retrieval result this turn
+    and the ``ground`` node has not tried yet; None otherwise."""
+    messages = state["messages"]
+    turn = _this_turn(messages)
+    if RETRIEVE_TOOL not in tools or len(turn) == len(messages):  # no user message
+        return None
+    if any(_retrieval_result(m) is not None for m in turn) or any(
+        isinstance(m, ToolMessage) and m.tool_call_id.startswith(GROUND_CALL_PREFIX) for m in turn
+    ):
+        return None
+    humans = [m.text for m in messages if isinstance(m, HumanMessage)]
+    video = _state_video(state)
+    mentions = [_Mention(video, checked=True)] if video else []
+    lookups = 0
+    for text in reversed(humans):  # the latest message first: it names the video now in question
+        for mention in _words_naming_videos(text):
+            lookups += not mention.checked
+            if mention.checked or lookups <= MAX_ID_LOOKUPS:
+                mentions.append(mention)
+    return _Grounding(humans[-1], mentions) if mentions else None
+
+
+def _listed(reply: Any, video_id: str) -> bool:
+    """Whether a ``list_videos`` reply lists exactly ``video_id``."""
+    art = _structured(reply) if isinstance(reply, ToolMessage) and reply.status != "error" else None
+    rows = art.get("videos") if isinstance(art, dict) else None
+    return isinstance(rows, list) and any(isinstance(r, dict) and r.get("video_id") == video_id for r in rows)
+
+
+def _lookup_call(video_id: str) -> dict[str, Any]:
+    args = {"contains": video_id, "limit": 200}
+    return {"type": "tool_call", "id": f"{GROUND_CALL_PREFIX}lookup", "name": LIST_TOOL, "args": args}
+
+
+def _grounding_update(need: _Grounding, video: str | None, state: AgentState) -> dict[str, Any]:
+    """Replace the model's ungrounded draft by the agent's own ``retrieve_moments`` call."""
+    if video is None:
+        return {}
+    query = " ".join(w for w in need.question.split() if w.strip(_EDGE_PUNCT).rstrip(".") != video)
+    query = query[:MAX_QUERY_CHARS].strip()
+    if not query:
+        return {}
+    call = {
+        "type": "tool_call",
+        "id": f"{GROUND_CALL_PREFIX}{uuid.uuid4().hex[:12]}",
+        "name": RETRIEVE_TOOL,
+        "args": {"video": video, "query": query},
+    }
+    _emit(get_runtime(AgentContext), step="ground", video=video, query=query)
+    draft = state["messages"][-1]
+    remove = [RemoveMessage(id=draft.id)] if isinstance(draft, AIMessage) and draft.id else []
+    return {"messages": [*remove, AIMessage(content="", tool_calls=[call], name="ground")]}
+
+
+def _grounding_note(messages: Sequence[AnyMessage]) -> str:
+    """Why the ``ground`` node's retrieval gave no windows (its tool error), if it failed."""
+    for m in _this_turn(messages):
+        if (
+            isinstance(m, ToolMessage)
+            and m.tool_call_id.startswith(GROUND_CALL_PREFIX)
+            and m.status == "error"
+        ):
+            return f"No moments could be retrieved for this answer. {m.text}"
+    return ""
+
+
+# ---------------------------------------------------------------------------------------------
+# the nodes
+# ---------------------------------------------------------------------------------------------
+
+
+def _model_reply(reply: Any, budget: int, runtime: Runtime[AgentContext]) -> dict[str, Any]:
+    if not isinstance(reply, AIMessage):
+        reply = AIMessage(content=str(getattr(reply, "content", reply)))
+    if budget <= 0 and (reply.tool_calls or reply.invalid_tool_calls):
+        # out of budget: keep the text, drop the calls (an unanswered call breaks the next turn)
+        raw = {k: v for k, v in reply.additional_kwargs.items() if k not in ("tool_calls", "function_call")}
+        reply = reply.model_copy(
+            update={"tool_calls": [], "invalid_tool_calls": [], "additional_kwargs": raw}
+        )
+    _emit(runtime, step="model_done", tool_calls=len(reply.tool_calls) + len(reply.invalid_tool_calls))
+    return {"messages": [reply]}
+
+
+def _tool_reply(request: dict[str, Any], reply: Any, runtime: Runtime[AgentContext]) -> ToolMessage:
+    message = (
+        reply
+        if isinstance(reply, ToolMessage)
+        else ToolMessage(content=str(reply), tool_call_id=request["id"], name=request["name"])
+    )
+    _emit(runtime, step="tool_done", name=request["name"], status=message.status)
+    return message
+
+
+def _tool_failed(request: dict[str, Any], exc: Exception) -> ToolMessage:
+    log.exception("tool %s raised", request["name"])  # a tool bug must not end the conversation
+    return _error_message(
+        request["id"], request["name"], f"tool {request['name']} failed ({type(exc).__name__})"
+    )
+
+
+_ToolSteps = Generator[tuple[dict[str, Any], BaseTool], Any, dict[str, Any]]
+"""What the tools node yields (a tool call and its tool), is sent (the reply) and returns."""
+
+
+@dataclass(frozen=True)
+class _Nodes:
+    """The nodes that need the model and the tools; ``model=None`` takes the context's endpoint.
+
+    ``agent``, ``tools`` and ``ground`` have a sync and an async implementation (a
+    ``RunnableLambda`` with both), so ``invoke`` works and ``ainvoke``/``astream`` (the LangGraph
+    server) never block the event loop; async-only tools such as those
+    ``langchain-mcp-adapters`` makes work too."""
+
+    model: BaseChatModel | None
+    tools: dict[str, BaseTool]
+
+    def _model_request(self, state: AgentState) -> tuple[Any, list[AnyMessage], int, Runtime[AgentContext]]:
+        runtime = get_runtime(AgentContext)
+        ctx = _context(runtime)
+        budget = ctx.max_tool_calls - _calls_used(state["messages"])
+        llm = self.model if self.model is not None else chat_model_for(ctx)
+        runnable: Any = llm.bind_tools(list(self.tools.values())) if budget > 0 and self.tools else llm
+        prompt = ctx.system_prompt + _video_hint(state)
+        if budget <= 0:
+            prompt += "\nNo more tool calls are possible: answer now from the results you have."
+        _emit(runtime, step="model", tool_budget=max(budget, 0))
+        return runnable, [SystemMessage(prompt), *state["messages"]], budget, runtime
+
+    def call_model(self, state: AgentState) -> dict[str, Any]:
+        """Ask the model for the next step; without tools once the budget is spent."""
+        runnable, messages, budget, runtime = self._model_request(state)
+        return _model_reply(runnable.invoke(messages), budget, runtime)
+
+    async def acall_model(self, state: AgentState) -> dict[str, Any]:
+        runnable, messages, budget, runtime = self._model_request(state)
+        return _model_reply(await runnable.ainvoke(messages), budget, runtime)
+
+    def _tool_plan(self, state: AgentState) -> tuple[list[tuple[dict[str, Any], Any]], Runtime[AgentContext]]:
+        """(tool call, tool or an error ToolMessage) for every call of the last reply.
+
+        The ``ground`` node's own call is outside the model's budget: it runs even when the
+        model may call no tool at all."""
+        runtime = get_runtime(AgentContext)
+        last = state["messages"][-1]
+        assert isinstance(last, AIMessage)
+        budget = _context(runtime).max_tool_calls - _calls_used(state["messages"])
+        plan: list[tuple[dict[str, Any], Any]] = []
+        for call in last.tool_calls:
+            call_id, name = call.get("id") or "", call["name"]
+            request = {"type": "tool_call", "id": call_id, "name": name, "args": call["args"]}
+            if len(plan) >= budget and not call_id.startswith(GROUND_CALL_PREFIX):
+                plan.append(
+                    (request, _error_message(call_id, name, "tool-call budget for this question is used up"))
+                )
+            elif name not in self.tools:
+                error = f"unknown tool {name!r}; available: {sorted(self.tools)}"
+                plan.append((request, _error_message(call_id, name, error)))
+            else:
+                plan.append((request, self.tools[name]))
+        for i, bad in enumerate(last.invalid_tool_calls):
+            call_id, name = bad.get("id") or f"invalid-{i}", bad.get("name") or "unknown"
+            error = "the tool call's arguments were not a valid JSON object; call the tool again"
+            plan.append(({"id": call_id, "name": name}, _error_message(call_id, name, error)))
+        return plan, runtime
+
+    def _tool_steps(self, state: AgentState) -> _ToolSteps:
+        """The tools node as steps: yields each (request, tool) to run and is sent its reply.
+
+        :meth:`run_tools` and :meth:`arun_tools` drive it; they differ only in how a tool runs."""
+        plan, runtime = self._tool_plan(state)
+        replies: list[ToolMessage] = []
+        for request, target in plan:
+            if isinstance(target, ToolMessage):
+                replies.append(target)
+                continue
+            _emit(runtime, step="tool", name=request["name"])
+            reply = yield request, target
+            replies.append(_tool_reply(request, reply, runtime))
+        return {"messages": replies}
+
+    def run_tools(self, state: AgentState) -> dict[str, Any]:
+        """Run the requested tools; every failure becomes an error ToolMessage for the model."""
+        steps = self._tool_steps(state)
+        try:
+            request, tool = next(steps)
+            while True:
+                try:
+                    reply = tool.invoke(request)
+                except Exception as exc:
+                    reply = _tool_failed(request, exc)
+                request, tool = steps.send(reply)
+        except StopIteration as done:
+            result: dict[str, Any] = done.value
+        return result
+
+    async def arun_tools(self, state: AgentState) -> dict[str, Any]:
+        steps = self._tool_steps(state)
+        try:
+            request, tool = next(steps)
+            while True:
+                try:
+                    reply = await tool.ainvoke(request)
+                except Exception as exc:
+                    reply = _tool_failed(request, exc)
+                request, tool = steps.send(reply)
+        except StopIteration as done:
+            result: dict[str, Any] = done.value
+        return result
+
+    def _known(self, mention: _Mention) -> bool:
+        if mention.checked:
+            return True
+        if LIST_TOOL not in self.tools:
+            return False
+        try:
+            return _listed(self.tools[LIST_TOOL].invoke(_lookup_call(mention.text)), mention.text)
+        except Exception:
+            log.exception("list_videos failed while looking up %r", mention.text)
+            return False
+
+    async def _aknown(self, mention: _Mention) -> bool:
+        if mention.checked:
+            return True
+        if LIST_TOOL not in self.tools:
+            return False
+        try:
+            return _listed(await self.tools[LIST_TOOL].ainvoke(_lookup_call(mention.text)), mention.text)
+        except Exception:
+            log.exception("list_videos failed while looking up %r", mention.text)
+            return False
+
+    def ground(self, state: AgentState) -> dict[str, Any]:
+        """The model answered without a retrieval: if the conversation names a video, retrieve."""
+        need = _grounding_needed(state, self.tools)
+        if need is None:
+            return {}
+        video = next((m.text for m in need.mentions if self._known(m)), None)
+        return _grounding_update(need, video, state)
+
+    async def aground(self, state: AgentState) -> dict[str, Any]:
+        need = _grounding_needed(state, self.tools)
+        if need is None:
+            return {}
+        video = None
+        for mention in need.mentions:
+            if await self._aknown(mention):
+                video = mention.text
+                break
+        return _grounding_update(need, video, state)
+
+
+def answer(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
+    """Finish the reply: cite the retrieved windows if the model did not (or say retrieval failed)."""
+    ctx = _context(runtime)
+    last = state["messages"][-1]
+    citations = _citations(state["messages"])
+    text = last.text if isinstance(last, AIMessage) else ""
+    final = text.strip()
+    if ctx.cite_windows and citations and not _cites(final, citations):
+        final = f"{final}\n\n{_footer(citations)}" if final else _footer(citations)
+    elif ctx.cite_windows and not citations and (note := _grounding_note(state["messages"])):
+        final = f"{final}\n\n{note}" if final else note
+    if not final:
+        final = NO_ANSWER
+    _emit(runtime, step="answer", cited=len(citations))
+    update: dict[str, Any] = {"citations": citations}
+    if isinstance(last, AIMessage) and final != text:
+        # same id: add_messages replaces the model's reply; its metadata (model, usage) is kept
+        update["messages"] = [last.model_copy(update={"content": final})]
+    elif not isinstance(last, AIMessage):
+        update["messages"] = [AIMessage(content=final)]
+    return update
+
+
+def after_model(state: AgentState) -> str:
+    return "tools" if _has_calls(state) else "ground"
+
+
+def after_ground(state: AgentState) -> str:
+    return "tools" if _has_calls(state) else "answer"
+
+
 # ---------------------------------------------------------------------------------------------
 # the graph
 # ---------------------------------------------------------------------------------------------
@@ -196,160 +561,22 @@ def build_agent(
     model: BaseChatModel | None = None, tools: Sequence[BaseTool] | None = None, *, checkpointer: Any = None
 ) -> Any:
     """Compile the agent.  ``model`` overrides the context's endpoint (tests use a stand-in);
-    ``tools`` default to ``retrieve_moments`` and ``list_videos`` configured from the environment.
-
-    ``agent`` and ``tools`` have a sync and an async implementation (a ``RunnableLambda`` with
-    both), so ``invoke`` works and ``ainvoke``/``astream`` (the LangGraph server) never block the
-    event loop; async-only tools such as those ``langchain-mcp-adapters`` makes work too."""
+    ``tools`` default to ``retrieve_moments`` and ``list_videos`` configured from the environment."""
     if tools is None:
         from tools.langchain_tool import granalign_tools
 
         tools = granalign_tools()
-    by_name = {t.name: t for t in tools}
-
-    def _context(runtime: Runtime[AgentContext]) -> AgentContext:
-        return runtime.context if isinstance(runtime.context, AgentContext) else AgentContext()
-
-    def _model_request(state: AgentState) -> tuple[Any, list[AnyMessage], int, Runtime[AgentContext]]:
-        runtime = get_runtime(AgentContext)
-        ctx = _context(runtime)
-        budget = ctx.max_tool_calls - _calls_used(state["messages"])
-        llm = model if model is not None else chat_model_for(ctx)
-        runnable: Any = llm.bind_tools(list(by_name.values())) if budget > 0 and by_name else llm
-        prompt = ctx.system_prompt + _video_hint(state)
-        if budget <= 0:
-            prompt += "\nNo more tool calls are possible: answer now from the results you have."
-        _emit(runtime, step="model", tool_budget=max(budget, 0))
-        return runnable, [SystemMessage(prompt), *state["messages"]], budget, runtime
-
-    def _model_reply(reply: Any, budget: int, runtime: Runtime[AgentContext]) -> dict[str, Any]:
-        if not isinstance(reply, AIMessage):
-            reply = AIMessage(content=str(getattr(reply, "content", reply)))
-        if budget <= 0 and (reply.tool_calls or reply.invalid_tool_calls):
-            # out of budget: keep the text, drop the calls (an unanswered call breaks the next turn)
-            raw = {
-                k: v for k, v in reply.additional_kwargs.items() if k not in ("tool_calls", "function_call")
-            }
-            reply = reply.model_copy(
-                update={"tool_calls": [], "invalid_tool_calls": [], "additional_kwargs": raw}
-            )
-        _emit(runtime, step="model_done", tool_calls=len(reply.tool_calls) + len(reply.invalid_tool_calls))
-        return {"messages": [reply]}
-
-    def call_model(state: AgentState) -> dict[str, Any]:
-        """Ask the model for the next step; without tools once the budget is spent."""
-        runnable, messages, budget, runtime = _model_request(state)
-        return _model_reply(runnable.invoke(messages), budget, runtime)
-
-    async def acall_model(state: AgentState) -> dict[str, Any]:
-        runnable, messages, budget, runtime = _model_request(state)
-        return _model_reply(await runnable.ainvoke(messages), budget, runtime)
-
-    def _tool_plan(state: AgentState) -> tuple[list[tuple[dict[str, Any], Any]], Runtime[AgentContext]]:
-        """(tool call, tool or an error ToolMessage) for every call of the last reply."""
-        runtime = get_runtime(AgentContext)
-        last = state["messages"][-1]
-        assert isinstance(last, AIMessage)
-        budget = _context(runtime).max_tool_calls - _calls_used(state["messages"])
-        plan: list[tuple[dict[str, Any], Any]] = []
-        for call in last.tool_calls:
-            call_id, name = call.get("id") or "", call["name"]
-            request = {"type": "tool_call", "id": call_id, "name": name, "args": call["args"]}
-            if len(plan) >= budget:
-                plan.append(
-                    (request, _error_message(call_id, name, "tool-call budget for this question is used up"))
-                )
-            elif name not in by_name:
-                error = f"unknown tool {name!r}; available: {sorted(by_name)}"
-                plan.append((request, _error_message(call_id, name, error)))
-            else:
-                plan.append((request, by_name[name]))
-        for i, bad in enumerate(last.invalid_tool_calls):
-            call_id, name = bad.get("id") or f"invalid-{i}", bad.get("name") or "unknown"
-            error = "the tool call's arguments were not a valid JSON object; call the tool again"
-            plan.append(({"id": call_id, "name": name}, _error_message(call_id, name, error)))
-        return plan, runtime
-
-    def _tool_reply(request: dict[str, Any], reply: Any, runtime: Runtime[AgentContext]) -> ToolMessage:
-        message = (
-            reply
-            if isinstance(reply, ToolMessage)
-            else ToolMessage(content=str(reply), tool_call_id=request["id"], name=request["name"])
-        )
-        _emit(runtime, step="tool_done", name=request["name"], status=message.status)
-        return message
-
-    def _tool_failed(request: dict[str, Any], exc: Exception) -> ToolMessage:
-        log.exception("tool %s raised", request["name"])  # a tool bug must not end the conversation
-        return _error_message(
-            request["id"], request["name"], f"tool {request['name']} failed ({type(exc).__name__})"
-        )
-
-    def run_tools(state: AgentState) -> dict[str, Any]:
-        """Run the requested tools; every failure becomes an error ToolMessage for the model."""
-        plan, runtime = _tool_plan(state)
-        replies: list[ToolMessage] = []
-        for request, target in plan:
-            if isinstance(target, ToolMessage):
-                replies.append(target)
-                continue
-            _emit(runtime, step="tool", name=request["name"])
-            try:
-                reply = target.invoke(request)
-            except Exception as exc:
-                reply = _tool_failed(request, exc)
-            replies.append(_tool_reply(request, reply, runtime))
-        return {"messages": replies}
-
-    async def arun_tools(state: AgentState) -> dict[str, Any]:
-        plan, runtime = _tool_plan(state)
-        replies: list[ToolMessage] = []
-        for request, target in plan:
-            if isinstance(target, ToolMessage):
-                replies.append(target)
-                continue
-            _emit(runtime, step="tool", name=request["name"])
-            try:
-                reply = await target.ainvoke(request)
-            except Exception as exc:
-                reply = _tool_failed(request, exc)
-            replies.append(_tool_reply(request, reply, runtime))
-        return {"messages": replies}
-
-    def answer(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
-        """Finish the reply: cite the retrieved windows if the model did not."""
-        ctx = _context(runtime)
-        last = state["messages"][-1]
-        citations = _citations(state["messages"])
-        text = last.text if isinstance(last, AIMessage) else ""
-        final = text.strip()
-        if ctx.cite_windows and citations and not _cites(final, citations):
-            final = f"{final}\n\n{_footer(citations)}" if final else _footer(citations)
-        if not final:
-            final = NO_ANSWER
-        _emit(runtime, step="answer", cited=len(citations))
-        update: dict[str, Any] = {"citations": citations}
-        if isinstance(last, AIMessage) and final != text:
-            # same id: add_messages replaces the model's reply; its metadata (model, usage) is kept
-            update["messages"] = [last.model_copy(update={"content": final})]
-        elif not isinstance(last, AIMessage):
-            update["messages"] = [AIMessage(content=final)]
-        return update
-
-    def route(state: AgentState) -> str:
-        last = state["messages"][-1]
-        if isinstance(last, AIMessage) and (last.tool_calls or last.invalid_tool_calls):
-            return "tools"
-        return "answer"
-
+    nodes = _Nodes(model, {t.name: t for t in tools})
     builder = StateGraph(
         AgentState, context_schema=AgentContext, input_schema=AgentInput, output_schema=AgentOutput
     )
-    builder.add_node("agent", RunnableLambda(call_model, afunc=acall_model, name="agent"))
-    builder.add_node("tools", RunnableLambda(run_tools, afunc=arun_tools, name="tools"))
+    builder.add_node("agent", RunnableLambda(nodes.call_model, afunc=nodes.acall_model, name="agent"))
+    builder.add_node("tools", RunnableLambda(nodes.run_tools, afunc=nodes.arun_tools, name="tools"))
+    builder.add_node("ground", RunnableLambda(nodes.ground, afunc=nodes.aground, name="ground"))
     builder.add_node("answer", answer)
     builder.add_edge(START, "agent")
-    builder.add_conditional_edges("agent", route, ["tools", "answer"])
+    builder.add_conditional_edges("agent", after_model, ["tools", "ground"])
+    builder.add_conditional_edges("ground", after_ground, ["tools", "answer"])
     builder.add_edge("tools", "agent")
     builder.add_edge("answer", END)
     return builder.compile(name="granalign-video-qa", checkpointer=checkpointer)

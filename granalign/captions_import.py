@@ -16,16 +16,21 @@ from pathlib import Path
 import numpy as np
 
 from granalign.backends.embedder import TextEmbedder
+from granalign.caption_embedding import CHUNK_TEXTS, embedded_chunks
 from granalign.errors import InputError
 from granalign.jsonl import iter_jsonl
 from granalign.store import Store, VideoRecord
+from granalign.video import looks_like_path
 
 IMPORT_PROMPT_HASH = "imported"
 
 
 @dataclass(frozen=True)
 class CaptionedVideo:
-    """One line of a captions file: ``{"vid", "clip_len_s", "captions": [...], "duration"?}``."""
+    """One line of a captions file: ``{"vid", "clip_len_s", "captions": [...], "duration"?}``.
+
+    ``clip_len_s`` is required: caption i covers [i·clip_len_s, (i+1)·clip_len_s).
+    """
 
     vid: str
     clip_len_s: float
@@ -41,14 +46,31 @@ class ImportReport:
     captions: int = 0
 
 
-def _validate(obj: dict[str, object], where: str) -> CaptionedVideo:
-    vid = obj.get("vid")
+def _check_vid(vid: object, where: str) -> str:
+    """A store id a query can name: not a path (those are read as files, never as ids).
+
+    ``../../etc/passwd`` or ``clip.mp4`` would be imported, then never found again, because
+    every front end resolves a path-like ``video`` argument as a file.
+    """
     if not isinstance(vid, str) or not vid.strip():
         raise InputError(f"{where}: 'vid' must be a non-empty string")
+    if vid != vid.strip() or not vid.isprintable() or looks_like_path(vid):
+        raise InputError(
+            f"{where}: 'vid' {vid!r} cannot be a store id (no path separators, no leading '.' or '~', "
+            "no video file ending, no surrounding spaces or control characters)"
+        )
+    return vid
+
+
+def _validate(obj: dict[str, object], where: str) -> CaptionedVideo:
+    vid = _check_vid(obj.get("vid"), where)
     caps = obj.get("captions")
     if not isinstance(caps, list) or not caps or not all(isinstance(c, str) for c in caps):
         raise InputError(f"{where}: 'captions' must be a non-empty list of strings (video {vid})")
-    clip_len = obj.get("clip_len_s", 2)
+    if "clip_len_s" not in obj:
+        # no default: a guessed 2 s puts every window of a 1-s or 3-s caption file at the wrong time
+        raise InputError(f"{where}: 'clip_len_s' (seconds per caption) is missing (video {vid})")
+    clip_len = obj["clip_len_s"]
     if (
         not isinstance(clip_len, int | float)
         or isinstance(clip_len, bool)
@@ -78,13 +100,6 @@ def read_captions_file(path: str | Path) -> Iterator[CaptionedVideo]:
         yield video
 
 
-def _embed_unique(embedder: TextEmbedder, videos: list[CaptionedVideo]) -> dict[str, np.ndarray]:
-    """Embed each distinct caption once: captioners repeat themselves on static shots."""
-    unique = sorted({c for v in videos for c in v.captions})
-    vectors = embedder.embed(unique)
-    return dict(zip(unique, vectors, strict=True))
-
-
 def import_captions(
     store: Store,
     embedder: TextEmbedder,
@@ -94,8 +109,13 @@ def import_captions(
     batch_videos: int = 32,
     on_progress: Callable[[int, int], None] | None = None,
     only: set[str] | None = None,
+    chunk_texts: int = CHUNK_TEXTS,
 ) -> ImportReport:
-    """Import every video of ``path`` (or of it, those in ``only``) not yet complete in the store."""
+    """Import every video of ``path`` (or of it, those in ``only``) not yet complete in the store.
+
+    Each distinct caption text is embedded once per store (:mod:`granalign.caption_embedding`);
+    ``on_progress`` is called every ``batch_videos`` videos written.
+    """
     videos = [v for v in read_captions_file(path) if only is None or v.vid in only]
     report = ImportReport(total=len(videos))
     done = store.complete_video_ids([v.vid for v in videos], source=source, embedder_name=embedder.name)
@@ -103,15 +123,14 @@ def import_captions(
     report.skipped = len(videos) - len(todo)
     if on_progress:
         on_progress(report.skipped, report.total)
-    for lo in range(0, len(todo), batch_videos):
-        chunk = todo[lo : lo + batch_videos]
-        vectors = _embed_unique(embedder, chunk)
-        for video in chunk:
-            _store_video(store, embedder.name, source, video, vectors)
-            report.imported += 1
-            report.captions += len(video.captions)
-        if on_progress:
-            on_progress(report.skipped + report.imported, report.total)
+    for chunk, vectors in embedded_chunks(store, embedder, todo, chunk_texts=chunk_texts):
+        for lo in range(0, len(chunk), batch_videos):
+            for video in chunk[lo : lo + batch_videos]:
+                _store_video(store, embedder.name, source, video, vectors)
+                report.imported += 1
+                report.captions += len(video.captions)
+            if on_progress:
+                on_progress(report.skipped + report.imported, report.total)
     return report
 
 

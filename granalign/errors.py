@@ -17,3 +17,7 @@ class InputError(GranAlignError, ValueError):
 
 class ConfigError(InputError):
     """A setting (backend spec, hyperparameter) is out of range or unknown."""
+
+
+class BackendError(GranAlignError):
+    """A model server could not answer (down, timed out, HTTP error) after the allowed retries."""

@@ -747,6 +747,58 @@ def recall_and_miou(
     return result
 
 
+@dataclass(frozen=True)
+class PerQueryMetrics:
+    """Per-query moment-retrieval values, in submission order, for paired comparisons.
+
+    ``r1_05`` / ``r1_07``: 1.0 when the first-listed window reaches IoU 0.5 / 0.7 with a GT
+    window (the official R1 rule), else 0.0.  ``ap``: the query's AP averaged over
+    :data:`MR_IOU_THRESHOLDS` (the official rule).  ``100 · mean`` of each vector is the
+    official ``MR-full-R1@0.5`` / ``MR-full-R1@0.7`` / ``MR-full-mAP`` before its two-decimal
+    rounding, so a paired bootstrap over queries resamples exactly the reported numbers.
+    """
+
+    qids: tuple[Qid, ...]
+    r1_05: FloatArray
+    r1_07: FloatArray
+    ap: FloatArray
+
+    def metric(self, name: str) -> FloatArray:
+        """One vector by its report name: ``R1@0.5``, ``R1@0.7`` or ``mAP``."""
+        vectors = {"R1@0.5": self.r1_05, "R1@0.7": self.r1_07, "mAP": self.ap}
+        if name not in vectors:
+            raise InputError(f"unknown per-query metric {name!r}; choose one of {sorted(vectors)}")
+        return vectors[name]
+
+
+def per_query_metrics(
+    submission: Sequence[Mapping[str, Any]],
+    ground_truth: Sequence[Mapping[str, Any]],
+    *,
+    allow_subset: bool = False,
+) -> PerQueryMetrics:
+    """The ``full`` moment-retrieval metrics of :func:`evaluate_submission`, one value per query.
+
+    Same parsing, validation and matching code as the aggregate (so the means agree with it);
+    a confidence interval needs the per-query values, which the official script never exposes.
+    """
+    labels = ("submission", "ground truth")
+    predictions, truth = _predictions_and_truth(
+        submission, ground_truth, allow_subset=allow_subset, labels=labels
+    )
+    gt_windows = [_gt_windows(truth[p.qid], labels[1], p.qid) for p in predictions]
+    if not predictions:
+        raise InputError("per-query metrics need at least one query in the submission")
+    top1_iou = _official_top1_iou(predictions, gt_windows)
+    ap = _average_precisions(predictions, gt_windows).mean(axis=1)
+    return PerQueryMetrics(
+        qids=tuple(p.qid for p in predictions),
+        r1_05=(top1_iou >= 0.5).astype(np.float64),
+        r1_07=(top1_iou >= 0.7).astype(np.float64),
+        ap=ap.astype(np.float64),
+    )
+
+
 def metrics_table_rows(metrics: Mapping[str, Any]) -> list[tuple[str, float]]:
     """The ``brief`` entries of an :func:`evaluate_submission` result, in order, for a CLI table."""
     brief = metrics.get("brief")
@@ -761,8 +813,10 @@ __all__ = [
     "MAX_PRED_WINDOWS",
     "MR_IOU_THRESHOLDS",
     "SALIENCY_LENGTH_TOLERANCE",
+    "PerQueryMetrics",
     "evaluate_files",
     "evaluate_submission",
     "metrics_table_rows",
+    "per_query_metrics",
     "recall_and_miou",
 ]

@@ -90,9 +90,15 @@ def feedback_queries(
         )
     if k == 0 or w == 0.0:
         return q.copy()
-    uq, uc = _unit(q), _unit(c)
-    sims = uq @ uc.T
+    uq = _unit(q)
+    # cos(q, c) = (unit(q) · c) / |c|: only the k chosen captions are scaled to unit length, so
+    # a long video's (n, d) captions are never copied (a 10-h video: 18,000 rows).
+    norms = np.sqrt(np.einsum("ij,ij->i", c, c))
+    if np.all(np.isfinite(norms) & ((norms == 0.0) | (norms > 1e-150))):
+        sims = np.divide(uq @ c.T, norms, out=np.zeros((q.shape[0], c.shape[0])), where=norms > 0)
+    else:  # magnitudes whose squares over- or underflow: the exact unit rows
+        sims = uq @ _unit(c).T
     top = _top_k(sims, min(k, c.shape[0]))  # (q, k)
-    centroid = _unit(uc[top].mean(axis=1))  # (q, d)
+    centroid = _unit(_unit(c[top]).mean(axis=1))  # (q, d)
     moved: FloatArray = _unit(uq + w * centroid)
     return moved

@@ -139,5 +139,10 @@ def granular_fusion(
         g_detailed_agnostic=g_detailed_agnostic,
         aware_missing=aware_missing,
     )
+    return fuse_variants(curves)
+
+
+def fuse_variants(curves: FloatArray) -> FloatArray:
+    """S_f from the per-pair curves of :func:`variant_scores`: their mean, shape (n,), in [0, 1]."""
     fused: FloatArray = np.clip(curves.mean(axis=0), 0.0, 1.0)
     return fused

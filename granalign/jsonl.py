@@ -67,13 +67,40 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return list(iter_jsonl(path))
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where Linux allows (other threads may be
+    creating files); elsewhere set and restored at once."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    """Write ``text`` so that readers see either the old file or the complete new one."""
+    """Write ``text`` so that readers see either the old file or the complete new one.
+
+    The temporary file ``mkstemp`` creates is private (0600); it gets the mode a plain
+    ``open`` would give (0666 less the umask) before it replaces the target, like every CLI's
+    outputs.  A failed write is one :class:`InputError` naming the file, not a traceback.
+    """
     p = Path(path)
+    try:
+        _write_replacing(p, text)
+    except OSError as exc:
+        raise InputError(f"{p}: cannot be written ({exc.strerror or exc})") from None
+
+
+def _write_replacing(p: Path, text: str) -> None:
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            os.fchmod(fh.fileno(), 0o666 & ~_umask())
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())

@@ -9,11 +9,20 @@ points ``lock_dir`` at a shared filesystem.  Within a process a ``threading.Lock
 is taken first, so threads queue in memory instead of polling the file.
 
 Locks are per video: callers on different videos never wait for each other.
+
+The embedded store folder has a lock of its own, held for the life of the process that opened
+it (:func:`acquire_store_lock`): one process per embedded Chroma folder.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import re
+import shlex
+import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -88,3 +97,98 @@ def _busy(video_id: str, timeout_s: float) -> InputError:
         f"video {video_id} is being ingested by another caller and did not finish within "
         f"{timeout_s:g} s (ingest_lock_timeout); retry later: finished clips are kept"
     )
+
+
+# -- the embedded store's process lock ----------------------------------------------------------
+#
+# An embedded Chroma folder (PersistentClient) is safe in one process only: two processes writing
+# it at once have crashed both and left an index every later process segfaults on.  So the
+# process that opens the folder holds an OS file lock on it until it closes the store or exits
+# (the kernel drops it then, also on kill -9).  Within a process the lock is counted, so opening
+# the same folder twice never waits for itself.  A Chroma server (CHROMA_URL) takes no lock.
+
+STORE_LOCK = ".granalign.lock"
+STORE_HOLDER = ".granalign.lock.holder"
+_STORE_LOCKS: dict[str, tuple[FileLock, int]] = {}
+_STORE_REGISTRY = threading.Lock()
+
+
+class StoreBusyError(InputError):
+    """Another process holds the embedded store folder."""
+
+
+def store_holder(store_dir: Path) -> str:
+    """Who holds ``store_dir``'s lock, as written by that process: ``pid N on HOST (COMMAND)``."""
+    try:
+        info = json.loads((store_dir / STORE_HOLDER).read_text(encoding="utf-8"))
+        return f"pid {info['pid']} on {info['host']} ({info['command']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process (it has not written its pid yet)"
+
+
+def _write_holder(store_dir: Path) -> None:
+    """Name this process in the sidecar file (written whole: a reader never sees half of it)."""
+    command = " ".join(shlex.quote(a) for a in sys.argv)[:300]
+    info = {"pid": os.getpid(), "host": socket.gethostname(), "command": command}
+    tmp = store_dir / f"{STORE_HOLDER}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(info), encoding="utf-8")
+    os.replace(tmp, store_dir / STORE_HOLDER)
+
+
+def _busy_store(store_dir: Path, waited_s: float) -> StoreBusyError:
+    waited = f" (waited {waited_s:g} s, store_lock_timeout)" if waited_s > 0 else ""
+    return StoreBusyError(
+        f"store {store_dir} is in use by {store_holder(store_dir)}{waited}; an embedded store "
+        "serves one process at a time: wait for it, or serve the folder with `chroma run --path "
+        f"{store_dir}` and set CHROMA_URL for several processes"
+    )
+
+
+def acquire_store_lock(
+    store_dir: Path, timeout_s: float, on_wait: Callable[[str], None] | None = None
+) -> None:
+    """Take (or count once more) this process's lock on the embedded store folder ``store_dir``.
+
+    Another process holding it: ``on_wait`` gets one line naming the holder and we wait up to
+    ``timeout_s`` seconds (0: fail at once), then raise :class:`StoreBusyError`.
+    """
+    key = str(store_dir.resolve())
+    with _STORE_REGISTRY:
+        if key in _STORE_LOCKS:
+            lock, count = _STORE_LOCKS[key]
+            _STORE_LOCKS[key] = (lock, count + 1)
+            return
+        lock = FileLock(str(store_dir / STORE_LOCK), thread_local=False)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            if timeout_s <= 0:
+                raise _busy_store(store_dir, 0) from None
+            if on_wait is not None:
+                on_wait(
+                    f"store {store_dir} is in use by {store_holder(store_dir)}; waiting up to "
+                    f"{timeout_s:g} s (store_lock_timeout) — for several processes use `chroma run` "
+                    "and CHROMA_URL"
+                )
+            try:
+                lock.acquire(timeout=timeout_s, poll_interval=0.2)
+            except Timeout:
+                raise _busy_store(store_dir, timeout_s) from None
+        _write_holder(store_dir)
+        _STORE_LOCKS[key] = (lock, 1)
+
+
+def release_store_lock(store_dir: Path) -> None:
+    """Undo one :func:`acquire_store_lock`; the last one frees the folder for other processes."""
+    key = str(store_dir.resolve())
+    with _STORE_REGISTRY:
+        if key not in _STORE_LOCKS:
+            return
+        lock, count = _STORE_LOCKS[key]
+        if count > 1:
+            _STORE_LOCKS[key] = (lock, count - 1)
+            return
+        del _STORE_LOCKS[key]
+        with contextlib.suppress(OSError):
+            (store_dir / STORE_HOLDER).unlink()
+        lock.release(force=True)

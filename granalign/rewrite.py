@@ -3,7 +3,7 @@
 Each prompt pair (``prompts/rewrite/*.yaml``) turns a query ``Q`` into ``Q_s`` (simplified:
 common words, core entities and actions; recall) and ``Q_d`` (detailed: fine-grained words,
 temporal context; precision).  Backends sit behind the :class:`Rewriter` protocol and are
-chosen by a spec string (:func:`make_rewriter`):
+chosen by a spec string (:func:`granalign.backends.rewriter.make_rewriter`):
 
 ``none``              :class:`IdentityRewriter`, the original query on both sides (a baseline).
 ``file:<jsonl>``      :class:`FileRewriter`, precomputed paraphrases or rewrites.
@@ -16,9 +16,11 @@ Small LLMs produce noisy text ("Simplified query: ...", quotes, an explanation a
 answer, an echo of the prompt).  :func:`clean_rewrite` repairs what it can and rejects the
 rest; a rejected side falls back to the original query and the :class:`Rewrite` records
 ``fallback=True`` and why.  Bad model output never raises: one odd answer must not stop a
-benchmark of 1,550 queries.
+benchmark of 1,550 queries.  A fallback is never cached (``graphs.resources.cached_rewrites``
+stores usable rewrites only), so the next run asks the model again.
 
-This module imports no torch: the local backend is imported only when a ``local:`` spec is used.
+This module imports no backend (the backends import it): ``make_rewriter`` lives in
+:mod:`granalign.backends.rewriter`, which imports a backend only when its spec is used.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from granalign.errors import InputError
 from granalign.jsonl import iter_jsonl
-from granalign.specs import parse_spec
+from granalign.tokens import GENERIC_WORDS, alnum_words
 from prompts import PromptPair
 
 __all__ = [
@@ -47,7 +49,6 @@ __all__ = [
     "VariantSource",
     "clean_rewrite",
     "clean_rewrite_with_reason",
-    "make_rewriter",
     "max_words_for",
     "rewrite_from_outputs",
     "rewrite_queries",
@@ -213,7 +214,7 @@ def _strip_lead_in(line: str) -> str:
     quotes speech (``A man says "hello"``) is left alone.
     """
     match = _LEAD_IN.match(line)
-    if match and _LEAD_IN_WORDS & set(_words(match.group("lead"))):
+    if match and _LEAD_IN_WORDS & set(alnum_words(match.group("lead"))):
         return match.group("body")
     return line
 
@@ -223,7 +224,7 @@ def _first_answer_line(text: str, query: str) -> str:
     for raw in text.splitlines():
         if _ECHO_LABEL.match(raw):
             content = _strip_quotes(_ECHO_LABEL.sub("", raw, count=1))
-            if not content or _words(content) == _words(query):
+            if not content or alnum_words(content) == alnum_words(query):
                 continue  # an echo of the prompt's last line
             raw = content
         line = _strip_labels(_INTERJECTION.sub("", raw.strip(), count=1))
@@ -269,10 +270,6 @@ def _ngrams(words: list[str], n: int) -> set[tuple[str, ...]]:
     return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
 
 
-def _words(text: str) -> list[str]:
-    return re.findall(r"[a-z0-9]+", text.lower())
-
-
 def _repeats_prompt(text: str, query: str, prompt: str | None) -> bool:
     """True when the output echoes the instructions or copies the prompt's example.
 
@@ -283,12 +280,12 @@ def _repeats_prompt(text: str, query: str, prompt: str | None) -> bool:
         return True
     if not prompt:
         return False
-    instructions = _words(prompt.replace(query, " "))
-    out = _words(text)
+    instructions = alnum_words(prompt.replace(query, " "))
+    out = alnum_words(text)
     if not out:
         return False
     joined = f" {' '.join(out)} "
-    if joined in f" {' '.join(instructions)} " and joined not in f" {' '.join(_words(query))} ":
+    if joined in f" {' '.join(instructions)} " and joined not in f" {' '.join(alnum_words(query))} ":
         return True
     grams = _ngrams(out, 4)
     if not grams:
@@ -297,81 +294,14 @@ def _repeats_prompt(text: str, query: str, prompt: str | None) -> bool:
     return len(shared) >= 0.5 * len(grams)
 
 
-_GENERIC_WORDS = frozenset(
-    {
-        "a",
-        "an",
-        "the",
-        "and",
-        "or",
-        "of",
-        "in",
-        "on",
-        "at",
-        "to",
-        "with",
-        "by",
-        "for",
-        "from",
-        "into",
-        "onto",
-        "up",
-        "down",
-        "out",
-        "is",
-        "are",
-        "was",
-        "were",
-        "be",
-        "being",
-        "been",
-        "it",
-        "its",
-        "his",
-        "her",
-        "their",
-        "them",
-        "they",
-        "he",
-        "she",
-        "him",
-        "this",
-        "that",
-        "these",
-        "those",
-        "some",
-        "while",
-        "then",
-        "first",
-        "after",
-        "before",
-        "next",
-        "as",
-        "over",
-        "under",
-        "near",
-        "one",
-        "two",
-        "man",
-        "men",
-        "woman",
-        "women",
-        "person",
-        "people",
-        "someone",
-        "something",
-        "video",
-        "camera",
-    }
-)
 _PROMPT_SENTENCE = re.compile(r"(?<=[.!?:])\s+")
 
 
 def _instruction_verbs(prompt: str, query: str) -> set[str]:
     """First words of the prompt's sentences ("rewrite", "remove", "keep", "example", ...)."""
     text = " ".join(prompt.replace(query, " ").split())
-    firsts = (_words(s)[:1] for s in _PROMPT_SENTENCE.split(text))
-    return {w[0] for w in firsts if w and w[0] not in _GENERIC_WORDS}
+    firsts = (alnum_words(s)[:1] for s in _PROMPT_SENTENCE.split(text))
+    return {w[0] for w in firsts if w and w[0] not in GENERIC_WORDS}
 
 
 def _copies_prompt(text: str, query: str, prompt: str | None) -> str:
@@ -385,17 +315,17 @@ def _copies_prompt(text: str, query: str, prompt: str | None) -> str:
     """
     if not prompt:
         return ""
-    out = _words(text)
-    query_words = set(_words(query))
+    out = alnum_words(text)
+    query_words = set(alnum_words(query))
     if out and out[0] not in query_words and out[0] in _instruction_verbs(prompt, query):
         return "repeats the prompt"
-    instructions = _words(prompt.replace(query, " "))
-    novel = set(out) - query_words - _GENERIC_WORDS
+    instructions = alnum_words(prompt.replace(query, " "))
+    novel = set(out) - query_words - GENERIC_WORDS
     borrowed = novel & set(instructions)
     if len(borrowed) >= 2 and len(borrowed) * 2 >= len(novel):
         return "copies the prompt"
-    shared = (_ngrams(out, 3) & _ngrams(instructions, 3)) - _ngrams(_words(query), 3)
-    if any(set(gram) - _GENERIC_WORDS - query_words for gram in shared):
+    shared = (_ngrams(out, 3) & _ngrams(instructions, 3)) - _ngrams(alnum_words(query), 3)
+    if any(set(gram) - GENERIC_WORDS - query_words for gram in shared):
         return "copies the prompt"  # a phrase of the instructions ("person or thing", "present tense")
     return ""
 
@@ -409,8 +339,8 @@ def _shares_a_word(text: str, query: str) -> bool:
     A rewrite that shares nothing with its query ("Awesome, I'm glad you enjoy your meal.")
     is a chat reply, not a rewrite; a query of generic words only is never rejected.
     """
-    stems = {w[:_STEM] for w in _words(query) if w not in _GENERIC_WORDS}
-    return not stems or any(w[:_STEM] in stems for w in _words(text) if w not in _GENERIC_WORDS)
+    stems = {w[:_STEM] for w in alnum_words(query) if w not in GENERIC_WORDS}
+    return not stems or any(w[:_STEM] in stems for w in alnum_words(text) if w not in GENERIC_WORDS)
 
 
 _MIN_DISTINCT_TRIGRAMS = 0.7
@@ -418,7 +348,7 @@ _MIN_DISTINCT_TRIGRAMS = 0.7
 
 def _is_repetitive(text: str) -> bool:
     """A looping small model ("The person is bearded. The person is bearded. ...")."""
-    grams = [tuple(g) for g in (_words(text)[i : i + 3] for i in range(len(_words(text)) - 2))]
+    grams = [tuple(g) for g in (alnum_words(text)[i : i + 3] for i in range(len(alnum_words(text)) - 2))]
     return len(grams) >= 8 and len(set(grams)) < _MIN_DISTINCT_TRIGRAMS * len(grams)
 
 
@@ -681,25 +611,3 @@ def rewrite_queries(
                 f"{rewriter.name} returned {len(got)} rewrites for {len(queries)} queries ({pair.id})"
             )
     return [[got[j] for got in per_pair] for j in range(len(queries))]
-
-
-def make_rewriter(spec: str, *, timeout_s: float = 60.0, attempts: int = 3, concurrency: int = 8) -> Rewriter:
-    """Build the rewriter a spec string names (see the module docstring for the forms).
-
-    ``timeout_s`` (per request), ``attempts`` and ``concurrency`` only concern ``openai:`` specs.
-    """
-    parsed = parse_spec(spec, role="rewriter", allowed=("none", "file", "local", "openai"))
-    if parsed.engine == "none":
-        return IdentityRewriter()
-    if parsed.engine == "file":
-        return FileRewriter(parsed.target)
-    if parsed.engine == "local":
-        from granalign.backends.llm_local import LocalLLMRewriter
-
-        return LocalLLMRewriter(parsed.target)
-    from granalign.backends.openai_llm import OpenAIRewriter, ServerSettings
-
-    settings = ServerSettings(
-        parsed.target, parsed.model, timeout_s=timeout_s, attempts=attempts, concurrency=concurrency
-    )
-    return OpenAIRewriter(settings)

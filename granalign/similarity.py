@@ -61,15 +61,18 @@ def unit_rows_exact(vectors: FloatArray, axis: int = -1) -> FloatArray:
     so ordinary results are unchanged bit for bit.
     """
     norms = np.linalg.norm(vectors, axis=axis, keepdims=True)
-    peak = np.max(np.abs(vectors), axis=axis, keepdims=True) if vectors.size else norms
-    odd = ~np.isfinite(norms) | ((norms < 1e-150) & (peak > 0.0))
+    odd = ~np.isfinite(norms) | (norms < 1e-150)
+    if np.any(odd):  # only then the peaks (a full extra pass over a long video's captions)
+        peak = np.max(np.abs(vectors), axis=axis, keepdims=True) if vectors.size else norms
+        odd = ~np.isfinite(norms) | ((norms < 1e-150) & (peak > 0.0))
     if np.any(odd):
         scaled = vectors / np.where(odd & (peak > 0.0), peak, 1.0)
         norms = np.where(odd, np.linalg.norm(scaled, axis=axis, keepdims=True), norms)
         vectors = np.where(odd, scaled, vectors)
     pointless = ~(norms > 0.0)
     out: FloatArray = vectors / np.where(pointless, 1.0, norms)
-    out[np.broadcast_to(pointless, out.shape)] = 0.0
+    if np.any(pointless):
+        out[np.broadcast_to(pointless, out.shape)] = 0.0
     return out
 
 
@@ -89,7 +92,14 @@ def cosine_similarity(queries: ArrayLike, captions: ArrayLike) -> FloatArray:
         raise InputError(
             f"queries and captions must have the same embedding size, got {q.shape[1]} and {c.shape[1]}"
         )
-    sims = _unit_rows(q) @ _unit_rows(c).T
+    # cos = (unit(q) · c) / |c|: the (n, d) captions are not copied to unit length (a 10-h
+    # video: 18,000 rows); magnitudes whose squares over- or underflow take the exact path.
+    norms = np.sqrt(np.einsum("ij,ij->i", c, c))
+    sims: FloatArray
+    if np.all(np.isfinite(norms) & ((norms == 0.0) | (norms > 1e-150))):
+        sims = np.divide(_unit_rows(q) @ c.T, norms, out=np.zeros((q.shape[0], c.shape[0])), where=norms > 0)
+    else:
+        sims = _unit_rows(q) @ _unit_rows(c).T
     # Rounding can push |cos| a hair past 1; clip so downstream range checks stay exact.
     return np.clip(sims, -1.0, 1.0)
 

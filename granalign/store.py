@@ -23,6 +23,9 @@ first, the caption record (text + sentence embedding + metadata, one Chroma reco
 written whole or not at all) last.  A killed ingest therefore leaves at most frame records
 without captions, which the next run completes; it never leaves a caption whose frame is
 missing.  The video record (``complete=True``) is written after the last clip.
+
+One process per embedded folder: opening one takes a lock on it for the life of the Store (see
+:func:`granalign.locks.acquire_store_lock`); several processes share a Chroma server instead.
 """
 
 from __future__ import annotations
@@ -31,20 +34,23 @@ import hashlib
 import json
 import os
 import re
+import sys
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 from urllib.parse import urlparse
 
 import numpy as np
 from numpy.typing import NDArray
 
 from granalign.errors import ConfigError, InputError
+from granalign.locks import acquire_store_lock, release_store_lock
 
 VIDEOS = "videos"
 REWRITES = "rewrites"
+_PER_CLIP = ("captions", "aware_captions", "frames")  # collections with per-clip records, deletion order
 _PLACEHOLDER = [1.0]  # records looked up by id only still need an embedding in Chroma
 
 
@@ -107,6 +113,16 @@ class VideoRecord:
         )
 
 
+class CaptionKeys(TypedDict):
+    """Which captions of a clip: captioner (``source``), caption prompt and sentence embedder.
+
+    The keyword arguments every caption read and write takes, declared once here."""
+
+    source: str
+    prompt_hash: str
+    embedder_name: str
+
+
 def caption_id(video_id: str, clip: int, source: str, prompt_hash: str) -> str:
     return f"{video_id}:{clip:06d}:{source}:{prompt_hash}"
 
@@ -121,41 +137,190 @@ def aware_id(video_id: str, clip: int, source: str, prompt_hash: str, query_hash
     return f"{video_id}:{clip:06d}:{source}:{prompt_hash}:{query_hash}"
 
 
-def _client_for(store_dir: Path | None, chroma_url: str | None) -> Any:
+def _check_captions(
+    video_id: str, clips: Sequence[int], captions: Sequence[str], embeddings: NDArray[np.float32], what: str
+) -> None:
+    """One caption and one embedding per clip, or an InputError naming the video and the counts."""
+    if not len(clips) == len(captions) == len(embeddings):
+        raise InputError(
+            f"video {video_id}: {len(clips)} clips, {len(captions)} {what}, {len(embeddings)} embeddings"
+        )
+
+
+def _aware_ids(video_id: str, clips: Sequence[int], query_hash: str, keys: CaptionKeys) -> list[str]:
+    return [aware_id(video_id, c, keys["source"], keys["prompt_hash"], query_hash) for c in clips]
+
+
+DEFAULT_LOCK_TIMEOUT_S = 10.0
+"""Seconds a process waits for another one's embedded store before giving up (short: the
+holder is usually a long import or a server; the message names it and what to do instead)."""
+
+
+def lock_timeout_from_env() -> float:
+    """``GRANALIGN_STORE_LOCK_TIMEOUT`` (seconds, 0 = fail at once) or the default."""
+    raw = os.environ.get("GRANALIGN_STORE_LOCK_TIMEOUT", "").strip()
+    if not raw:
+        return DEFAULT_LOCK_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 86400:
+        raise ConfigError(f"GRANALIGN_STORE_LOCK_TIMEOUT={raw!r} must be a number of seconds in [0, 86400]")
+    return value
+
+
+def _say_waiting(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+ENV_CHROMA_TOKEN = "GRANALIGN_CHROMA_TOKEN"
+ENV_CHROMA_TOKEN_FILE = "GRANALIGN_CHROMA_TOKEN_FILE"
+ENV_CHROMA_AUTH_HEADER = "GRANALIGN_CHROMA_AUTH_HEADER"
+
+
+def chroma_headers(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The header the store client sends to the authenticating proxy in front of ``chroma run``.
+
+    Chroma 1.x's server checks no credentials, so a deployment keeps it on a private network
+    behind a proxy that does.  The token comes from ``GRANALIGN_CHROMA_TOKEN_FILE`` (a mounted
+    secret) or ``GRANALIGN_CHROMA_TOKEN``, never from :class:`graphs.context.Context` (which
+    Studio shows, clients send and ``granalign settings`` prints).  It goes out as
+    ``Authorization: Bearer <token>``, or bare under ``GRANALIGN_CHROMA_AUTH_HEADER`` when that
+    names another header (e.g. ``X-Chroma-Token``).  No token: no header.
+    """
+    env = os.environ if environ is None else environ
+    file = env.get(ENV_CHROMA_TOKEN_FILE, "").strip()
+    if file:
+        try:
+            token = Path(file).expanduser().read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"{ENV_CHROMA_TOKEN_FILE}={file!r}: cannot read it ({exc.strerror or exc})"
+            ) from None
+        where = ENV_CHROMA_TOKEN_FILE
+    else:
+        token, where = env.get(ENV_CHROMA_TOKEN, "").strip(), ENV_CHROMA_TOKEN
+    if not token:
+        return {}
+    if any(c.isspace() for c in token) or not token.isprintable():
+        raise ConfigError(f"{where}: the token must be printable characters without spaces")
+    name = env.get(ENV_CHROMA_AUTH_HEADER, "").strip() or "Authorization"
+    if not re.fullmatch(r"[A-Za-z0-9-]+", name):
+        raise ConfigError(f"{ENV_CHROMA_AUTH_HEADER}={name!r} must be a header name like X-Chroma-Token")
+    return {name: f"Bearer {token}" if name.lower() == "authorization" else token}
+
+
+def _refused_status(chroma_url: str, headers: dict[str, str]) -> int | None:
+    """401/403/407 when the server (its proxy) refuses these headers, else None (a probe made
+    only after the client failed: chromadb's error loses the status code)."""
+    import httpx
+
+    try:
+        status = httpx.get(
+            f"{chroma_url.rstrip('/')}/api/v2/heartbeat", headers=headers, timeout=5
+        ).status_code
+    except httpx.HTTPError:
+        return None
+    return status if status in (401, 403, 407) else None
+
+
+def _http_client(chroma_url: str) -> Any:
     import chromadb
     from chromadb.config import Settings
 
-    settings = Settings(anonymized_telemetry=False)
-    if chroma_url:
-        parsed = urlparse(chroma_url)
-        if parsed.scheme not in ("http", "https") or not parsed.hostname:
-            raise ConfigError(f"CHROMA_URL {chroma_url!r} must look like http://host:port")
-        port = parsed.port or (443 if parsed.scheme == "https" else 8000)
-        try:
-            return chromadb.HttpClient(
-                host=parsed.hostname, port=port, ssl=parsed.scheme == "https", settings=settings
-            )
-        except Exception as exc:
-            raise ConfigError(f"Chroma server at {chroma_url} is not reachable: {exc}") from None
-    path = store_dir or default_store_dir()
+    parsed = urlparse(chroma_url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ConfigError(f"CHROMA_URL {chroma_url!r} must look like http://host:port")
+    port = parsed.port or (443 if parsed.scheme == "https" else 8000)
+    headers = chroma_headers()
+    try:
+        return chromadb.HttpClient(
+            host=parsed.hostname,
+            port=port,
+            ssl=parsed.scheme == "https",
+            headers=headers or None,
+            settings=Settings(anonymized_telemetry=False),
+        )
+    except Exception as exc:
+        status = _refused_status(chroma_url, headers)
+        if status is not None:
+            sent = f"the {next(iter(headers))} header it was sent" if headers else "no token"
+            raise ConfigError(
+                f"Chroma server at {chroma_url} refused the store client (HTTP {status}, {sent}); "
+                f"set {ENV_CHROMA_TOKEN} or {ENV_CHROMA_TOKEN_FILE} to the token its proxy expects"
+            ) from None
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"Chroma server at {chroma_url} is not reachable: {reason}") from None
+
+
+def _embedded_client(path: Path, lock_timeout: float) -> Any:
+    """A PersistentClient on ``path``, opened only once this process holds the folder's lock."""
+    import chromadb
+    from chromadb.config import Settings
+
     if path.exists() and not path.is_dir():
         raise ConfigError(f"store folder {path} exists and is not a folder")
     path.mkdir(parents=True, exist_ok=True)
-    return chromadb.PersistentClient(path=str(path), settings=settings)
+    acquire_store_lock(path, lock_timeout, on_wait=_say_waiting)
+    try:
+        return chromadb.PersistentClient(path=str(path), settings=Settings(anonymized_telemetry=False))
+    except BaseException:
+        release_store_lock(path)
+        raise
 
 
 class Store:
     """Typed access to the project's Chroma collections (thread-safe for our use)."""
 
-    def __init__(self, store_dir: Path | None = None, chroma_url: str | None = None) -> None:
-        self.location = chroma_url or str(store_dir or default_store_dir())
-        self._client = _client_for(store_dir, chroma_url)
+    def __init__(
+        self,
+        store_dir: Path | None = None,
+        chroma_url: str | None = None,
+        *,
+        lock_timeout: float | None = None,
+    ) -> None:
+        """Open the store; an embedded folder is locked for this process until :meth:`close`.
+
+        ``lock_timeout``: seconds to wait for another process's hold on the folder (default
+        ``GRANALIGN_STORE_LOCK_TIMEOUT`` or 10 s); see :func:`granalign.locks.acquire_store_lock`.
+        """
+        self.folder: Path | None = None if chroma_url else (store_dir or default_store_dir())
+        self.location = chroma_url or str(self.folder)
+        if chroma_url:
+            self._client = _http_client(chroma_url)
+        else:
+            assert self.folder is not None
+            timeout = lock_timeout_from_env() if lock_timeout is None else lock_timeout
+            self._client = _embedded_client(self.folder, timeout)
         self._collections: dict[str, Any] = {}
         self._lock = threading.Lock()
+        self._closed = False
         self._max_batch = int(getattr(self._client, "get_max_batch_size", lambda: 4000)())
+
+    def close(self) -> None:
+        """Release Chroma's files and the folder lock, so another process may open the store."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._collections.clear()
+        close = getattr(self._client, "close", None)
+        if close is not None:
+            close()
+        if self.folder is not None:
+            release_store_lock(self.folder)
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _collection(self, name: str) -> Any:
         with self._lock:
+            if self._closed:
+                raise RuntimeError(f"store {self.location} was closed")
             col = self._collections.get(name)
             if col is None:
                 col = self._client.get_or_create_collection(
@@ -170,6 +335,51 @@ class Store:
         step = max(1, self._max_batch)
         for lo in range(0, n, step):
             col.upsert(**{k: v[lo : lo + step] for k, v in fields.items()})
+
+    def _get_by_ids(self, name: str, ids: Sequence[str], include: list[str]) -> Iterator[Any]:
+        """Chroma ``get`` of ``ids`` in collection ``name``, 1000 ids a call (SQLite caps the
+        variables of one query)."""
+        col = self._collection(name)
+        ids = list(ids)
+        for lo in range(0, len(ids), 1000):
+            yield col.get(ids=ids[lo : lo + 1000], include=include)
+
+    def _put_clips(
+        self,
+        name: str,
+        video_id: str,
+        clips: Sequence[int],
+        ids: list[str],
+        embeddings: NDArray[np.float32],
+        documents: Sequence[str] | None = None,
+        **meta: str,
+    ) -> None:
+        """Upsert one record a clip; ``meta`` joins the ``video_id`` and ``clip`` every per-clip
+        record carries (and :meth:`delete_video` finds it by)."""
+        if not clips:
+            return
+        fields: dict[str, Any] = {
+            "ids": ids,
+            "embeddings": np.asarray(embeddings, dtype=np.float32),
+            "metadatas": [{"video_id": video_id, "clip": int(c), **meta} for c in clips],
+        }
+        if documents is not None:
+            fields["documents"] = list(documents)
+        self._upsert(name, **fields)
+
+    def _clip_records(
+        self, name: str, conditions: list[dict[str, Any]], *, documents: bool = False
+    ) -> tuple[list[int], list[str], NDArray[np.float32]]:
+        """Per-clip records matching all ``conditions``, in clip order: (clips, texts, embeddings);
+        texts are empty unless ``documents``."""
+        include = ["embeddings", "metadatas", "documents"] if documents else ["embeddings", "metadatas"]
+        got = self._collection(name).get(where={"$and": conditions}, include=include)
+        if not got["ids"]:
+            return [], [], np.zeros((0, 0), dtype=np.float32)
+        clips = [int(m["clip"]) for m in got["metadatas"]]
+        order = np.argsort(clips, kind="stable")
+        texts = [got["documents"][i] for i in order] if documents else []
+        return [clips[i] for i in order], texts, np.asarray(got["embeddings"], dtype=np.float32)[order]
 
     # -- videos ------------------------------------------------------------------------------
     def video(self, video_id: str) -> VideoRecord | None:
@@ -186,10 +396,7 @@ class Store:
     def complete_video_ids(self, video_ids: Sequence[str], *, source: str, embedder_name: str) -> set[str]:
         """Which of ``video_ids`` are fully stored for this caption source and embedder."""
         done: set[str] = set()
-        col = self._collection(VIDEOS)
-        ids = list(video_ids)
-        for lo in range(0, len(ids), 1000):
-            got = col.get(ids=ids[lo : lo + 1000], include=["metadatas"])
+        for got in self._get_by_ids(VIDEOS, video_ids, ["metadatas"]):
             done.update(
                 i
                 for i, m in zip(got["ids"], got["metadatas"], strict=True)
@@ -203,6 +410,26 @@ class Store:
         got = self._collection(VIDEOS).get(include=["metadatas"])
         return sorted((VideoRecord.from_metadata(m) for m in got["metadatas"]), key=lambda r: r.video_id)
 
+    def delete_video(self, video_id: str) -> dict[str, int]:
+        """Remove a video: its record first, then its captions, aware captions and frames.
+
+        Records per collection removed.  The record goes first, so a run killed half way leaves
+        an unfinished video (which the next ingest or import redoes), never a complete one with
+        missing clips; frames go last, so no caption is left without its frame.
+        """
+        removed = {VIDEOS: len(self.existing_ids(VIDEOS, [video_id]))}
+        self._collection(VIDEOS).delete(ids=[video_id])
+        names = list(self.collection_names())
+        for prefix in _PER_CLIP:
+            for name in sorted(n for n in names if n.split(".")[0] == prefix):
+                col = self._collection(name)
+                ids = col.get(where={"video_id": video_id}, include=[])["ids"]
+                for lo in range(0, len(ids), max(1, self._max_batch)):
+                    col.delete(ids=ids[lo : lo + self._max_batch])
+                if ids:
+                    removed[name] = len(ids)
+        return removed
+
     # -- captions ----------------------------------------------------------------------------
     def captions_collection(self, embedder_name: str) -> str:
         """One collection per embedder: Chroma fixes a collection's dimensionality."""
@@ -213,21 +440,10 @@ class Store:
         video_id: str,
         captions: Sequence[str],
         embeddings: NDArray[np.float32],
-        *,
-        source: str,
-        prompt_hash: str,
-        embedder_name: str,
+        **keys: Unpack[CaptionKeys],
     ) -> None:
         """All captions of a video, clip i at index i (an imported captions file)."""
-        self.put_clip_captions(
-            video_id,
-            range(len(captions)),
-            captions,
-            embeddings,
-            source=source,
-            prompt_hash=prompt_hash,
-            embedder_name=embedder_name,
-        )
+        self.put_clip_captions(video_id, range(len(captions)), captions, embeddings, **keys)
 
     def get_captions(
         self, video_id: str, *, source: str, embedder_name: str, prompt_hash: str | None = None
@@ -236,15 +452,7 @@ class Store:
         conditions: list[dict[str, Any]] = [{"video_id": video_id}, {"source": source}]
         if prompt_hash is not None:
             conditions.append({"prompt_hash": prompt_hash})
-        got = self._collection(self.captions_collection(embedder_name)).get(
-            where={"$and": conditions},
-            include=["embeddings", "metadatas", "documents"],
-        )
-        if not got["ids"]:
-            return [], np.zeros((0, 0), dtype=np.float32)
-        order = np.argsort([m["clip"] for m in got["metadatas"]], kind="stable")
-        docs = [got["documents"][i] for i in order]
-        emb = np.asarray(got["embeddings"], dtype=np.float32)[order]
+        _, docs, emb = self._clip_records(self.captions_collection(embedder_name), conditions, documents=True)
         return docs, emb
 
     def put_clip_captions(
@@ -253,38 +461,67 @@ class Store:
         clips: Sequence[int],
         captions: Sequence[str],
         embeddings: NDArray[np.float32],
-        *,
-        source: str,
-        prompt_hash: str,
-        embedder_name: str,
+        **keys: Unpack[CaptionKeys],
     ) -> None:
         """Agnostic captions of some clips of an ingested video (the record that finishes a clip)."""
-        if not len(clips) == len(captions) == len(embeddings):
-            raise InputError(
-                f"video {video_id}: {len(clips)} clips, {len(captions)} captions, "
-                f"{len(embeddings)} embeddings"
-            )
-        if not clips:
-            return
-        self._upsert(
-            self.captions_collection(embedder_name),
-            ids=[caption_id(video_id, c, source, prompt_hash) for c in clips],
-            embeddings=np.asarray(embeddings, dtype=np.float32),
-            documents=list(captions),
-            metadatas=[
-                {"video_id": video_id, "clip": int(c), "source": source, "prompt_hash": prompt_hash}
-                for c in clips
-            ],
+        _check_captions(video_id, clips, captions, embeddings, "captions")
+        source, prompt_hash = keys["source"], keys["prompt_hash"]
+        self._put_clips(
+            self.captions_collection(keys["embedder_name"]),
+            video_id,
+            clips,
+            [caption_id(video_id, c, source, prompt_hash) for c in clips],
+            embeddings,
+            captions,
+            source=source,
+            prompt_hash=prompt_hash,
         )
 
     def existing_ids(self, name: str, ids: Sequence[str]) -> set[str]:
         """Which of ``ids`` are stored in collection ``name`` (no payload is read)."""
         found: set[str] = set()
-        col = self._collection(name)
-        ids = list(ids)
-        for lo in range(0, len(ids), 1000):
-            found.update(col.get(ids=ids[lo : lo + 1000], include=[])["ids"])
+        for got in self._get_by_ids(name, ids, []):
+            found.update(got["ids"])
         return found
+
+    # -- caption texts (one embedding per distinct text, for imports) -------------------------
+    def texts_collection(self, embedder_name: str) -> str:
+        """Distinct caption texts and their embeddings: an import embeds each text once per store."""
+        return f"caption_texts.{collection_slug(embedder_name)}"
+
+    def get_text_embeddings(
+        self, texts: Sequence[str], *, embedder_name: str
+    ) -> dict[str, NDArray[np.float32]]:
+        """``{text: embedding}`` for those of ``texts`` already embedded by ``embedder_name``.
+
+        Ids are hashes of the text; the stored text is compared too, so a hash collision is a
+        miss (re-embedded), never a wrong vector.
+        """
+        found: dict[str, NDArray[np.float32]] = {}
+        wanted = set(texts)
+        ids = [text_hash(t, 32) for t in texts]
+        for got in self._get_by_ids(self.texts_collection(embedder_name), ids, ["embeddings", "documents"]):
+            found.update(
+                (doc, np.asarray(emb, dtype=np.float32))
+                for doc, emb in zip(got["documents"], got["embeddings"], strict=True)
+                if doc in wanted
+            )
+        return found
+
+    def put_text_embeddings(
+        self, texts: Sequence[str], embeddings: NDArray[np.float32], *, embedder_name: str
+    ) -> None:
+        """Record distinct texts' embeddings (upsert: re-recording a text changes nothing)."""
+        if len(texts) != len(embeddings):
+            raise InputError(f"{len(texts)} caption texts but {len(embeddings)} embeddings")
+        if not len(texts):
+            return
+        self._upsert(
+            self.texts_collection(embedder_name),
+            ids=[text_hash(t, 32) for t in texts],
+            embeddings=np.asarray(embeddings, dtype=np.float32),
+            documents=list(texts),
+        )
 
     # -- frames ------------------------------------------------------------------------------
     def frames_collection(self, clip_model: str) -> str:
@@ -303,28 +540,22 @@ class Store:
         """CLIP image embeddings of some clips (written before the clips' captions)."""
         if len(clips) != len(embeddings):
             raise InputError(f"video {video_id}: {len(clips)} clips but {len(embeddings)} frame embeddings")
-        if not clips:
-            return
-        self._upsert(
+        self._put_clips(
             self.frames_collection(clip_model),
-            ids=[frame_id(video_id, c, clip_model, sampling_key) for c in clips],
-            embeddings=np.asarray(embeddings, dtype=np.float32),
-            metadatas=[{"video_id": video_id, "clip": int(c), "sampling": sampling_key} for c in clips],
+            video_id,
+            clips,
+            [frame_id(video_id, c, clip_model, sampling_key) for c in clips],
+            embeddings,
+            sampling=sampling_key,
         )
 
     def get_frames(
         self, video_id: str, *, clip_model: str, sampling_key: str
     ) -> tuple[list[int], NDArray[np.float32]]:
         """(clip indices, embeddings) of a video's frames in clip order."""
-        got = self._collection(self.frames_collection(clip_model)).get(
-            where={"$and": [{"video_id": video_id}, {"sampling": sampling_key}]},
-            include=["embeddings", "metadatas"],
-        )
-        if not got["ids"]:
-            return [], np.zeros((0, 0), dtype=np.float32)
-        clips = [int(m["clip"]) for m in got["metadatas"]]
-        order = np.argsort(clips, kind="stable")
-        return [clips[i] for i in order], np.asarray(got["embeddings"], dtype=np.float32)[order]
+        conditions: list[dict[str, Any]] = [{"video_id": video_id}, {"sampling": sampling_key}]
+        clips, _, emb = self._clip_records(self.frames_collection(clip_model), conditions)
+        return clips, emb
 
     # -- query-aware captions ----------------------------------------------------------------
     def aware_collection(self, embedder_name: str) -> str:
@@ -337,44 +568,30 @@ class Store:
         captions: Sequence[str],
         embeddings: NDArray[np.float32],
         *,
-        source: str,
-        prompt_hash: str,
         query_hash: str,
-        embedder_name: str,
+        **keys: Unpack[CaptionKeys],
     ) -> None:
-        if not len(clips) == len(captions) == len(embeddings):
-            raise InputError(
-                f"video {video_id}: {len(clips)} clips, {len(captions)} aware captions, "
-                f"{len(embeddings)} embeddings"
-            )
-        if not clips:
-            return
-        self._upsert(
-            self.aware_collection(embedder_name),
-            ids=[aware_id(video_id, c, source, prompt_hash, query_hash) for c in clips],
-            embeddings=np.asarray(embeddings, dtype=np.float32),
-            documents=list(captions),
-            metadatas=[
-                {"video_id": video_id, "clip": int(c), "source": source, "query_hash": query_hash}
-                for c in clips
-            ],
+        """Query-aware captions of some clips for one query (and focus): ``query_hash``."""
+        _check_captions(video_id, clips, captions, embeddings, "aware captions")
+        self._put_clips(
+            self.aware_collection(keys["embedder_name"]),
+            video_id,
+            clips,
+            _aware_ids(video_id, clips, query_hash, keys),
+            embeddings,
+            captions,
+            source=keys["source"],
+            query_hash=query_hash,
         )
 
     def get_aware_captions(
-        self,
-        video_id: str,
-        clips: Sequence[int],
-        *,
-        source: str,
-        prompt_hash: str,
-        query_hash: str,
-        embedder_name: str,
+        self, video_id: str, clips: Sequence[int], *, query_hash: str, **keys: Unpack[CaptionKeys]
     ) -> dict[int, tuple[str, NDArray[np.float32]]]:
         """Cached aware captions of ``clips`` for one query: ``{clip: (text, embedding)}``."""
-        ids = [aware_id(video_id, c, source, prompt_hash, query_hash) for c in clips]
+        ids = _aware_ids(video_id, clips, query_hash, keys)
         if not ids:
             return {}
-        got = self._collection(self.aware_collection(embedder_name)).get(
+        got = self._collection(self.aware_collection(keys["embedder_name"])).get(
             ids=ids, include=["embeddings", "metadatas", "documents"]
         )
         return {
@@ -392,10 +609,7 @@ class Store:
 
     def get_rewrites(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
-        col = self._collection(REWRITES)
-        keys = list(keys)
-        for lo in range(0, len(keys), 1000):
-            got = col.get(ids=keys[lo : lo + 1000], include=["metadatas"])
+        for got in self._get_by_ids(REWRITES, keys, ["metadatas"]):
             out.update({i: json.loads(m["json"]) for i, m in zip(got["ids"], got["metadatas"], strict=True)})
         return out
 
@@ -414,6 +628,35 @@ class Store:
     def count(self, name: str) -> int:
         return int(self._collection(name).count())
 
+    # -- whole-store reads (store check, videos rm) -------------------------------------------
+    def records_per_video(self, name: str, page: int = 5000) -> dict[str, int]:
+        """Page through every record of collection ``name``: records per ``video_id``."""
+        col = self._collection(name)
+        tally: dict[str, int] = {}
+        offset = 0
+        while True:
+            got = col.get(include=["metadatas"], limit=page, offset=offset)
+            for meta in got["metadatas"]:
+                vid = str((meta or {}).get("video_id", ""))
+                tally[vid] = tally.get(vid, 0) + 1
+            if len(got["ids"]) < page:
+                return tally
+            offset += page
+
+    def search_once(self, name: str) -> None:
+        """One nearest-neighbour search in ``name`` (loads its index, which is what breaks)."""
+        col = self._collection(name)
+        first = col.get(limit=1, include=["embeddings"])
+        if first["ids"]:
+            col.query(query_embeddings=[first["embeddings"][0]], n_results=1, include=[])
+
+    def has_clip_records(self, video_id: str) -> bool:
+        """Captions or frames of ``video_id`` exist (an unfinished ingest has no video record)."""
+        names = [n for n in self.collection_names() if n.split(".")[0] in _PER_CLIP]
+        return any(
+            self._collection(n).get(where={"video_id": video_id}, limit=1, include=[])["ids"] for n in names
+        )
+
     def collection_names(self) -> Iterator[str]:
         for col in self._client.list_collections():
             yield col if isinstance(col, str) else col.name
@@ -423,14 +666,31 @@ _STORES: dict[tuple[str, str], Store] = {}
 _STORES_LOCK = threading.Lock()
 
 
-def open_store(store_dir: str | Path | None = None, chroma_url: str | None = None) -> Store:
-    """One Store per location per process (a Chroma client is costly and holds the SQLite file)."""
+def open_store(
+    store_dir: str | Path | None = None,
+    chroma_url: str | None = None,
+    *,
+    lock_timeout: float | None = None,
+) -> Store:
+    """One Store per location per process (a Chroma client is costly and holds the SQLite file).
+
+    An embedded folder stays locked for this process until :func:`close_stores` (or exit).
+    """
     url = chroma_url if chroma_url is not None else os.environ.get("CHROMA_URL") or None
     path = Path(store_dir).expanduser() if store_dir else default_store_dir()
     key = (url or "", "" if url else str(path.resolve()))
     with _STORES_LOCK:
         store = _STORES.get(key)
         if store is None:
-            store = Store(None if url else path, url)
+            store = Store(None if url else path, url, lock_timeout=lock_timeout)
             _STORES[key] = store
         return store
+
+
+def close_stores() -> None:
+    """Close every store :func:`open_store` opened, freeing their folders for other processes."""
+    with _STORES_LOCK:
+        stores = list(_STORES.values())
+        _STORES.clear()
+    for store in stores:
+        store.close()

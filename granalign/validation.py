@@ -15,7 +15,6 @@ Numpy and the standard library only, so both rules can be unit-tested with const
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,16 +23,9 @@ from numpy.typing import ArrayLike, NDArray
 
 from granalign.errors import InputError
 from granalign.similarity import as_finite_array, cosine_similarity
+from granalign.tokens import content_words
 
 FloatArray = NDArray[np.float64]
-
-_STOPWORD_TEXT = (
-    "a an the and or of in on at to for with by from into onto over under while as is are was "
-    "were be been being it its this that these those there their his her he she they them we "
-    "you i some very just then than up down out off about after before during"
-)
-_STOPWORDS = frozenset(_STOPWORD_TEXT.split())
-
 
 # -- rewrite drift --------------------------------------------------------------------------------
 def rewrite_similarity(query: ArrayLike, rewrites: ArrayLike) -> FloatArray:
@@ -59,12 +51,6 @@ def drifted(similarities: ArrayLike, threshold: float) -> NDArray[np.bool_]:
 
 
 # -- over-imitation -------------------------------------------------------------------------------
-def content_words(text: str) -> set[str]:
-    """Lower-cased words of 3+ letters that are not stopwords (crude plural folding)."""
-    words = re.findall(r"[a-z]{3,}", text.lower())
-    return {w[:-1] if w.endswith("s") and len(w) > 3 else w for w in words if w not in _STOPWORDS}
-
-
 def copied_word_share(aware: str, agnostic: str, query: str) -> float:
     """Share of the aware caption's content words taken from the query and absent from C_agn."""
     aware_words = content_words(aware)

@@ -4,9 +4,11 @@ Why it is built this way:
 
 * **Untrusted paths.**  The graph is a tool an agent calls with whatever string it has, so a path
   must resolve (after symlinks) inside configured roots (``GRANALIGN_VIDEO_ROOTS``, default the
-  current directory); URLs, device files and folders are refused with a message that says what
-  to do instead.  Files are opened as Python file objects, so a file name that is not UTF-8
-  (bytes smuggled in through ``surrogateescape``) is read like any other.
+  current directory); ``..`` and ``~`` are refused, and URLs, device files and folders are
+  refused with a message that says what to do instead.  This module holds the one path
+  validator and the one roots parser of every front end (CLI, graph, LangChain tool, MCP).
+  Files are opened as Python file objects, so a file name that is not UTF-8 (bytes smuggled in
+  through ``surrogateescape``) is read like any other.
 * **Content ids.**  ``video_id`` is a SHA-256 of the bytes, streamed in 1 MiB blocks: the same
   file under two names is one video, and an edited file is a new one.
 * **Seeking, never the whole video in memory.**  :class:`FrameSampler` decodes one frame per
@@ -29,7 +31,7 @@ import re
 import stat
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -38,9 +40,11 @@ from typing import IO, Any
 from granalign.errors import InputError
 
 __all__ = [
+    "ENV_VIDEO_ROOTS",
     "VIDEO_EXTENSIONS",
     "FrameSampler",
     "VideoInfo",
+    "VideoNotFound",
     "clip_count",
     "clip_times",
     "content_hash",
@@ -70,8 +74,13 @@ VIDEO_EXTENSIONS: tuple[str, ...] = (
 )
 """File name endings ``granalign index FOLDER`` picks up (a single file is accepted whatever its name)."""
 
+ENV_VIDEO_ROOTS = "GRANALIGN_VIDEO_ROOTS"
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _HASH_BLOCK = 1 << 20
+
+
+class VideoNotFound(InputError):
+    """No file of that name inside any root (a name shaped like a store id may be an unknown id)."""
 
 
 def display_path(path: str | os.PathLike[str]) -> str:
@@ -90,71 +99,132 @@ def looks_like_path(text: str) -> bool:
     )
 
 
-def parse_roots(spec: str = "") -> list[Path]:
-    """Allowed video roots: ``spec`` (os.pathsep-separated), else ``$GRANALIGN_VIDEO_ROOTS``, else the cwd."""
-    text = spec or os.environ.get("GRANALIGN_VIDEO_ROOTS", "")
-    entries = [p.strip() for p in text.split(os.pathsep) if p.strip()]
-    return [Path(p).expanduser().resolve() for p in entries] or [Path.cwd().resolve()]
+def parse_roots(spec: str = "", environ: Mapping[str, str] | None = None) -> tuple[Path, ...]:
+    """The allowed video roots, as real paths: ``spec`` (the ``video_roots`` setting,
+    ``os.pathsep``-separated), else ``$GRANALIGN_VIDEO_ROOTS``, else the current directory.
+
+    The one roots parser of every front end.  Roots are resolved here, once, so that a root
+    reached through a symbolic link (``/tmp`` on macOS) still contains the real paths below it.
+    Roots come from the operator, not from a caller, so ``~`` is expanded in them.
+    """
+    env = os.environ if environ is None else environ
+    text = spec or env.get(ENV_VIDEO_ROOTS, "")
+    entries = [p.strip() for p in text.split(os.pathsep) if p.strip()] or [os.getcwd()]
+    return tuple(Path(os.path.realpath(Path(p).expanduser())) for p in entries)
+
+
+def _inside(path: Path, roots: Sequence[Path]) -> bool:
+    return any(path == root or path.is_relative_to(root) for root in roots)
+
+
+def _kind_of(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device file"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def _candidates(given: Path, roots: Sequence[Path]) -> list[Path]:
+    """Where a path may be: itself if absolute; else under the current directory when that lies
+    inside a root (a user working in a video folder), then under each root in order.
+
+    Nothing outside the roots is looked at for a relative path, so an answer never tells a
+    caller whether some file outside the roots exists.
+    """
+    if given.is_absolute():
+        return [given]
+    cwd = Path(os.path.realpath(os.getcwd()))
+    here = [cwd / given] if _inside(cwd, roots) else []
+    return list(dict.fromkeys([*here, *(root / given for root in roots)]))
+
+
+def _locate(text: str, roots: Sequence[Path], what: str) -> tuple[Path, os.stat_result]:
+    """The real path (and its stat) of the first candidate for ``text`` inside ``roots``.
+
+    The rules every front end shares: ``..`` is refused outright (a caller has no business
+    walking up folders, even inside a root), ``~`` is not expanded (it names a home folder),
+    and the containment check runs on the real path, so no symbolic link leads out of the roots.
+    """
+    shown = display_path(text)
+    if not text.strip():
+        raise InputError(f"video {what} path is empty")
+    if "\x00" in text:
+        raise InputError("video path refused: it contains a NUL byte")
+    if _URL.match(text):
+        raise InputError(f"video {shown!r} is a URL; only local files are accepted (download it first)")
+    given = Path(text)
+    if given.parts and given.parts[0].startswith("~"):
+        raise InputError(
+            f"video path refused: {shown!r} starts with '~', which is not expanded; give the full path"
+        )
+    if ".." in given.parts:
+        raise InputError("video path refused: '..' is not allowed in a video path")
+    if not roots:
+        raise InputError(f"video paths are refused: no video root is configured ({ENV_VIDEO_ROOTS})")
+    escaped = ""
+    for candidate in _candidates(given, roots):
+        lexical = Path(os.path.abspath(candidate))
+        try:
+            real = Path(os.path.realpath(candidate, strict=True))
+            info = os.stat(real)
+        except (OSError, RuntimeError):  # missing, permission, symlink loop
+            if given.is_absolute() and not _inside(lexical, roots):
+                escaped = "outside"
+            continue
+        if _inside(real, roots):
+            return real, info
+        escaped = escaped or ("link" if _inside(lexical, roots) else "outside")
+    if escaped == "link":
+        raise InputError(
+            f"video path refused: {shown!r} is a symbolic link that leads outside the allowed video roots"
+        )
+    if escaped:
+        raise InputError(
+            f"video path refused: {shown!r} is outside the allowed video roots; add its folder to the "
+            f"video_roots setting ({ENV_VIDEO_ROOTS})"
+        )
+    raise VideoNotFound(
+        f"video {what} not found: no {what} {shown!r} inside the allowed video roots "
+        "(a relative path is looked up under each root)"
+    )
 
 
 def resolve_video_path(raw: str | os.PathLike[str], roots: Sequence[Path]) -> Path:
-    """The real path of a user-given video file, checked to be a readable regular file inside ``roots``.
+    """The real path of a readable, non-empty regular file named by ``raw`` inside ``roots``.
 
-    The containment check runs on the fully resolved path, so neither ``..`` nor a symlink can
-    reach a file outside the roots.
+    The one video-path validator of every front end (CLI, graph, tools): a relative path is
+    looked up under the current directory, then under each root; see :func:`_locate` for the
+    rules.  It is a check at call time: the real path (no links left) is what is handed on.
     """
     text = os.fspath(raw)
+    real, info = _locate(text, roots, "file")
     shown = display_path(text)
-    if not text.strip():
-        raise InputError("video path is empty")
-    if "\x00" in text:
-        raise InputError(f"video path {shown!r} contains a NUL byte")
-    if _URL.match(text):
-        raise InputError(f"video {shown!r} is a URL; only local files are accepted (download it first)")
-    candidate = Path(text).expanduser()
-    resolved = (candidate if candidate.is_absolute() else Path.cwd() / candidate).resolve()
-    if not any(resolved == root or resolved.is_relative_to(root) for root in roots):
-        allowed = os.pathsep.join(str(r) for r in roots)
-        raise InputError(
-            f"video {shown!r} resolves to {display_path(resolved)}, outside the allowed video roots "
-            f"({allowed}); add its folder to GRANALIGN_VIDEO_ROOTS (or --set video_roots=...)"
-        )
-    try:
-        info = os.stat(resolved)
-    except FileNotFoundError:
-        raise InputError(f"video file not found: {shown}") from None
-    except OSError as exc:
-        raise InputError(f"cannot read video {shown}: {exc.strerror}") from None
     if stat.S_ISDIR(info.st_mode):
         raise InputError(
-            f"{shown} is a directory, not a video file (granalign index FOLDER ingests a folder)"
+            f"video path refused: {shown!r} is a directory, not a video file "
+            "(granalign index FOLDER ingests a folder)"
         )
     if not stat.S_ISREG(info.st_mode):
-        raise InputError(f"{shown} is not a regular file (a device, socket or pipe); give a video file")
+        raise InputError(f"video path refused: {shown!r} is {_kind_of(info.st_mode)}, not a regular file")
     if info.st_size == 0:
-        raise InputError(f"video {shown} is empty (0 bytes)")
-    if not os.access(resolved, os.R_OK):
-        raise InputError(f"video {shown} is not readable (permission denied)")
-    return resolved
+        raise InputError(f"video {shown!r} is empty (0 bytes)")
+    if not os.access(real, os.R_OK):
+        raise InputError(f"video {shown!r} is not readable (permission denied)")
+    return real
 
 
 def resolve_video_folder(raw: str | os.PathLike[str], roots: Sequence[Path]) -> Path:
-    """The real path of a user-given folder of videos, checked like a video file (inside ``roots``)."""
+    """The real path of a folder of videos named by ``raw``, under the rules of video files."""
     text = os.fspath(raw)
-    shown = display_path(text)
-    if _URL.match(text):
-        raise InputError(f"{shown!r} is a URL; only local folders are accepted")
-    candidate = Path(text).expanduser()
-    resolved = (candidate if candidate.is_absolute() else Path.cwd() / candidate).resolve()
-    if not any(resolved == root or resolved.is_relative_to(root) for root in roots):
-        allowed = os.pathsep.join(str(r) for r in roots)
-        raise InputError(
-            f"folder {shown!r} resolves to {display_path(resolved)}, outside the allowed video roots "
-            f"({allowed}); add it to GRANALIGN_VIDEO_ROOTS (or --set video_roots=...)"
-        )
-    if not resolved.is_dir():
-        raise InputError(f"folder not found: {shown}")
-    return resolved
+    real, info = _locate(text, roots, "folder")
+    if not stat.S_ISDIR(info.st_mode):
+        raise InputError(f"{display_path(text)!r} is not a folder")
+    return real
 
 
 def find_videos(folder: Path) -> list[Path]:

@@ -14,6 +14,7 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any, Literal, get_args
 
 from granalign.errors import ConfigError
+from granalign.moments import DISTINCT_NMS_IOU, MOMENT_BOUNDS, MomentSettings
 from granalign.specs import parse_spec
 
 ENV_PREFIX = "GRANALIGN_"
@@ -21,6 +22,16 @@ ENV_PREFIX = "GRANALIGN_"
 
 def _meta(description: str, **bounds: Any) -> dict[str, Any]:
     return {"description": description, **bounds}
+
+
+_MOMENTS = MomentSettings()
+"""Defaults of the proposal, NMS and saliency settings: the library's (one source)."""
+
+
+def _bounds(name: str) -> dict[str, Any]:
+    """``lo``/``hi`` of a proposal, NMS or saliency setting, from the library's ranges."""
+    lo, hi = MOMENT_BOUNDS[name]
+    return {"lo": lo, "hi": hi}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,7 +48,10 @@ class Context:
     )
     embedder: str = field(
         default="local:all-MiniLM-L6-v2",
-        metadata=_meta("Sentence embedder for g(query, caption): local:<sentence-transformers id or path>."),
+        metadata=_meta(
+            "Sentence embedder for g(query, caption): local:<sentence-transformers id or path>, "
+            "with #onnx or #onnx-int8 for ONNX Runtime (float, int8) instead of PyTorch."
+        ),
     )
     store_dir: str = field(
         default="",
@@ -120,6 +134,14 @@ class Context:
             "Seconds a caller waits for another caller's ingest of the same video.", lo=0.0, hi=86400.0
         ),
     )
+    store_lock_timeout: float = field(
+        default=10.0,
+        metadata=_meta(
+            "Seconds to wait for another process's embedded store folder (0 = fail at once).",
+            lo=0.0,
+            hi=86400.0,
+        ),
+    )
     checkpointer: Literal["sqlite", "memory", "none"] = field(
         default="sqlite",
         metadata=_meta(
@@ -182,35 +204,62 @@ class Context:
         metadata=_meta("Largest share of a clip's aware score the imitation guard removes.", lo=0.0, hi=1.0),
     )
     # -- proposals -------------------------------------------------------------------------------
-    proposal_mode: Literal["pooled", "fused"] = field(
-        default="pooled",
+    proposal_mode: Literal["pooled", "fused", "vtg-gpt"] = field(
+        default=_MOMENTS.proposal_mode,
         metadata=_meta(
             "'pooled': proposals per query variant and on the fused curve, pooled before NMS; "
-            "'fused': the paper's order (fuse, then propose once)."
+            "'fused': the paper's order (fuse, then propose once); 'vtg-gpt': the peer baseline, "
+            "VTG-GPT's published rule on each variant's curve (granalign/peer.py; ignores "
+            "num_bins/top_k/gap/drop_pct/lam/contrast/nms_iou/saliency_sigma)."
         ),
     )
     num_bins: int = field(
-        default=10, metadata=_meta("Histogram bins of the dynamic threshold.", lo=2, hi=1000)
+        default=_MOMENTS.num_bins,
+        metadata=_meta("Histogram bins of the dynamic threshold.", **_bounds("num_bins")),
     )
     top_k: int = field(
-        default=12, metadata=_meta("Clips that must lie above the dynamic threshold.", lo=1, hi=100000)
+        default=_MOMENTS.top_k,
+        metadata=_meta("Clips that must lie above the dynamic threshold.", **_bounds("top_k")),
     )
     gap: int = field(
-        default=3,
-        metadata=_meta("[τ] merge high-score clips at most this many clips apart.", lo=0, hi=100000),
+        default=_MOMENTS.gap,
+        metadata=_meta("[τ] merge high-score clips at most this many clips apart.", **_bounds("gap")),
     )
     drop_pct: float = field(
-        default=0.0,
-        metadata=_meta("[n %] drop proposals whose mean score is in the bottom n %.", lo=0.0, hi=99.0),
+        default=_MOMENTS.drop_pct,
+        metadata=_meta("[n %] drop proposals whose mean score is in the bottom n %.", **_bounds("drop_pct")),
     )
     lam: float = field(
-        default=0.5, metadata=_meta("[λ] proposal score = (1-λ)·mean + λ·normalised length.", lo=0.0, hi=1.0)
+        default=_MOMENTS.lam,
+        metadata=_meta("[λ] proposal score = (1-λ)·mean + λ·normalised length.", **_bounds("lam")),
     )
     contrast: bool = field(
-        default=True, metadata=_meta("Add contrast-scored sliding windows to the proposal pool.")
+        default=_MOMENTS.contrast, metadata=_meta("Add contrast-scored sliding windows to the proposal pool.")
     )
     contrast_min_len: int = field(
-        default=10, metadata=_meta("Shortest contrast window, in clips.", lo=1, hi=100000)
+        default=_MOMENTS.contrast_min_len,
+        metadata=_meta(
+            "Contrast windows of at least this many clips count at full contrast (shorter ones: "
+            "contrast_short_prior).",
+            **_bounds("contrast_min_len"),
+        ),
+    )
+    contrast_step: float = field(
+        default=_MOMENTS.contrast_step,
+        metadata=_meta(
+            "Contrast windows' scale-free grid: starts this share of each window's length apart "
+            "(0 = the older square grid with a fixed candidate budget).",
+            **_bounds("contrast_step"),
+        ),
+    )
+    contrast_short_prior: float = field(
+        default=_MOMENTS.contrast_short_prior,
+        metadata=_meta(
+            "Contrast windows shorter than contrast_min_len (down to 2 clips), their contrast "
+            "shrunk by L/(L+this) (clips), so short moments are reachable; 0 = none "
+            "(needs contrast_step > 0).",
+            **_bounds("contrast_short_prior"),
+        ),
     )
     feedback_k: int = field(
         default=3,
@@ -238,21 +287,37 @@ class Context:
         ),
     )
     saliency_sigma: float = field(
-        default=2.0,
+        default=_MOMENTS.saliency_sigma,
         metadata=_meta(
             "Gaussian smoothing (σ, clips) of the saliency curve (highlight detection); 0 = off.",
-            lo=0.0,
-            hi=200.0,
+            **_bounds("saliency_sigma"),
         ),
     )
     nms_iou: float = field(
-        default=0.95, metadata=_meta("Temporal NMS: suppress windows with IoU ≥ this.", lo=0.0, hi=1.0)
+        default=_MOMENTS.nms_iou,
+        metadata=_meta("Temporal NMS: suppress windows with IoU ≥ this.", **_bounds("nms_iou")),
     )
-    top_n: int = field(default=10, metadata=_meta("Windows returned per query.", lo=1, hi=1000))
+    top_n: int = field(
+        default=_MOMENTS.top_n, metadata=_meta("Windows returned per query.", **_bounds("top_n"))
+    )
+    answer_profile: Literal["auto", "benchmark", "distinct"] = field(
+        default="auto",
+        metadata=_meta(
+            "'benchmark': NMS at nms_iou (near-duplicate windows kept: they raise the official mAP); "
+            "'distinct': NMS at distinct_nms_iou, so the top windows are different moments (what a "
+            "person or an agent reads); 'auto': benchmark, except that the CLI retrieve command, "
+            "the LangChain tool and the MCP server answer with distinct."
+        ),
+    )
+    distinct_nms_iou: float = field(
+        default=DISTINCT_NMS_IOU,
+        metadata=_meta("NMS IoU of the 'distinct' answer profile.", **_bounds("nms_iou")),
+    )
 
     def __post_init__(self) -> None:
         for f in fields(self):
             _check_field(f.name, getattr(self, f.name), f.type, f.metadata)
+        self.moment_settings()  # the library's own checks (e.g. nms_iou > 0)
         parse_spec(self.rewriter, role="rewriter")
         parse_spec(self.embedder, role="text embedder", allowed=("local",))
         parse_spec(self.clip_model, role="CLIP model", allowed=("local",))
@@ -290,30 +355,51 @@ class Context:
             raise ConfigError(f"unknown setting(s) {sorted(unknown)}; allowed: {sorted(known)}")
         return replace(self, **overrides)
 
+    @property
+    def answer_nms_iou(self) -> float:
+        """The NMS IoU of this run's answer profile (``nms_iou`` unless the profile is distinct)."""
+        return self.distinct_nms_iou if self.answer_profile == "distinct" else self.nms_iou
+
+    def for_answers(self) -> Context:
+        """This Context as a front end that answers a person or an agent runs it: an ``auto``
+        answer profile becomes ``distinct`` (an explicit profile is kept)."""
+        return self.with_overrides(answer_profile="distinct") if self.answer_profile == "auto" else self
+
     def proposal_kwargs(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("num_bins", "top_k", "gap", "drop_pct", "lam")}
+        names = ("num_bins", "top_k", "gap", "drop_pct", "lam", "contrast_step", "contrast_short_prior")
+        return {k: getattr(self, k) for k in names}
+
+    def moment_settings(self) -> MomentSettings:
+        """The proposal, NMS and saliency settings as the library's :class:`MomentSettings`."""
+        return MomentSettings(**{f.name: getattr(self, f.name) for f in fields(MomentSettings)})
 
 
 def _default_of(f: Any) -> Any:
     return f.default if f.default is not MISSING else None
 
 
-def _coerce(name: str, raw: str, default: Any) -> Any:
-    """Environment values are strings: convert to the field's type, with a clear error."""
+def _coerce(name: str, raw: str, default: Any, source: str | None = None) -> Any:
+    """Environment and ``--set`` values are strings: convert to the field's type.
+
+    The error names what the user wrote: ``source`` (e.g. ``--set clip_len=abc``), by
+    default the environment variable ``GRANALIGN_<NAME>='abc'``.
+    """
+    where = source or f"{ENV_PREFIX}{name.upper()}={raw!r}"
+    if isinstance(default, bool):
+        low = raw.strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{where}: expected true or false")
     try:
-        if isinstance(default, bool):
-            low = raw.strip().lower()
-            if low in ("1", "true", "yes", "on"):
-                return True
-            if low in ("0", "false", "no", "off"):
-                return False
-            raise ValueError("expected true/false")
         if isinstance(default, int):
             return int(raw)
         if isinstance(default, float):
             return float(raw)
-    except ValueError as exc:
-        raise ConfigError(f"{ENV_PREFIX}{name.upper()}={raw!r}: {exc}") from None
+    except ValueError:
+        kind = "an integer" if isinstance(default, int) else "a number"
+        raise ConfigError(f"{where}: expected {kind}") from None
     return raw
 
 

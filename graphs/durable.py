@@ -25,7 +25,7 @@ import asyncio
 import sqlite3
 import threading
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +40,7 @@ from langgraph.checkpoint.base import (
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.checkpoint.sqlite import SqliteSaver
 
-from granalign.backends.openai_llm import BackendError
-from granalign.errors import ConfigError, GranAlignError, InputError
+from granalign.errors import BackendError, ConfigError, GranAlignError, InputError
 from graphs import resources
 from graphs.context import Context
 
@@ -200,6 +199,14 @@ def _mark(exc: BaseException, ctx: Context, tid: str) -> None:
         exc.add_note(f"resume this run with thread id {tid}")
 
 
+def _stream_call(
+    ctx: Context, tid: str, config: RunnableConfig | None, stream_mode: Sequence[str]
+) -> tuple[Any, dict[str, Any]]:
+    """The checkpointed graph and the arguments of its ``stream``/``astream`` (input aside)."""
+    kwargs = {"context": ctx, "stream_mode": list(stream_mode), **_durability(ctx)}
+    return durable_retrieval_graph(ctx), {"config": thread_config(tid, config), **kwargs}
+
+
 def stream_retrieval(
     ctx: Context,
     graph_input: dict[str, Any],
@@ -207,22 +214,21 @@ def stream_retrieval(
     thread_id: str | None = None,
     config: RunnableConfig | None = None,
     stream_mode: Sequence[str] = ("custom", "values"),
+    on_start: Callable[[str], None] | None = None,
 ) -> Iterator[tuple[str, Any]]:
     """Stream a checkpointed retrieval; an unfinished run under ``thread_id`` is resumed.
 
-    On failure the exception carries ``thread_id`` (and a note saying it) so the caller can
-    offer the resume; on success the thread is deleted (see :func:`finish_thread`).
+    ``on_start`` gets the run's thread id before the graph does any work: a run stopped by
+    ``kill -9``, Ctrl-C or a lost terminal raises nothing, so that is the caller's only
+    chance to learn the id it resumes by.  On failure the exception carries ``thread_id``
+    (and a note saying it) too; on success the thread is deleted (see :func:`finish_thread`).
     """
     tid, payload = _start(ctx, graph_input, thread_id)
-    graph = durable_retrieval_graph(ctx)
+    if on_start is not None:
+        on_start(tid)
+    graph, kwargs = _stream_call(ctx, tid, config, stream_mode)
     try:
-        yield from graph.stream(
-            payload,
-            thread_config(tid, config),
-            context=ctx,
-            stream_mode=list(stream_mode),
-            **_durability(ctx),
-        )
+        yield from graph.stream(payload, **kwargs)
     except Exception as exc:
         _mark(exc, ctx, tid)
         raise
@@ -236,19 +242,17 @@ async def astream_retrieval(
     thread_id: str | None = None,
     config: RunnableConfig | None = None,
     stream_mode: Sequence[str] = ("custom", "values"),
+    on_start: Callable[[str], None] | None = None,
 ) -> AsyncIterator[tuple[str, Any]]:
-    """The async twin of :func:`stream_retrieval` (same database, same resume rule)."""
+    """The async twin of :func:`stream_retrieval`: the same steps (same database, same resume
+    rule), with the blocking ones (SQLite reads and deletes) in a thread."""
     tid, payload = await asyncio.to_thread(_start, ctx, graph_input, thread_id)
-    graph = durable_retrieval_graph(ctx)
+    if on_start is not None:
+        on_start(tid)
+    graph, kwargs = _stream_call(ctx, tid, config, stream_mode)
     try:
-        async for mode, chunk in graph.astream(
-            payload,
-            thread_config(tid, config),
-            context=ctx,
-            stream_mode=list(stream_mode),
-            **_durability(ctx),
-        ):
-            yield mode, chunk
+        async for part in graph.astream(payload, **kwargs):
+            yield part
     except Exception as exc:
         _mark(exc, ctx, tid)
         raise

@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +27,10 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 
 from granalign.backends.captioner import AGNOSTIC_PROMPT
+from granalign.backends.weights import weights_notes
 from granalign.errors import InputError
 from granalign.locks import video_lock
-from granalign.store import VideoRecord, caption_id, frame_id
+from granalign.store import Store, VideoRecord, caption_id, frame_id
 from granalign.video import (
     FrameSampler,
     VideoInfo,
@@ -71,13 +73,8 @@ def unfinished_clips(ctx: Context, video_id: str, n_clips: int) -> list[int]:
     return [c for c in range(n_clips) if caption_ids[c] not in have_caption or frame_ids[c] not in have_frame]
 
 
-def probe(state: IngestState, runtime: Runtime[Context]) -> dict[str, Any]:
-    """Resolve and hash the file, read its duration, and find the clips still to encode."""
-    ctx = runtime.context
-    path = resolve_video_path(state["video"], resources.video_roots(ctx))
-    video_id = content_hash(path)
-    info = probe_video(path)
-    n_clips = clip_count(info.duration_s, ctx.clip_len)
+def _todo(ctx: Context, video_id: str, n_clips: int) -> list[int]:
+    """The clips to encode: none when the store holds the whole video under these settings."""
     record = resources.store_for(ctx).video(video_id)
     current = (
         record is not None
@@ -85,13 +82,25 @@ def probe(state: IngestState, runtime: Runtime[Context]) -> dict[str, Any]:
         and record.ingest_key == resources.ingest_key(ctx)
         and record.n_clips == n_clips
     )
-    todo = [] if current else unfinished_clips(ctx, video_id, n_clips)
+    return [] if current else unfinished_clips(ctx, video_id, n_clips)
+
+
+def probe(state: IngestState, runtime: Runtime[Context]) -> dict[str, Any]:
+    """Resolve and hash the file, read its duration, and find the clips still to encode."""
+    ctx = runtime.context
+    path = resolve_video_path(state["video"], resources.video_roots(ctx))
+    video_id = content_hash(path)
+    info = probe_video(path)
+    n_clips = clip_count(info.duration_s, ctx.clip_len)
+    todo = _todo(ctx, video_id, n_clips)
     notes: list[str] = []
     if info.duration_s < ctx.clip_len:
         notes.append(
             f"video is {info.duration_s:.2f} s long, shorter than one clip ({ctx.clip_len:g} s): "
             "one clip covers it"
         )
+    # random or test-only weights: the ingest's output says so
+    notes.extend(weights_notes(resources.clip_for(ctx), resources.captioner_for(ctx)))
     _progress(
         runtime,
         "probe",
@@ -106,6 +115,7 @@ def probe(state: IngestState, runtime: Runtime[Context]) -> dict[str, Any]:
         "path": str(path),
         "n_clips": n_clips,
         "duration_s": info.duration_s,
+        "info": asdict(info),
         "todo": todo,
         "skipped": n_clips - len(todo),
         "notes": notes,
@@ -128,8 +138,8 @@ def encode(state: IngestState, runtime: Runtime[Context]) -> dict[str, Any]:
     """Sample → CLIP-embed → caption → embed → store, batch by batch (the resume unit)."""
     ctx = runtime.context
     timings = dict.fromkeys(STAGES, 0.0)
-    if not state.get("todo"):
-        return {"encoded": 0, "timings": timings}
+    if not state.get("todo"):  # probe found every clip finished
+        return {"encoded": 0, "timings": timings, "finished": True}
     video_id = state["video_id"]
     with video_lock(
         resources.lock_dir_for(ctx),
@@ -140,89 +150,85 @@ def encode(state: IngestState, runtime: Runtime[Context]) -> dict[str, Any]:
         # Another caller may have finished some clips while this one waited: look again.
         todo = unfinished_clips(ctx, video_id, state["n_clips"])
         if not todo:
-            return {"encoded": 0, "skipped": state["n_clips"], "timings": timings}
-        return _encode_clips(ctx, runtime, state, todo, timings)
+            return {"encoded": 0, "skipped": state["n_clips"], "timings": timings, "finished": True}
+        return {**_encode_clips(ctx, runtime, state, todo, timings), "finished": True}
+
+
+@dataclass(frozen=True)
+class _ClipWriter:
+    """What every batch of one ingest writes with: the models, the store and the ids' keys."""
+
+    video_id: str
+    store: Store
+    clip: Any  # a ClipEncoder's embed_images, a Captioner, a TextEmbedder: the Ray driver
+    captioner: Any  # passes stand-ins that have only what a batch calls
+    embedder: Any
+    s_key: str
+    p_hash: str
+    have_frame: set[str]
+
+    @classmethod
+    def of(cls, ctx: Context, video_id: str, todo: list[int]) -> _ClipWriter:
+        store, clip = resources.store_for(ctx), resources.clip_for(ctx)
+        s_key = resources.sampling_key(ctx)
+        frame_ids = [frame_id(video_id, c, clip.name, s_key) for c in todo]
+        have_frame = store.existing_ids(store.frames_collection(clip.name), frame_ids)
+        captioner, embedder = resources.captioner_for(ctx), resources.embedder_for(ctx)
+        p_hash = resources.agnostic_prompt_hash(ctx)
+        return cls(video_id, store, clip, captioner, embedder, s_key, p_hash, have_frame)
 
 
 def _encode_clips(
     ctx: Context, runtime: Runtime[Context], state: IngestState, todo: list[int], timings: dict[str, float]
 ) -> dict[str, Any]:
-    store, embedder = resources.store_for(ctx), resources.embedder_for(ctx)
-    clip, captioner = resources.clip_for(ctx), resources.captioner_for(ctx)
-    s_key, p_hash = resources.sampling_key(ctx), resources.agnostic_prompt_hash(ctx)
-    path, video_id, total = Path(state["path"]), state["video_id"], state["n_clips"]
-    info: VideoInfo = probe_video(path)
+    """Encode ``todo`` batch by batch, decoding the next batch while the models work on this one."""
+    writer = _ClipWriter.of(ctx, state["video_id"], todo)
+    info = VideoInfo(**state["info"])  # probed once, by the probe node
     times = clip_times(info.duration_s, ctx.clip_len)
-    have_frame = store.existing_ids(
-        store.frames_collection(clip.name), [frame_id(video_id, c, clip.name, s_key) for c in todo]
-    )
     skipped = state["n_clips"] - len(todo)
-    done = skipped
-    batches = _batches(todo, ctx.ingest_batch)
-    with FrameSampler(path, info, max_pixels=ctx.max_pixels) as sampler, ThreadPoolExecutor(1) as pool:
+    done, batches = skipped, _batches(todo, ctx.ingest_batch)
+    with (
+        FrameSampler(Path(state["path"]), info, max_pixels=ctx.max_pixels) as sampler,
+        ThreadPoolExecutor(1) as pool,
+    ):
         pending: Future[tuple[list[Any], float]] = pool.submit(
             _decode, sampler, times, ctx.clip_len, batches[0]
         )
         for i, batch in enumerate(batches):
             images, seconds = pending.result()
             timings["decode"] += seconds
-            if i + 1 < len(batches):  # decode the next batch while the models work on this one
+            if i + 1 < len(batches):
                 pending = pool.submit(_decode, sampler, times, ctx.clip_len, batches[i + 1])
-            _encode_batch(
-                ctx,
-                batch,
-                images,
-                timings,
-                have_frame=have_frame,
-                video_id=video_id,
-                s_key=s_key,
-                p_hash=p_hash,
-                store=store,
-                clip=clip,
-                captioner=captioner,
-                embedder=embedder,
-            )
+            _encode_batch(writer, batch, images, timings)
             done += len(batch)
-            _progress(runtime, "ingest", video_id=video_id, done=done, total=total, skipped=skipped)
+            total = state["n_clips"]
+            _progress(runtime, "ingest", video_id=writer.video_id, done=done, total=total, skipped=skipped)
     return {"encoded": len(todo), "skipped": skipped, "timings": {k: round(v, 4) for k, v in timings.items()}}
 
 
-def _encode_batch(
-    ctx: Context,
-    batch: list[int],
-    images: list[Any],
-    timings: dict[str, float],
-    *,
-    have_frame: set[str],
-    video_id: str,
-    s_key: str,
-    p_hash: str,
-    store: Any,
-    clip: Any,
-    captioner: Any,
-    embedder: Any,
-) -> None:
+def _encode_batch(w: _ClipWriter, batch: list[int], images: list[Any], timings: dict[str, float]) -> None:
     """One batch: frame embeddings (for clips without one), captions, caption embeddings, writes."""
-    need = [j for j, c in enumerate(batch) if frame_id(video_id, c, clip.name, s_key) not in have_frame]
+    need = [
+        j for j, c in enumerate(batch) if frame_id(w.video_id, c, w.clip.name, w.s_key) not in w.have_frame
+    ]
     t0 = time.perf_counter()
-    frame_vectors = clip.embed_images([images[j] for j in need]) if need else None
+    frame_vectors = w.clip.embed_images([images[j] for j in need]) if need else None
     t1 = time.perf_counter()
-    captions = captioner.caption(images, [AGNOSTIC_PROMPT] * len(images))
+    captions = w.captioner.caption(images, [AGNOSTIC_PROMPT] * len(images))
     t2 = time.perf_counter()
-    vectors = embedder.embed(captions)
+    vectors = w.embedder.embed(captions)
     t3 = time.perf_counter()
     if frame_vectors is not None:  # frames first: a caption record marks its clip finished
-        store.put_frames(
-            video_id, [batch[j] for j in need], frame_vectors, clip_model=clip.name, sampling_key=s_key
-        )
-    store.put_clip_captions(
-        video_id,
+        clips = [batch[j] for j in need]
+        w.store.put_frames(w.video_id, clips, frame_vectors, clip_model=w.clip.name, sampling_key=w.s_key)
+    w.store.put_clip_captions(
+        w.video_id,
         batch,
         captions,
         vectors,
-        source=captioner.name,
-        prompt_hash=p_hash,
-        embedder_name=embedder.name,
+        source=w.captioner.name,
+        prompt_hash=w.p_hash,
+        embedder_name=w.embedder.name,
     )
     t4 = time.perf_counter()
     for stage, seconds in zip(STAGES[1:], (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
@@ -230,10 +236,14 @@ def _encode_batch(
 
 
 def finalize(state: IngestState, runtime: Runtime[Context]) -> dict[str, Any]:
-    """Write the video record, only once every clip is finished in the store."""
+    """Write the video record, only once every clip is finished in the store.
+
+    ``encode`` saw that itself (``finished``: it stored every clip still missing under the
+    video's lock); any other caller (the Ray driver) gets the clips checked here.
+    """
     ctx = runtime.context
     video_id, n_clips = state["video_id"], state["n_clips"]
-    left = unfinished_clips(ctx, video_id, n_clips)
+    left = [] if state.get("finished") else unfinished_clips(ctx, video_id, n_clips)
     if left:
         raise InputError(
             f"video {video_id}: clips {left[:5]} are still unfinished after encoding; re-run the ingest"

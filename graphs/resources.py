@@ -29,29 +29,25 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from granalign.backends.captioner import (
-    AGNOSTIC_PROMPT,
-    AWARE_PROMPT,
-    Captioner,
-    QueryFocus,
-    aware_prompt,
-    focus_from_keywords,
-    make_captioner,
-)
+from granalign.backends.captioner import AGNOSTIC_PROMPT, AWARE_PROMPT, Captioner, QueryFocus, make_captioner
 from granalign.backends.clip import ClipEncoder, make_clip_encoder
 from granalign.backends.embedder import TextEmbedder, make_embedder
-from granalign.backends.openai_llm import BackendError
+from granalign.backends.rewriter import make_rewriter
 from granalign.errors import InputError
-from granalign.rewrite import Rewrite, Rewriter, make_rewriter, rewrite_queries
+from granalign.prompt_files import load_prompt_pairs
+from granalign.rewrite import Rewrite, Rewriter, rewrite_queries
 from granalign.specs import parse_spec
+from granalign.stages import aware_captions as stage
 from granalign.store import Store, VideoRecord, default_store_dir, open_store, text_hash
+from granalign.store import close_stores as close_open_stores
 from granalign.video import content_hash, parse_roots, resolve_video_path
 from graphs.context import Context
-from prompts import DEFAULT_PAIRS, PromptPair, load_prompt_pairs, prompt_hash
+from prompts import DEFAULT_PAIRS, PromptPair, prompt_hash
 
 
 def store_for(ctx: Context) -> Store:
-    return open_store(ctx.store_dir or None, ctx.chroma_url or None)
+    """The run's store; an embedded folder stays locked for this process (see close_stores)."""
+    return open_store(ctx.store_dir or None, ctx.chroma_url or None, lock_timeout=ctx.store_lock_timeout)
 
 
 def embedder_for(ctx: Context) -> TextEmbedder:
@@ -101,7 +97,7 @@ def captioner_for(ctx: Context, *, aware: bool = False) -> Captioner:
     )
 
 
-def video_roots(ctx: Context) -> list[Path]:
+def video_roots(ctx: Context) -> tuple[Path, ...]:
     return parse_roots(ctx.video_roots)
 
 
@@ -223,12 +219,18 @@ def video_captions(ctx: Context, video_id: str) -> VideoCaptions:
     return value
 
 
-def clear_caches() -> None:
-    """Forget cached captions and frames (a benchmark's cold pass, tests)."""
+def clear_caches(*, close_stores: bool = False) -> None:
+    """Forget cached captions and frames (a benchmark's cold pass, tests).
+
+    ``close_stores=True`` also closes the open stores, so another process (a server, a child
+    process) may open their embedded folders; the next :func:`store_for` opens them again.
+    """
     with _CAPTIONS_LOCK:
         _CAPTIONS.clear()
     with _FRAMES_LOCK:
         _FRAMES.clear()
+    if close_stores:
+        close_open_stores()
 
 
 _FRAMES: OrderedDict[tuple[str, str, str, str], NDArray[np.float32]] = OrderedDict()
@@ -286,52 +288,28 @@ def video_file(ctx: Context, record: VideoRecord, given: str | None = None) -> P
     raise InputError(f"the file of video {record.video_id!r} is not available: {problem}")
 
 
-# -- query focus and query-aware captions ------------------------------------------------------
-
-
-def _focus_key(rewriter: Rewriter, query: str) -> str:
-    return f"focus:{rewriter.name}:{text_hash(query)}"
+# -- query focus and query-aware captions (the stages, with this run's backends and store) --
 
 
 def query_focus(ctx: Context, query: str) -> QueryFocus:
-    """The entities and actions that guide the query's aware captions (cached in the store).
-
-    From the rewriter's LLM when it can extract them (``openai:``); otherwise, or when its answer
-    is unusable, the query's content words, with the reason in ``note``.  A server failure
-    falls back the same way but is not cached, so the next run asks again.
-    """
-    rewriter = rewriter_for(ctx)
-    extract = getattr(rewriter, "extract_focus", None)
-    if extract is None:
-        return focus_from_keywords(
-            query, note=f"rewriter {rewriter.name} does not extract entities and actions"
-        )
-    store = store_for(ctx)
-    key = _focus_key(rewriter, query)
-    cached = store.get_rewrite(key)
-    if cached is not None:
-        return QueryFocus.from_dict(cached)
-    try:
-        entities, actions, problem = extract(query)
-    except BackendError as exc:
-        return focus_from_keywords(query, note=str(exc))
-    focus = (
-        focus_from_keywords(query, note=f"unusable entities/actions from {rewriter.name}: {problem}")
-        if problem
-        else QueryFocus(tuple(entities), tuple(actions), "llm")
-    )
-    store.put_rewrites({key: focus.to_dict()}, {key: query})
-    return focus
+    """The entities and actions that guide the query's aware captions (:func:`stages.query_focus`)."""
+    return stage.query_focus(rewriter_for(ctx), store_for(ctx), query)
 
 
-@dataclass(frozen=True)
-class AwareCaptions:
-    """Query-aware captions of some key clips (clip order) and how many were computed now."""
+def _frame_decoder(
+    ctx: Context, record: VideoRecord, video_path: str | None
+) -> Callable[[list[int]], list[Any]]:
+    """Decode the centre frames of some clips of an ingested video (one seek each)."""
 
-    clips: list[int]
-    captions: list[str]
-    embeddings: NDArray[np.float32]
-    computed: int
+    def decode(clips: list[int]) -> list[Any]:
+        from granalign.video import clip_times, sample_frames
+
+        path = video_file(ctx, record, video_path)
+        times = clip_times(record.duration_s, record.clip_len_s)
+        found = sample_frames(path, times, clip_len=record.clip_len_s, clips=clips, max_pixels=ctx.max_pixels)
+        return [img for _, img in found]
+
+    return decode
 
 
 def aware_captions(
@@ -342,53 +320,20 @@ def aware_captions(
     focus: QueryFocus,
     *,
     video_path: str | None = None,
-) -> AwareCaptions:
-    """C_awr of ``clips``: cached ones from the store, the rest captioned now from decoded frames.
-
-    Only missing clips are decoded (one seek each) and captioned; results are stored before
-    returning, so the next query with the same focus costs no VLM call.  A server failure
-    raises BackendError; the caller records the fallback.
-    """
-    from granalign.video import clip_times, sample_frames
-
-    store, embedder = store_for(ctx), embedder_for(ctx)
-    captioner = captioner_for(ctx, aware=True)
-    prompt = aware_prompt(focus, query)
-    p_hash, q_hash = aware_prompt_hash(ctx), text_hash(prompt)
-    found = store.get_aware_captions(
+    compute: bool = True,
+) -> stage.AwareCaptions:
+    """C_awr of ``clips`` (:func:`stages.aware_captions`); ``compute=False`` only reads the store."""
+    return stage.aware_captions(
+        store_for(ctx),
+        captioner_for(ctx, aware=True),
+        embedder_for(ctx),
         record.video_id,
         clips,
-        source=captioner.name,
-        prompt_hash=p_hash,
-        query_hash=q_hash,
-        embedder_name=embedder.name,
+        query,
+        focus,
+        prompt_hash=aware_prompt_hash(ctx),
+        frames=_frame_decoder(ctx, record, video_path) if compute else None,
     )
-    missing = [c for c in clips if c not in found]
-    if missing:
-        path = video_file(ctx, record, video_path)
-        times = clip_times(record.duration_s, record.clip_len_s)
-        frames = [
-            img
-            for _, img in sample_frames(
-                path, times, clip_len=record.clip_len_s, clips=missing, max_pixels=ctx.max_pixels
-            )
-        ]
-        texts = captioner.caption(frames, [prompt] * len(frames))
-        vectors = embedder.embed(texts)
-        store.put_aware_captions(
-            record.video_id,
-            missing,
-            texts,
-            vectors,
-            source=captioner.name,
-            prompt_hash=p_hash,
-            query_hash=q_hash,
-            embedder_name=embedder.name,
-        )
-        found.update({c: (t, v) for c, t, v in zip(missing, texts, vectors, strict=True)})
-    order = sorted(found)
-    emb = np.stack([found[c][1] for c in order]).astype(np.float32) if order else np.zeros((0, 0), np.float32)
-    return AwareCaptions(order, [found[c][0] for c in order], emb, len(missing))
 
 
 def rewrite_cache_key(rewriter: Rewriter, pair: PromptPair, query: str) -> str:
@@ -400,7 +345,9 @@ def cached_rewrites(ctx: Context, pair: PromptPair, queries: list[str]) -> list[
     """Rewrites of ``queries`` by ``pair``, computed once and kept in the store.
 
     Missing ones are generated in one batch (an LLM batches its generation) and written
-    before returning, so an interrupted benchmark keeps every finished rewrite.
+    before returning, so an interrupted benchmark keeps every finished rewrite.  A fallback
+    (unusable model output) is returned but never stored: the next run asks the model again
+    instead of keeping the original query forever.
     """
     rewriter = rewriter_for(ctx)
     store = store_for(ctx)
@@ -408,11 +355,11 @@ def cached_rewrites(ctx: Context, pair: PromptPair, queries: list[str]) -> list[
     found = store.get_rewrites(keys)
     missing = sorted({q for q, k in zip(queries, keys, strict=True) if k not in found})
     if missing:
-        fresh = rewrite_queries(rewriter, missing, [pair])
-        new = {
-            rewrite_cache_key(rewriter, pair, q): r[0].to_dict() for q, r in zip(missing, fresh, strict=True)
-        }
-        store.put_rewrites(new, {rewrite_cache_key(rewriter, pair, q): q for q in missing})
+        asked = {rewrite_cache_key(rewriter, pair, q): q for q in missing}
+        fresh = [r[0] for r in rewrite_queries(rewriter, missing, [pair])]
+        new = {k: r.to_dict() for k, r in zip(asked, fresh, strict=True)}
+        usable = {k: new[k] for k, r in zip(asked, fresh, strict=True) if not r.fallback}
+        store.put_rewrites(usable, {k: asked[k] for k in usable})
         found.update(new)
     return [Rewrite.from_dict(found[k]) for k in keys]
 

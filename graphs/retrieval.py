@@ -20,28 +20,28 @@ captions fall back to ``aware_missing``, each recorded in ``notes``.
 from __future__ import annotations
 
 import math
-import os
 from typing import Any
 
-import numpy as np
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
-from langgraph.types import RetryPolicy, Send
+from langgraph.types import Send
 
 from granalign.backends.captioner import QueryFocus
-from granalign.backends.openai_llm import BackendError
-from granalign.errors import InputError
-from granalign.feedback import feedback_queries
-from granalign.fusion import granular_fusion, variant_scores
-from granalign.moments import propose_windows, saliency, select_moments
-from granalign.proposals import ProposalParams
+from granalign.backends.weights import weights_notes
+from granalign.errors import BackendError, GranAlignError, InputError
 from granalign.rewrite import Rewrite
-from granalign.similarity import cosine_similarity, minmax_normalise
-from granalign.smoothing import smoothed_similarity
+from granalign.stages.aware_captions import AwareCaptions
+from granalign.stages.clip_filter import clip_filter as clip_filter_stage
+from granalign.stages.fusion import FusionSettings
+from granalign.stages.fusion import fuse as fusion_stage
+from granalign.stages.nms import AnswerSettings, answer, saliency_length
+from granalign.stages.proposals import ProposalSettings
+from granalign.stages.proposals import propose as propose_stage
+from granalign.stages.rewrite import embed_variants, query_variants
 from granalign.store import VideoRecord
-from granalign.validation import ImitationGuard, drifted, rewrite_similarity
-from granalign.video import content_hash, display_path, looks_like_path, resolve_video_path
+from granalign.text import clean_query
+from granalign.video import VideoNotFound, content_hash, display_path, looks_like_path, resolve_video_path
 from graphs import resources
 from graphs.context import Context
 from graphs.ingest import ingest_video
@@ -54,8 +54,6 @@ from graphs.state import (
     RewriteTask,
 )
 
-MAX_QUERY_CHARS = 1000
-
 
 def _progress(runtime: Runtime[Context], stage: str, **data: Any) -> None:
     """Custom-stream progress events (``stream_mode="custom"``) for CLIs and Studio."""
@@ -65,14 +63,9 @@ def _progress(runtime: Runtime[Context], stage: str, **data: Any) -> None:
 
 
 def _clean_query(query: Any) -> str:
-    if not isinstance(query, str):
-        raise InputError(f"query must be a string, got {type(query).__name__}")
-    text = "".join(ch for ch in query if ch.isprintable() or ch == " ").strip()
-    if not text:
-        raise InputError("query is empty")
-    if len(text) > MAX_QUERY_CHARS:
-        raise InputError(f"query is {len(text)} characters long; at most {MAX_QUERY_CHARS} are allowed")
-    return text
+    """The query as every front end cleans it (:func:`granalign.text.clean_query`): one limit,
+    and TAB or newlines become spaces, so words never run together."""
+    return clean_query(query)
 
 
 def _stored_record(ctx: Context, video: str) -> VideoRecord | None:
@@ -93,22 +86,64 @@ def _ingest(runtime: Runtime[Context], video: str, why: str) -> str:
     return str(out["video_id"])
 
 
+def ingest_mismatch(ctx: Context, record: VideoRecord) -> str:
+    """Why an ingested video's stored clips do not fit ``ctx`` ('' when they do).
+
+    Names each differing setting with the value the video was ingested with and the current
+    one, e.g. ``CLIP (settings clip_model/clip_pretrained) ViT-B-32/random-seed0, now
+    ViT-B-32/laion2b_s34b_b79k``, so a user (or ``list_videos``) can tell what to change.
+    """
+    if not record.has_frames or record.ingest_key == resources.ingest_key(ctx):
+        return ""
+    pairs = [
+        ("CLIP (settings clip_model/clip_pretrained)", record.clip_model, resources.clip_for(ctx).name),
+        ("captioner (setting captioner)", record.caption_source, resources.captioner_for(ctx).name),
+        ("embedder (setting embedder)", record.caption_embedder, resources.embedder_for(ctx).name),
+        ("clip length (setting clip_len)", f"{record.clip_len_s:g} s", f"{ctx.clip_len:g} s"),
+    ]
+    parts = [f"{what} {then or 'unrecorded'}, now {now}" for what, then, now in pairs if then != now]
+    if record.caption_prompt != resources.agnostic_prompt_hash(ctx):
+        parts.append("caption prompt or frame size (settings max_pixels/caption_tokens) changed")
+    return "ingested with other settings: " + ("; ".join(parts) or "recorded by an older version")
+
+
+REINGEST_ADVICE = (
+    "re-ingest it under the current settings (granalign index FILE, or pass the video file), "
+    "or query it with the settings it was ingested with"
+)
+
+
+def _reingest(runtime: Runtime[Context], record: VideoRecord, mismatch: str) -> tuple[str, str]:
+    """Ingest a stored video again under the current settings; a failure says what happened."""
+    head = f"video {record.video_id!r} was {mismatch}"
+    if not runtime.context.auto_ingest:
+        raise InputError(f"{head}; auto_ingest is off, so {REINGEST_ADVICE}")
+    try:
+        path = str(resources.video_file(runtime.context, record))
+        return _ingest(runtime, path, "was ingested with other settings"), path
+    except GranAlignError as exc:
+        raise InputError(f"{head}; re-ingesting it failed ({exc}); {REINGEST_ADVICE}") from exc
+
+
 def _resolve_video(runtime: Runtime[Context], video: str) -> tuple[str, str]:
     """(video id, file path or '') for a store id or a video file, ingesting when needed."""
     ctx = runtime.context
     record = _stored_record(ctx, video)
     if record is not None:
-        if record.has_frames and record.ingest_key != resources.ingest_key(ctx):
-            path = str(resources.video_file(ctx, record))
-            return _ingest(runtime, path, "was ingested with other settings"), path
+        mismatch = ingest_mismatch(ctx, record)
+        if mismatch:
+            return _reingest(runtime, record, mismatch)
         return record.video_id, ""
-    if not looks_like_path(video) and not os.path.lexists(video):
+    try:
+        resolved = resolve_video_path(video, resources.video_roots(ctx))
+    except VideoNotFound:
+        if looks_like_path(video):
+            raise
         store = resources.store_for(ctx)
         raise InputError(
             f"video {video!r} is not in the store at {store.location} and is not a video file; import its "
             "captions (granalign index --captions FILE) or pass a video file path"
-        )
-    resolved = resolve_video_path(video, resources.video_roots(ctx))
+        ) from None
     video_id = content_hash(resolved)
     record = resources.store_for(ctx).video(video_id)
     if record is None or not record.complete or record.ingest_key != resources.ingest_key(ctx):
@@ -133,11 +168,18 @@ def load_video(state: RetrievalState, runtime: Runtime[Context]) -> dict[str, An
             f"video is {found.record.duration_s:.2f} s long, shorter than one clip "
             f"({found.record.clip_len_s:g} s): one clip covers it"
         )
+    ctx = runtime.context
+    used: list[Any] = [resources.rewriter_for(ctx)]
+    if found.record.has_frames:
+        used += [resources.clip_for(ctx), resources.captioner_for(ctx)]
+        used.append(resources.captioner_for(ctx, aware=True))
+    notes.extend(weights_notes(*used))  # random or test-only weights: the output says so
     _progress(runtime, "load_video", video_id=found.record.video_id, clips=len(found.captions))
     out: dict[str, Any] = {
         "query": query,
         "video_id": found.record.video_id,
         "n_clips": len(found.captions),
+        "clip_len_s": float(found.record.clip_len_s),
         "mode": "full" if found.record.has_frames else "caption-only",
         "notes": notes,
     }
@@ -198,15 +240,14 @@ def focus(state: FocusTask, runtime: Runtime[Context]) -> dict[str, Any]:
 def clip_filter(state: ClipFilterTask, runtime: Runtime[Context]) -> dict[str, Any]:
     """Step 3: CLIP similarity of the query with every clip's frame; the top K % are key clips."""
     ctx = runtime.context
-    record = resources.video_captions(ctx, state["video_id"]).record
-    frames = resources.video_frames(ctx, record)
-    text = resources.clip_for(ctx).embed_texts([state["query"]])
-    scores = (frames @ text[0]).astype(float)
-    k = max(1, math.ceil(ctx.key_pct / 100.0 * len(scores) - 1e-9))
-    order = np.argsort(-scores, kind="stable")[:k]
-    key = sorted(int(i) for i in order)
-    _progress(runtime, "clip_filter", key_clips=len(key), clips=len(scores))
-    return {"clip_scores": np.round(scores, 6).tolist(), "key_clips": key}
+    frames = resources.video_frames(ctx, resources.video_captions(ctx, state["video_id"]).record)
+    key = clip_filter_stage(frames, resources.clip_for(ctx), state["query"], ctx.key_pct)
+    _progress(runtime, "clip_filter", key_clips=len(key), clips=len(frames))
+    return {"key_clips": key}
+
+
+def _focus(state: RetrievalState) -> QueryFocus:
+    return QueryFocus.from_dict(state.get("focus") or {})
 
 
 def caption(state: RetrievalState, runtime: Runtime[Context]) -> dict[str, Any]:
@@ -216,147 +257,46 @@ def caption(state: RetrievalState, runtime: Runtime[Context]) -> dict[str, Any]:
         return {}
     ctx = runtime.context
     record = resources.video_captions(ctx, state["video_id"]).record
-    query_focus = QueryFocus.from_dict(state.get("focus") or {})
+    clips, path = state.get("key_clips", []), state.get("video_path")
     try:
-        got = resources.aware_captions(
-            ctx,
-            record,
-            state.get("key_clips", []),
-            state["query"],
-            query_focus,
-            video_path=state.get("video_path"),
-        )
+        got = resources.aware_captions(ctx, record, clips, state["query"], _focus(state), video_path=path)
     except (BackendError, InputError) as exc:
-        note = (
-            f"query-aware captions unavailable ({exc}); "
-            f"the aware channel used aware_missing={ctx.aware_missing!r}"
-        )
         _progress(runtime, "caption", failed=True)
-        return {"aware_clips": [], "aware_captions": [], "notes": [note]}
+        why = f"query-aware captions unavailable ({exc}); the aware channel used aware_missing="
+        return {"aware_clips": [], "notes": [why + repr(ctx.aware_missing)]}
     _progress(runtime, "caption", key_clips=len(got.clips), computed=got.computed)
-    return {"aware_clips": got.clips, "aware_captions": got.captions}
+    return {"aware_clips": got.clips}
 
 
-def _variants(state: RetrievalState, ctx: Context) -> list[Rewrite]:
-    """Original (if asked) + rewrites, de-duplicated, in a deterministic order."""
-    found = sorted((Rewrite.from_dict(r) for r in state.get("rewrites", [])), key=lambda r: r.pair_id)
-    out: list[Rewrite] = [Rewrite.original(state["query"])] if ctx.include_original else []
-    seen = {(r.simplified, r.detailed) for r in out}
-    for r in found:
-        if (r.simplified, r.detailed) not in seen:
-            seen.add((r.simplified, r.detailed))
-            out.append(r)
-    return out or [Rewrite.original(state["query"])]
-
-
-def _aware_channel(
-    state: RetrievalState,
-    ctx: Context,
-    q_d: np.ndarray,
-    n: int,
-    video: resources.VideoCaptions,
-    query_emb: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:
-    """g(Q_d, C_awr) over the clips that have aware captions, and the mask of those clips.
-
-    The cosine is min–max normalised over the key clips with aware captions only (the only
-    clips where C_awr exists), so the aware channel spans [0, 1] like the agnostic one and a
-    query whose aware captions all look alike lifts no clip.  Other clips are NaN (ignored).
-    With ``imitation_guard`` each clip's aware score is then damped by how much its caption
-    copies the query beyond what its agnostic caption supports (:class:`ImitationGuard`).
-    """
-    mask = np.zeros(n, dtype=bool)
-    g = np.full((q_d.shape[0], n), np.nan)
+def _stored_aware(state: RetrievalState, ctx: Context) -> AwareCaptions | None:
+    """C_awr the caption step stored (texts and embeddings; state holds no embeddings)."""
     clips = list(state.get("aware_clips") or [])
     if not clips or state.get("mode") != "full":
-        return g, mask
+        return None
     record = resources.video_captions(ctx, state["video_id"]).record
-    got = resources.aware_captions(
-        ctx,
-        record,
-        clips,
-        state["query"],
-        QueryFocus.from_dict(state.get("focus") or {}),
-        video_path=state.get("video_path"),
-    )
-    aware = minmax_normalise(cosine_similarity(q_d, got.embeddings))
-    if ctx.imitation_guard and got.clips:
-        guard = ImitationGuard(max_penalty=ctx.imitation_max_penalty)
-        aware = aware * guard.weights(
-            got.captions,
-            [video.captions[c] for c in got.clips],
-            state["query"],
-            got.embeddings,
-            video.embeddings[got.clips],
-            query_emb,
-        )[None, :]
-    g[:, got.clips] = aware
-    mask[got.clips] = True
-    return g, mask
-
-
-def _replace_drifted(
-    variants: list[Rewrite], query: str, emb: dict[str, np.ndarray], threshold: float
-) -> tuple[list[Rewrite], int]:
-    """Rewrite validation: a side whose cosine to the query is below ``threshold`` becomes the query.
-
-    A small LLM sometimes answers the question or invents a subject instead of rewriting; such a
-    side would pull the scores towards the wrong clips.  Returns the variants and how many sides
-    were replaced (reported in the notes).
-    """
-    sides = [t for r in variants for t in (r.simplified, r.detailed)]
-    bad = drifted(rewrite_similarity(emb[query], np.stack([emb[t] for t in sides])), threshold)
-    if not bad.any():
-        return variants, 0
-    out = []
-    for i, r in enumerate(variants):
-        s_bad, d_bad = bool(bad[2 * i]), bool(bad[2 * i + 1])
-        if s_bad or d_bad:
-            r = Rewrite(
-                r.pair_id,
-                query if s_bad else r.simplified,
-                query if d_bad else r.detailed,
-                r.fallback,
-                (r.reason + "; " if r.reason else "") + "drifted from the query: replaced",
-            )
-        out.append(r)
-    return out, int(bad.sum())
+    return resources.aware_captions(ctx, record, clips, state["query"], _focus(state), compute=False)
 
 
 def fuse(state: RetrievalState, runtime: Runtime[Context]) -> dict[str, Any]:
     """Step 5: granular fusion S_f of g(Q_s, C_agn) and g(Q_d, C_awr) over the video's clips."""
-    ctx = runtime.context
+    ctx, query = runtime.context, state["query"]
     video = resources.video_captions(ctx, state["video_id"])
-    variants = _variants(state, ctx)
-    query = state["query"]
-    texts = sorted({query} | {t for r in variants for t in (r.simplified, r.detailed)})
-    emb = dict(zip(texts, resources.embedder_for(ctx).embed(texts), strict=True))
-    notes: list[str] = []
-    if ctx.drift_threshold > -1.0:
-        variants, replaced = _replace_drifted(variants, query, emb, ctx.drift_threshold)
-        if replaced:
-            notes.append(
-                f"{replaced} rewrite side(s) drifted from the query (cosine < {ctx.drift_threshold:g}) "
-                "and were replaced by the original query"
-            )
-    q_s = np.stack([emb[r.simplified] for r in variants])
-    q_d = np.stack([emb[r.detailed] for r in variants])
-    # Pseudo-relevance feedback and temporal smoothing (measured on QVHighlights val, README).
-    k, w, sigma = ctx.feedback_k, ctx.feedback_weight, ctx.smooth_sigma
-    g_s = smoothed_similarity(feedback_queries(q_s, video.embeddings, k=k, weight=w), video.embeddings, sigma)
-    g_d_agn = smoothed_similarity(
-        feedback_queries(q_d, video.embeddings, k=k, weight=w), video.embeddings, sigma
-    )
-    g_d_aware, aware_mask = _aware_channel(state, ctx, q_d, g_s.shape[1], video, emb[query])
-    kwargs: dict[str, Any] = {"g_detailed_agnostic": g_d_agn, "aware_missing": ctx.aware_missing}
-    per_variant = variant_scores(g_s, g_d_aware, aware_mask, **kwargs)
-    fused = granular_fusion(g_s, g_d_aware, aware_mask, **kwargs)
-    _progress(runtime, "fuse", variants=len(variants), clips=int(fused.size), aware=int(aware_mask.sum()))
+    rewrites = (Rewrite.from_dict(r) for r in state.get("rewrites", []))
+    variants = query_variants(query, rewrites, include_original=ctx.include_original)
+    emb = embed_variants(query, variants, resources.embedder_for(ctx), ctx.drift_threshold)
+    aware = _stored_aware(state, ctx)
+    scores = fusion_stage(
+        emb.q_s, emb.q_d, video.embeddings, FusionSettings.of(ctx),
+        aware=aware, agnostic_captions=video.captions, query=query, query_emb=emb.query_emb,
+    )  # fmt: skip
+    drift = f"{emb.replaced} rewrite side(s) drifted from the query (cosine < {ctx.drift_threshold:g}) "
+    notes = [drift + "and were replaced by the original query"] if emb.replaced else []
+    _progress(runtime, "fuse", variants=len(emb.variants), clips=len(scores.fused), aware=scores.aware_clips)
     return {
         "notes": notes,
-        "variants": [r.to_dict() for r in variants],
-        "variant_scores": np.round(per_variant, 6).tolist(),
-        "fused": np.round(fused, 6).tolist(),
+        "variants": [r.to_dict() for r in emb.variants],
+        "variant_scores": scores.variant_scores,
+        "fused": scores.fused,
     }
 
 
@@ -375,18 +315,27 @@ def _duration(state: RetrievalState, ctx: Context) -> float:
     return float(record.duration_s)
 
 
+def _clip_len(state: RetrievalState) -> float:
+    """Seconds per clip of the stored video (``load_video`` reads it from the record): the grid
+    its captions (and S_f) are on.
+
+    Not ``Context.clip_len``: an imported caption file has its own grid (``clip_len_s``, e.g.
+    1 s or 3 s), and converting its clips with another length would put every window at the
+    wrong time.  For an ingested video the two agree (the ingest key holds ``clip_len``).
+    """
+    return float(state["clip_len_s"])
+
+
 def propose(state: RetrievalState, runtime: Runtime[Context]) -> dict[str, Any]:
-    """Step 6: proposals from high-score clips (and contrast windows when enabled)."""
+    """Step 6: proposals from high-score clips (and contrast windows when enabled), or with
+    ``proposal_mode="vtg-gpt"`` the peer's windows, already ranked (:mod:`granalign.stages.proposals`)."""
     ctx = runtime.context
-    windows = propose_windows(
-        np.asarray(state["variant_scores"]),
-        np.asarray(state["fused"]),
-        clip_len=ctx.clip_len,
+    windows = propose_stage(
+        state["variant_scores"],
+        state["fused"],
+        clip_len=_clip_len(state),
         duration=_duration(state, ctx),
-        params=ProposalParams(**ctx.proposal_kwargs()),
-        mode=ctx.proposal_mode,
-        contrast=ctx.contrast,
-        contrast_min_len=ctx.contrast_min_len,
+        settings=ProposalSettings.of(ctx),
     )
     _progress(runtime, "propose", candidates=len(windows))
     return {"candidates": windows}
@@ -395,22 +344,14 @@ def propose(state: RetrievalState, runtime: Runtime[Context]) -> dict[str, Any]:
 def nms(state: RetrievalState, runtime: Runtime[Context]) -> dict[str, Any]:
     """Step 7: temporal NMS, top-N windows; S_f becomes the saliency curve."""
     ctx = runtime.context
-    duration = _duration(state, ctx)
-    moments = select_moments(
-        state["candidates"],
-        np.asarray(state["fused"]),
-        duration=duration,
-        nms_iou=ctx.nms_iou,
-        top_n=ctx.top_n,
+    duration, clip_len = _duration(state, ctx), _clip_len(state)
+    ingested = state.get("mode") == "full"  # ingested videos: exactly one value per stored clip
+    n_out = saliency_length(duration, clip_len, int(state["n_clips"]) if ingested else None)
+    moments, curve = answer(
+        state["candidates"], state["fused"], duration=duration, n_out=n_out, settings=AnswerSettings.of(ctx)
     )
-    if state.get("mode") == "full":  # ingested videos: exactly one value per stored clip
-        n_out = int(state["n_clips"])
-    else:
-        n_out = max(1, math.ceil(duration / ctx.clip_len - 1e-9))
-    curve = saliency(state["fused"], sigma=ctx.saliency_sigma)
-    curve = (curve + [curve[-1]] * n_out)[:n_out]  # one value per clip of the whole duration
     _progress(runtime, "nms", moments=len(moments))
-    return {"moments": moments, "saliency": curve}
+    return {"moments": moments, "saliency": curve, "clip_len_s": clip_len}
 
 
 def build_retrieval_graph(checkpointer: BaseCheckpointSaver[Any] | None = None) -> Any:
@@ -419,18 +360,19 @@ def build_retrieval_graph(checkpointer: BaseCheckpointSaver[Any] | None = None) 
     ``langgraph.json``'s graph has no checkpointer (LangGraph Server brings its own);
     :mod:`graphs.durable` compiles one with SQLite for the library, CLI and tool.
 
-    Retries: only the network-facing nodes retry, and only on connection errors and timeouts
-    (never ValueError/OSError); the served backends already retry 5xx answers themselves.
+    Retries: no node has a LangGraph ``RetryPolicy``.  The served backends retry HTTP 5xx and
+    timeouts themselves (``request_attempts``, with backoff) and turn what is left into a
+    BackendError, which the network nodes record as a fallback; a node-level policy would never
+    see an exception to retry.
     """
-    network = RetryPolicy(max_attempts=3, retry_on=(ConnectionError, TimeoutError))
     builder = StateGraph(
         RetrievalState, context_schema=Context, input_schema=RetrievalInput, output_schema=RetrievalOutput
     )
     builder.add_node("load_video", load_video)
-    builder.add_node("rewrite", rewrite, input_schema=RewriteTask, retry_policy=network)
-    builder.add_node("focus", focus, input_schema=FocusTask, retry_policy=network)
+    builder.add_node("rewrite", rewrite, input_schema=RewriteTask)
+    builder.add_node("focus", focus, input_schema=FocusTask)
     builder.add_node("clip_filter", clip_filter, input_schema=ClipFilterTask)
-    builder.add_node("caption", caption, retry_policy=network)
+    builder.add_node("caption", caption)
     builder.add_node("fuse", fuse)
     builder.add_node("propose", propose)
     builder.add_node("nms", nms)

@@ -29,6 +29,7 @@ class RetrievalOutput(TypedDict):
     query: str
     moments: list[list[float]]
     saliency: list[float]
+    clip_len_s: float
     variants: list[dict[str, Any]]
     mode: str
     notes: list[str]
@@ -66,16 +67,15 @@ class RetrievalState(TypedDict):
     video_path: NotRequired[str]
     rewrites: NotRequired[Annotated[list[dict[str, Any]], operator.add]]
     focus: NotRequired[dict[str, Any]]
-    clip_scores: NotRequired[list[float]]
     key_clips: NotRequired[list[int]]
     aware_clips: NotRequired[list[int]]
-    aware_captions: NotRequired[list[str]]
     variants: NotRequired[list[dict[str, Any]]]
     variant_scores: NotRequired[list[list[float]]]
     fused: NotRequired[list[float]]
     candidates: NotRequired[list[list[float]]]
     moments: NotRequired[list[list[float]]]
     saliency: NotRequired[list[float]]
+    clip_len_s: NotRequired[float]
     notes: NotRequired[Annotated[list[str], operator.add]]
 
 
@@ -104,8 +104,10 @@ class IngestState(TypedDict):
     path: NotRequired[str]
     n_clips: NotRequired[int]
     duration_s: NotRequired[float]
+    info: NotRequired[dict[str, Any]]
     todo: NotRequired[list[int]]
     skipped: NotRequired[int]
     encoded: NotRequired[int]
+    finished: NotRequired[bool]
     timings: NotRequired[dict[str, float]]
     notes: NotRequired[Annotated[list[str], operator.add]]

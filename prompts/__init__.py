@@ -20,9 +20,16 @@ in a red coat ..." for a query about noodles) and was better without; larger mod
 need one.
 
 Templates use Python ``str.format`` syntax with ``{query}`` as the only placeholder (write
-``{{`` / ``}}`` for literal braces).  A malformed file raises :class:`InputError` naming the file
+``{{`` / ``}}`` for literal braces).  A malformed file raises :class:`PromptError` naming the file
 and the field, because a typo in a prompt file should fail at load time, not silently change
 an experiment.
+
+Fixed prompt texts (the agnostic and aware caption prompts, the focus extraction) are plain
+text files read by :func:`load_text` (``prompts/captions/*.txt``, ``prompts/focus/*.txt``).
+
+This package is data plus its loader: it imports nothing from ``granalign`` (the library sits
+above it and wraps :class:`PromptError` into its own ``InputError``, see
+``granalign.prompt_files``).
 """
 
 from __future__ import annotations
@@ -37,22 +44,33 @@ from typing import Any
 
 import yaml
 
-from granalign.errors import InputError
-
 __all__ = [
     "DEFAULT_M",
     "DEFAULT_PAIRS",
     "PROMPT_DIR",
+    "PromptError",
     "PromptPair",
     "available_pair_ids",
     "load_all_prompt_pairs",
     "load_prompt_pair",
     "load_prompt_pairs",
+    "load_text",
     "prompt_hash",
 ]
 
 PROMPT_DIR: Path = Path(__file__).resolve().parent / "rewrite"
 """The shipped prompt-pair folder (the default for every loader)."""
+
+TEXT_DIR: Path = Path(__file__).resolve().parent
+"""Where the fixed prompt texts live (``<group>/<name>.txt``)."""
+
+
+class PromptError(ValueError):
+    """A prompt file or folder is missing or malformed (the message names the file and field).
+
+    A ValueError of its own, not the library's InputError: this package must not import the
+    library that imports it; ``granalign.prompt_files`` turns it into an InputError.
+    """
 
 DEFAULT_PAIRS: tuple[str, ...] = ("core", "plain", "event", "caption_style", "visual")
 """Preference order of the shipped pairs; the default selection is its first ``DEFAULT_M``.
@@ -110,18 +128,18 @@ def _read_yaml(path: Path) -> Any:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise InputError(f"{path}: prompt pair file not found") from None
+        raise PromptError(f"{path}: prompt pair file not found") from None
     except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: not valid UTF-8 ({exc.reason})") from None
+        raise PromptError(f"{path}: not valid UTF-8 ({exc.reason})") from None
     except OSError as exc:
-        raise InputError(f"{path}: cannot read prompt pair file ({exc.strerror})") from None
+        raise PromptError(f"{path}: cannot read prompt pair file ({exc.strerror})") from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise InputError(f"{path}{where}: YAML syntax error ({problem})") from None
+        raise PromptError(f"{path}{where}: YAML syntax error ({problem})") from None
 
 
 def _check_template(path: Path, field: str, template: str) -> None:
@@ -129,43 +147,43 @@ def _check_template(path: Path, field: str, template: str) -> None:
     try:
         parsed = list(string.Formatter().parse(template))
     except ValueError as exc:
-        raise InputError(
+        raise PromptError(
             f"{path}: field {field!r}: malformed template ({exc}); write {{{{ and }}}} for literal braces"
         ) from None
     names = [name for _, name, _, _ in parsed if name is not None]
     for name in names:
         if name != _PLACEHOLDER:
-            raise InputError(
+            raise PromptError(
                 f"{path}: field {field!r}: unknown placeholder {{{name}}}; only {{query}} is allowed"
             )
     if _PLACEHOLDER not in names:
-        raise InputError(f"{path}: field {field!r}: template must contain {{query}}")
+        raise PromptError(f"{path}: field {field!r}: template must contain {{query}}")
     for _, field_name, spec, conversion in parsed:
         if field_name is not None and (spec or conversion):
-            raise InputError(f"{path}: field {field!r}: write the placeholder as plain {{query}}")
+            raise PromptError(f"{path}: field {field!r}: write the placeholder as plain {{query}}")
 
 
 def _check_fields(path: Path, data: Any) -> dict[str, str]:
     """Validate the mapping read from ``path``: required/known fields, all non-empty strings."""
     if not isinstance(data, dict):
         kind = "an empty file" if data is None else type(data).__name__
-        raise InputError(f"{path}: expected a mapping with fields {', '.join(_REQUIRED)}, got {kind}")
+        raise PromptError(f"{path}: expected a mapping with fields {', '.join(_REQUIRED)}, got {kind}")
     for field in _REQUIRED:
         if field not in data:
-            raise InputError(f"{path}: missing field {field!r}")
+            raise PromptError(f"{path}: missing field {field!r}")
     unknown = sorted(str(k) for k in data if k not in _REQUIRED + _OPTIONAL)
     if unknown:
         allowed = ", ".join(_REQUIRED + _OPTIONAL)
-        raise InputError(f"{path}: unknown field {unknown[0]!r} (allowed: {allowed})")
+        raise PromptError(f"{path}: unknown field {unknown[0]!r} (allowed: {allowed})")
     out: dict[str, str] = {}
     for field in _REQUIRED + _OPTIONAL:
         if field not in data:
             continue
         value = data[field]
         if not isinstance(value, str):
-            raise InputError(f"{path}: field {field!r} must be a string, got {type(value).__name__}")
+            raise PromptError(f"{path}: field {field!r} must be a string, got {type(value).__name__}")
         if not value.strip() and field != "system":
-            raise InputError(f"{path}: field {field!r} is empty")
+            raise PromptError(f"{path}: field {field!r} is empty")
         out[field] = value.strip()
     return out
 
@@ -175,7 +193,7 @@ def load_prompt_pair(path: str | os.PathLike[str]) -> PromptPair:
     p = Path(path)
     fields = _check_fields(p, _read_yaml(p))
     if fields["id"] != p.stem:
-        raise InputError(f"{p}: field 'id' is {fields['id']!r} but must equal the file stem {p.stem!r}")
+        raise PromptError(f"{p}: field 'id' is {fields['id']!r} but must equal the file stem {p.stem!r}")
     for field in _TEMPLATES:
         _check_template(p, field, fields[field])
     return PromptPair(
@@ -190,7 +208,7 @@ def load_prompt_pair(path: str | os.PathLike[str]) -> PromptPair:
 def _directory(directory: str | os.PathLike[str] | None) -> Path:
     d = PROMPT_DIR if directory is None else Path(directory)
     if not d.is_dir():
-        raise InputError(f"{d}: prompt pair folder not found")
+        raise PromptError(f"{d}: prompt pair folder not found")
     return d
 
 
@@ -224,22 +242,42 @@ def load_prompt_pairs(
         selected = _default_ids(available)
     else:
         if isinstance(ids, str):
-            raise InputError(f"prompt pair ids must be a list of ids, got the string {ids!r}")
+            raise PromptError(f"prompt pair ids must be a list of ids, got the string {ids!r}")
         selected = list(ids)
         seen: set[str] = set()
         for pair_id in selected:
             if pair_id in seen:
-                raise InputError(f"prompt pair {pair_id!r} is selected twice (it would count double)")
+                raise PromptError(f"prompt pair {pair_id!r} is selected twice (it would count double)")
             seen.add(pair_id)
             if pair_id not in available:
-                raise InputError(
+                raise PromptError(
                     f"prompt pair {pair_id!r} not found in {d}; available: {', '.join(available) or 'none'}"
                 )
     if not selected:
-        raise InputError(f"{d}: no prompt pairs selected (the folder has no *.yaml files)")
+        raise PromptError(f"{d}: no prompt pairs selected (the folder has no *.yaml files)")
     return sorted((load_prompt_pair(d / f"{i}.yaml") for i in selected), key=lambda p: p.id)
 
 
 def load_all_prompt_pairs(directory: str | os.PathLike[str] | None = None) -> list[PromptPair]:
     """Every pair in ``directory``, sorted by id (for experiments that compare all of them)."""
     return load_prompt_pairs(available_pair_ids(directory), directory)
+
+
+def load_text(name: str) -> str:
+    """The fixed prompt text ``prompts/<name>.txt`` (``name`` like ``captions/agnostic``).
+
+    Returned exactly as written but for the file's final newline: these texts are hashed into
+    cache keys (the agnostic caption prompt is part of every ingested clip's id), so an edit
+    of one is a new key, never a silent reuse of captions made with another prompt.
+    """
+    path = TEXT_DIR / f"{name}.txt"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PromptError(f"{path}: prompt text file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PromptError(f"{path}: cannot read prompt text ({exc})") from None
+    text = text[:-1] if text.endswith("\n") else text
+    if not text.strip():
+        raise PromptError(f"{path}: prompt text is empty")
+    return text

@@ -12,8 +12,23 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 BIN = Path(sys.executable).parent
+
+
+def store_copy(store: Path, dest: Path) -> Path:
+    """A copy of an embedded store for a server process (one process per embedded folder).
+
+    This process closes its stores first, so the copy is taken from files no one is writing.
+    """
+    import shutil
+
+    from granalign.store import close_stores
+
+    close_stores()
+    shutil.copytree(store, dest, ignore=shutil.ignore_patterns(".granalign.lock*"))
+    return dest
 
 
 def free_port() -> int:
@@ -108,3 +123,71 @@ def langgraph_dev(
     url = f"http://127.0.0.1:{port}"
     with server(cmd, f"{url}/ok", log, cwd=root, env=full_env, timeout=timeout):
         yield url
+
+
+class _TokenProxy:
+    """ASGI reverse proxy that forwards to ``upstream`` only requests carrying ``header: value``.
+
+    The stand-in for a deployment's authenticating proxy in front of ``chroma run`` (Chroma
+    1.x's server checks no credentials itself): anything without the header gets 401.
+    """
+
+    _HOP = frozenset({b"host", b"connection", b"transfer-encoding", b"content-length", b"keep-alive"})
+
+    def __init__(self, upstream: str, header: str, value: str) -> None:
+        self.upstream = upstream
+        self.header = header.lower().encode()
+        self.value = value.encode()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        import hmac
+
+        import httpx
+        from starlette.requests import Request
+        from starlette.responses import JSONResponse, Response
+
+        if scope["type"] != "http":
+            return
+        request = Request(scope, receive)
+        sent = dict(scope["headers"]).get(self.header, b"")
+        if not hmac.compare_digest(sent, self.value):
+            await JSONResponse({"error": "unauthorized"}, status_code=401)(scope, receive, send)
+            return
+        headers = [(k, v) for k, v in scope["headers"] if k not in self._HOP and k != self.header]
+        async with httpx.AsyncClient(base_url=self.upstream, timeout=60) as client:
+            got = await client.request(
+                request.method,
+                scope["path"],
+                params=scope.get("query_string", b"").decode(),
+                headers=headers,
+                content=await request.body(),
+            )
+        keep = {k: v for k, v in got.headers.items() if k.lower().encode() not in self._HOP}
+        keep.pop("content-encoding", None)  # httpx already decoded the body
+        await Response(got.content, status_code=got.status_code, headers=keep)(scope, receive, send)
+
+
+@contextlib.contextmanager
+def token_proxy(upstream: str, header: str, value: str) -> Iterator[str]:
+    """A :class:`_TokenProxy` to ``upstream`` on a free loopback port (a thread); yields its URL."""
+    import threading
+
+    import uvicorn
+
+    port = free_port()
+    config = uvicorn.Config(
+        _TokenProxy(upstream, header, value), host="127.0.0.1", port=port, log_level="warning", lifespan="off"
+    )
+    proxy = uvicorn.Server(config)
+    thread = threading.Thread(target=proxy.run, name="token-proxy", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not proxy.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"token proxy on port {port} did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proxy.should_exit = True
+        thread.join(timeout=10)

@@ -3,8 +3,9 @@
 ``ScriptedChatModel`` is a *model stand-in*: it replays scripted replies (tool calls, answers,
 malformed calls) so the loop's behaviour is tested exactly; the retrieval tool behind it is the
 real one over a real store.  The last tests talk to a real ``transformers serve`` process
-serving SmolLM2-135M-Instruct through ChatOpenAI: its answers are not judged (a 135M model
-does not call tools), only that the loop completes and never crashes on such a model.
+serving SmolLM2-135M-Instruct through ChatOpenAI: its words are not judged (a 135M model
+does not call tools), only that the answer carries retrieved windows all the same (the
+``ground`` node retrieves for it) and that a question about no video retrieves nothing.
 ``smollm2_endpoint`` is shared with ``test_langgraph_dev_agent.py`` (one server per session).
 """
 
@@ -83,8 +84,9 @@ def transcript(messages: list[BaseMessage]) -> str:
         if isinstance(m, HumanMessage):
             lines.append(f"USER: {m.text}")
         elif isinstance(m, AIMessage):
+            who = "GROUND" if m.name == "ground" else "AGENT"  # the agent's own call, not the model's
             for c in m.tool_calls:
-                lines.append(f"AGENT → {c['name']}({c['args']})")
+                lines.append(f"{who} → {c['name']}({c['args']})")
             if m.text:
                 lines.append(f"AGENT: {m.text}")
         elif isinstance(m, ToolMessage):
@@ -260,6 +262,64 @@ def test_a_model_that_never_calls_tools_just_answers(tools):
         assert out["messages"][-1].text == expected and out["citations"] == []
 
 
+def _traced(agent: Any, question: dict[str, Any], ctx: AgentContext | None = None) -> tuple[dict, list]:
+    """Run the agent; return its final state and the trace (node name, update) in order."""
+    trace, final = [], {}
+    for mode, chunk in agent.stream(question, stream_mode=["updates", "values"], context=ctx):
+        if mode == "values":
+            final = chunk
+        else:
+            trace += list(chunk.items())
+    return final, trace
+
+
+def _retrievals(messages: list[BaseMessage]) -> list[ToolMessage]:
+    return [m for m in messages if isinstance(m, ToolMessage) and m.name == "retrieve_moments"]
+
+
+def test_a_video_named_in_the_question_is_retrieved_when_the_model_does_not(tools):
+    """No ``video`` input and no tool call: the store id in the question is enough to ground."""
+    draft = AIMessage(content="The video is about the Black Dog, a popular video game.")
+    model = _scripted(draft, AIMessage(content="They play with it near the end."))
+    question = {"messages": [HumanMessage(f"When do the friends play with the black dog in {DOG_VIDEO}?")]}
+    out, trace = _traced(build_agent(model=model, tools=tools), question)
+    assert [node for node, _ in trace] == ["agent", "ground", "tools", "agent", "ground", "answer"]
+    (retrieval,) = _retrievals(out["messages"])
+    assert retrieval.status == "success" and retrieval.tool_call_id.startswith("ground-")
+    call = trace[1][1]["messages"][-1].tool_calls[0]
+    assert call["args"] == {"video": DOG_VIDEO, "query": "When do the friends play with the black dog in"}
+    # the ungrounded draft is gone; the model answered again with the windows in context
+    assert all("video game" not in m.text for m in out["messages"])
+    assert len(model.calls) == 2 and retrieval.text in [m.text for m in model.calls[1]["messages"]]
+    s, e, _ = retrieval.artifact["moments"][0]
+    answer = out["messages"][-1].text
+    assert answer.startswith("They play with it near the end.") and f"{s:.1f}–{e:.1f} s" in answer
+    assert out["citations"][0]["video_id"] == DOG_VIDEO
+
+
+def test_a_conversation_that_names_no_video_is_not_forced_to_retrieve(tools):
+    """An id-shaped word the store does not know is no video; nothing is retrieved."""
+    model = _scripted(AIMessage(content="Version 2.0-beta shipped in May."))
+    out, trace = _traced(
+        build_agent(model=model, tools=tools), {"messages": [HumanMessage("When did 2.0-beta ship?")]}
+    )
+    assert [node for node, _ in trace] == ["agent", "ground", "answer"]
+    assert not [m for m in out["messages"] if isinstance(m, ToolMessage)] and out["citations"] == []
+    assert out["messages"][-1].text == "Version 2.0-beta shipped in May." and len(model.calls) == 1
+
+
+def test_a_failed_grounding_retrieval_is_said_in_the_answer(tools):
+    model = _scripted(AIMessage(content="At 0:42."), AIMessage(content="At 0:42."))
+    question = {"messages": [HumanMessage("When does the dog jump?")], "video": "no_such_video_1"}
+    out, trace = _traced(build_agent(model=model, tools=tools), question, AgentContext(max_tool_calls=0))
+    (retrieval,) = _retrievals(out["messages"])
+    assert retrieval.status == "error" and retrieval.tool_call_id.startswith("ground-")
+    answer = out["messages"][-1].text
+    assert answer.startswith("At 0:42.") and "No moments could be retrieved for this answer" in answer
+    assert retrieval.text in answer  # the tool's reason, e.g. that the video is not indexed
+    assert [node for node, _ in trace].count("ground") == 2 and out["citations"] == []
+
+
 def test_progress_of_agent_and_tool_share_one_custom_stream(tools):
     model = _scripted(
         AIMessage(content="", tool_calls=[_call("retrieve_moments", {"video": DOG_VIDEO, "query": "a dog"})]),
@@ -278,7 +338,7 @@ def test_progress_of_agent_and_tool_share_one_custom_stream(tools):
     chunks = asyncio.run(run())
     custom = [c for mode, c in chunks if mode == "custom"]
     updates = [next(iter(c)) for mode, c in chunks if mode == "updates"]
-    assert updates == ["agent", "tools", "agent", "answer"]
+    assert updates == ["agent", "tools", "agent", "ground", "answer"]  # ground: retrieved already
     assert [c.get("agent") for c in custom if "agent" in c] == [
         "model",
         "model_done",
@@ -344,20 +404,52 @@ def smollm2_endpoint(request, smollm2_folder, tmp_path_factory) -> str:  # noqa:
     return _SERVED["spec"]
 
 
+def _dog_question(**extra: Any) -> dict[str, Any]:
+    return {"messages": [HumanMessage("When are the friends playing with the black dog?")], **extra}
+
+
 @pytest.mark.slow
-def test_the_loop_completes_with_a_real_served_model(tools, smollm2_endpoint, capsys):
-    """SmolLM2 through ChatOpenAI: whatever it says, the run ends with an answer."""
-    agent = build_agent(tools=tools)
+def test_a_real_served_model_answer_carries_the_retrieved_windows(tools, smollm2_endpoint, capsys):
+    """SmolLM2 through ChatOpenAI with the tools bound: the answer is grounded whatever it does."""
     ctx = AgentContext(model=smollm2_endpoint, max_tokens=16)
-    question = {
-        "messages": [HumanMessage("When are the friends playing with the black dog?")],
-        "video": DOG_VIDEO,
-    }
-    out = agent.invoke(question, context=ctx)
-    first_reply, last = out["messages"][1], out["messages"][-1]
+    out, trace = _traced(build_agent(tools=tools), _dog_question(video=DOG_VIDEO), ctx)
+    first_reply = trace[0][1]["messages"][-1]
     assert first_reply.response_metadata.get("model_provider") == "openai"  # it really went over HTTP
-    assert isinstance(last, AIMessage) and last.text and not last.tool_calls
+    retrieval = next(m for m in _retrievals(out["messages"]) if m.status == "success")
+    if not first_reply.tool_calls:  # SmolLM2-135M does not call tools: the ground node retrieved
+        assert retrieval.tool_call_id.startswith("ground-") and trace[1][0] == "ground"
+    s, e, _ = retrieval.artifact["moments"][0]
+    last = out["messages"][-1]
+    assert isinstance(last, AIMessage) and not last.tool_calls and f"{s:.1f}–{e:.1f} s" in last.text
+    assert out["citations"][0]["video_id"] == DOG_VIDEO
     with capsys.disabled():
         print(
             f"\n[agent transcript, real SmolLM2-135M via transformers serve]\n{transcript(out['messages'])}"
         )
+
+
+@pytest.mark.slow
+def test_a_real_model_without_tools_is_grounded_by_the_ground_node(tools, smollm2_endpoint):
+    """max_tool_calls=0 hides the tools from the model, so only the ground node can retrieve."""
+    ctx = AgentContext(model=smollm2_endpoint, max_tokens=16, max_tool_calls=0)
+    out, trace = _traced(build_agent(tools=tools), _dog_question(video=DOG_VIDEO), ctx)
+    assert [node for node, _ in trace] == ["agent", "ground", "tools", "agent", "ground", "answer"]
+    assert trace[0][1]["messages"][-1].response_metadata.get("model_provider") == "openai"
+    (retrieval,) = _retrievals(out["messages"])
+    assert retrieval.status == "success" and retrieval.tool_call_id.startswith("ground-")
+    assert trace[1][1]["messages"][-1].tool_calls[0]["args"] == {
+        "video": DOG_VIDEO,
+        "query": "When are the friends playing with the black dog?",
+    }
+    s, e, _ = retrieval.artifact["moments"][0]
+    assert f"{s:.1f}–{e:.1f} s" in out["messages"][-1].text
+    assert [c["video_id"] for c in out["citations"]] == [DOG_VIDEO]
+
+
+@pytest.mark.slow
+def test_a_real_model_asked_about_no_video_is_not_forced_to_retrieve(tools, smollm2_endpoint):
+    ctx = AgentContext(model=smollm2_endpoint, max_tokens=16, max_tool_calls=0)
+    out, trace = _traced(build_agent(tools=tools), _dog_question(), ctx)
+    assert [node for node, _ in trace] == ["agent", "ground", "answer"]
+    assert not [m for m in out["messages"] if isinstance(m, ToolMessage)] and out["citations"] == []
+    assert out["messages"][-1].text

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from benchmarks import suite
 from granalign.errors import ConfigError
 from graphs.context import Context
+from tools import benchmark_suite as suite
 from tools.cli import app
 from tools.cli_benchmark import format_value
 
@@ -59,6 +59,8 @@ def test_quick_core_math_and_graph_overhead(tmp_path: Path) -> None:
         assert isinstance(row["value"], float) and math.isfinite(row["value"]), row
         assert row["value"] > 0 or row["metric"].startswith("overhead"), row  # a difference may be < 0
         assert row["size"] and row["metric"] and row["unit"]
+    same = next(r for r in rows if r["metric"] == "identical answers")
+    assert same["value"] == float(same["unit"].split()[1])  # the stages = the graph, query by query
     core = {(r["size"], r["metric"]) for r in rows if r["benchmark"] == "core_math"}
     for n in ("75", "1,800", "18,000"):
         assert any(size.startswith(f"{n} clips") and "fuse+propose+NMS CPU" in m for size, m in core)

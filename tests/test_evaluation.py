@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,25 +23,14 @@ from granalign.evaluation import (
     metrics_table_rows,
     recall_and_miou,
 )
+from tests.conftest import fixture_path
 
 # --------------------------------------------------------------------------- parity data
 
 
-def _shared_data_dir() -> Path:
-    override = os.environ.get("GRANALIGN_SHARED_DATA")
-    if override:
-        return Path(override)
-    return Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
-QVH_DIR = _shared_data_dir() / "qvhighlights"
-GT_FILE = QVH_DIR / "highlight_val_release.jsonl"
-
-
-def _require(path: Path) -> Path:
-    if not path.is_file():
-        pytest.skip(f"parity data not found: {path} (set GRANALIGN_SHARED_DATA to the shared/data directory)")
-    return path
+def _qvh(name: str) -> Path:
+    """A committed QVHighlights fixture (tests/fixtures/qvhighlights); missing fails the test."""
+    return fixture_path("qvhighlights", name)
 
 
 def _leaves(tree: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
@@ -73,7 +61,7 @@ def _key_structure(tree: Any) -> Any:
 def val_ground_truth() -> list[dict[str, Any]]:
     from granalign.jsonl import read_jsonl
 
-    return read_jsonl(_require(GT_FILE))
+    return read_jsonl(_qvh("highlight_val_release.jsonl"))
 
 
 @pytest.mark.parametrize("name", ["sample_val_preds", "vtg_gpt_val_preds"])
@@ -85,8 +73,8 @@ def test_parity_with_official_metrics(name: str, val_ground_truth: list[dict[str
     """
     from granalign.jsonl import read_jsonl
 
-    submission = read_jsonl(_require(QVH_DIR / f"{name}.jsonl"))
-    expected = json.loads(_require(QVH_DIR / f"{name}_metrics.json").read_text())
+    submission = read_jsonl(_qvh(f"{name}.jsonl"))
+    expected = json.loads(_qvh(f"{name}_metrics.json").read_text())
     got = evaluate_submission(submission, val_ground_truth)
     assert _key_structure(got) == _key_structure(expected)
     reference = dict(_leaves(expected))
@@ -100,16 +88,16 @@ def test_parity_with_official_metrics(name: str, val_ground_truth: list[dict[str
 
 
 def test_evaluate_files_matches_in_memory() -> None:
-    sub = _require(QVH_DIR / "sample_val_preds.jsonl")
-    expected = json.loads(_require(QVH_DIR / "sample_val_preds_metrics.json").read_text())
-    got = evaluate_files(sub, _require(GT_FILE))
+    sub = _qvh("sample_val_preds.jsonl")
+    expected = json.loads(_qvh("sample_val_preds_metrics.json").read_text())
+    got = evaluate_files(sub, _qvh("highlight_val_release.jsonl"))
     assert got["brief"] == expected["brief"]
 
 
 def test_full_val_allow_subset_matches_full_when_complete(val_ground_truth: list[dict[str, Any]]) -> None:
     from granalign.jsonl import read_jsonl
 
-    submission = read_jsonl(_require(QVH_DIR / "vtg_gpt_val_preds.jsonl"))
+    submission = read_jsonl(_qvh("vtg_gpt_val_preds.jsonl"))
     assert evaluate_submission(submission, val_ground_truth, allow_subset=True) == evaluate_submission(
         submission, val_ground_truth
     )

@@ -107,3 +107,27 @@ def test_unknown_pair_is_a_clear_error():
 
     with pytest.raises(InputError, match="no-such-pair"):
         plan_settings(["no-such-pair"], 1, False, None)
+
+
+def test_a_failed_query_counts_as_a_miss_in_an_experiment_row(tmp_path):
+    """As in bench: every annotation is scored, so a query that fails lowers the row, never raises it."""
+    from granalign.captions_import import import_captions
+    from granalign.evaluation import evaluate_submission
+    from tools.experiment import Setting
+
+    anns = read_annotations(DEMO.annotations, limit=10)
+    base = Context(store_dir=str(tmp_path / "store"))
+    import_captions(
+        resources.store_for(base),
+        resources.embedder_for(base),
+        DEMO.captions,
+        source="demo",
+        only={a.vid for a in anns[:-1]} - {anns[-1].vid},  # the last query's video is never imported
+    )
+    row = run_setting(base, Setting("Q_r", "original query"), anns, tmp_path / "out")
+    assert row.n == 9 and row.skipped == 1
+    preds = [json.loads(x) for x in (tmp_path / "out/settings/Q_r/preds.jsonl").read_text().splitlines()]
+    answered_only = evaluate_submission(preds, [a.raw for a in anns[:-1]], allow_subset=True)["brief"]
+    assert answered_only["MR-full-mAP"] > 0
+    for key in ("MR-full-mAP", "MR-full-R1@0.5"):
+        assert row.metrics["brief"][key] == pytest.approx(answered_only[key] * 9 / 10, abs=0.01), key

@@ -42,6 +42,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from granalign.backends.rewriter import make_rewriter
 from granalign.captions_import import read_captions_file
 from granalign.errors import ConfigError, InputError
 from granalign.feedback import feedback_queries
@@ -50,7 +51,7 @@ from granalign.jsonl import iter_jsonl
 from granalign.moments import clips_to_seconds, localize_moments, saliency
 from granalign.nms import temporal_iou, temporal_nms
 from granalign.proposals import ProposalParams, contrast_windows, generate_proposals, merge_clips
-from granalign.rewrite import FileRewriter, make_rewriter
+from granalign.rewrite import FileRewriter
 from granalign.similarity import cosine_similarity, minmax_normalise, normalised_similarity
 from granalign.smoothing import gaussian_smooth, smoothed_similarity
 from granalign.specs import ENGINES, BackendSpec, parse_spec

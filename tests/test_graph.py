@@ -121,3 +121,75 @@ def test_context_validation_lists_what_is_allowed():
     with pytest.raises(ConfigError, match="GRANALIGN_TOP_N"):
         Context.from_env({"GRANALIGN_TOP_N": "many"})
     assert Context.from_env({"GRANALIGN_LAM": "0.5"}).lam == 0.5
+
+
+GRID_CAPTIONS = [
+    "a red car drives down a street",
+    "a red car drives down a street",
+    "a dog sleeps on a sofa",
+    "a dog sleeps on a sofa",
+    "a man cuts carrots on a wooden board",
+    "a man cuts carrots on a wooden board",
+    "a man cuts carrots on a wooden board",
+    "a dog sleeps on a sofa",
+    "a red car drives down a street",
+    "a red car drives down a street",
+    "a dog sleeps on a sofa",
+    "a red car drives down a street",
+]
+
+
+@pytest.mark.parametrize("clip_len_s", [1, 3])
+def test_caption_only_windows_use_the_caption_files_clip_length(tmp_path, clip_len_s):
+    """A caption file on a 1-s or 3-s grid: windows and saliency follow its grid, not Context.clip_len."""
+    caps = tmp_path / "caps.jsonl"
+    caps.write_text(json.dumps({"vid": "grid", "clip_len_s": clip_len_s, "captions": GRID_CAPTIONS}) + "\n")
+    # 12 clips: the threshold rule alone, counting the top 3 clips
+    ctx = Context(store_dir=str(tmp_path / "store"), contrast=False, top_k=3, gap=1)
+    assert ctx.clip_len == 2.0
+    import_captions(resources.store_for(ctx), make_embedder(ctx.embedder), caps, source="grid")
+    out = graph.invoke({"video": "grid", "query": "a man cuts carrots"}, context=ctx)
+    duration = len(GRID_CAPTIONS) * clip_len_s
+    assert len(out["saliency"]) == len(GRID_CAPTIONS)
+    assert all(0 <= s < e <= duration for s, e, _ in out["moments"])
+    assert all(s % clip_len_s == 0 and e % clip_len_s == 0 for s, e, _ in out["moments"])
+    start, end, _ = out["moments"][0]
+    truth = (4 * clip_len_s, 7 * clip_len_s)  # the carrot clips 4..6
+    overlap = min(end, truth[1]) - max(start, truth[0])
+    assert overlap / (max(end, truth[1]) - min(start, truth[0])) >= 0.5, out["moments"][0]
+    longer = graph.invoke(
+        {"video": "grid", "query": "a red car", "duration": duration + 2.5 * clip_len_s}, context=ctx
+    )
+    assert len(longer["saliency"]) == len(GRID_CAPTIONS) + 3  # one value per clip of the given duration
+    assert out["clip_len_s"] == longer["clip_len_s"] == clip_len_s  # front ends plot on this grid
+    from tools.langchain_tool import MomentRetriever, ToolSettings
+
+    tool_out = MomentRetriever(ToolSettings(context=ctx)).run("grid", "a man cuts carrots")
+    assert tool_out.artifact["clip_len_s"] == clip_len_s
+
+
+def test_context_takes_proposal_defaults_and_bounds_from_the_library():
+    """One source: every proposal/NMS/saliency setting's default and range is the library's."""
+    from dataclasses import fields
+
+    from granalign.moments import MOMENT_BOUNDS, MomentSettings
+    from granalign.proposals import ProposalParams
+
+    ctx, lib = Context(), MomentSettings()
+    meta = {f.name: f.metadata for f in fields(Context)}
+    for f in fields(MomentSettings):
+        assert getattr(ctx, f.name) == getattr(lib, f.name), f.name
+    for name, (lo, hi) in MOMENT_BOUNDS.items():
+        assert (meta[name]["lo"], meta[name]["hi"]) == (lo, hi), name
+        for edge in (lo, hi):
+            if name == "nms_iou" and edge == 0.0:
+                continue
+            settings = Context(**{name: edge}).moment_settings()  # accepted by both, not just the graph
+            assert getattr(settings, name) == edge
+    ProposalParams(**Context(gap=1, num_bins=1, drop_pct=100.0).proposal_kwargs())
+
+
+@pytest.mark.parametrize(("field", "value"), [("gap", 0), ("nms_iou", 0.0)])
+def test_context_refuses_what_the_proposal_rule_refuses(field, value):
+    with pytest.raises(ConfigError, match=field):
+        Context(**{field: value})

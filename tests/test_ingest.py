@@ -24,110 +24,20 @@ from typer.testing import CliRunner
 from granalign.backends.captioner import AGNOSTIC_PROMPT
 from granalign.errors import InputError
 from granalign.store import caption_id, frame_id, open_store
+from granalign.testing import build_tiny_vlm_random_weights
 from granalign.video import content_hash
 from graphs import resources
 from graphs.context import Context
 from graphs.ingest import ingest_video, unfinished_clips
-from tests.conftest import SHARED_DATA
-from tests.test_video import make_audio_only, make_video, needs_videos
+from tests.conftest import VIDEOS, needs_videos
+from tests.test_video import make_audio_only, make_video
 from tools.cli import app
 
-VIDEOS = SHARED_DATA / "videos"
 pytestmark = needs_videos
 ROOT = Path(__file__).resolve().parents[1]
 
 
 # -- shared helpers (also used by test_full_mode and test_openai_backends) ----------------------
-
-
-def build_tiny_vlm_random_weights(folder: Path) -> Path:
-    """A tiny Qwen2.5-VL (1 text layer, 1 vision block, 32 wide) with random weights, saved as a
-    normal transformers model folder (processor with a chat template, tokenizer, weights).
-
-    The tokenizer is a 400-token byte-level BPE trained on a few sentences: no download, and a
-    model small enough that captioning a frame takes milliseconds.  Its captions are gibberish.
-    """
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import (
-        PreTrainedTokenizerFast,
-        Qwen2_5_VLConfig,
-        Qwen2_5_VLForConditionalGeneration,
-        Qwen2_5_VLProcessor,
-    )
-    from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
-    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
-
-    special = [
-        "<|endoftext|>",
-        "<|im_start|>",
-        "<|im_end|>",
-        "<|vision_start|>",
-        "<|vision_end|>",
-        "<|image_pad|>",
-        "<|video_pad|>",
-    ]
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    corpus = ["a man rides a bike down a street", "a dog runs on the grass", "people cook in a kitchen"] * 5
-    bpe.train_from_iterator(
-        corpus,
-        trainers.BpeTrainer(
-            vocab_size=400, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-        ),
-    )
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>")
-    chat = (
-        "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
-        "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
-        "{% for c in message['content'] %}"
-        "{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
-        "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
-        "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-    )
-    processor = Qwen2_5_VLProcessor(
-        image_processor=Qwen2VLImageProcessor(min_pixels=28 * 28 * 4, max_pixels=112 * 112),
-        tokenizer=tok,
-        video_processor=Qwen2VLVideoProcessor(),
-        chat_template=chat,
-    )
-    ids = {t: tok.convert_tokens_to_ids(t) for t in special}
-    config = Qwen2_5_VLConfig(
-        text_config={
-            "vocab_size": len(tok),
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 1,
-            "max_position_embeddings": 2048,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
-            "bos_token_id": None,
-            "eos_token_id": ids["<|im_end|>"],
-            "pad_token_id": ids["<|endoftext|>"],
-        },
-        vision_config={
-            "depth": 1,
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_heads": 2,
-            "out_hidden_size": 32,
-            "fullatt_block_indexes": [0],
-        },
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = Qwen2_5_VLForConditionalGeneration(config).eval()
-    model.generation_config.eos_token_id = ids["<|im_end|>"]
-    model.generation_config.pad_token_id = ids["<|endoftext|>"]
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
 
 
 def model_context(store_dir: Path, vlm: Path, roots: list[Path], **overrides: Any) -> Context:

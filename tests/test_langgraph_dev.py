@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,15 +24,24 @@ def one_query(tmp_path_factory) -> tuple[Path, dict]:
     caps = store_dir / "one.jsonl"
     line = next(x for x in DEMO.captions.read_text().splitlines() if json.loads(x)["vid"] == ann["vid"])
     caps.write_text(line + "\n")
-    import_captions(Store(store_dir / "store"), make_embedder("local:all-MiniLM-L6-v2"), caps, source="demo")
+    with Store(store_dir / "store") as store:  # closed: the server process opens it
+        import_captions(store, make_embedder("local:all-MiniLM-L6-v2"), caps, source="demo")
     return store_dir / "store", ann
 
 
-def test_langgraph_dev_serves_the_retrieval_graph(one_query, tmp_path):
+@pytest.fixture(scope="module")
+def served(one_query, tmp_path_factory) -> Iterator[str]:
+    """``langgraph dev`` serving the repo's graphs over the one-query store; yields its URL."""
+    store_dir, _ = one_query
+    log = tmp_path_factory.mktemp("langgraph") / "langgraph.log"
+    with langgraph_dev({"GRANALIGN_STORE": str(store_dir)}, log, timeout=180) as url:
+        yield url
+
+
+def test_langgraph_dev_serves_the_retrieval_graph(one_query, served):
     from langgraph_sdk import get_client
 
-    store_dir, ann = one_query
-    env = {"GRANALIGN_STORE": str(store_dir)}
+    _, ann = one_query
 
     async def scenario(url: str) -> dict:
         client = get_client(url=url)
@@ -47,9 +57,46 @@ def test_langgraph_dev_serves_the_retrieval_graph(one_query, tmp_path):
             context={"top_n": 5},
         )
 
-    with langgraph_dev(env, tmp_path / "langgraph.log", timeout=180) as url:
-        out = asyncio.run(scenario(url))
+    out = asyncio.run(scenario(served))
     assert out["video_id"] == ann["vid"]
     assert 1 <= len(out["moments"]) <= 5
     assert all(0 <= s < e <= ann["duration"] for s, e, _ in out["moments"])
     assert len(out["saliency"]) == int(ann["duration"] // 2)
+
+
+def _run_error(served: str, graph_id: str, inputs: dict, **kwargs: object) -> dict:
+    """The error a LangGraph client receives for a run that fails (``{"error", "message"}``)."""
+    from langgraph.pregel.remote import RemoteException, RemoteGraph
+
+    with pytest.raises(RemoteException) as err:
+        RemoteGraph(graph_id, url=served).invoke(inputs, **kwargs)  # type: ignore[arg-type]
+    return dict(err.value.args[0])
+
+
+def test_unknown_context_keys_are_refused_as_the_cli_refuses_them(one_query, served):
+    """The server would drop ``foo`` silently; the served graphs refuse it with the CLI's message."""
+    from langgraph_sdk import get_client
+
+    from granalign.errors import ConfigError
+    from graphs.context import Context
+
+    _, ann = one_query
+    with pytest.raises(ConfigError) as cli:  # what ``--set foo=1`` gets
+        Context.from_env({}, foo=1)
+    inputs = {"video": ann["vid"], "query": ann["query"]}
+    for graph_id, graph_input in (("retrieval", inputs), ("ingest", {"video": "clip.mp4"})):
+        got = _run_error(served, graph_id, graph_input, context={"top_n": 5, "foo": 1})
+        assert got == {"error": "ConfigError", "message": str(cli.value)}, graph_id
+
+    async def through_configurable() -> None:  # the pre-context way of passing settings
+        client = get_client(url=served)
+        with pytest.raises(Exception, match=r"unknown setting\(s\) \['foo'\]"):
+            await client.runs.wait(None, "retrieval", input=inputs, config={"configurable": {"foo": 1}})
+
+    asyncio.run(through_configurable())
+
+
+def test_errors_that_reach_api_clients_name_settings_not_cli_flags(served):
+    got = _run_error(served, "retrieval", {"video": "/etc/hostname", "query": "a dog"})
+    assert "outside the allowed video roots" in got["message"]
+    assert "video_roots setting" in got["message"] and "--set" not in got["message"]

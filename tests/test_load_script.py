@@ -34,3 +34,6 @@ def test_load_script_drives_both_targets_without_errors(tmp_path: Path) -> None:
         assert set(lat) == {"p50", "p95", "p99", "mean", "min", "max"}
         assert 0 < lat["min"] <= lat["p50"] <= lat["p95"] <= lat["p99"] <= lat["max"]
         assert r["server"] == "started here" and r["url"].startswith("http://127.0.0.1:")
+        assert r["servers"] == 1 and r["ok_per_server"] == [r["ok"]]
+    mcp = report["results"][1]
+    assert mcp["answers_checked"] == mcp["ok"]  # each equal to the sequential single-server answer

@@ -25,12 +25,10 @@ import pytest
 from granalign.errors import InputError
 from granalign.locks import lock_path, video_lock
 from graphs import resources
-from tests.conftest import SHARED_DATA
+from tests.conftest import VIDEOS, approx_moments, needs_videos
 from tests.test_ingest import Calls, build_tiny_vlm_random_weights, model_context
-from tests.test_video import needs_videos
 
 ROOT = Path(__file__).resolve().parents[1]
-VIDEOS = SHARED_DATA / "videos"
 HOLDER = textwrap.dedent(
     """
     import sys, time
@@ -207,4 +205,4 @@ def test_concurrent_processes_sharing_a_chroma_server_ingest_once_random_weights
                 p.kill()
     assert all(p.returncode == 0 for p in procs)
     assert sum(o["encoded"] for o in outs) == 5, outs  # 5 clips, encoded by one process only
-    assert all(o["moments"] == outs[0]["moments"] for o in outs)
+    assert all(o["moments"] == approx_moments(outs[0]["moments"]) for o in outs)  # processes: tolerance

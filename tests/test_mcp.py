@@ -7,12 +7,13 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage
 
 from agent.graph import build_agent
-from tests.servers import free_port, server
+from tests.servers import free_port, server, store_copy
 from tests.test_agent import _scripted
 from tests.test_tool import DOG_VIDEO, FLIPFLOP_VIDEO, demo_store  # noqa: F401  (fixture)
 
@@ -38,7 +39,7 @@ def video_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def http_server(demo_store, video_root, tmp_path_factory):  # noqa: F811
-    store, _ = demo_store
+    store = store_copy(demo_store[0], tmp_path_factory.mktemp("mcp-http") / "store")  # its own folder
     port = free_port()
     log = tmp_path_factory.mktemp("mcplog") / "mcp.log"
     cmd = [str(BIN / "granalign"), "mcp", "--transport", "http", "--port", str(port)]
@@ -101,7 +102,8 @@ def test_http_server_lists_tools_with_json_schemas_and_answers(http_server, demo
     assert result["video_id"] == DOG_VIDEO and 1 <= len(result["moments"]) <= 3
     assert all(0 <= s < e <= 150 for s, e, _ in result["moments"]) and len(result["saliency"]) == 75
     assert json.loads(ok.content[0].text) == result  # the text block is the same JSON
-    assert progress[0][1] == "load_video" and [m for _, m in progress][-1] == "nms"
+    stages = [(m or "").split()[0] for _, m in progress]  # "stage key=value ..."
+    assert stages[0] == "load_video" and stages[-1] == "nms"
     assert [v for v, _ in progress] == sorted(v for v, _ in progress)
 
     assert [v["video_id"] for v in videos.structuredContent["videos"]] == [FLIPFLOP_VIDEO]
@@ -122,6 +124,41 @@ def test_http_server_lists_tools_with_json_schemas_and_answers(http_server, demo
     assert still_ok.structuredContent["total"] == 2
 
 
+def test_bad_arguments_get_the_langchain_tools_one_line_answer(http_server):
+    """FastMCP's multi-line pydantic reports become the one line the LangChain tool answers."""
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+
+    from tools.langchain_tool import make_retrieve_moments_tool
+
+    cases = {
+        "long query": {"video": DOG_VIDEO, "query": "x" * 5000},
+        "empty query": {"video": DOG_VIDEO, "query": ""},
+        "top_k=999": {"video": DOG_VIDEO, "query": "a dog", "top_k": 999},
+        "top_k text": {"video": DOG_VIDEO, "query": "a dog", "top_k": "many"},
+        "no video": {"query": "a dog"},
+    }
+
+    async def scenario() -> dict[str, Any]:
+        async with (
+            streamable_http_client(http_server) as (read, write, _),
+            ClientSession(read, write) as session,
+        ):
+            await session.initialize()
+            return {name: await session.call_tool("retrieve_moments", args) for name, args in cases.items()}
+
+    answers = asyncio.run(scenario())
+    langchain = make_retrieve_moments_tool()  # validation happens before any setting is read
+    for name, res in answers.items():
+        text = res.content[0].text
+        assert res.isError and "\n" not in text, (name, text)
+        assert text == langchain.invoke(cases[name]), name
+    assert answers["top_k=999"].content[0].text == (
+        "Invalid arguments for retrieve_moments: top_k: Input should be less than or equal to 20"
+    )
+    assert "query: String should have at least 1 character" in answers["empty query"].content[0].text
+
+
 def test_dns_rebinding_protection_refuses_foreign_host_headers(http_server):
     import httpx
 
@@ -131,11 +168,11 @@ def test_dns_rebinding_protection_refuses_foreign_host_headers(http_server):
     assert resp.status_code in (400, 403, 421)
 
 
-def test_stdio_server_through_langchain_mcp_adapters(demo_store, video_root):  # noqa: F811
+def test_stdio_server_through_langchain_mcp_adapters(demo_store, video_root, tmp_path):  # noqa: F811
     """The adapters start ``granalign mcp`` (stdio) and expose its tools as LangChain tools."""
     from langchain_mcp_adapters.client import MultiServerMCPClient
 
-    store, _ = demo_store
+    store = store_copy(demo_store[0], tmp_path / "store")  # one process per embedded folder
     client = MultiServerMCPClient(
         {
             "granalign": {

@@ -25,21 +25,19 @@ from typing import Any
 import pytest
 
 from granalign.backends.captioner import OpenAICaptioner, make_captioner
-from granalign.backends.openai_llm import BackendError, OpenAIRewriter, ServerSettings
-from granalign.errors import InputError
-from granalign.rewrite import make_rewriter
+from granalign.backends.openai_llm import OpenAIRewriter, ServerSettings
+from granalign.backends.rewriter import make_rewriter
+from granalign.errors import BackendError, InputError
 from granalign.video import content_hash
 from graphs import resources
 from graphs.context import Context
 from graphs.ingest import ingest_video, unfinished_clips
 from graphs.retrieval import graph
 from prompts import load_prompt_pairs
-from tests.conftest import SHARED_DATA
+from tests.conftest import VIDEOS, needs_videos
 from tests.servers import BIN, free_port, server
 from tests.test_ingest import build_tiny_vlm_random_weights, model_context
-from tests.test_video import needs_videos
 
-VIDEOS = SHARED_DATA / "videos"
 CORE = load_prompt_pairs(["core"])[0]
 QUERY = "a man in a blue shirt rides a bike down the street"
 
@@ -335,3 +333,66 @@ def test_full_graph_through_transformers_serve_random_weights(served, tmp_path):
     assert record is not None and record.caption_source == f"openai:{vlm}"
     texts = resources.video_captions(ctx, out["video_id"]).captions
     assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
+
+
+# -- one client and one semaphore per backend per process; fallbacks never cached ----------------
+
+
+def _caption_only_store(folder: Path) -> Context:
+    """A store holding one caption-only video ('kitchen'), imported with the real MiniLM."""
+    from granalign.backends.embedder import make_embedder
+    from granalign.captions_import import import_captions
+
+    caps = folder / "caps.jsonl"
+    rows = {"vid": "kitchen", "clip_len_s": 2, "captions": ["a man cuts carrots", "a dog sleeps"] * 4}
+    caps.write_text(json.dumps(rows) + "\n")
+    ctx = Context(store_dir=str(folder / "store"))
+    import_captions(resources.store_for(ctx), make_embedder(ctx.embedder), caps, source="test")
+    return ctx
+
+
+def test_concurrency_bounds_requests_in_flight_across_50_concurrent_runs(stub, tmp_path):
+    """50 graph runs at once, 2 rewrite pairs each: never more than ``concurrency`` requests in flight."""
+    state, url = stub
+    answer = {"simplified": "a man cuts carrots", "detailed": "a man cuts carrots in a kitchen"}
+    state.script, state.delay = [("content", json.dumps(answer))], 0.05
+    ctx = _caption_only_store(tmp_path).with_overrides(rewriter=f"openai:{url}#llama", m=2, concurrency=4)
+    inputs = [{"video": "kitchen", "query": f"a man cuts carrots, take {i}"} for i in range(50)]
+    outs = graph.batch(inputs, config={"max_concurrency": 50}, context=ctx)
+    assert len(state.requests) == 100 and all(out["moments"] for out in outs)
+    assert 1 <= state.max_in_flight <= 4
+
+
+def test_unusable_llm_output_is_never_cached(stub, tmp_path):
+    """A fallback rewrite or query focus is returned, not stored: the next run asks again."""
+    state, url = stub
+    good = {"simplified": "a man rides a bike", "detailed": "a man in a blue shirt rides a bike on a street"}
+    ctx = Context(store_dir=str(tmp_path / "store"), rewriter=f"openai:{url}#llama", request_attempts=1)
+    state.script = [("content", "Sure! Here is the rewrite: a man rides"), ("content", json.dumps(good))]
+    first, second, third = (resources.cached_rewrites(ctx, CORE, [QUERY])[0] for _ in range(3))
+    assert first.fallback and "invalid JSON" in first.reason
+    assert not second.fallback and second.simplified == good["simplified"]
+    assert third == second and len(state.requests) == 2  # the usable answer is cached
+    focus = {"entities": ["man", "blue shirt", "bike"], "actions": ["rides a bike"]}
+    state.script = [("content", "no JSON here"), ("content", json.dumps(focus))]
+    fallback, found, cached = (resources.query_focus(ctx, QUERY) for _ in range(3))
+    assert fallback.source != "llm" and found.source == "llm" and cached == found
+    assert len(state.requests) == 4
+
+
+def test_retries_are_the_backends_and_reach_through_a_graph_run(stub, tmp_path):
+    """No node carries a RetryPolicy (it could never fire: backend errors become fallbacks inside
+    the node); the backend's own retry is what a graph run gets: HTTP 500, then an answer."""
+    from graphs.retrieval import build_retrieval_graph
+
+    builder = build_retrieval_graph().builder
+    assert all(spec.retry_policy is None for spec in builder.nodes.values())
+    state, url = stub
+    answer = {"simplified": "a man cuts carrots", "detailed": "a man cuts carrots on a board"}
+    state.script = [("status", 500), ("content", json.dumps(answer))]
+    ctx = _caption_only_store(tmp_path).with_overrides(
+        rewriter=f"openai:{url}#llama", m=1, request_attempts=2
+    )
+    out = graph.invoke({"video": "kitchen", "query": "a man is cutting carrots"}, context=ctx)
+    assert len(state.requests) == 2 and not any("fell back" in note for note in out["notes"])
+    assert answer["detailed"] in {v["detailed"] for v in out["variants"]}

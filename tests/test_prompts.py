@@ -13,6 +13,7 @@ from prompts import (
     DEFAULT_M,
     DEFAULT_PAIRS,
     PROMPT_DIR,
+    PromptError,
     PromptPair,
     available_pair_ids,
     load_all_prompt_pairs,
@@ -63,9 +64,9 @@ def test_default_order_names_shipped_pairs_and_selects_m() -> None:
 
 def test_selection_by_ids_is_sorted_and_validated() -> None:
     assert [p.id for p in load_prompt_pairs(["plain", "core"])] == ["core", "plain"]
-    with pytest.raises(InputError, match=r"'nope' not found.*available: .*core"):
+    with pytest.raises(PromptError, match=r"'nope' not found.*available: .*core"):
         load_prompt_pairs(["nope"])
-    with pytest.raises(InputError, match="selected twice"):
+    with pytest.raises(PromptError, match="selected twice"):
         load_prompt_pairs(["core", "core"])
 
 
@@ -126,7 +127,7 @@ def test_malformed_file_names_file_and_field(
     tmp_path: Path, name: str, edit: Callable[[str], str], field: str, message: str
 ) -> None:
     path = write_pair(tmp_path, name, edit(GOOD.format(id=name)))
-    with pytest.raises(InputError) as info:
+    with pytest.raises(PromptError) as info:
         load_prompt_pair(path)
     text = str(info.value)
     assert str(path) in text
@@ -136,23 +137,23 @@ def test_malformed_file_names_file_and_field(
 
 def test_yaml_syntax_error_names_file_and_line(tmp_path: Path) -> None:
     path = write_pair(tmp_path, "syntax", "id: syntax\ndescription: x\nsimplify: [unclosed\ndetail: y\n")
-    with pytest.raises(InputError, match=re.escape(str(path)) + r":\d+: YAML syntax error"):
+    with pytest.raises(PromptError, match=re.escape(str(path)) + r":\d+: YAML syntax error"):
         load_prompt_pair(path)
 
 
 @pytest.mark.parametrize("text", ["", "- a\n- list\n", "just a string\n"])
 def test_not_a_mapping(tmp_path: Path, text: str) -> None:
     path = write_pair(tmp_path, "shape", text)
-    with pytest.raises(InputError, match=re.escape(str(path)) + ": expected a mapping"):
+    with pytest.raises(PromptError, match=re.escape(str(path)) + ": expected a mapping"):
         load_prompt_pair(path)
 
 
 def test_missing_file_and_folder(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="not found"):
+    with pytest.raises(PromptError, match="not found"):
         load_prompt_pair(tmp_path / "absent.yaml")
-    with pytest.raises(InputError, match="folder not found"):
+    with pytest.raises(PromptError, match="folder not found"):
         load_prompt_pairs(directory=tmp_path / "absent")
-    with pytest.raises(InputError, match="no prompt pairs"):
+    with pytest.raises(PromptError, match="no prompt pairs"):
         load_prompt_pairs(directory=tmp_path)
 
 
@@ -160,7 +161,7 @@ def test_a_broken_file_does_not_block_other_pairs(tmp_path: Path) -> None:
     write_pair(tmp_path, "good")
     write_pair(tmp_path, "broken", "id: [\n")
     assert [p.id for p in load_prompt_pairs(["good"], tmp_path)] == ["good"]
-    with pytest.raises(InputError, match=r"broken\.yaml"):
+    with pytest.raises(PromptError, match=r"broken\.yaml"):
         load_all_prompt_pairs(tmp_path)
 
 
@@ -188,3 +189,27 @@ def test_shipped_hashes_are_distinct() -> None:
     hashes = [prompt_hash(p) for p in load_all_prompt_pairs()]
     assert len(set(hashes)) == len(hashes)
     assert PROMPT_DIR.name == "rewrite"
+
+
+def test_library_loader_turns_prompt_errors_into_input_errors(tmp_path: Path) -> None:
+    """prompts/ imports nothing from the library, so the library wraps its errors for the CLI."""
+    from granalign import prompt_files
+
+    with pytest.raises(InputError, match="'nope' not found"):
+        prompt_files.load_prompt_pairs(["nope"])
+    with pytest.raises(InputError, match="prompt pair folder not found"):
+        prompt_files.available_pair_ids(tmp_path / "missing")
+    with pytest.raises(InputError, match="prompt text file not found"):
+        prompt_files.prompt_text("captions/missing")
+
+
+def test_caption_and_focus_prompts_are_prompt_files() -> None:
+    """Every prompt text lives in prompts/: the backends use exactly the files' text."""
+    from granalign.backends import captioner, openai_llm
+    from prompts import load_text
+
+    assert load_text("captions/agnostic") == captioner.AGNOSTIC_PROMPT
+    assert load_text("captions/aware") == captioner.AWARE_PROMPT and "{focus}" in captioner.AWARE_PROMPT
+    assert load_text("focus/system") == openai_llm.FOCUS_SYSTEM
+    assert load_text("focus/template") == openai_llm.FOCUS_TEMPLATE and "{query}" in openai_llm.FOCUS_TEMPLATE
+

@@ -11,6 +11,7 @@ import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # never download in tests
 
+from granalign.backends.rewriter import make_rewriter
 from granalign.errors import ConfigError, InputError
 from granalign.rewrite import (
     ORIGINAL_ID,
@@ -19,18 +20,14 @@ from granalign.rewrite import (
     Rewrite,
     clean_rewrite,
     clean_rewrite_with_reason,
-    make_rewriter,
     max_words_for,
     rewrite_from_outputs,
     rewrite_queries,
 )
 from prompts import PromptPair, load_prompt_pairs
+from tests.conftest import fixture_path
 
-SHARED_DATA = Path(
-    os.environ.get("GRANALIGN_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data")
-)
-BAICHUAN = SHARED_DATA / "qvhighlights" / "rephrased_queries_baichuan2_val.jsonl"
-needs_shared = pytest.mark.skipif(not BAICHUAN.exists(), reason=f"shared data not found at {SHARED_DATA}")
+BAICHUAN = ("qvhighlights", "rephrased_queries_baichuan2_val.jsonl")
 
 Q = "A young man in a blue hoodie opens the fridge and takes out a bottle of milk."
 PAIR = PromptPair(
@@ -178,9 +175,8 @@ def write_jsonl(path: Path, rows: list[object]) -> Path:
     return path
 
 
-@needs_shared
 def test_file_rewriter_on_the_shared_baichuan_file() -> None:
-    rw = FileRewriter(BAICHUAN)
+    rw = FileRewriter(fixture_path(*BAICHUAN))
     assert rw.pairless and rw.name.startswith("file:rephrased_queries_baichuan2_val.jsonl@")
     query = "A girl and her mother cooked while talking with each other on facetime."
     variants = rw.variants_for(query)
@@ -192,14 +188,14 @@ def test_file_rewriter_on_the_shared_baichuan_file() -> None:
     assert rw.missing == []
 
 
-@needs_shared
 def test_file_rewriter_qid_disambiguates_repeated_query_text() -> None:
-    rows = [json.loads(line) for line in BAICHUAN.read_text(encoding="utf-8").splitlines()]
+    path = fixture_path(*BAICHUAN)
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
     by_text: dict[str, list[dict[str, object]]] = {}
     for row in rows:
         by_text.setdefault(str(row["query"]), []).append(row)
     text, dups = next((t, r) for t, r in by_text.items() if len(r) > 1)
-    rw = FileRewriter(BAICHUAN)
+    rw = FileRewriter(path)
     first, second = dups[0], dups[1]
     assert [v.simplified for v in rw.variants_for(text)[1:]] == first["rephrased_query"]
     assert [v.simplified for v in rw.variants_for(text, qid=str(second["qid"]))[1:]] == second[

@@ -92,13 +92,19 @@ def test_import_only_subset(tmp_path, embedder):
         ('{"vid": "a", "captions": []}', "'captions'"),
         ('{"vid": "a", "captions": [1, 2]}', "'captions'"),
         ('{"vid": "a", "captions": ["x"], "clip_len_s": -1}', "'clip_len_s'"),
+        ('{"vid": "a", "captions": ["x"]}', "'clip_len_s' (seconds per caption) is missing"),
+        ('{"vid": "../../etc/passwd", "clip_len_s": 2, "captions": ["x"]}', "cannot be a store id"),
+        ('{"vid": "clip.mp4", "clip_len_s": 2, "captions": ["x"]}', "cannot be a store id"),
+        ('{"vid": "~me", "clip_len_s": 2, "captions": ["x"]}', "cannot be a store id"),
+        ('{"vid": " a", "clip_len_s": 2, "captions": ["x"]}', "cannot be a store id"),
+        ('{"vid": "a\\tb", "clip_len_s": 2, "captions": ["x"]}', "cannot be a store id"),
         ('{"vid": "a", "captions": ["x"]', "malformed JSON"),
         ("[1, 2]", "JSON object"),
     ],
 )
 def test_malformed_caption_lines_name_file_and_line(tmp_path, line, needle):
     path = tmp_path / "bad.jsonl"
-    path.write_text('{"vid": "ok", "captions": ["fine"]}\n' + line + "\n")
+    path.write_text('{"vid": "ok", "clip_len_s": 2, "captions": ["fine"]}\n' + line + "\n")
     with pytest.raises(InputError) as err:
         list(read_captions_file(path))
     assert f"{path}:2" in str(err.value) and needle in str(err.value)
@@ -138,3 +144,12 @@ def test_import_against_a_real_chroma_server(tmp_path, embedder):
         assert import_captions(store, embedder, path, source="caps").skipped == 3
         texts, emb = store.get_captions("v2", source="caps", embedder_name=embedder.name)
         assert texts == ROWS[1]["captions"] and emb.shape == (2, 384)
+
+
+def test_the_shipped_caption_file_states_its_clip_length_and_ids():
+    """The demo's MiniGPT-v2 file has clip_len_s on every line and ids like '-4Mlqc7PbZY_360.0_510.0'."""
+    from tools.demo_data import DEMO
+
+    videos = list(read_captions_file(DEMO.captions))
+    assert len(videos) == 100 and {v.clip_len_s for v in videos} == {2.0}
+    assert any(v.vid.startswith("-") for v in videos)

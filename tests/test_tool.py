@@ -52,7 +52,8 @@ def import_demo_videos(
     caps = store_dir / "demo_captions.jsonl"
     lines = [x for x in DEMO.captions.read_text().splitlines() if json.loads(x)["vid"] in vids]
     caps.write_text("\n".join(lines) + "\n")
-    import_captions(Store(store_dir / "store"), make_embedder("local:all-MiniLM-L6-v2"), caps, source="demo")
+    with Store(store_dir / "store") as store:  # closed: server processes may copy it
+        import_captions(store, make_embedder("local:all-MiniLM-L6-v2"), caps, source="demo")
     anns = [json.loads(x) for x in DEMO.annotations.read_text().splitlines()]
     return {a["vid"]: a for a in anns if a["vid"] in vids}
 
@@ -262,7 +263,7 @@ def test_a_file_inside_the_roots_that_is_not_indexed_is_a_clear_tool_error(demo_
 
 
 def test_a_failing_graph_is_a_tool_error_not_a_crash(demo_store, monkeypatch):
-    from graphs import retrieval
+    from granalign.stages import proposals as retrieval  # the propose node's stage
 
     def broken(*_a: Any, **_k: Any):
         raise RuntimeError("disk on fire")

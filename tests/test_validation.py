@@ -100,27 +100,25 @@ def test_graph_replaces_drifted_rewrite_sides_and_says_so(tmp_path):
     assert on["saliency"] != off["saliency"]
 
 
-def test_imitation_guard_damps_only_copied_aware_captions_in_full_mode(monkeypatch):
-    import numpy as np
+def test_imitation_guard_damps_only_copied_aware_captions_in_full_mode():
+    from dataclasses import replace
 
     from granalign.backends.embedder import make_embedder
-    from graphs import resources
-    from graphs import retrieval as r
+    from granalign.stages.aware_captions import AwareCaptions
+    from granalign.stages.fusion import FusionSettings, aware_channel
     from graphs.context import Context
 
     query = "a woman plays a red violin on stage"
     agnostic = ["a woman plays a red violin on a stage", "a person stands in a dark room", "a dog runs"]
     aware = ["a woman plays a red violin on a stage", "a woman plays a red violin on stage", "a dog runs"]
     emb = make_embedder("local:all-MiniLM-L6-v2")
-    video = resources.VideoCaptions(record=None, captions=agnostic, embeddings=emb.embed(agnostic))  # type: ignore[arg-type]
-    got = resources.AwareCaptions(clips=[0, 1, 2], captions=aware, embeddings=emb.embed(aware), computed=0)
-    monkeypatch.setattr(resources, "video_captions", lambda ctx, vid: video)
-    monkeypatch.setattr(resources, "aware_captions", lambda *a, **k: got)
-    state = {"aware_clips": [0, 1, 2], "mode": "full", "video_id": "v", "query": query}
+    got = AwareCaptions(clips=[0, 1, 2], captions=aware, embeddings=emb.embed(aware), computed=0)
     q = emb.embed([query])
-    ctx = Context()
-    on, _ = r._aware_channel(state, ctx, q, 3, video, q[0])
-    off, _ = r._aware_channel(state, ctx.with_overrides(imitation_guard=False), q, 3, video, q[0])
+    settings = FusionSettings.of(Context())
+    kw = {"agnostic_captions": agnostic, "agnostic_emb": emb.embed(agnostic), "query": query}
+    kw["query_emb"] = q[0]
+    on, _ = aware_channel(q, 3, got, settings, **kw)
+    off, _ = aware_channel(q, 3, got, replace(settings, imitation_guard=False), **kw)
     assert on[0, 0] == off[0, 0]  # clip 0: the agnostic caption shows the same thing
     assert on[0, 1] < off[0, 1] and on[0, 1] >= 0.5 * off[0, 1]  # clip 1 copies the query: damped, not erased
     assert np.isclose(on[0, 2], off[0, 2])

@@ -27,13 +27,8 @@ from granalign.video import (
     resolve_video_path,
     sample_frames,
 )
-from tests.conftest import SHARED_DATA
+from tests.conftest import VIDEOS, needs_videos
 
-VIDEOS = SHARED_DATA / "videos"
-needs_videos = pytest.mark.skipif(
-    not (VIDEOS / "bikes.mp4").is_file(),
-    reason=f"shared videos not found at {VIDEOS} (set GRANALIGN_SHARED_DATA)",
-)
 FPS = 25
 LEVEL_STEP = 2  # grey level of frame i is (i * LEVEL_STEP) % 256
 
@@ -117,7 +112,9 @@ def test_refuses_urls_escapes_devices_folders_and_missing_files(tmp_path, monkey
     cases = {
         "http://example.org/v.mp4": "is a URL",
         "file:///etc/passwd": "is a URL",
-        "../outside.mp4": "outside the allowed video roots",
+        "../outside.mp4": "'..' is not allowed",
+        str(outside): "outside the allowed video roots",
+        "~/clip.mp4": "'~', which is not expanded",
         str(root / "link.mp4"): "outside the allowed video roots",  # a symlink out of the roots
         "missing.mp4": "video file not found",
         str(root): "is a directory",
@@ -134,11 +131,11 @@ def test_refuses_urls_escapes_devices_folders_and_missing_files(tmp_path, monkey
 def test_roots_come_from_setting_env_or_cwd(tmp_path, monkeypatch):
     a, b = tmp_path / "a", tmp_path / "b"
     monkeypatch.setenv("GRANALIGN_VIDEO_ROOTS", f"{a}{os.pathsep}{b}")
-    assert parse_roots("") == [a.resolve(), b.resolve()]
-    assert parse_roots(str(b)) == [b.resolve()]
+    assert parse_roots("") == (a.resolve(), b.resolve())
+    assert parse_roots(str(b)) == (b.resolve(),)
     monkeypatch.delenv("GRANALIGN_VIDEO_ROOTS")
     monkeypatch.chdir(tmp_path)
-    assert parse_roots("") == [tmp_path.resolve()]
+    assert parse_roots("") == (tmp_path.resolve(),)
 
 
 @needs_videos

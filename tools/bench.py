@@ -1,8 +1,9 @@
 """Benchmark runner: every query of an annotation file through the compiled retrieval graph.
 
 One path for users and benchmarks: the runner builds graph inputs, calls ``graph.batch`` and
-writes a moment_detr submission file; it never calls the math directly.  Queries whose video
-has no captions are reported and skipped, the run goes on.
+writes a moment_detr submission file; it never calls the math directly.  A query that fails
+(e.g. its video has no captions) is listed and the run goes on; the metrics count it as a miss,
+so the denominator is always every annotation.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from typing import Any
 
 from granalign.captions_import import ImportReport, import_captions, source_name_for
 from granalign.errors import GranAlignError, InputError
-from granalign.evaluation import evaluate_submission
+from granalign.evaluation import CLIP_SECONDS, _clip_ratings, _gt_windows, evaluate_submission
 from granalign.jsonl import Journal, iter_jsonl, write_json, write_jsonl
+from granalign.split import check_half, split_of
 from granalign.store import default_store_dir, text_hash
 from graphs import resources
 from graphs.context import Context
@@ -37,9 +39,19 @@ class Annotation:
     raw: dict[str, Any]
 
 
-def read_annotations(path: str | Path, limit: int | None = None) -> list[Annotation]:
-    """Validated annotations; errors name the file and line."""
+def read_annotations(
+    path: str | Path, limit: int | None = None, split: str | None = None
+) -> list[Annotation]:
+    """Validated annotations; errors name the file and line.
+
+    Every field the evaluation reads is checked here too (with the evaluator's own rules), so
+    a bad ground-truth line stops the run before the first query, not after the last one.
+    ``split`` (``tune`` or ``report``) keeps only that half's videos (:mod:`granalign.split`),
+    before ``limit`` counts.
+    """
+    half = check_half(split) if split is not None else None
     out: list[Annotation] = []
+    seen: dict[str, int] = {}
     for lineno, obj in enumerate(iter_jsonl(path), start=1):
         where = f"{path}:{lineno}"
         qid, query, vid, duration = obj.get("qid"), obj.get("query"), obj.get("vid"), obj.get("duration")
@@ -56,12 +68,24 @@ def read_annotations(path: str | Path, limit: int | None = None) -> list[Annotat
             or duration <= 0
         ):
             raise InputError(f"{where}: 'duration' must be a positive number (qid {qid})")
+        _check_ground_truth(obj, where, qid, seen)
+        seen[json.dumps(qid)] = lineno
+        if half is not None and split_of(vid) != half:
+            continue
         out.append(Annotation(qid, query, vid, float(duration), obj))
         if limit is not None and len(out) >= limit:
             break
     if not out:
-        raise InputError(f"{path}: no annotations")
+        raise InputError(f"{path}: no annotations" + (f" in the {half} half" if half else ""))
     return out
+
+
+def _check_ground_truth(obj: dict[str, Any], where: str, qid: int | str, seen: dict[str, int]) -> None:
+    """What scoring needs of one annotation: a unique qid, moments, and highlight labels."""
+    if json.dumps(qid) in seen:
+        raise InputError(f"{where}: qid {qid!r} repeats line {seen[json.dumps(qid)]}")
+    _gt_windows(obj, where, qid)
+    _clip_ratings(obj, where, qid)
 
 
 @dataclass
@@ -80,6 +104,11 @@ class BenchResult:
     def n(self) -> int:
         return len(self.predictions)
 
+    @property
+    def scored(self) -> list[dict[str, Any]]:
+        """What the metrics score: every annotation, failed queries as misses."""
+        return scored_predictions(self.annotations, self.predictions)
+
     def queries_per_s(self, i: int) -> float:
         return self.n / self.passes_s[i] if self.passes_s[i] > 0 else float("inf")
 
@@ -92,6 +121,31 @@ def _prediction(ann: Annotation, out: dict[str, Any]) -> dict[str, Any]:
         "pred_relevant_windows": out["moments"],
         "pred_saliency_scores": out["saliency"],
     }
+
+
+def miss_prediction(ann: Annotation) -> dict[str, Any]:
+    """How a query that failed is scored: as a miss, never left out (that would raise the metrics).
+
+    No window, so R1 and AP count it as 0.  Its saliency is flat over the video's clips (ranks
+    no clip above another: the HL-mAP of a guess) plus one clip past the end holding the top
+    score, which the official HL-Hit1 counts as a miss.  Only for scoring; never written out.
+    """
+    clips = max(1, int(ann.duration / CLIP_SECONDS))
+    return {
+        "qid": ann.qid,
+        "query": ann.query,
+        "vid": ann.vid,
+        "pred_relevant_windows": [],
+        "pred_saliency_scores": [0.0] * clips + [1.0],
+    }
+
+
+def scored_predictions(
+    annotations: Sequence[Annotation], predictions: Sequence[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """One prediction per annotation, in annotation order: the answered ones, misses for the rest."""
+    answered = {json.dumps(p["qid"]): p for p in predictions}
+    return [answered.get(json.dumps(a.qid)) or miss_prediction(a) for a in annotations]
 
 
 def run_queries(
@@ -165,19 +219,22 @@ def run_benchmark(
     ctx: Context,
     *,
     limit: int | None = None,
+    split: str | None = None,
     caption_source: str | None = None,
     repeat: int = 1,
     concurrency: int = 4,
     on_progress: Callable[[str, int, int], None] | None = None,
     journal_path: str | Path | None = None,
+    predictions_out: str | Path | None = None,
 ) -> BenchResult:
-    """Import captions (skipped when present), warm the rewrite cache, run, evaluate.
+    """Import captions (skipped when present), warm the rewrite cache, run, write
+    ``predictions_out`` (if given), evaluate.
 
     Every stage resumes after a crash: the import and the rewrites through the store, the
     first graph pass through a journal (``journal_path``, default under the store folder,
     keyed by the settings; removed once the run has finished).
     """
-    annotations = read_annotations(annotations_path, limit)
+    annotations = read_annotations(annotations_path, limit, split)
     store = resources.store_for(ctx)
     embedder = resources.embedder_for(ctx)
     t0 = time.perf_counter()
@@ -200,7 +257,8 @@ def run_benchmark(
     passes: list[float] = []
     preds: list[dict[str, Any]] = []
     skipped: list[tuple[int | str, str]] = []
-    journal = Journal(journal_path or _journal_path(ctx, annotations_path, limit), _run_key(ctx, annotations))
+    default_journal = _journal_path(ctx, annotations_path, limit if split is None else f"{limit}|{split}")
+    journal = Journal(journal_path or default_journal, _run_key(ctx, annotations))
     try:
         for i in range(max(1, repeat)):
             if i == 0:
@@ -219,8 +277,9 @@ def run_benchmark(
     resumed = len(journal.rows)
     if not preds:
         raise InputError(f"no query of {annotations_path} could be answered ({len(skipped)} skipped)")
-    gt = [a.raw for a in annotations if a.qid in {p["qid"] for p in preds}]
-    metrics = evaluate_submission(preds, gt, allow_subset=True)
+    if predictions_out is not None:  # saved before scoring: a scoring error loses no work
+        write_jsonl(predictions_out, preds)
+    metrics = evaluate_submission(scored_predictions(annotations, preds), [a.raw for a in annotations])
     journal.discard()
     return BenchResult(annotations, preds, metrics, skipped, report, import_s, rewrite_s, passes, resumed)
 
@@ -240,7 +299,7 @@ def _run_key(ctx: Context, annotations: Sequence[Annotation]) -> str:
 _NOT_IN_KEY = {"concurrency", "request_timeout", "request_attempts", "keep_threads", "checkpointer"}
 
 
-def _journal_path(ctx: Context, annotations_path: str | Path, limit: int | None) -> Path:
+def _journal_path(ctx: Context, annotations_path: str | Path, limit: int | str | None) -> Path:
     base = Path(ctx.store_dir).expanduser() if ctx.store_dir else default_store_dir()
     name = text_hash(f"{Path(annotations_path).resolve()}|{limit}")[:16]
     return base / "journals" / f"bench-{name}.jsonl"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from tools import cli_bench, cli_benchmark, cli_experiment, cli_index, cli_mcp  # noqa: F401  (registers the commands)
+from tools import cli_bench, cli_benchmark, cli_experiment, cli_index, cli_mcp, cli_shift, cli_store  # noqa: F401  (registers the commands)
 from tools.cli_common import app
 
 __all__ = ["app"]

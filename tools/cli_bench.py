@@ -8,13 +8,17 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from granalign.errors import InputError
 from tools.cli_common import (
     SetOpt,
+    SplitOpt,
     StoreOpt,
     _print_metrics,
     _progress,
     _short_spec,
     app,
+    check_output,
+    check_output_dir,
     console,
     make_context,
     out,
@@ -30,19 +34,57 @@ def eval_cmd(
     out_path: Annotated[
         Path | None, typer.Option("--out", help="Write the official metrics JSON here.")
     ] = None,
-    allow_subset: Annotated[bool, typer.Option(help="Evaluate only the submission's qids.")] = False,
+    allow_subset: Annotated[
+        bool, typer.Option("--allow-subset", help="Score only the submission's qids (a --limit run).")
+    ] = False,
+    baseline: Annotated[
+        Path | None,
+        typer.Option(help="Another submission on the same queries: print Δ with a paired-bootstrap 95 % CI."),
+    ] = None,
 ) -> None:
     """Official QVHighlights metrics (parity with moment_detr's evaluator) plus R1@IoU / mIoU."""
     from granalign.evaluation import evaluate_submission, recall_and_miou
     from granalign.jsonl import read_jsonl, write_json
 
+    check_output(out_path, "--out")
     preds, truth = read_jsonl(submission), read_jsonl(gt)
-    metrics = evaluate_submission(preds, truth, allow_subset=allow_subset)
-    extra = recall_and_miou(preds, truth)
+    try:
+        metrics = evaluate_submission(preds, truth, allow_subset=allow_subset)
+        extra = recall_and_miou(preds, truth, allow_subset=allow_subset)
+    except InputError as exc:  # the library's advice names its keyword; a CLI user needs the flag
+        raise InputError(str(exc).replace("pass allow_subset=True", "pass --allow-subset")) from None
     _print_metrics(metrics, extra, title=f"{submission.name}")
+    if baseline is not None:
+        title = f"{submission.name} − {baseline.name}"
+        _print_paired(preds, read_jsonl(baseline), truth, allow_subset, title)
     if out_path:
         write_json(out_path, metrics)
         console.print(f"wrote {out_path}")
+
+
+def _print_paired(
+    preds: list[dict[str, Any]],
+    base: list[dict[str, Any]],
+    truth: list[dict[str, Any]],
+    allow_subset: bool,
+    title: str,
+) -> None:
+    """Δ R1@0.5 / R1@0.7 / mAP of two submissions on the same queries, paired-bootstrap 95 % CI."""
+    from granalign.bootstrap import paired_bootstrap
+    from granalign.evaluation import per_query_metrics
+
+    ours = per_query_metrics(preds, truth, allow_subset=allow_subset)
+    theirs = per_query_metrics(base, truth, allow_subset=allow_subset)
+    if sorted(map(str, ours.qids)) != sorted(map(str, theirs.qids)):
+        raise InputError("--baseline must answer exactly the same qids as --submission")
+    order = {qid: i for i, qid in enumerate(theirs.qids)}
+    index = [order[q] for q in ours.qids]
+    table = Table(title=f"{title}: Δ [95 % CI], paired bootstrap over {len(index)} queries")
+    table.add_column("metric")
+    table.add_column("Δ [95 % CI]", justify="right")
+    for name in ("R1@0.5", "R1@0.7", "mAP"):
+        table.add_row(name, paired_bootstrap(ours.metric(name), theirs.metric(name)[index]).describe())
+    out.print(table)
 
 
 @app.command("bench")
@@ -54,6 +96,7 @@ def bench_cmd(
         str | None, typer.Option(help="none | file:<jsonl> | local:<model> | openai:<url>#<model>")
     ] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N queries.")] = None,
+    split: SplitOpt = None,
     out_path: Annotated[Path | None, typer.Option("--out", help="Write the submission JSONL here.")] = None,
     metrics: Annotated[Path | None, typer.Option(help="Write the official metrics JSON here.")] = None,
     repeat: Annotated[
@@ -65,8 +108,10 @@ def bench_cmd(
     sets: SetOpt = None,
 ) -> None:
     """Run every query through the compiled graph, write predictions, print official metrics."""
+    for path, option in ((out_path, "--out"), (metrics, "--metrics"), (plot, "--plot")):
+        check_output(path, option)
     ctx = make_context(store, sets, rewriter=rewriter)
-    _run_bench(annotations, captions, ctx, limit, out_path, metrics, repeat, concurrency, plot)
+    _run_bench(annotations, captions, ctx, limit, out_path, metrics, repeat, concurrency, plot, split)
 
 
 def _run_bench(
@@ -79,6 +124,7 @@ def _run_bench(
     repeat: int,
     concurrency: int,
     plot: Path | None,
+    split: str | None = None,
 ) -> None:
     from granalign.evaluation import recall_and_miou
     from tools.bench import run_benchmark, save_results
@@ -96,22 +142,26 @@ def _run_bench(
             captions,
             ctx,
             limit=limit,
+            split=split,
             repeat=repeat,
             concurrency=concurrency,
             on_progress=on_progress,
+            predictions_out=out_path,
         )
-    save_results(result, out_path, metrics)
+    save_results(result, None, metrics)
     if result.resumed:
         console.print(
             f"[yellow]resumed[/]: {result.resumed} queries came from an interrupted run's journal "
             "(pass 1 speed covers the rest only)"
         )
     for qid, why in result.skipped:
-        console.print(f"[yellow]skipped[/] qid {qid}: {why}", highlight=False)
+        console.print(f"[yellow]failed (scored as a miss)[/] qid {qid}: {why}", highlight=False)
     gt = [a.raw for a in result.annotations]
-    answered = {p["qid"] for p in result.predictions}
-    extra = recall_and_miou(result.predictions, [g for g in gt if g["qid"] in answered])
-    _print_metrics(result.metrics, extra, title=f"{result.n} queries, rewriter {_short_spec(ctx.rewriter)}")
+    extra = recall_and_miou(result.scored, gt)
+    failed = f" ({len(result.skipped)} failed, scored as misses)" if result.skipped else ""
+    half = f" ({split} half)" if split else ""
+    title = f"{len(result.annotations)} queries{half}{failed}, rewriter {_short_spec(ctx.rewriter)}"
+    _print_metrics(result.metrics, extra, title=title)
     timing = Table(title="speed")
     timing.add_column("stage")
     timing.add_column("seconds", justify="right")
@@ -133,12 +183,20 @@ def _run_bench(
         timeline_plot(
             plot,
             saliency=first["pred_saliency_scores"],
-            clip_len=ctx.clip_len,
+            clip_len=_stored_clip_len(ctx, str(first["vid"])),
             moments=first["pred_relevant_windows"],
             ground_truth=gt_row.get("relevant_windows", []),
             title=f"qid {first['qid']}: {first['query']}",
         )
         console.print(f"wrote {plot}")
+
+
+def _stored_clip_len(ctx: Any, video_id: str) -> float:
+    """The video's own clip grid (an imported caption file may not use Context.clip_len)."""
+    from graphs import resources
+
+    record = resources.store_for(ctx).video(video_id)
+    return float(record.clip_len_s) if record is not None else float(ctx.clip_len)
 
 
 @app.command("settings")
@@ -168,6 +226,7 @@ def demo_cmd(
     """The main job on embedded defaults: a QVHighlights val subset shipped with the project."""
     from tools.demo_data import DEMO
 
+    check_output_dir(out_dir, "--out-dir")
     ctx = make_context(store, sets, rewriter=f"file:{DEMO.paraphrases}")
     console.print(f"[bold]GranAlign demo[/]: {DEMO.description}")
     _run_bench(

@@ -1,9 +1,8 @@
-"""CLI command: benchmark (the performance suite of ``benchmarks/suite.py`` as one table + JSON)."""
+"""CLI command: benchmark (the performance suite of ``tools/benchmark_suite.py`` as one table + JSON)."""
 
 from __future__ import annotations
 
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -13,27 +12,14 @@ from rich.markup import escape
 from rich.table import Table
 
 from granalign.errors import ConfigError
-from tools.cli_common import SetOpt, app, console, make_context, out, user_errors
-
-ROOT = Path(__file__).resolve().parents[1]
+from tools.cli_common import SetOpt, app, check_output, console, make_context, out, user_errors
 
 
 def _suite() -> Any:
-    """``benchmarks.suite``, from the source checkout.
+    """``tools.benchmark_suite``, imported when the command runs (it pulls in the graphs)."""
+    from tools import benchmark_suite
 
-    ``benchmarks/`` (and the tiny test VLM it borrows from ``tests/``) is not an installed
-    package: the console script finds it next to ``tools/`` in the checkout, so
-    ``granalign benchmark`` works from any directory of an editable install.
-    """
-    if not (ROOT / "benchmarks" / "suite.py").is_file():
-        raise ConfigError(
-            f"granalign benchmark needs the source checkout (no benchmarks/ next to {ROOT / 'tools'})"
-        )
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    from benchmarks import suite
-
-    return suite
+    return benchmark_suite
 
 
 def _split(text: str | None) -> list[str]:
@@ -114,11 +100,13 @@ def benchmark_cmd(
         str | None, typer.Option(help="Video lengths of long_video in minutes (default 60,120; quick 5,10).")
     ] = None,
     video: Annotated[
-        Path | None, typer.Option(help="Video for the ingest benchmark (default the shared example).")
+        Path | None,
+        typer.Option(help="Video for the ingest benchmark (default the checkout's example, else synthetic)."),
     ] = None,
     sets: SetOpt = None,
 ) -> None:
     """Performance figures in one table: core math, graph overhead, import, queries/s, ingest, memory."""
+    check_output(out_path, "--out")
     suite = _suite()
     if os.environ.pop("CHROMA_URL", None):
         console.print("[yellow]CHROMA_URL ignored[/]: the benchmarks use fresh embedded stores")

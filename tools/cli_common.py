@@ -9,18 +9,50 @@ from __future__ import annotations
 
 import functools
 import os
+import tempfile
 from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from typer._click.core import Context as ClickContext  # typer >= 0.24 vendors click here
+from typer._click.exceptions import NoSuchOption
+from typer.core import TyperGroup
 
-from granalign.errors import ConfigError, GranAlignError
+from granalign.backends.interrupt import stop_generation_on_interrupt
+from granalign.errors import ConfigError, GranAlignError, InputError
+
+DASH_HINT = (
+    "a video id that begins with '-' goes in --video ID or after '--': "
+    'granalign retrieve -- -dB_W38mCRM_210.0_360.0 "a query"'
+)
+
+
+class _Commands(TyperGroup):
+    """The command group; an unknown short option gets the hint for ids that begin with '-'.
+
+    Many QVHighlights ids (``-dB_W38mCRM_210.0_360.0``) look like options to the parser,
+    which then reports ``No such option: -d``, naming nothing the user typed on purpose.
+    """
+
+    def invoke(self, ctx: ClickContext) -> Any:
+        try:
+            return super().invoke(ctx)
+        except NoSuchOption as exc:
+            if exc.option_name.startswith("--"):
+                raise
+            raise NoSuchOption(
+                exc.option_name, f"{exc.message} ({DASH_HINT})", exc.possibilities, exc.ctx
+            ) from None
+
 
 app = typer.Typer(
+    cls=_Commands,
     help="GranAlign zero-shot video moment retrieval (LangGraph tool).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -38,6 +70,13 @@ SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", help="Override a Context setting, e.g. --set nms_iou=0.7 (repeatable)."),
 ]
+SplitOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Only one half of the videos: 'tune' (choose settings) or 'report' (report numbers); "
+        "a fixed split by vid (granalign/split.py)."
+    ),
+]
 
 
 def _resume_hint(exc: BaseException) -> None:
@@ -53,9 +92,10 @@ def user_errors(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with stop_generation_on_interrupt():  # Ctrl-C also stops generation on worker threads
+                return fn(*args, **kwargs)
         except GranAlignError as exc:
-            console.print(f"[bold red]error:[/] {exc}", highlight=False)
+            console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
             _resume_hint(exc)
             raise typer.Exit(2) from None
         except Exception as exc:
@@ -79,18 +119,64 @@ def _parse_sets(sets: list[str] | None) -> dict[str, str]:
 
 
 def make_context(store: Path | None, sets: list[str] | None, **explicit: Any) -> Any:
-    """Context from defaults, environment, ``--set`` strings and explicit flags."""
-    from graphs.context import ENV_PREFIX, Context
+    """Context from defaults, environment, ``--set`` strings and explicit flags (last wins).
 
-    env = dict(os.environ)
-    env.update({ENV_PREFIX + k.upper(): v for k, v in _parse_sets(sets).items()})
-    known = {name.upper() for name in Context.__dataclass_fields__}
-    for key in _parse_sets(sets):
-        if key.upper() not in known:
-            raise ConfigError(f"unknown setting {key!r}; allowed: {sorted(Context.__dataclass_fields__)}")
+    ``--set`` values are converted here, so a bad one is reported as the user typed it
+    (``--set clip_len=abc: expected a number``), and the environment variable it replaces
+    is not read at all.
+    """
+    from graphs.context import ENV_PREFIX, Context, _coerce, _default_of
+
+    by_name = {f.name: f for f in fields(Context)}
+    overrides: dict[str, Any] = {}
+    for key, value in _parse_sets(sets).items():
+        f = by_name.get(key.lower())
+        if f is None:
+            raise ConfigError(f"unknown setting {key!r}; allowed: {sorted(by_name)}")
+        overrides[f.name] = _coerce(f.name, value, _default_of(f), source=f"--set {key}={value}")
+    replaced = {ENV_PREFIX + name.upper() for name in overrides}
+    env = {k: v for k, v in os.environ.items() if k not in replaced}
     if store is not None:
         explicit["store_dir"] = str(store)
-    return Context.from_env(env, **explicit)
+    overrides.update({k: v for k, v in explicit.items() if v is not None})
+    return Context.from_env(env, **overrides)
+
+
+def check_output(path: Path | None, option: str) -> None:
+    """Refuse an output file that cannot be written, before any work starts.
+
+    A benchmark or an ingest may run for minutes; finding at its last line that ``--out``
+    points into a file or a read-only folder would throw that work away.
+    """
+    if path is None:
+        return
+    target = Path(path).expanduser()
+    if target.is_dir():
+        raise InputError(f"{option} {path}: is a folder, expected a file name")
+    _probe_writable(target.parent, f"{option} {path}")
+
+
+def check_output_dir(path: Path, option: str) -> None:
+    """Like :func:`check_output` for a results folder (it may exist; files go inside it)."""
+    target = Path(path).expanduser()
+    if target.exists() and not target.is_dir():
+        raise InputError(f"{option} {path}: is a file, expected a folder")
+    _probe_writable(target, f"{option} {path}")
+
+
+def _probe_writable(folder: Path, label: str) -> None:
+    """The nearest existing folder must take a new file: probed with a real one, since root
+    ignores permission bits and a read-only mount does not."""
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise InputError(f"{label}: {folder} is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".granalign-probe-", dir=folder)
+    except OSError as exc:
+        raise InputError(f"{label}: folder {folder} is not writable ({exc.strerror or exc})") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def _short_spec(spec: str) -> str:

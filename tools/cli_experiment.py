@@ -10,7 +10,18 @@ import typer
 from rich.progress import Progress, TaskID
 from rich.table import Table
 
-from tools.cli_common import SetOpt, StoreOpt, _progress, app, console, make_context, out, user_errors
+from tools.cli_common import (
+    SetOpt,
+    SplitOpt,
+    StoreOpt,
+    _progress,
+    app,
+    check_output_dir,
+    console,
+    make_context,
+    out,
+    user_errors,
+)
 
 
 def _bar_updater(bar: Progress, task: TaskID) -> Callable[[int, int], None]:
@@ -37,6 +48,7 @@ def experiment_cmd(
     paraphrases: Annotated[Path | None, typer.Option(help="Paraphrase JSONL for an extra row.")] = None,
     only: Annotated[str | None, typer.Option(help="Run only these settings (comma-separated names).")] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N queries.")] = None,
+    split: SplitOpt = None,
     concurrency: Annotated[int, typer.Option(min=1, max=64)] = 4,
     store: StoreOpt = None,
     sets: SetOpt = None,
@@ -47,8 +59,9 @@ def experiment_cmd(
     from tools.bench import read_annotations
     from tools.experiment import plan_settings, run_setting, write_reports
 
+    check_output_dir(out_dir, "--out-dir")
     base = make_context(store, sets, rewriter=rewriter)
-    anns = read_annotations(annotations, limit)
+    anns = read_annotations(annotations, limit, split)
     settings = plan_settings(
         [p.strip() for p in pairs.split(",")] if pairs else None, max_m, ablation, paraphrases
     )
@@ -78,7 +91,7 @@ def experiment_cmd(
                 f"mAP {row.metrics['brief']['MR-full-mAP']:.2f}" + (" (cached)" if row.cached else "")
             )
     paths = write_reports(rows, out_dir)
-    table = Table(title=f"{len(anns)} queries")
+    table = Table(title=f"{len(anns)} queries" + (f" ({split} half)" if split else ""))
     for col in ("setting", "R1@0.5", "R1@0.7", "mAP", "HL mAP", "q/s"):
         table.add_column(col, justify="right")
     for r in rows:

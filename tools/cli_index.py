@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.progress import Progress, TaskID
 from rich.table import Table
+from typer.core import TyperCommand
 
 from granalign.errors import GranAlignError, InputError
 from tools.cli_common import (
@@ -19,14 +23,28 @@ from tools.cli_common import (
     StoreOpt,
     _progress,
     app,
+    check_output,
     console,
     make_context,
     out,
     user_errors,
 )
 
+_RAY_ADDRESS = re.compile(r"^(auto|local|ray://\S+|[\w.\-\[\]:]+:\d+)$")
 
-@app.command("index")
+
+class _IndexCommand(TyperCommand):
+    """``--ray`` takes an optional ADDRESS: a bare ``--ray`` (next token not an address) means auto."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        given = list(args)
+        for i in reversed(range(len(given))):
+            if given[i] == "--ray" and (i + 1 == len(given) or not _RAY_ADDRESS.match(given[i + 1])):
+                given.insert(i + 1, "auto")
+        return super().parse_args(ctx, given)
+
+
+@app.command("index", cls=_IndexCommand)
 @user_errors
 def index_cmd(
     target: Annotated[
@@ -42,6 +60,15 @@ def index_cmd(
     ] = None,
     source: Annotated[str | None, typer.Option(help="Caption source tag (default: the file's stem).")] = None,
     jobs: Annotated[int, typer.Option(min=1, max=32, help="Videos of a folder ingested at once.")] = 2,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            metavar="[ADDRESS]",
+            help="Ingest on a Ray cluster: auto (default), host:port or ray://host:port; needs CHROMA_URL "
+            "and granalign[ray]. VIDEO_OR_FOLDER may then also be a list file or a glob.",
+        ),
+    ] = None,
     store: StoreOpt = None,
     sets: SetOpt = None,
 ) -> None:
@@ -51,6 +78,14 @@ def index_cmd(
     ctx = make_context(store, sets)
     if captions is not None:
         _import_captions(ctx, captions, source)
+    elif ray_address is not None:
+        assert target is not None
+        from tools.ray_ingest import index_on_ray
+
+        results, location = index_on_ray(ctx, target, ray_address)
+        _print_ingest_summary(results, location)
+        if any(problem for _, _, problem in results):
+            raise typer.Exit(1)
     else:
         assert target is not None
         _ingest_target(ctx, target, jobs)
@@ -96,6 +131,8 @@ def _ingest_target(ctx: Any, target: str, jobs: int) -> None:
 
     roots = resources.video_roots(ctx)
     is_dir = os.path.isdir(os.path.expanduser(target))
+    if not is_dir:
+        _check_index_target(ctx, target, roots)
     files = [str(p) for p in find_videos(resolve_video_folder(target, roots))] if is_dir else [target]
     if is_dir and not files:
         raise InputError(f"folder {display_path(target)} holds no video files")
@@ -123,21 +160,52 @@ def _ingest_target(ctx: Any, target: str, jobs: int) -> None:
         raise typer.Exit(1)
 
 
+def _check_index_target(ctx: Any, target: str, roots: Sequence[Path]) -> None:
+    """A name that is no file anywhere the ingest would look: say so (and whether it is a
+    stored id) instead of the path rules' answer for a file that would lie outside the roots."""
+    from graphs import resources
+
+    if "://" in target:  # a URL: the ingest's own message says why it is refused
+        return
+    given = Path(os.path.expanduser(target))
+    places = [given] if given.is_absolute() else [given, *(root / given for root in roots)]
+    if any(os.path.lexists(p) for p in places):
+        return
+    if resources.store_for(ctx).video(target) is not None:
+        raise InputError(
+            f"{target!r} is a video id in the store, already indexed: query it with "
+            f"granalign retrieve (index takes video files and folders)"
+        )
+    raise InputError(
+        f"{target!r} is not a video id in the store nor a video file or folder "
+        f"(looked in the current folder and the video roots)"
+    )
+
+
 def _print_ingest_summary(results: list[tuple[str, dict[str, Any] | None, str]], location: str) -> None:
+    """One row per video; ids are printed whole (never cut to the terminal's width), failure
+    reasons on their own lines below the table."""
     from granalign.video import display_path
 
+    ids = [got["video_id"] for _, got, _ in results if got is not None]
     table = Table(title=f"ingested into {location}")
-    for col in ("video", "video id", "clips", "skipped", "encoded"):
-        table.add_column(col, justify="left" if col in ("video", "video id") else "right")
+    table.add_column("video", overflow="fold", min_width=12)
+    table.add_column("video id", no_wrap=True, min_width=max(map(len, ids), default=8))
+    for col in ("clips", "skipped", "encoded"):
+        table.add_column(col, justify="right", no_wrap=True)
+    failed: list[tuple[str, str]] = []
     for video, got, problem in sorted(results):
         name = Path(display_path(video)).name
         if got is None:
-            table.add_row(name, f"[red]failed: {problem}[/]", "", "", "")
+            table.add_row(escape(name), "[red]failed[/]", "", "", "")
+            failed.append((name, problem))
         else:
             table.add_row(
-                name, got["video_id"], str(got["n_clips"]), str(got["skipped"]), str(got["encoded"])
+                escape(name), got["video_id"], str(got["n_clips"]), str(got["skipped"]), str(got["encoded"])
             )
     out.print(table)
+    for name, problem in failed:
+        console.print(f"[red]failed[/] {escape(name)}: {escape(problem)}", highlight=False, soft_wrap=True)
     for video, got, _ in results:
         for note in (got or {}).get("notes") or []:
             console.print(f"[dim]note ({Path(display_path(video)).name}): {note}[/]")
@@ -147,10 +215,22 @@ def _print_ingest_summary(results: list[tuple[str, dict[str, Any] | None, str]],
 @user_errors
 def retrieve_cmd(
     video: Annotated[
-        str,
-        typer.Argument(metavar="VIDEO", help="A video id in the store, or a video file (ingested if new)."),
-    ],
-    query: Annotated[str, typer.Argument(help="What to find, in natural language.")],
+        str | None,
+        typer.Argument(
+            metavar="VIDEO",
+            help="A video id in the store, or a video file (ingested if new); "
+            "an id that begins with '-' goes in --video (or after '--').",
+            show_default=False,
+        ),
+    ] = None,
+    query: Annotated[
+        str | None,
+        typer.Argument(metavar="QUERY", help="What to find, in natural language.", show_default=False),
+    ] = None,
+    video_opt: Annotated[
+        str | None,
+        typer.Option("--video", help="The video, for ids that begin with '-' (QUERY is then alone)."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the graph output as JSON.")] = False,
     plot: Annotated[Path | None, typer.Option(help="Write a timeline PNG here.")] = None,
     rewriter: Annotated[str | None, typer.Option(help="Rewriter spec (see settings).")] = None,
@@ -167,20 +247,35 @@ def retrieve_cmd(
     from graphs.durable import stream_retrieval
     from tools.safety import clean_thread_id
 
-    ctx = make_context(store, sets, rewriter=rewriter)
+    video, query = _video_and_query(video, query, video_opt)
+    check_output(plot, "--plot")
+    ctx = make_context(store, sets, rewriter=rewriter).for_answers()  # distinct windows
     tid = clean_thread_id(thread_id) if thread_id is not None else None
     result: dict[str, Any] = {}
+    started: list[str] = []
+
+    def on_start(run_tid: str) -> None:
+        """Say the thread id before any work, so a killed or interrupted run can be resumed."""
+        started.append(run_tid)
+        if ctx.checkpointer != "none":
+            console.print(
+                f"thread id {run_tid} (to resume this run if it stops: --thread-id {run_tid})",
+                highlight=False,
+                soft_wrap=True,
+            )
+
     with _progress() as bar:
         task: TaskID | None = None
-        for mode, chunk in stream_retrieval(ctx, {"video": video, "query": query}, thread_id=tid):
+        stream = stream_retrieval(ctx, {"video": video, "query": query}, thread_id=tid, on_start=on_start)
+        for mode, chunk in stream:
             if mode == "values":
                 result = chunk
             elif chunk.get("stage") in ("probe", "ingest"):
                 if task is None:
                     task = bar.add_task("ingest", total=None)
                 _bar_updater(bar, task)(chunk)
-    keys = ("video_id", "query", "moments", "saliency", "variants", "mode", "notes")
-    result = {k: result[k] for k in keys}
+    keys = ("video_id", "query", "moments", "saliency", "clip_len_s", "variants", "mode", "notes")
+    result = {k: result[k] for k in keys} | {"thread_id": started[0]}
     if as_json:
         out.print_json(json.dumps(result))
     else:
@@ -198,8 +293,19 @@ def retrieve_cmd(
         timeline_plot(
             plot,
             saliency=result["saliency"],
-            clip_len=ctx.clip_len,
+            clip_len=result["clip_len_s"],
             moments=result["moments"],
             title=f"{result['video_id']}: {result['query']}",
         )
         console.print(f"wrote {plot}")
+
+
+def _video_and_query(video: str | None, query: str | None, video_opt: str | None) -> tuple[str, str]:
+    """(video, query) from ``VIDEO QUERY`` or ``--video VIDEO QUERY``."""
+    if video_opt is not None:
+        if query is not None:
+            raise InputError("give the video once: --video VIDEO QUERY, or VIDEO QUERY")
+        video, query = video_opt, video
+    if video is None or query is None:
+        raise InputError("give a video and a query: granalign retrieve VIDEO QUERY (or --video VIDEO QUERY)")
+    return video, query

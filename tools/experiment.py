@@ -22,10 +22,11 @@ from typing import Any, Literal
 from granalign.errors import InputError
 from granalign.evaluation import evaluate_submission, recall_and_miou
 from granalign.jsonl import Journal, atomic_write_text, write_json, write_jsonl
+from granalign.prompt_files import available_pair_ids, load_prompt_pairs
 from graphs import resources
 from graphs.context import Context
-from prompts import DEFAULT_PAIRS, available_pair_ids, load_prompt_pairs
-from tools.bench import Annotation, journal_key, run_queries
+from prompts import DEFAULT_PAIRS
+from tools.bench import Annotation, journal_key, run_queries, scored_predictions
 
 Side = Literal["both", "simplified", "detailed"]
 COLUMNS = (
@@ -162,12 +163,13 @@ def _context_for(base: Context, setting: Setting, annotations: Sequence[Annotati
     return base.with_overrides(**overrides)
 
 
-def _load_cached(row_dir: Path, setting: Setting, base: Context) -> RowResult | None:
+def _load_cached(row_dir: Path, setting: Setting, key: str) -> RowResult | None:
+    """A finished row of the same settings *and* queries (another --split or --limit reruns)."""
     meta = row_dir / "row.json"
     if not meta.exists():
         return None
     saved = json.loads(meta.read_text())
-    if saved.get("config") != _config_key(setting, base):
+    if saved.get("key") != key:
         return None
     return RowResult(
         setting, saved["metrics"], saved["extra"], saved["n"], saved["seconds"], saved["skipped"], True
@@ -189,13 +191,14 @@ def run_setting(
 ) -> RowResult:
     """Run one setting (or load its finished result) and save it atomically."""
     row_dir = out_dir / "settings" / setting.name.replace("/", "_").replace(">", "")
-    cached = _load_cached(row_dir, setting, base)
+    key = journal_key(_config_key(setting, base), annotations)
+    cached = _load_cached(row_dir, setting, key)
     if cached is not None:
         return cached
     ctx = _context_for(base, setting, annotations, out_dir)
     if setting.pairs and setting.sides == "both":
         resources.warm_rewrites(ctx, [a.query for a in annotations])
-    journal = Journal(row_dir / "preds.partial.jsonl", journal_key(_config_key(setting, base), annotations))
+    journal = Journal(row_dir / "preds.partial.jsonl", key)
     t0 = time.perf_counter()
     try:
         preds, skipped = run_queries(
@@ -206,16 +209,17 @@ def run_setting(
     seconds = time.perf_counter() - t0
     if not preds:
         raise InputError(f"setting {setting.name}: no query could be answered")
-    answered = {p["qid"] for p in preds}
-    gt = [a.raw for a in annotations if a.qid in answered]
-    metrics = evaluate_submission(preds, gt, allow_subset=True)
-    extra = recall_and_miou(preds, gt)
-    write_jsonl(row_dir / "preds.jsonl", preds)
+    write_jsonl(row_dir / "preds.jsonl", preds)  # written before scoring, as bench does
+    # every annotation is scored, a failed query as a miss (leaving it out would raise the metrics)
+    scored, gt = scored_predictions(annotations, preds), [a.raw for a in annotations]
+    metrics = evaluate_submission(scored, gt)
+    extra = recall_and_miou(scored, gt)
     result = RowResult(setting, metrics, extra, len(preds), seconds, len(skipped), False)
     write_json(
         row_dir / "row.json",
         {
             "config": _config_key(setting, base),
+            "key": key,
             "metrics": metrics,
             "extra": extra,
             "n": len(preds),

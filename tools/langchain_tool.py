@@ -30,14 +30,17 @@ and, for MCP, progress notifications.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import inspect
 import json
 import logging
 import os
+import queue
+import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,17 +50,15 @@ from langchain_core.tools import BaseTool, StructuredTool, ToolException
 from pydantic import BaseModel, Field, ValidationError
 
 from granalign.errors import ConfigError, GranAlignError, InputError
+from granalign.text import MAX_QUERY_CHARS, clean_query, clean_text
+from granalign.video import parse_roots
 from tools.safety import (
-    MAX_QUERY_CHARS,
     MAX_VIDEO_ARG_CHARS,
     VideoArg,
     bounded_int,
-    clean_query,
-    clean_text,
     clean_thread_id,
     parse_video_arg,
     url_allowlist,
-    video_roots,
 )
 
 __all__ = [
@@ -78,6 +79,7 @@ __all__ = [
     "make_list_videos_tool",
     "make_retrieve_moments_tool",
     "retrieve_moments",
+    "validation_message",
 ]
 
 log = logging.getLogger(__name__)
@@ -94,7 +96,7 @@ PROGRESS_EVENT = "granalign_progress"
 Progress = Callable[[dict[str, Any]], Any]
 """A progress sink: called with each event; may return an awaitable (awaited in async runs)."""
 
-_OUTPUT_KEYS = ("video_id", "query", "moments", "saliency", "variants", "mode", "notes")
+_OUTPUT_KEYS = ("video_id", "query", "moments", "saliency", "clip_len_s", "variants", "mode", "notes")
 
 RETRIEVE_DESCRIPTION = (
     "Find WHEN something happens in a video. Give the video (an id from list_videos) and a short "
@@ -127,11 +129,12 @@ class ToolSettings:
     context: Any = None
     """In-process retrieval Context (``graphs.context.Context``); None = ``Context.from_env()``."""
     roots: tuple[Path, ...] | None = None
-    """Allowed video roots; None = ``GRANALIGN_VIDEO_ROOTS`` (default the cwd) at call time."""
+    """Allowed video roots; None = the context's ``video_roots`` setting (in-process) or
+    ``GRANALIGN_VIDEO_ROOTS`` (remote), default the cwd, read at call time."""
     url_allowlist: tuple[str, ...] | None = None
     """Hosts a video URL may name; None = ``GRANALIGN_URL_ALLOWLIST`` at call time."""
     timeout_s: float = 600.0
-    """Limit of an async call (a sync in-process run cannot be interrupted from outside)."""
+    """Limit of one call, sync or async: past it the caller gets RetrievalFailed at once."""
     remote_headers: Mapping[str, str] = field(default_factory=dict)
     """Extra HTTP headers for the LangGraph server (e.g. an auth proxy's)."""
 
@@ -288,6 +291,77 @@ def _remote_error(exc: Exception) -> GranAlignError:
     return RetrievalFailed(f"the retrieval server failed: {type(exc).__name__}: {exc}")
 
 
+class _Events:
+    """One run's stream: progress events go to the caller's sinks, the last values are kept."""
+
+    def __init__(self, on_progress: Progress | None) -> None:
+        self.sinks = _parent_sinks()
+        self.on_progress = on_progress
+        self.values: Mapping[str, Any] | None = None
+
+    def take(self, mode: str, chunk: Any) -> dict[str, Any] | None:
+        """The progress payload of a ``custom`` chunk (None for others; ``values`` are kept)."""
+        if mode == "values" and isinstance(chunk, dict):
+            self.values = chunk
+        if mode != "custom" or not isinstance(chunk, dict):
+            return None
+        payload = {"tool": "retrieve_moments", **chunk}
+        for sink in self.sinks:
+            sink(payload)
+        return payload
+
+    def notify(self, payload: dict[str, Any]) -> Any:
+        """Tell ``on_progress`` (after the LangChain callbacks); returns what it returned."""
+        return None if self.on_progress is None else self.on_progress(payload)
+
+
+class _Overtime(Exception):
+    """A synchronous run passed the tool's timeout (turned into RetrievalFailed by the caller)."""
+
+
+def _within(parts: Iterator[Any], timeout_s: float) -> Iterator[Any]:
+    """The items of ``parts``, produced by a worker thread, until ``timeout_s`` seconds have passed.
+
+    A synchronous graph run cannot be interrupted from outside, so it runs in a worker thread
+    (with the caller's context variables, so callbacks still find their parent run) while the
+    caller waits on a queue: at the deadline the caller gets :class:`_Overtime` at once, as
+    ``arun`` does, and the worker closes the stream at its next chunk, which stops the run.
+    """
+    box: queue.Queue[tuple[str, Any]] = queue.Queue()
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for part in parts:
+                if stop.is_set():
+                    break
+                box.put(("part", part))
+        except BaseException as exc:
+            box.put(("error", exc))
+        finally:
+            close = getattr(parts, "close", None)
+            if close is not None:
+                close()
+            box.put(("end", None))
+
+    runner = contextvars.copy_context()
+    threading.Thread(target=runner.run, args=(work,), name="granalign-tool-run", daemon=True).start()
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            try:
+                kind, value = box.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise _Overtime from None
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+
+
 class MomentRetriever:
     """Validate untrusted arguments, run the retrieval graph, shape the result.
 
@@ -323,13 +397,15 @@ class MomentRetriever:
         settings = self.settings
         k = bounded_int("top_k", top_k, 1, MAX_TOP_K)
         text = clean_query(query)
-        roots = settings.roots if settings.roots is not None else video_roots()
         allow = settings.url_allowlist if settings.url_allowlist is not None else url_allowlist()
         if settings.remote:
             # the deployment's store decides; an id-shaped name is passed on as an id
+            roots = settings.roots if settings.roots is not None else parse_roots()
             arg = parse_video_arg(video, is_known_id=lambda _id: True, roots=roots, allowlist=allow)
             return _Request(arg, text, k, None)
-        ctx = self._context(settings).with_overrides(top_n=k)
+        ctx = self._context(settings).with_overrides(top_n=k).for_answers()  # distinct windows
+        # the same roots the graph checks the path against (one roots parser, one setting)
+        roots = settings.roots if settings.roots is not None else parse_roots(ctx.video_roots)
         store = self._store(ctx)
 
         def known(video_id: str) -> bool:
@@ -347,9 +423,11 @@ class MomentRetriever:
         out["saliency"] = [float(x) for x in out.get("saliency", [])]
         out.setdefault("notes", [])
         out.setdefault("variants", [])
-        out["clip_len_s"] = float(req.context.clip_len) if req.context is not None else None
+        clip_len = values.get("clip_len_s")  # the stored video's grid, not Context.clip_len
+        out["clip_len_s"] = float(clip_len) if clip_len is not None else None
         out["elapsed_s"] = round(elapsed, 4)
         out["backend"] = "remote" if req.context is None else "in-process"
+        out["thread_id"] = req.thread_id
         return MomentsResult(out)
 
     def _not_indexed(self, req: _Request, exc: InputError) -> InputError:
@@ -378,53 +456,29 @@ class MomentRetriever:
         ``thread_id`` names the checkpointed run: a failed run under it is resumed.
         """
         req = self._with_thread(self.prepare(video, query, top_k), thread_id)
-        sinks = _parent_sinks()
-        t0 = time.perf_counter()
-
-        def emit(event: dict[str, Any]) -> None:
-            payload = {"tool": "retrieve_moments", **event}
-            for sink in sinks:
-                sink(payload)
-            _dispatch(payload)
-            if on_progress is not None:
-                on_progress(payload)
-
-        values: Mapping[str, Any] | None = None
+        events, t0 = _Events(on_progress), time.perf_counter()
         try:
-            for mode, chunk in self._stream_sync(req):
-                if mode == "custom" and isinstance(chunk, dict):
-                    emit(chunk)
-                elif mode == "values" and isinstance(chunk, dict):
-                    values = chunk
-        except InputError as exc:
-            raise self._not_indexed(req, exc) from exc
-        except GranAlignError:
-            raise
+            for mode, chunk in _within(self._stream_sync(req), self.settings.timeout_s):
+                payload = events.take(mode, chunk)
+                if payload is not None:
+                    _dispatch(payload)
+                    events.notify(payload)
         except Exception as exc:
-            raise self._wrap_failure(exc) from exc
-        return self._finish(req, values, time.perf_counter() - t0)
+            raise self._failed(req, exc, _Overtime) from exc
+        return self._finish(req, events.values, time.perf_counter() - t0)
 
     def _stream_sync(self, req: _Request) -> Any:
-        settings = self.settings
-        if settings.remote:
-            graph = self._remote(settings)
-            for part in graph.stream(
-                self._graph_input(req),
-                context={"top_n": req.top_k},
-                stream_mode=["custom", "values"],
+        if self.settings.remote:
+            for part in self._remote(self.settings).stream(
+                self._graph_input(req), **self._remote_kwargs(req)
             ):
                 yield part[0], part[1]
             return
         from graphs.durable import stream_retrieval
 
-        yield from stream_retrieval(
-            req.context,
-            self._graph_input(req),
-            thread_id=req.thread_id,
-            config=_isolated_config("retrieve_moments"),
-        )
+        yield from stream_retrieval(req.context, self._graph_input(req), **self._durable_args(req))
 
-    # -- async ------------------------------------------------------------------------------------
+    # -- async (the same steps; only the waiting differs) -----------------------------------------
     async def arun(
         self,
         video: object,
@@ -436,58 +490,54 @@ class MomentRetriever:
         """Retrieve moments without blocking the event loop (the graph's sync nodes use threads)."""
         import asyncio
 
-        req = self._with_thread(self.prepare(video, query, top_k), thread_id)
-        sinks = _parent_sinks()
-        t0 = time.perf_counter()
-
-        async def emit(event: dict[str, Any]) -> None:
-            payload = {"tool": "retrieve_moments", **event}
-            for sink in sinks:
-                sink(payload)
-            await _adispatch(payload)
-            if on_progress is not None:
-                got = on_progress(payload)
-                if inspect.isawaitable(got):
-                    await got
-
-        values: Mapping[str, Any] | None = None
+        # prepare reads the store and the file system: in a thread, off the event loop
+        req = self._with_thread(await asyncio.to_thread(self.prepare, video, query, top_k), thread_id)
+        events, t0 = _Events(on_progress), time.perf_counter()
         try:
             async with asyncio.timeout(self.settings.timeout_s):
                 async for mode, chunk in self._stream_async(req):
-                    if mode == "custom" and isinstance(chunk, dict):
-                        await emit(chunk)
-                    elif mode == "values" and isinstance(chunk, dict):
-                        values = chunk
-        except TimeoutError as exc:
-            raise RetrievalFailed(f"retrieval took longer than {self.settings.timeout_s:.0f} s") from exc
-        except InputError as exc:
-            raise self._not_indexed(req, exc) from exc
-        except GranAlignError:
-            raise
+                    payload = events.take(mode, chunk)
+                    if payload is not None:
+                        await _adispatch(payload)
+                        got = events.notify(payload)
+                        if inspect.isawaitable(got):
+                            await got
         except Exception as exc:
-            raise self._wrap_failure(exc) from exc
-        return self._finish(req, values, time.perf_counter() - t0)
+            raise self._failed(req, exc, TimeoutError) from exc
+        return self._finish(req, events.values, time.perf_counter() - t0)
 
     async def _stream_async(self, req: _Request) -> Any:
-        settings = self.settings
-        if settings.remote:
-            graph = self._remote(settings)
-            async for part in graph.astream(
-                self._graph_input(req),
-                context={"top_n": req.top_k},
-                stream_mode=["custom", "values"],
+        if self.settings.remote:
+            async for part in self._remote(self.settings).astream(
+                self._graph_input(req), **self._remote_kwargs(req)
             ):
                 yield part[0], part[1]
             return
         from graphs.durable import astream_retrieval
 
         async for mode, chunk in astream_retrieval(
-            req.context,
-            self._graph_input(req),
-            thread_id=req.thread_id,
-            config=_isolated_config("retrieve_moments"),
+            req.context, self._graph_input(req), **self._durable_args(req)
         ):
             yield mode, chunk
+
+    def _failed(self, req: _Request, exc: Exception, overtime: type[Exception]) -> Exception:
+        """The error a failed run raises: a timeout, a video not indexed, a library error as
+        it is (re-raised unchanged), anything else wrapped as a tool failure."""
+        if isinstance(exc, overtime):
+            return RetrievalFailed(f"retrieval took longer than {self.settings.timeout_s:.0f} s")
+        if isinstance(exc, InputError):
+            return self._not_indexed(req, exc)
+        if isinstance(exc, GranAlignError):
+            raise exc
+        return self._wrap_failure(exc)
+
+    def _remote_kwargs(self, req: _Request) -> dict[str, Any]:
+        """What a served graph's ``stream``/``astream`` gets besides the input."""
+        context = {"top_n": req.top_k, "answer_profile": "distinct"}  # the tool profile
+        return {"context": context, "stream_mode": ["custom", "values"]}
+
+    def _durable_args(self, req: _Request) -> dict[str, Any]:
+        return {"thread_id": req.thread_id, "config": _isolated_config("retrieve_moments")}
 
     # -- helpers ----------------------------------------------------------------------------------
     def _remote(self, settings: ToolSettings) -> Any:
@@ -498,8 +548,10 @@ class MomentRetriever:
         )
 
     def _with_thread(self, req: _Request, thread_id: str | None) -> _Request:
-        if thread_id is None:
-            return req
+        if thread_id is None:  # in-process runs get their id up front: the result carries it
+            from graphs.durable import new_thread_id
+
+            return req if req.context is None else dataclasses.replace(req, thread_id=new_thread_id())
         if req.context is None:
             raise InputError("thread_id: only in-process runs can be resumed (not a remote graph)")
         return dataclasses.replace(req, thread_id=clean_thread_id(thread_id))
@@ -523,7 +575,8 @@ class MomentRetriever:
         """Complete videos of the configured store whose id contains ``contains`` (case-insensitive)."""
         n = bounded_int("limit", limit, 1, MAX_LIST_LIMIT)
         needle = clean_text(contains, name="contains", max_chars=MAX_CONTAINS_CHARS, allow_empty=True).lower()
-        store = self._store(self._context(self.settings))
+        ctx = self._context(self.settings)
+        store = self._store(ctx)
         try:
             records = [r for r in store.list_videos() if r.complete and needle in r.video_id.lower()]
         except GranAlignError:
@@ -536,11 +589,26 @@ class MomentRetriever:
                 "duration_s": float(r.duration_s),
                 "n_clips": int(r.n_clips),
                 "clip_len_s": float(r.clip_len_s),
-                "mode": "full" if r.has_frames else "caption-only",
+                "mode": self._mode(ctx, r),
             }
             for r in records[:n]
         ]
         return VideoList(rows, len(records))
+
+    def _mode(self, ctx: Any, record: Any) -> str:
+        """'caption-only', 'full', or 'full' with why its clips do not fit the current settings.
+
+        A video ingested under other CLIP/captioner settings must be ingested again before it
+        can be queried here; saying so in the listing lets the caller act before a failed call.
+        """
+        if not record.has_frames:
+            return "caption-only"
+        if self.settings.remote:  # the deployment's settings decide, not this process's
+            return "full"
+        from graphs.retrieval import REINGEST_ADVICE, ingest_mismatch
+
+        mismatch = ingest_mismatch(ctx, record)
+        return f"full ({mismatch}; {REINGEST_ADVICE})" if mismatch else "full"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -588,8 +656,11 @@ class ListVideosInput(BaseModel):
     )
 
 
-def _validation_message(tool: str) -> Callable[[Any], str]:
-    """Pydantic errors as one line a model can act on, without echoing the (untrusted) input."""
+def validation_message(tool: str) -> Callable[[Any], str]:
+    """Pydantic errors as one line a model can act on, without echoing the (untrusted) input.
+
+    Shared by the LangChain tools and the MCP server, so both word a bad argument alike.
+    """
 
     def message(exc: Any) -> str:
         if isinstance(exc, ValidationError):
@@ -623,15 +694,22 @@ def make_retrieve_moments_tool(retriever: MomentRetriever | None = None) -> Base
             raise ToolException(str(exc)) from exc
         return result.content, result.artifact
 
+    return _content_tool("retrieve_moments", RETRIEVE_DESCRIPTION, RetrieveMomentsInput, run, arun)
+
+
+def _content_tool(
+    name: str, description: str, schema: type[BaseModel], run: Callable[..., Any], arun: Callable[..., Any]
+) -> BaseTool:
+    """A tool answering (content, artifact) whose failures and bad arguments are one-line messages."""
     return StructuredTool.from_function(
         func=run,
         coroutine=arun,
-        name="retrieve_moments",
-        description=RETRIEVE_DESCRIPTION,
-        args_schema=RetrieveMomentsInput,
+        name=name,
+        description=description,
+        args_schema=schema,
         response_format="content_and_artifact",
         handle_tool_error=_tool_error,
-        handle_validation_error=_validation_message("retrieve_moments"),
+        handle_validation_error=validation_message(name),
     )
 
 
@@ -651,16 +729,7 @@ def make_list_videos_tool(retriever: MomentRetriever | None = None) -> BaseTool:
 
         return await asyncio.to_thread(run, contains, limit)
 
-    return StructuredTool.from_function(
-        func=run,
-        coroutine=arun,
-        name="list_videos",
-        description=LIST_DESCRIPTION,
-        args_schema=ListVideosInput,
-        response_format="content_and_artifact",
-        handle_tool_error=_tool_error,
-        handle_validation_error=_validation_message("list_videos"),
-    )
+    return _content_tool("list_videos", LIST_DESCRIPTION, ListVideosInput, run, arun)
 
 
 def granalign_tools(retriever: MomentRetriever | None = None) -> list[BaseTool]:

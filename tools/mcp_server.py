@@ -10,25 +10,37 @@ MCP specifics:
 
 * results are JSON: each tool declares an output schema and returns structured content (the
   text content is the same JSON, for clients that ignore ``structuredContent``);
-* errors come back as tool results with ``isError: true`` and a message the calling model can
-  act on; the server process never dies of a bad argument;
+* errors come back as tool results with ``isError: true`` and a one-line message the calling
+  model can act on (bad arguments are worded as by the LangChain tool, never pydantic's
+  multi-line report); the server process never dies of a bad argument;
 * the graph's progress events become MCP progress notifications (when the client sent a
   progress token) and log messages;
-* over HTTP the SDK's DNS-rebinding protection is on for loopback hosts; a non-loopback bind
-  has no authentication of its own, so ``granalign mcp`` warns, and a deployment should put
-  it behind an authenticating proxy.  ``GET /healthz`` answers ``ok`` for supervisors.
+* over HTTP the SDK's DNS-rebinding protection is on for loopback hosts, and a bearer token
+  (:func:`load_token`: ``GRANALIGN_MCP_TOKEN`` or ``--token-file``) guards every path but
+  ``GET /healthz``, which answers ``ok`` to supervisors and load balancers without one (it
+  reveals nothing but liveness).  ``granalign mcp`` refuses a non-loopback bind without a
+  token: replicas serving many agents listen beyond loopback, and an open tool endpoint would
+  let anyone on the network run queries (and ingest files under the video roots).
 """
 
 from __future__ import annotations
 
+import hmac
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Annotated, Any
 
 from mcp.server.fastmcp import Context, FastMCP
-from mcp.types import ToolAnnotations
-from pydantic import BaseModel, Field
+from mcp.server.fastmcp.exceptions import ToolError
+from mcp.types import ContentBlock, ToolAnnotations
+from pydantic import BaseModel, Field, ValidationError
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse
+from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from granalign.errors import ConfigError
+from granalign.text import MAX_QUERY_CHARS
 from tools.langchain_tool import (
     DEFAULT_TOP_K,
     LIST_DESCRIPTION,
@@ -37,12 +49,31 @@ from tools.langchain_tool import (
     MAX_TOP_K,
     RETRIEVE_DESCRIPTION,
     MomentRetriever,
+    validation_message,
 )
-from tools.safety import MAX_QUERY_CHARS, MAX_VIDEO_ARG_CHARS
+from tools.safety import MAX_VIDEO_ARG_CHARS
 
-__all__ = ["LOOPBACK_HOSTS", "MomentsOutput", "VideoInfo", "VideosOutput", "build_server"]
+__all__ = [
+    "ENV_TOKEN",
+    "LOOPBACK_HOSTS",
+    "OPEN_PATHS",
+    "BearerAuth",
+    "GranAlignMCP",
+    "MomentsOutput",
+    "VideoInfo",
+    "VideosOutput",
+    "build_server",
+    "http_app",
+    "load_token",
+    "progress_message",
+    "serve_http",
+]
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+ENV_TOKEN = "GRANALIGN_MCP_TOKEN"
+MIN_TOKEN_CHARS = 16
+OPEN_PATHS = frozenset({"/healthz"})
+"""Paths served without a token: liveness only, no data."""
 
 INSTRUCTIONS = (
     "GranAlign finds when something happens in a video. Call list_videos to get video ids, then "
@@ -81,12 +112,45 @@ class VideosOutput(BaseModel):
     truncated: bool
 
 
+def progress_message(event: Mapping[str, Any]) -> str:
+    """One progress event as text: the stage, then its scalar fields (``finalize encoded=5``),
+    so a client sees how far an ingest got and whether this call did the work or waited."""
+    details = " ".join(
+        f"{k}={v}"
+        for k, v in event.items()
+        if k not in ("stage", "tool") and isinstance(v, str | int | float | bool) and len(str(v)) <= 200
+    )
+    stage = str(event.get("stage", "step"))
+    return f"{stage} {details}" if details else stage
+
+
+class GranAlignMCP(FastMCP):
+    """FastMCP whose argument errors are one line, worded like the LangChain tool's.
+
+    FastMCP validates a call's arguments against the tool's signature and answers a bad one
+    with pydantic's multi-line report (input values, documentation URLs); a model acts better
+    on ``Invalid arguments for retrieve_moments: top_k: Input should be less than or equal
+    to 20``, and a log or a UI shows it on one line.
+    """
+
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any]
+    ) -> Sequence[ContentBlock] | dict[str, Any]:
+        try:
+            return await super().call_tool(name, arguments)
+        except ToolError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, ValidationError) and cause.title.endswith("Arguments"):
+                raise ToolError(validation_message(name)(cause)) from None
+            raise
+
+
 def build_server(
     retriever: MomentRetriever | None = None, *, host: str = "127.0.0.1", port: int = 8000
 ) -> FastMCP:
     """A FastMCP server exposing the tools over ``retriever`` (default: environment settings)."""
     core = retriever or MomentRetriever()
-    server: FastMCP = FastMCP("granalign", instructions=INSTRUCTIONS, host=host, port=port)
+    server: FastMCP = GranAlignMCP("granalign", instructions=INSTRUCTIONS, host=host, port=port)
 
     @server.tool(
         name="retrieve_moments",
@@ -121,9 +185,9 @@ def build_server(
         async def progress(event: dict[str, Any]) -> None:
             nonlocal done
             done += 1
-            stage = str(event.get("stage", "step"))
-            await ctx.report_progress(done, None, stage)
-            await ctx.debug(f"retrieve_moments: {stage}")
+            message = progress_message(event)
+            await ctx.report_progress(done, None, message)
+            await ctx.debug(f"retrieve_moments: {message}")
 
         result = await core.arun(video, query, top_k, on_progress=progress)
         a = result.artifact
@@ -163,3 +227,80 @@ def build_server(
     server.custom_route("/healthz", methods=["GET"])(healthz)
 
     return server
+
+
+# -- bearer-token authentication ---------------------------------------------------------------
+
+
+def load_token(token_file: Path | None = None, environ: Mapping[str, str] | None = None) -> str | None:
+    """The MCP bearer token: ``token_file``'s content, else ``$GRANALIGN_MCP_TOKEN``, else None.
+
+    A file keeps the secret out of the process table and shell history (a mounted secret in a
+    container); surrounding whitespace (a trailing newline) is dropped.  A token shorter than
+    16 characters or with whitespace inside is refused: it is a password a client guesses or
+    a header no client can send.
+    """
+    env = os.environ if environ is None else environ
+    if token_file is not None:
+        try:
+            raw, where = token_file.read_text(encoding="utf-8"), f"--token-file {token_file}"
+        except OSError as exc:
+            raise ConfigError(f"--token-file {token_file}: cannot read it ({exc.strerror or exc})") from None
+    else:
+        raw, where = env.get(ENV_TOKEN, ""), ENV_TOKEN
+        if not raw.strip():
+            return None
+    token = raw.strip()
+    if len(token) < MIN_TOKEN_CHARS or any(c.isspace() for c in token) or not token.isprintable():
+        raise ConfigError(
+            f"{where}: the token must be at least {MIN_TOKEN_CHARS} printable characters without "
+            "spaces (e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
+    return token
+
+
+class BearerAuth:
+    """ASGI middleware: every HTTP request but :data:`OPEN_PATHS` needs ``Authorization: Bearer
+    <token>``; anything else gets 401 before it reaches the MCP session manager.
+
+    The comparison is :func:`hmac.compare_digest` on bytes (its time does not depend on where
+    the strings differ, so the token cannot be guessed byte by byte).  A pure ASGI wrapper,
+    not Starlette's ``BaseHTTPMiddleware``, so the streamed MCP responses pass through as is.
+    """
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self._expected = f"Bearer {token}".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path") in OPEN_PATHS or self._authorised(scope):
+            await self.app(scope, receive, send)
+            return
+        response = JSONResponse(
+            {"error": "unauthorized", "error_description": "missing or wrong bearer token"},
+            status_code=401,
+            headers={"WWW-Authenticate": 'Bearer realm="granalign"'},
+        )
+        await response(scope, receive, send)
+
+    def _authorised(self, scope: Scope) -> bool:
+        sent = [value for name, value in scope.get("headers", ()) if name == b"authorization"]
+        return len(sent) == 1 and hmac.compare_digest(sent[0], self._expected)
+
+
+def http_app(server: FastMCP, token: str | None) -> ASGIApp:
+    """The streamable-HTTP ASGI app of ``server``, behind :class:`BearerAuth` when ``token``."""
+    app: ASGIApp = server.streamable_http_app()
+    return BearerAuth(app, token) if token else app
+
+
+def serve_http(server: FastMCP, token: str | None) -> None:
+    """Serve ``server`` over streamable HTTP on its host and port (uvicorn, as FastMCP does)."""
+    import uvicorn
+
+    uvicorn.run(
+        http_app(server, token),
+        host=server.settings.host,
+        port=server.settings.port,
+        log_level=server.settings.log_level.lower(),
+    )

@@ -12,28 +12,27 @@ caption, a user), so every argument is treated like input from the internet:
      refused whatever the allowlist says;
   2. a store video id (``[A-Za-z0-9_.:-]``, at most 128 characters) that the caller's store
      knows (checked by a callback, so this module needs no store);
-  3. a file path, accepted only when its real path (symbolic links resolved) is a regular
-     file inside one of the roots in ``GRANALIGN_VIDEO_ROOTS`` (``os.pathsep``-separated,
-     default: the current directory).  A path with a ``..`` component is refused outright,
-     even when it would stay inside a root: a model has no business walking up folders.
-     Device files, FIFOs, sockets and folders are refused (a FIFO would block a reader forever,
-     ``/dev/zero`` never ends).
-* ``query`` loses control and invisible format characters (zero-width spaces, bidi overrides
-  that hide text from a human reviewer), is NFKC-normalised, whitespace-collapsed and bounded.
-  Its content is never interpreted: "ignore previous instructions" is just text to rewrite.
+  3. a file path, checked by the library's one validator,
+     :func:`granalign.video.resolve_video_path` (the graph runs the same check): its real path
+     (symbolic links resolved) must be a regular file inside the video roots
+     (:func:`granalign.video.parse_roots`); ``..`` and ``~`` are refused outright; device files,
+     FIFOs, sockets and folders are refused (a FIFO would block a reader forever, ``/dev/zero``
+     never ends).
+* ``query`` is cleaned by the library's one cleaner, :func:`granalign.text.clean_query`
+  (control characters become spaces, invisible ones go, NFKC, bounded), as in the graph.
 * numbers are integers inside stated bounds (``bool`` is not an integer here).
 
-Every refusal is an :class:`UnsafeInputError` (an ``InputError``) whose message says what was
-refused and why, so the calling model can correct its call.  The path check is a check at call
-time: the real path (no symbolic links left) is what is handed on, which narrows but cannot
-close the window in which someone with write access to a root swaps a folder for a link.
+Every refusal of a ``video`` is an :class:`UnsafeInputError` (an ``InputError``); a query or a
+number is refused with an ``InputError``; each message says what was refused and why, so the
+calling model can correct its call.  The path check is a check at call time: the real path (no
+symbolic links left) is what is handed on, which narrows but cannot close the window in which
+someone with write access to a root swaps a folder for a link.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import stat
 import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -42,6 +41,8 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from granalign.errors import InputError
+from granalign.text import MAX_QUERY_CHARS, clean_query, clean_text
+from granalign.video import ENV_VIDEO_ROOTS, VideoNotFound, parse_roots, resolve_video_path
 
 __all__ = [
     "ENV_URL_ALLOWLIST",
@@ -59,16 +60,11 @@ __all__ = [
     "host_allowed",
     "looks_like_url",
     "parse_video_arg",
-    "resolve_video_path",
     "url_allowlist",
-    "video_roots",
 ]
 
-ENV_VIDEO_ROOTS = "GRANALIGN_VIDEO_ROOTS"
 ENV_URL_ALLOWLIST = "GRANALIGN_URL_ALLOWLIST"
 
-MAX_QUERY_CHARS = 500
-"""A moment query is a sentence; 500 characters leave room for a long one, not for a document."""
 MAX_VIDEO_ARG_CHARS = 1024
 MAX_VIDEO_ID_CHARS = 128
 VIDEO_ID_RE = re.compile(rf"[A-Za-z0-9_.:-]{{1,{MAX_VIDEO_ID_CHARS}}}")
@@ -88,10 +84,6 @@ class UnsafeInputError(InputError):
     """An argument from an untrusted caller was refused; the message says why."""
 
 
-class _NoSuchFile(UnsafeInputError):
-    """No file of that name inside any root (an id-shaped name may be an unknown id instead)."""
-
-
 @dataclass(frozen=True)
 class VideoArg:
     """A validated ``video`` argument: a store id, a real file path, or an allowed URL."""
@@ -105,18 +97,6 @@ class VideoArg:
 # ---------------------------------------------------------------------------------------------
 
 
-def video_roots(environ: Mapping[str, str] | None = None) -> tuple[Path, ...]:
-    """The allowed video roots, as real paths (``GRANALIGN_VIDEO_ROOTS``, default the cwd).
-
-    Roots are resolved once here so that a root reached through a symbolic link (``/tmp`` on
-    macOS) still contains the real paths of the files below it.
-    """
-    env = os.environ if environ is None else environ
-    raw = env.get(ENV_VIDEO_ROOTS, "")
-    parts = [p.strip() for p in raw.split(os.pathsep) if p.strip()] or [os.getcwd()]
-    return tuple(Path(os.path.realpath(Path(p).expanduser())) for p in parts)
-
-
 def url_allowlist(environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
     """Hosts a ``video`` URL may name (``GRANALIGN_URL_ALLOWLIST``, comma or space separated)."""
     env = os.environ if environ is None else environ
@@ -127,34 +107,6 @@ def url_allowlist(environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
 # ---------------------------------------------------------------------------------------------
 # text and numbers
 # ---------------------------------------------------------------------------------------------
-
-
-def clean_text(value: object, *, name: str, max_chars: int, allow_empty: bool = False) -> str:
-    """NFKC text without control or invisible characters, whitespace collapsed, bounded.
-
-    Control characters (newlines, tabs, escape sequences) become spaces; format characters
-    (zero-width, bidi overrides) and unassigned/private code points are removed.
-    """
-    if not isinstance(value, str):
-        raise UnsafeInputError(f"{name} must be a string, got {type(value).__name__}")
-    kept: list[str] = []
-    for ch in unicodedata.normalize("NFKC", value):
-        category = unicodedata.category(ch)
-        if category == "Cc":
-            kept.append(" ")
-        elif category not in _DROP_CATEGORIES:
-            kept.append(ch)
-    text = " ".join("".join(kept).split())
-    if not text and not allow_empty:
-        raise UnsafeInputError(f"{name} is empty (after removing control characters)")
-    if len(text) > max_chars:
-        raise UnsafeInputError(f"{name} is {len(text)} characters long; at most {max_chars} are allowed")
-    return text
-
-
-def clean_query(value: object, *, max_chars: int = MAX_QUERY_CHARS) -> str:
-    """A moment query fit to hand on: see :func:`clean_text`."""
-    return clean_text(value, name="query", max_chars=max_chars)
 
 
 def bounded_int(name: str, value: object, lo: int, hi: int) -> int:
@@ -238,62 +190,6 @@ def clean_thread_id(value: object) -> str:
     return text
 
 
-def _inside(path: Path, roots: tuple[Path, ...]) -> bool:
-    return any(path == root or path.is_relative_to(root) for root in roots)
-
-
-def _kind_of(mode: int) -> str:
-    if stat.S_ISDIR(mode):
-        return "a folder"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device file"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return "not a regular file"
-
-
-def resolve_video_path(text: str, roots: tuple[Path, ...]) -> Path:
-    """The real path of a regular file inside ``roots`` named by ``text``, or a refusal.
-
-    Relative paths are looked up under each root in order.  ``~`` is not expanded (it would
-    name a home folder outside the roots).
-    """
-    if "\x00" in text:
-        raise UnsafeInputError("video path refused: it contains a NUL byte")
-    given = Path(text)
-    if ".." in given.parts:
-        raise UnsafeInputError("video path refused: '..' is not allowed in a video path")
-    if not roots:
-        raise UnsafeInputError(f"video paths are refused: no video root is configured ({ENV_VIDEO_ROOTS})")
-    candidates = [given] if given.is_absolute() else [root / given for root in roots]
-    for candidate in candidates:
-        lexical = Path(os.path.abspath(candidate))
-        try:
-            real = Path(os.path.realpath(candidate, strict=True))
-            mode = os.stat(real).st_mode
-        except (OSError, RuntimeError):  # missing, permission, symlink loop
-            if given.is_absolute() and not _inside(lexical, roots):
-                raise UnsafeInputError(
-                    f"video path refused: {text!r} is outside the allowed video roots ({ENV_VIDEO_ROOTS})"
-                ) from None
-            continue
-        if not _inside(real, roots):
-            if _inside(lexical, roots):
-                raise UnsafeInputError(
-                    f"video path refused: {text!r} is a symbolic link that leads outside "
-                    "the allowed video roots"
-                )
-            raise UnsafeInputError(
-                f"video path refused: {text!r} is outside the allowed video roots ({ENV_VIDEO_ROOTS})"
-            )
-        if not stat.S_ISREG(mode):
-            raise UnsafeInputError(f"video path refused: {text!r} is {_kind_of(mode)}, not a video file")
-        return real
-    raise _NoSuchFile(f"video path refused: no file {text!r} inside the allowed video roots")
-
-
 def parse_video_arg(
     video: object,
     *,
@@ -321,12 +217,14 @@ def parse_video_arg(
     if id_shaped and is_known_id(text):
         return VideoArg("id", text)
     try:
-        path = resolve_video_path(text, video_roots() if roots is None else roots)
-    except _NoSuchFile:
+        path = resolve_video_path(text, parse_roots() if roots is None else roots)
+    except VideoNotFound as exc:
         if id_shaped:
             raise UnsafeInputError(
                 f"video {text!r} is neither an indexed video id (call list_videos to see them) "
                 "nor a file inside the allowed video roots"
             ) from None
-        raise
+        raise UnsafeInputError(str(exc)) from None
+    except InputError as exc:
+        raise UnsafeInputError(str(exc)) from None
     return VideoArg("path", str(path))

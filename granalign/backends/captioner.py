@@ -23,22 +23,23 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-import re
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from granalign.backends.openai_llm import (
-    BackendError,
-    ServerSettings,
-    async_client,
-    call_with_retries,
-    run_sync,
+from granalign.backends.model_cache import LoadedModel, ModelCache, generate_greedy, pad_left
+from granalign.backends.openai_llm import Channel, ServerSettings, call_with_retries
+from granalign.backends.weights import (
+    TRANSFORMERS_FILES,
+    declared_test_weights,
+    download_hint,
+    require_hub_model,
 )
-from granalign.errors import ConfigError
+from granalign.errors import BackendError, ConfigError
+from granalign.prompt_files import prompt_text
 from granalign.specs import parse_spec
+from granalign.tokens import FOCUS_STOPWORDS, letter_words
 
 __all__ = [
     "AGNOSTIC_PROMPT",
@@ -54,16 +55,13 @@ __all__ = [
     "shrink",
 ]
 
-AGNOSTIC_PROMPT = (
-    "Describe this video frame in one or two sentences: the people, objects, actions and setting."
-)
-"""The query-agnostic caption prompt (C_agn); part of every agnostic caption's cache key."""
+AGNOSTIC_PROMPT = prompt_text("captions/agnostic")
+"""The query-agnostic caption prompt (C_agn, ``prompts/captions/agnostic.txt``); part of every
+agnostic caption's cache key."""
 
-AWARE_PROMPT = (
-    "Describe this video frame in one or two sentences. Pay attention to {focus}: say which of them are "
-    "visible and what they are doing. Do not mention anything that is not in the image."
-)
-"""The query-aware caption prompt (C_awr); ``{focus}`` lists the query's entities and actions."""
+AWARE_PROMPT = prompt_text("captions/aware")
+"""The query-aware caption prompt (C_awr, ``prompts/captions/aware.txt``); ``{focus}`` lists the
+query's entities and actions."""
 
 MAX_CAPTION_CHARS = 600
 
@@ -101,125 +99,14 @@ class QueryFocus:
         )
 
 
-_STOPWORDS = frozenset(
-    [
-        "a",
-        "an",
-        "the",
-        "and",
-        "or",
-        "but",
-        "of",
-        "in",
-        "on",
-        "at",
-        "to",
-        "with",
-        "by",
-        "for",
-        "from",
-        "into",
-        "onto",
-        "up",
-        "down",
-        "out",
-        "over",
-        "under",
-        "near",
-        "about",
-        "is",
-        "are",
-        "was",
-        "were",
-        "be",
-        "been",
-        "being",
-        "am",
-        "it",
-        "its",
-        "this",
-        "that",
-        "these",
-        "those",
-        "there",
-        "here",
-        "then",
-        "than",
-        "so",
-        "as",
-        "while",
-        "when",
-        "after",
-        "before",
-        "during",
-        "his",
-        "her",
-        "their",
-        "our",
-        "my",
-        "your",
-        "them",
-        "they",
-        "he",
-        "she",
-        "we",
-        "you",
-        "i",
-        "him",
-        "us",
-        "who",
-        "which",
-        "what",
-        "where",
-        "some",
-        "any",
-        "all",
-        "each",
-        "every",
-        "one",
-        "two",
-        "three",
-        "very",
-        "just",
-        "also",
-        "not",
-        "no",
-        "do",
-        "does",
-        "did",
-        "has",
-        "have",
-        "had",
-        "can",
-        "could",
-        "will",
-        "would",
-        "should",
-        "may",
-        "might",
-        "shall",
-        "video",
-        "clip",
-        "scene",
-        "camera",
-        "shows",
-        "showing",
-        "shown",
-        "someone",
-        "something",
-    ]
-)
-_WORD = re.compile(r"[A-Za-z][A-Za-z'-]*")
-
-
 def focus_from_keywords(query: str, *, note: str = "") -> QueryFocus:
     """A fallback focus: the query's content words (``-ing`` words as actions, the rest as entities).
 
     Crude, but it only steers the captioner's attention and is recorded as ``source="keywords"``.
     """
     words: list[str] = []
-    for w in _WORD.findall(query.lower()):
-        if w not in _STOPWORDS and len(w) > 1 and w not in words:
+    for w in letter_words(query.lower()):
+        if w not in FOCUS_STOPWORDS and len(w) > 1 and w not in words:
             words.append(w)
     actions = tuple(w for w in words if w.endswith("ing") and len(w) > 4)
     entities = tuple(w for w in words if w not in actions)
@@ -258,6 +145,8 @@ class Captioner(Protocol):
     """Captions images, one prompt per image; ``name`` identifies the model in cache keys."""
 
     name: str
+    weights_note: str
+    """Non-empty when the model's weights are random or test-only: runs on them must say so."""
 
     def caption(self, images: Sequence[Any], prompts: Sequence[str]) -> list[str]:
         """One caption per image, in order; a server failure raises BackendError."""
@@ -269,42 +158,42 @@ class Captioner(Protocol):
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass
-class _LoadedVLM:
-    processor: Any
-    model: Any
-    lock: threading.Lock
+_VLMS = ModelCache("captioner")
 
 
-_VLMS: dict[tuple[str, str], _LoadedVLM] = {}
-_VLMS_LOCK = threading.Lock()
+def _require_vlm(location: str) -> None:
+    """A hub id must be in the cache or the hub reachable (one try); a path must exist."""
+    if Path(location).exists():
+        return
+    if location.startswith((".", "/", "~")) or location.count("/") > 1:
+        raise ConfigError(f"captioner model {location!r}: no such model folder")
+    require_hub_model(
+        f"captioner model {location}",
+        location,
+        TRANSFORMERS_FILES,
+        f"{download_hint(location)}, set captioner=local:/path/to/model-folder, or serve it with vLLM "
+        f"and set captioner=openai:http://HOST:8000/v1#{location}",
+    )
 
 
-def _load_vlm(location: str, device: str) -> _LoadedVLM:
-    """Processor and model once per (model, device) per process; failures become ConfigError."""
-    key = (location, device)
-    with _VLMS_LOCK:
-        if key in _VLMS:
-            return _VLMS[key]
-        try:
-            import transformers
+def _load_vlm(location: str, device: str) -> LoadedModel:
+    """Processor (as ``tokenizer``) and model once per (model, device) per process; failures
+    become ConfigError."""
+    return _VLMS.get(location, device, lambda: _read_vlm(location, device))
 
-            auto: Any = transformers  # untyped factories; the loaded objects are used duck-typed
-            processor = auto.AutoProcessor.from_pretrained(location)
-            model = auto.AutoModelForImageTextToText.from_pretrained(location).to(device).eval()
-        except ImportError as exc:
-            raise ConfigError(f"captioner model {location!r}: a library is missing ({exc})") from exc
-        except Exception as exc:  # any loader failure is a configuration problem for the user
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise ConfigError(f"captioner model {location!r} could not be loaded: {reason}") from exc
-        tokenizer = getattr(processor, "tokenizer", None)
-        if tokenizer is not None:
-            tokenizer.padding_side = "left"  # decoder-only batching: new tokens follow the prompt
-            if tokenizer.pad_token is None:
-                tokenizer.pad_token = tokenizer.eos_token
-        loaded = _LoadedVLM(processor, model, threading.Lock())
-        _VLMS[key] = loaded
-        return loaded
+
+def _read_vlm(location: str, device: str) -> tuple[Any, Any]:
+    """(processor, model) of an image-text model from the hub cache or a folder."""
+    _require_vlm(location)
+    import transformers
+
+    auto: Any = transformers  # untyped factories; the loaded objects are used duck-typed
+    processor = auto.AutoProcessor.from_pretrained(location)
+    model = auto.AutoModelForImageTextToText.from_pretrained(location).to(device).eval()
+    tokenizer = getattr(processor, "tokenizer", None)
+    if tokenizer is not None:
+        pad_left(tokenizer)
+    return processor, model
 
 
 class LocalVLMCaptioner:
@@ -324,6 +213,13 @@ class LocalVLMCaptioner:
         path = Path(target).expanduser()
         self.location = str(path.resolve()) if path.exists() else target.strip()
         self.name = f"local:{path.resolve().name if path.exists() else target.strip()}"
+        why = declared_test_weights(path) if path.is_dir() else ""
+        self.weights_note = (
+            f"captioner {self.name} has test-only weights ({why}): "
+            "its captions are meaningless, for tests only"
+            if why
+            else ""
+        )
         self.max_new_tokens = max_new_tokens
         self.max_pixels = max_pixels
         self.batch_size = batch_size
@@ -348,20 +244,17 @@ class LocalVLMCaptioner:
         import torch
 
         loaded = _load_vlm(self.location, self.device)
-        processor = loaded.processor
+        processor = loaded.tokenizer
         texts = [self._render(processor, p) for p in prompts]
         pictures = [shrink(im, self.max_pixels) for im in images]
         inputs = processor(text=texts, images=pictures, padding=True, return_tensors="pt").to(self.device)
         tokenizer = getattr(processor, "tokenizer", processor)
         with loaded.lock, torch.inference_mode():
-            generated = loaded.model.generate(
+            generated = generate_greedy(
+                loaded.model,
+                "captioning",
                 **inputs,
                 max_new_tokens=self.max_new_tokens,
-                do_sample=False,
-                num_beams=1,
-                temperature=None,
-                top_p=None,
-                top_k=None,
                 pad_token_id=tokenizer.pad_token_id,
             )
         new = generated[:, inputs["input_ids"].shape[1] :]
@@ -390,6 +283,8 @@ class OpenAICaptioner:
         self.max_tokens = max_tokens
         self.max_pixels = max_pixels
         self.name = f"openai:{settings.model}"
+        self.weights_note = ""  # a served model's weights are the server's business
+        self.channel = Channel(settings)  # one client and semaphore for every run of the process
 
     def caption(self, images: Sequence[Any], prompts: Sequence[str]) -> list[str]:
         if len(images) != len(prompts):
@@ -398,33 +293,31 @@ class OpenAICaptioner:
             return []
         # encode on this thread: PIL work, and the event loop then only waits on the network
         urls = [jpeg_data_url(im, self.max_pixels) for im in images]
-        return run_sync(lambda: self._caption_all(urls, list(prompts)))
+        return self.channel.run(lambda client, gate: self._caption_all(client, gate, urls, list(prompts)))
 
-    async def _caption_all(self, urls: list[str], prompts: list[str]) -> list[str]:
-        gate = asyncio.Semaphore(self.settings.concurrency)
-        async with async_client(self.settings) as client:
+    async def _caption_all(
+        self, client: Any, gate: asyncio.Semaphore, urls: list[str], prompts: list[str]
+    ) -> list[str]:
+        async def one(url: str, prompt: str) -> str:
+            content = [{"type": "text", "text": prompt}, {"type": "image_url", "image_url": {"url": url}}]
 
-            async def one(url: str, prompt: str) -> str:
-                content = [{"type": "text", "text": prompt}, {"type": "image_url", "image_url": {"url": url}}]
+            async def call() -> Any:
+                return await client.chat.completions.create(
+                    model=self.settings.model,
+                    messages=[{"role": "user", "content": content}],
+                    temperature=0.0,
+                    max_tokens=self.max_tokens,
+                )
 
-                async def call() -> Any:
-                    return await client.chat.completions.create(
-                        model=self.settings.model,
-                        messages=[{"role": "user", "content": content}],
-                        temperature=0.0,
-                        max_tokens=self.max_tokens,
-                    )
+            async with gate:
+                what = f"captioner {self.settings.model}"
+                response = await call_with_retries(call, self.settings, what=what)
+            choices = getattr(response, "choices", None) or []
+            return clean_caption(choices[0].message.content if choices else "")
 
-                async with gate:
-                    response = await call_with_retries(
-                        call, self.settings, what=f"captioner {self.settings.model}"
-                    )
-                choices = getattr(response, "choices", None) or []
-                return clean_caption(choices[0].message.content if choices else "")
-
-            results = await asyncio.gather(
-                *(one(u, p) for u, p in zip(urls, prompts, strict=True)), return_exceptions=True
-            )
+        results = await asyncio.gather(
+            *(one(u, p) for u, p in zip(urls, prompts, strict=True)), return_exceptions=True
+        )
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             first = errors[0]

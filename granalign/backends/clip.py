@@ -14,6 +14,7 @@ model and a frame embedded by one matches a query embedded by another; the encod
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Sequence
 from functools import lru_cache
@@ -23,6 +24,7 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from granalign.backends.weights import download_hint, require_hub_model
 from granalign.errors import ConfigError
 from granalign.specs import parse_spec
 
@@ -38,6 +40,8 @@ class ClipEncoder(Protocol):
     """Embeds images and texts into one L2-normalised space (float32 rows)."""
 
     name: str
+    weights_note: str
+    """Non-empty when the weights are random or test-only: runs on them must say so."""
 
     def embed_images(self, images: Sequence[Any]) -> NDArray[np.float32]: ...
 
@@ -60,6 +64,12 @@ class OpenClipEncoder:
         self.random = self.pretrained.lower() in RANDOM_WEIGHTS
         tag = f"random-seed{_SEED}" if self.random else Path(self.pretrained).name
         self.name = f"{self.model_name}/{tag}"
+        self.weights_note = (
+            f"CLIP {self.model_name} has random weights (clip_pretrained={self.pretrained or 'none'}): "
+            "its scores are meaningless, for tests only"
+            if self.random
+            else ""
+        )
         self._device = device
         self._batch_size = batch_size
         self._loaded: tuple[Any, Any, Any] | None = None
@@ -81,6 +91,8 @@ class OpenClipEncoder:
             raise ConfigError(
                 f"CLIP model {self.model_name!r} is not an open_clip model (e.g. ViT-B-32, ViT-L-14)"
             )
+        if not self.random:
+            self._require_weights(open_clip)
         try:
             if self.random:
                 with torch.random.fork_rng(devices=[]):
@@ -101,6 +113,31 @@ class OpenClipEncoder:
             ) from None
         model.eval()
         return model, preprocess, tokenizer
+
+    def _require_weights(self, open_clip: Any) -> None:
+        """Fail fast, with what to set, when a pretrained tag's hub weights cannot be had.
+
+        A checkpoint file needs no hub; an unknown tag is left to open_clip's own error.
+        """
+        if Path(self.pretrained).expanduser().is_file():
+            return
+        hub = str(open_clip.get_pretrained_cfg(self.model_name, self.pretrained).get("hf_hub", ""))
+        if not hub:
+            return
+        repo_id, filename = os.path.split(hub)  # open_clip's own reading of 'org/repo/file'
+        filename = filename or "open_clip_pytorch_model.bin"
+        weights = [filename]  # open_clip prefers a .safetensors twin when the hub has one
+        if filename == "open_clip_pytorch_model.bin":
+            weights.append("open_clip_model.safetensors")
+        elif filename.endswith((".bin", ".pth")):
+            weights.append(filename[:-4] + ".safetensors")
+        require_hub_model(
+            f"CLIP weights {self.model_name}/{self.pretrained} (hub repo {repo_id})",
+            repo_id,
+            [weights],
+            f"{download_hint(repo_id)}, or set clip_pretrained to a checkpoint file "
+            "(clip_pretrained=/path/to/open_clip_model.safetensors)",
+        )
 
     def embed_images(self, images: Sequence[Any]) -> NDArray[np.float32]:
         """One unit row per PIL image."""

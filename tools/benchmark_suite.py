@@ -6,10 +6,10 @@ benchmark is a function ``(SuiteRun) -> list[Row]``; :data:`BENCHMARKS` names th
 they run.  Times are medians over repeats (the machines are shared, so a single run says
 little); rates are work / median seconds.
 
-* ``core_math``: the math of the retrieval graph's ``fuse``, ``propose`` and ``nms`` nodes
-  (query feedback, smoothing, fusion, proposals, contrast windows, NMS, saliency) on random
+* ``core_math``: the stages behind the retrieval graph's ``fuse``, ``propose`` and ``nms`` nodes
+  (:mod:`granalign.stages`: query feedback, smoothing, fusion, proposals, NMS, saliency) on random
   unit-vector embeddings, at 75, 1,800 and 18,000 clips (2.5 min, 1 h, 10 h at 2-s clips).
-* ``graph_overhead``: the compiled retrieval graph against the same node bodies called
+* ``graph_overhead``: the compiled retrieval graph against the same stage functions called
   directly, on the demo queries (caption-only mode, their Baichuan2 paraphrases).
 * ``caption_import``: captions/s of ``import_captions`` into a fresh store (MiniLM).
 * ``warm_queries``: queries/s of ``tools.bench.run_queries`` with warm caches (rewriter none).
@@ -42,7 +42,8 @@ from numpy.typing import NDArray
 from granalign.errors import ConfigError
 from graphs.context import Context
 
-ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+"""The folder holding ``tools`` (site-packages, or the checkout)."""
 FloatArray = NDArray[np.float64]
 
 #: Clip counts of the core-math benchmark: a QVHighlights clip (150 s), 1 h and 10 h at 2 s/clip.
@@ -201,59 +202,36 @@ def synthetic_embeddings(
 
 
 # --------------------------------------------------------------------------------------------
-# the node bodies, without the graph (the library path)
+# the stages the graph nodes call, without the graph (the library path)
 
 
 def fuse_step(captions: Any, q_s: Any, q_d: Any, ctx: Context) -> tuple[list[Any], list[float]]:
-    """The math of the ``fuse`` node in caption-only mode: (per-variant curves, fused), as lists.
+    """The ``fuse`` node's stage in caption-only mode: (per-variant curves, fused), as lists."""
+    from granalign.stages.fusion import FusionSettings, fuse
 
-    The node rounds to 6 decimals and hands plain lists to the next node (graph state holds no
-    numpy), so the library path does the same and gives the graph's answers exactly.
-    """
-    from granalign.feedback import feedback_queries
-    from granalign.fusion import granular_fusion, variant_scores
-    from granalign.smoothing import smoothed_similarity
-
-    k, w, sigma = ctx.feedback_k, ctx.feedback_weight, ctx.smooth_sigma
-    g_s = smoothed_similarity(feedback_queries(q_s, captions, k=k, weight=w), captions, sigma)
-    g_d_agn = smoothed_similarity(feedback_queries(q_d, captions, k=k, weight=w), captions, sigma)
-    n = g_s.shape[1]
-    g_d_aware, aware_mask = np.full((len(q_d), n), np.nan), np.zeros(n, dtype=bool)
-    kwargs: dict[str, Any] = {"g_detailed_agnostic": g_d_agn, "aware_missing": ctx.aware_missing}
-    per_variant = variant_scores(g_s, g_d_aware, aware_mask, **kwargs)
-    fused = granular_fusion(g_s, g_d_aware, aware_mask, **kwargs)
-    return np.round(per_variant, 6).tolist(), np.round(fused, 6).tolist()
+    scores = fuse(q_s, q_d, captions, FusionSettings.of(ctx))
+    return scores.variant_scores, scores.fused
 
 
-def propose_step(per_variant: list[Any], fused: list[float], ctx: Context, duration: float) -> list[Any]:
-    """The ``propose`` node: candidate windows in seconds."""
-    from granalign.moments import propose_windows
-    from granalign.proposals import ProposalParams
+def propose_step(
+    per_variant: list[Any], fused: list[float], ctx: Context, duration: float, clip_len: float
+) -> list[Any]:
+    """The ``propose`` node's stage: candidate windows in seconds."""
+    from granalign.stages.proposals import ProposalSettings, propose
 
-    return propose_windows(
-        np.asarray(per_variant),
-        np.asarray(fused),
-        clip_len=ctx.clip_len,
-        duration=duration,
-        params=ProposalParams(**ctx.proposal_kwargs()),
-        mode=ctx.proposal_mode,
-        contrast=ctx.contrast,
-        contrast_min_len=ctx.contrast_min_len,
+    return propose(
+        per_variant, fused, clip_len=clip_len, duration=duration, settings=ProposalSettings.of(ctx)
     )
 
 
 def nms_step(
-    candidates: list[Any], fused: list[float], ctx: Context, duration: float
+    candidates: list[Any], fused: list[float], ctx: Context, duration: float, clip_len: float
 ) -> tuple[list[Any], list[float]]:
-    """The ``nms`` node in caption-only mode: ranked moments and the saliency curve."""
-    from granalign.moments import saliency, select_moments
+    """The ``nms`` node's stage in caption-only mode: ranked moments and the saliency curve."""
+    from granalign.stages.nms import AnswerSettings, answer, saliency_length
 
-    moments = select_moments(
-        candidates, np.asarray(fused), duration=duration, nms_iou=ctx.nms_iou, top_n=ctx.top_n
-    )
-    n_out = max(1, math.ceil(duration / ctx.clip_len - 1e-9))
-    curve = saliency(fused, sigma=ctx.saliency_sigma)
-    return moments, (curve + [curve[-1]] * n_out)[:n_out]
+    n_out = saliency_length(duration, clip_len)
+    return answer(candidates, fused, duration=duration, n_out=n_out, settings=AnswerSettings.of(ctx))
 
 
 def core_query(
@@ -263,15 +241,20 @@ def core_query(
     ctx: Context,
     duration: float,
     times: dict[str, list[float]] | None = None,
+    clip_len: float | None = None,
 ) -> tuple[list[Any], list[float]]:
-    """fuse → propose → nms for one query; with ``times``, each stage's CPU and wall seconds."""
+    """fuse → propose → nms for one query; with ``times``, each stage's CPU and wall seconds.
+
+    ``clip_len``: the captions' clip grid (default the Context's, as for synthetic curves).
+    """
     clock: dict[str, list[float]] = {} if times is None else times
+    grid = ctx.clip_len if clip_len is None else clip_len
     with timed(clock, "fuse"):
         per_variant, fused = fuse_step(captions, q_s, q_d, ctx)
     with timed(clock, "propose"):
-        candidates = propose_step(per_variant, fused, ctx, duration)
+        candidates = propose_step(per_variant, fused, ctx, duration, grid)
     with timed(clock, "nms"):
-        return nms_step(candidates, fused, ctx, duration)
+        return nms_step(candidates, fused, ctx, duration, grid)
 
 
 # --------------------------------------------------------------------------------------------
@@ -322,58 +305,17 @@ def core_math(run: SuiteRun) -> list[Row]:
 # graph_overhead
 
 
-def _variants(ctx: Context, query: str, qid: Any) -> list[Any]:
-    """The query variants the graph scores: original first, then the stored paraphrases (deduped).
-
-    Same rule as the graph's ``_variants`` for a pair-less rewriter, so both paths score the
-    same texts.
-    """
-    from granalign.rewrite import Rewrite
-    from graphs import resources
-
-    found = sorted(resources.rewriter_for(ctx).variants_for(query, qid), key=lambda r: r.pair_id)  # type: ignore[attr-defined]
-    out: list[Any] = [Rewrite.original(query)] if ctx.include_original else []
-    seen = {(r.simplified, r.detailed) for r in out}
-    for r in found:
-        if (r.simplified, r.detailed) not in seen:
-            seen.add((r.simplified, r.detailed))
-            out.append(r)
-    return out or [Rewrite.original(query)]
-
-
-def _undrifted(variants: list[Any], query: str, emb: dict[str, Any], threshold: float) -> list[Any]:
-    """Rewrite validation as the fuse node does it: a side too far from the query becomes the query."""
-    from granalign.rewrite import Rewrite
-    from granalign.validation import drifted, rewrite_similarity
-
-    if threshold <= -1.0:
-        return variants
-    sides = [t for r in variants for t in (r.simplified, r.detailed)]
-    bad = drifted(rewrite_similarity(emb[query], np.stack([emb[t] for t in sides])), threshold)
-    return [
-        Rewrite(
-            r.pair_id,
-            query if bad[2 * i] else r.simplified,
-            query if bad[2 * i + 1] else r.detailed,
-            r.fallback,
-            r.reason,
-        )
-        for i, r in enumerate(variants)
-    ]
-
-
 def library_query(ctx: Context, ann: Any) -> list[Any]:
-    """One query on the library path: stored captions, variant embeddings, then the node math."""
+    """One query on the library path: the same stage functions the graph's nodes call."""
+    from granalign.stages.rewrite import embed_variants, query_variants
     from graphs import resources
 
     video = resources.video_captions(ctx, ann.vid)
-    variants = _variants(ctx, ann.query, ann.qid)
-    texts = sorted({ann.query} | {t for r in variants for t in (r.simplified, r.detailed)})
-    emb = dict(zip(texts, resources.embedder_for(ctx).embed(texts), strict=True))
-    variants = _undrifted(variants, ann.query, emb, ctx.drift_threshold)
-    q_s = np.stack([emb[r.simplified] for r in variants])
-    q_d = np.stack([emb[r.detailed] for r in variants])
-    moments, _ = core_query(video.embeddings, q_s, q_d, ctx, ann.duration)
+    found = resources.rewriter_for(ctx).variants_for(ann.query, ann.qid)  # type: ignore[attr-defined]
+    variants = query_variants(ann.query, found, include_original=ctx.include_original)
+    emb = embed_variants(ann.query, variants, resources.embedder_for(ctx), ctx.drift_threshold)
+    clip_len = video.record.clip_len_s
+    moments, _ = core_query(video.embeddings, emb.q_s, emb.q_d, ctx, ann.duration, clip_len=clip_len)
     return moments
 
 
@@ -480,8 +422,8 @@ def warm_queries(run: SuiteRun) -> list[Row]:
 
 
 def _ingest_video(run: SuiteRun) -> Path:
-    """The real example video of ../shared/data when present, else a 2-minute synthetic one."""
-    from benchmarks.ingest_bench import DEFAULT_VIDEO, make_long_video
+    """The checkout's real example video when present, else a 2-minute synthetic one."""
+    from tools.ingest_bench import DEFAULT_VIDEO, make_long_video
 
     chosen = run.options.video or DEFAULT_VIDEO
     if chosen.is_file():
@@ -491,7 +433,7 @@ def _ingest_video(run: SuiteRun) -> Path:
 
 
 def _ingest_context(run: SuiteRun, video: Path) -> Context:
-    from benchmarks.ingest_bench import ingest_context
+    from tools.ingest_bench import ingest_context
 
     models = run.work / "models"
     models.mkdir(parents=True, exist_ok=True)
@@ -500,7 +442,7 @@ def _ingest_context(run: SuiteRun, video: Path) -> Context:
 
 def ingest(run: SuiteRun) -> list[Row]:
     """Clips/s of each ingest stage and of the whole ingest, each repeat into a fresh store."""
-    from benchmarks.ingest_bench import ingest_once, warm_models
+    from tools.ingest_bench import ingest_once, warm_models
 
     video = _ingest_video(run)
     ctx = _ingest_context(run, video)
@@ -534,7 +476,7 @@ def _settings_env(ctx: Context) -> dict[str, str]:
 
 
 def long_ingest_process(run: SuiteRun, minutes: float) -> dict[str, Any]:
-    """One long ingest in a fresh process (``benchmarks.ingest_bench``), its report as a dict.
+    """One long ingest in a fresh process (``tools.ingest_bench``), its report as a dict.
 
     A process per length: in one process, the stores of the earlier lengths stay open (a Chroma
     client holds its index in memory) and their memory would count against the next length.
@@ -545,7 +487,7 @@ def long_ingest_process(run: SuiteRun, minutes: float) -> dict[str, Any]:
     cmd = [
         sys.executable,
         "-m",
-        "benchmarks.ingest_bench",
+        "tools.ingest_bench",
         "--skip-short",
         "--quiet",
         "--rewriter=none",
@@ -556,7 +498,9 @@ def long_ingest_process(run: SuiteRun, minutes: float) -> dict[str, Any]:
         f"--out={out}",
     ]
     env = {**os.environ, **_settings_env(run.options.base), "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    # the child imports the same code as this process, installed or from a checkout
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_ROOT), env.get("PYTHONPATH", "")]))
+    done = subprocess.run(cmd, cwd=run.work, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(
             f"long ingest of {minutes:g} min failed ({done.returncode}):\n{done.stderr[-3000:]}"
@@ -590,6 +534,15 @@ def long_video(run: SuiteRun) -> list[Row]:
 # --------------------------------------------------------------------------------------------
 # the suite
 
+
+def ray_ingest(run: SuiteRun) -> list[Row]:
+    """One machine (--jobs 1, 2) against Ray (1, 2 local nodes) on the same files (tools/ray_bench.py)."""
+    from tools.ray_bench import benchmark_rows
+
+    video = _ingest_video(run)
+    return [Row(**r) for r in benchmark_rows(_ingest_context(run, video), video, run.work / "ray_ingest")]
+
+
 BENCHMARKS: dict[str, BenchFn] = {
     "core_math": core_math,
     "graph_overhead": graph_overhead,
@@ -597,9 +550,10 @@ BENCHMARKS: dict[str, BenchFn] = {
     "warm_queries": warm_queries,
     "ingest": ingest,
     "long_video": long_video,
+    "ray_ingest": ray_ingest,
 }
 #: Left out of a quick run unless named with ``only``.
-SLOW = frozenset({"long_video"})
+SLOW = frozenset({"long_video", "ray_ingest"})
 
 
 def select(only: Sequence[str] | None, quick: bool) -> list[str]:

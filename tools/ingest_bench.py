@@ -12,7 +12,7 @@ user calls (``graphs.ingest``, ``graphs.retrieval``), with the models this machi
 
 Usage::
 
-    .venv/bin/python -m benchmarks.ingest_bench [--video V] [--long-minutes 60] [--out runs/bench/ingest.json]
+    .venv/bin/python -m tools.ingest_bench [--video V] [--long-minutes 60] [--out runs/bench/ingest.json]
 
 Model loading is excluded from every timing (each model is warmed first).  Peak memory is the
 process's resident set (``VmRSS``, sampled every 50 ms, and ``VmHWM``) while ingesting a long
@@ -23,7 +23,6 @@ models-loaded baseline, and that it does not grow with the video's length.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import shutil
@@ -34,8 +33,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_VIDEO = ROOT.parent / "shared" / "data" / "videos" / "charades_univtg_example.mp4"
+from granalign.testing import build_tiny_vlm_random_weights
+
+DEFAULT_VIDEO = Path(__file__).resolve().parents[1] / "tests/fixtures/videos/charades_univtg_example.mp4"
+"""The repository's real example video (a checkout only; an installed package has none, and the
+suite then ingests a synthetic video)."""
 QUERIES = [
     "a person opens a door and walks in",
     "someone drinks from a cup",
@@ -235,8 +237,7 @@ def ingest_context(
 
     tiny = work / "tiny-qwen25vl-random-weights"
     if not captioner and not tiny.exists():
-        # Imported by name: the tests' helper is not part of the strictly type-checked code.
-        importlib.import_module("tests.test_ingest").build_tiny_vlm_random_weights(tiny)
+        build_tiny_vlm_random_weights(tiny)
     settings: dict[str, Any] = {
         "store_dir": str(work / "store"),
         "clip_model": clip_model,
@@ -291,7 +292,7 @@ def main() -> None:
     )
     parser.add_argument("--skip-short", action="store_true", help="only the long-video memory runs")
     parser.add_argument("--quiet", action="store_true", help="write --out only, print nothing")
-    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / "ingest.json")
+    parser.add_argument("--out", type=Path, default=Path("runs") / "bench" / "ingest.json")
     args = parser.parse_args()
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -1,0 +1,102 @@
+"""Per-query metrics (means equal the official aggregates) and the paired bootstrap interval."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from granalign.bootstrap import paired_bootstrap
+from granalign.errors import ConfigError, InputError
+from granalign.evaluation import evaluate_submission, per_query_metrics
+from granalign.jsonl import read_jsonl
+from tests.conftest import fixture_path
+
+
+@pytest.mark.parametrize("name", ["sample_val_preds", "vtg_gpt_val_preds"])
+def test_per_query_means_equal_the_official_aggregates(name: str) -> None:
+    preds = read_jsonl(fixture_path("qvhighlights", f"{name}.jsonl"))
+    truth = read_jsonl(fixture_path("qvhighlights", "highlight_val_release.jsonl"))
+    official = json.loads(fixture_path("qvhighlights", f"{name}_metrics.json").read_text())["brief"]
+    got = per_query_metrics(preds, truth)
+    assert got.qids == tuple(p["qid"] for p in preds)
+    for metric, key in (("R1@0.5", "MR-full-R1@0.5"), ("R1@0.7", "MR-full-R1@0.7"), ("mAP", "MR-full-mAP")):
+        vector = got.metric(metric)
+        assert vector.shape == (len(preds),)
+        assert round(100 * float(vector.mean()), 2) == official[key]
+    assert set(np.unique(got.r1_05)) <= {0.0, 1.0}
+    # and the aggregate path is unchanged
+    assert evaluate_submission(preds, truth)["brief"]["MR-full-mAP"] == official["MR-full-mAP"]
+
+
+def test_per_query_metric_names_are_checked() -> None:
+    preds = [{"qid": 1, "pred_relevant_windows": [[0, 10, 1.0]]}]
+    truth = [{"qid": 1, "relevant_windows": [[0, 10]], "duration": 150}]
+    got = per_query_metrics(preds, truth)
+    assert got.metric("R1@0.7").tolist() == [1.0] and got.metric("mAP").tolist() == [1.0]
+    with pytest.raises(InputError, match="unknown per-query metric"):
+        got.metric("R5@0.5")
+
+
+def test_identical_systems_give_a_zero_interval() -> None:
+    a = np.array([1.0, 0.0, 1.0, 1.0])
+    got = paired_bootstrap(a, a)
+    assert (got.mean_diff, got.low, got.high) == (0.0, 0.0, 0.0)
+    assert not got.significant
+
+
+def test_interval_matches_a_direct_resampling_and_is_seeded() -> None:
+    rng = np.random.default_rng(7)
+    a = rng.random(200)
+    b = a - 0.05 + 0.1 * rng.standard_normal(200)
+    got = paired_bootstrap(a, b, resamples=2000, seed=3)
+    again = paired_bootstrap(a, b, resamples=2000, seed=3)
+    assert got == again
+    # the same computation written out: 2,000 resamples of query indices, percentiles of means
+    draw = np.random.default_rng(3)
+    diffs = a - b
+    means = np.concatenate(
+        [diffs[draw.integers(0, 200, size=(count, 200))].mean(axis=1) for count in (500, 500, 500, 500)]
+    )
+    assert got.low == pytest.approx(np.quantile(means, 0.025))
+    assert got.high == pytest.approx(np.quantile(means, 0.975))
+    assert got.mean_diff == pytest.approx(0.05 + (diffs.mean() - 0.05))
+    assert got.low < got.mean_diff < got.high and got.significant
+    assert got.describe().startswith(f"{100 * got.mean_diff:+.2f} [")
+
+
+def test_pairing_narrows_the_interval() -> None:
+    # b is a shifted copy of a: every query gains exactly 0.1, so the paired interval is a point
+    a = np.random.default_rng(1).random(100)
+    got = paired_bootstrap(a + 0.1, a)
+    assert got.low == pytest.approx(0.1) and got.high == pytest.approx(0.1)
+
+
+def test_bad_inputs_are_clear_errors() -> None:
+    with pytest.raises(InputError, match="one value per query"):
+        paired_bootstrap([1.0, 0.0], [1.0])
+    with pytest.raises(InputError, match="at least one query"):
+        paired_bootstrap([], [])
+    with pytest.raises(ConfigError, match="resamples"):
+        paired_bootstrap([1.0], [0.0], resamples=0)
+    with pytest.raises(ConfigError, match="confidence"):
+        paired_bootstrap([1.0], [0.0], confidence=1.0)
+
+
+def test_cli_eval_prints_the_paired_difference_against_a_baseline() -> None:
+    from typer.testing import CliRunner
+
+    from tools.cli import app
+
+    gt = fixture_path("qvhighlights", "highlight_val_release.jsonl")
+    ours = fixture_path("qvhighlights", "sample_val_preds.jsonl")
+    peer = fixture_path("qvhighlights", "vtg_gpt_val_preds.jsonl")
+    args = ["eval", "--submission", str(ours), "--gt", str(gt), "--baseline", str(peer)]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    a = per_query_metrics(read_jsonl(ours), read_jsonl(gt))
+    b = per_query_metrics(read_jsonl(peer), read_jsonl(gt))
+    order = {q: i for i, q in enumerate(b.qids)}
+    expected = paired_bootstrap(a.ap, b.ap[[order[q] for q in a.qids]]).describe()
+    assert "paired bootstrap" in result.output and expected in result.output

@@ -1,0 +1,175 @@
+"""``granalign store check|recover`` and ``granalign videos list|rm`` on real Chroma folders.
+
+The broken store is made the way the reported one behaved: its nearest-neighbour index file is
+overwritten, so Chroma segfaults on the first ``count()``.  ``check`` must turn that into one
+line; ``recover`` must rebuild the videos from the records the SQLite file still holds.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from granalign.backends.embedder import make_embedder
+from granalign.store import Store, VideoRecord, close_stores, open_store
+from tools.cli import app
+
+EMBEDDER = "all-MiniLM-L6-v2"
+CAPTIONS = f"captions.{EMBEDDER}"
+INGESTED = "sha256-ingested"
+
+
+def _fill(folder: Path, vids: list[str], n_clips: int) -> None:
+    """Imported-caption videos (random vectors: only the texts are recovered), one ingested video
+    with frames and query-aware captions, and one cached rewrite."""
+    rng = np.random.default_rng(0)
+    with Store(folder) as store:
+        for vid in vids:
+            texts = [f"{vid} clip {i}: a person does thing {i}" for i in range(n_clips)]
+            vectors = rng.standard_normal((n_clips, 384)).astype(np.float32)
+            store.put_captions(
+                vid, texts, vectors, source="minigpt", prompt_hash="imported", embedder_name=EMBEDDER
+            )
+            store.put_video(VideoRecord(vid, n_clips, 2.0, 2.0 * n_clips, "minigpt", EMBEDDER))
+        vec = rng.standard_normal((2, 384)).astype(np.float32)
+        store.put_frames(INGESTED, [0, 1], vec, clip_model="ViT-B-32", sampling_key="s")
+        store.put_clip_captions(
+            INGESTED, [0, 1], ["a dog", "a cat"], vec, source="qwen", prompt_hash="p", embedder_name=EMBEDDER
+        )
+        store.put_aware_captions(
+            INGESTED,
+            [1],
+            ["a cat jumps"],
+            vec[:1],
+            source="qwen",
+            prompt_hash="p",
+            query_hash="q",
+            embedder_name=EMBEDDER,
+        )
+        store.put_video(
+            VideoRecord(INGESTED, 2, 2.0, 4.0, "qwen", EMBEDDER, has_frames=True, path="/videos/a.mp4")
+        )
+        store.put_rewrites({"rw1": {"text": "a person cooks"}}, {"rw1": "someone cooking"})
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory) -> dict[str, Path]:
+    """A healthy store of 3 × 500 clips (enough for Chroma to write its index file) and copies."""
+    base = tmp_path_factory.mktemp("stores")
+    healthy = base / "healthy"
+    _fill(healthy, ["vid0", "vid1", "vid2"], 500)
+    broken = base / "broken"
+    shutil.copytree(healthy, broken)
+    index = max(broken.glob("*/data_level0.bin"), key=lambda p: p.stat().st_size)
+    index.write_bytes(b"\xff" * index.stat().st_size)
+    garbled = base / "garbled"
+    shutil.copytree(healthy, garbled)
+    db = garbled / "chroma.sqlite3"
+    raw = bytearray(db.read_bytes())
+    raw[4096 * 2 : 4096 * 40] = b"\xa5" * (4096 * 38)
+    db.write_bytes(bytes(raw))
+    return {"healthy": healthy, "broken": broken, "garbled": garbled, "base": base}
+
+
+def _cli(*args: str):
+    return CliRunner().invoke(app, list(args), env={"COLUMNS": "1000"})
+
+
+def _one_line(output: str) -> str:
+    lines = [x for x in output.splitlines() if x.strip()]
+    assert len(lines) == 1 and "Traceback" not in output, output
+    return lines[0]
+
+
+def test_check_reports_a_healthy_store(stores):
+    got = _cli("store", "check", "--store", str(stores["healthy"]))
+    assert got.exit_code == 0, got.output
+    line = _one_line(got.output)
+    assert f"ok: store {stores['healthy']}: 4 videos (4 complete, 1 ingested from files)" in line
+    assert f"{CAPTIONS} 1502" in line and "frames.ViT-B-32 2" in line and "videos 4" in line
+
+
+def test_check_turns_a_chroma_segfault_into_one_line_with_the_recovery_command(stores):
+    got = _cli("store", "check", "--store", str(stores["broken"]))
+    assert got.exit_code == 2
+    line = _one_line(got.output)
+    assert f"error: store {stores['broken']} is broken: Chroma crashed (SIGSEGV)" in line
+    assert "while it tried to count collection" in line
+    assert f"granalign store recover --store {stores['broken']} --to NEW_FOLDER" in line
+
+
+def test_check_of_a_garbled_database_names_chromas_error(stores):
+    got = _cli("store", "check", "--store", str(stores["garbled"]))
+    assert got.exit_code == 2
+    line = _one_line(got.output)
+    assert "is broken: Chroma failed while it tried to open the store" in line and "malformed" in line
+
+
+def test_check_names_the_process_that_holds_the_store(stores):
+    open_store(stores["healthy"])
+    try:
+        got = _cli("store", "check", "--store", str(stores["healthy"]))
+    finally:
+        close_stores()
+    assert got.exit_code == 2
+    assert f"is in use by pid {os.getpid()}" in _one_line(got.output)
+
+
+def test_check_of_a_folder_without_a_store(tmp_path):
+    got = _cli("store", "check", "--store", str(tmp_path))
+    assert got.exit_code == 2 and "holds no Chroma store" in _one_line(got.output)
+
+
+def test_recover_rebuilds_a_segfaulting_store_from_its_records(stores):
+    new = stores["base"] / "recovered"
+    got = _cli("store", "recover", "--store", str(stores["broken"]), "--to", str(new))
+    close_stores()
+    assert got.exit_code == 0, got.output
+    assert f"recovered into {new}: 3 videos from their captions, 1 cached rewrites" in got.output
+    assert "re-ingest: granalign index /videos/a.mp4" in got.output
+    embedder = make_embedder(f"local:{EMBEDDER}")
+    with Store(stores["healthy"]) as old, Store(new) as store:
+        want = [r for r in old.list_videos() if not r.has_frames]
+        assert store.list_videos() == want
+        for rec in want:
+            texts, vectors = store.get_captions(rec.video_id, source="minigpt", embedder_name=EMBEDDER)
+            assert texts == old.get_captions(rec.video_id, source="minigpt", embedder_name=EMBEDDER)[0]
+            np.testing.assert_allclose(vectors, embedder.embed(texts), atol=1e-5)  # re-embedded
+        assert store.get_rewrite("rw1") == {"text": "a person cooks"}
+    again = _cli("store", "check", "--store", str(new))
+    assert again.exit_code == 0 and "3 videos (3 complete, 0 ingested from files)" in again.output
+
+
+def test_recover_refuses_to_write_into_the_broken_store(stores):
+    got = _cli("store", "recover", "--store", str(stores["broken"]), "--to", str(stores["broken"]))
+    assert got.exit_code == 2 and "is the broken store itself" in _one_line(got.output)
+
+
+def test_videos_list_and_rm(tmp_path):
+    long_id = "x" * 120
+    folder = tmp_path / "store"
+    _fill(folder, ["-dash_id", long_id], 3)
+    listed = _cli("videos", "list", "--store", str(folder))
+    assert listed.exit_code == 0, listed.output
+    assert "3 videos in" in listed.output and long_id in listed.output and "/videos/a.mp4" in listed.output
+    as_json = _cli("videos", "list", "--json", "--store", str(folder))
+    assert as_json.exit_code == 0 and as_json.output.count('"video_id"') == 3
+
+    gone = _cli("videos", "rm", "--store", str(folder), "--", "-dash_id", INGESTED)
+    assert gone.exit_code == 0, gone.output
+    assert f"removed -dash_id: 1 from videos, 3 from {CAPTIONS}" in gone.output
+    assert f"removed {INGESTED}: 1 from videos, 2 from {CAPTIONS}, 1 from aware_captions." in gone.output
+    store = open_store(folder)
+    assert [r.video_id for r in store.list_videos()] == [long_id]
+    assert store.count(CAPTIONS) == 3 and store.count("frames.ViT-B-32") == 0
+    assert not store.has_clip_records("-dash_id") and not store.has_clip_records(INGESTED)
+
+    unknown = _cli("videos", "rm", "--store", str(folder), "nope")
+    assert unknown.exit_code == 2
+    assert "video 'nope' is not in the store" in _one_line(unknown.output)
+    close_stores()

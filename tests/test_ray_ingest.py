@@ -1,0 +1,253 @@
+"""``granalign index SOURCE --ray``: distributed ingest on a real local Ray cluster (CPU, offline).
+
+The fault-tolerance test starts a Ray head and a second worker node (separate processes, one CPU
+each, on loopback), a real ``chroma run``, and ingests the committed test videos plus synthetic
+ones with random-weight models (open_clip ViT-S-32 with ``pretrained=None`` and the tiny
+random-weight Qwen2.5-VL of ``tests/test_ingest.py``).  Mid-run it SIGKILLs every process of the
+worker node; the run must finish and the store must hold exactly the records a one-machine
+ingest of the same files writes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from granalign.errors import ConfigError, InputError
+from granalign.store import open_store
+from graphs import resources
+from graphs.ingest import ingest_video
+from tests.servers import chroma_server
+from tests.test_ingest import build_tiny_vlm_random_weights, model_context
+from tests.test_video import make_video
+from tools.cli import app
+from tools.ray_ingest import captioner_replicas, list_sources, ray_context
+
+VIDEOS = Path(__file__).resolve().parent / "fixtures" / "videos"
+BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# -- without a cluster -------------------------------------------------------------------------
+
+
+def test_ray_ingest_refuses_an_embedded_store(tmp_path, monkeypatch):
+    monkeypatch.delenv("CHROMA_URL", raising=False)
+    make_video(tmp_path / "a.mp4", 2.0)
+    result = CliRunner().invoke(
+        app,
+        ["index", str(tmp_path), "--ray"],
+        env={"GRANALIGN_STORE": str(tmp_path / "store"), "GRANALIGN_VIDEO_ROOTS": str(tmp_path)},
+    )
+    assert result.exit_code == 2, result.output
+    assert "--ray needs a Chroma server" in result.output
+    assert "embedded store folder cannot be shared" in result.output
+    with pytest.raises(ConfigError, match="needs a Chroma server"):
+        ray_context(model_context(tmp_path / "store", tmp_path, [tmp_path]))
+
+
+def test_ray_ingest_without_ray_installed_says_how_to_install_it(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray → ImportError
+    make_video(tmp_path / "a.mp4", 2.0)
+    result = CliRunner().invoke(
+        app,
+        ["index", str(tmp_path), "--ray", "127.0.0.1:1"],
+        env={"CHROMA_URL": "http://127.0.0.1:1", "GRANALIGN_VIDEO_ROOTS": str(tmp_path)},
+    )
+    assert result.exit_code == 2, result.output
+    assert "pip install 'granalign[ray]'" in result.output
+
+
+def test_ray_sources_are_a_folder_a_list_file_a_glob_or_a_file(tmp_path):
+    (tmp_path / "sub").mkdir()
+    a = make_video(tmp_path / "a.mp4", 1.0)
+    b = make_video(tmp_path / "sub" / "b.mp4", 1.0)
+    (tmp_path / "notes.md").write_text("not a video")
+    listing = tmp_path / "videos.txt"
+    listing.write_text(f"# my library\n\na.mp4\n{b}\n")
+    roots = [tmp_path]
+    assert list_sources(str(tmp_path), roots) == [str(a), str(b)]
+    assert list_sources(str(listing), roots) == [str(a), str(b)]
+    assert list_sources(str(tmp_path / "**" / "*.mp4"), roots) == [str(a), str(b)]
+    assert list_sources(str(a), roots) == [str(a)]
+    with pytest.raises(InputError, match="matches no files"):
+        list_sources(str(tmp_path / "*.mkv"), roots)
+    with pytest.raises(InputError, match="is not a folder, a list file"):
+        list_sources(str(tmp_path / "missing.mp4"), roots)
+    (tmp_path / "empty.txt").write_text("# nothing\n")
+    with pytest.raises(InputError, match="names no video files"):
+        list_sources(str(tmp_path / "empty.txt"), roots)
+
+
+def test_captioner_replicas_spread_one_model_over_several_servers():
+    spec = "openai:http://vlm-0:8001/v1,http://vlm-1:8001/v1#qwen2.5-vl-7b-instruct"
+    assert captioner_replicas(spec) == [
+        "openai:http://vlm-0:8001/v1#qwen2.5-vl-7b-instruct",
+        "openai:http://vlm-1:8001/v1#qwen2.5-vl-7b-instruct",
+    ]
+    assert captioner_replicas("local:/models/tiny") == ["local:/models/tiny"]
+    with pytest.raises(ConfigError, match="base_url must start with http"):
+        captioner_replicas("openai:http://vlm-0/v1,vlm-1/v1#m")
+
+
+# -- on a real two-node cluster ----------------------------------------------------------------
+
+
+def _collections(store: Any) -> dict[str, dict[str, tuple[Any, Any, Any]]]:
+    """Every collection of a store: id → (document, metadata, embedding or None)."""
+    got: dict[str, dict[str, tuple[Any, Any, Any]]] = {}
+    for name in store.collection_names():
+        rows = store._collection(name).get(include=["documents", "metadatas", "embeddings"])
+        embeddings = rows["embeddings"] if rows["embeddings"] is not None else [None] * len(rows["ids"])
+        got[name] = {
+            i: (d, m, None if e is None else np.asarray(e, dtype=np.float32))
+            for i, d, m, e in zip(rows["ids"], rows["documents"], rows["metadatas"], embeddings, strict=True)
+        }
+    return got
+
+
+def _assert_same_records(got: dict[str, Any], want: dict[str, Any]) -> None:
+    assert sorted(got) == sorted(want)
+    for name, records in want.items():
+        assert sorted(got[name]) == sorted(records), f"{name}: ids differ"
+        for rid, (doc, meta, emb) in records.items():
+            g_doc, g_meta, g_emb = got[name][rid]
+            assert (g_doc, g_meta) == (doc, meta), f"{name} {rid}"
+            if emb is not None:
+                np.testing.assert_allclose(g_emb, emb, atol=1e-5, err_msg=f"{name} {rid}")
+
+
+def _ray_env(ctx, chroma_url: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "CHROMA_URL": chroma_url,
+        "GRANALIGN_CLIP_MODEL": ctx.clip_model,
+        "GRANALIGN_CLIP_PRETRAINED": ctx.clip_pretrained,
+        "GRANALIGN_CAPTIONER": ctx.captioner,
+        "GRANALIGN_CAPTION_TOKENS": str(ctx.caption_tokens),
+        "GRANALIGN_CLIP_LEN": str(ctx.clip_len),
+        "GRANALIGN_INGEST_BATCH": str(ctx.ingest_batch),
+        "GRANALIGN_VIDEO_ROOTS": ctx.video_roots,
+        "RAY_USAGE_STATS_ENABLED": "0",
+        # Ray maps a loopback address to the host's routable IP, where a GCS bound to loopback
+        # does not listen; this keeps the driver on loopback (the setting's only Linux effect).
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    }
+
+
+def test_ray_ingest_survives_a_killed_worker_node_random_weight_models(tmp_path, monkeypatch):
+    """SIGKILL the worker node mid-run: the run finishes, every clip is stored exactly once, and
+    the store equals a one-machine ingest of the same files (ids, captions, metadata, embeddings);
+    a broken file fails alone and is listed."""
+    from ray.cluster_utils import Cluster
+
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    library = tmp_path / "library"
+    library.mkdir()
+    real = sorted(VIDEOS.glob("*.mp4"))
+    assert len(real) == 3, f"the committed test videos are missing from {VIDEOS}"
+    for video in real:
+        shutil.copy(video, library / video.name)
+    make_video(library / "synthetic_noise.mp4", 5.0, size=(96, 72), pattern="noise")
+    make_video(library / "synthetic_short.mp4", 0.8)
+    (library / "broken.mp4").write_text("not a video")
+    vlm = build_tiny_vlm_random_weights(tmp_path / "tiny-qwen25vl-random-weights")
+    ctx = model_context(tmp_path / "one-machine", vlm, [library], ingest_batch=2)
+    good = sorted(p for p in library.glob("*.mp4") if p.name != "broken.mp4")
+
+    with chroma_server(tmp_path) as chroma_url:
+        cluster = Cluster(
+            initialize_head=True,
+            head_node_args={"num_cpus": 1, "node_ip_address": "127.0.0.1", "include_dashboard": False},
+        )
+        try:
+            worker = cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+            cluster.wait_for_nodes(timeout=120)
+            server_ctx = ctx.with_overrides(store_dir="", chroma_url=chroma_url)
+            captions = resources.store_for(server_ctx).captions_collection(
+                resources.embedder_for(server_ctx).name
+            )
+            log = tmp_path / "ray-index.log"
+            with log.open("w") as fh:
+                proc = subprocess.Popen(
+                    [str(BIN / "granalign"), "index", str(library), "--ray", cluster.address],
+                    stdout=fh,
+                    stderr=subprocess.STDOUT,
+                    cwd=tmp_path,
+                    env=_ray_env(ctx, chroma_url),
+                )
+            try:
+                stored_at_kill = _kill_when_clips_are_stored(cluster, worker, proc, server_ctx, captions, log)
+                proc.wait(timeout=900)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+            output = log.read_text()
+            assert proc.returncode == 1, output  # only broken.mp4 failed
+            assert "broken.mp4" in output and "not a video FFmpeg can read" in output
+            ray_records = _collections(open_store(chroma_url=chroma_url))
+        finally:
+            cluster.shutdown()
+
+    for video in good:
+        ingest_video(ctx, str(video))
+    want = _collections(open_store(ctx.store_dir))
+    n_clips = sum(r[1]["n_clips"] for r in want["videos"].values())
+    assert len(want["videos"]) == len(good) and n_clips >= 25
+    assert 0 < stored_at_kill < n_clips, "the worker node was not killed mid-run"
+    assert len(ray_records[captions]) == n_clips  # every clip exactly once
+    _assert_same_records(ray_records, want)
+
+
+def _kill_when_clips_are_stored(cluster, worker, proc, ctx, captions: str, log: Path) -> int:
+    """SIGKILL every process of ``worker`` once the first clips are in the store; their count."""
+    store = resources.store_for(ctx)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"the ingest ended before the worker node was killed:\n{log.read_text()[-3000:]}")
+        stored = store.count(captions) if captions in set(store.collection_names()) else 0
+        if stored >= 2:
+            cluster.remove_node(worker, allow_graceful=False)
+            return stored
+        time.sleep(0.1)
+    pytest.fail(f"no clip was stored within 600 s:\n{log.read_text()[-3000:]}")
+
+
+def test_ray_benchmark_row_is_left_out_of_quick_runs_and_reports_rates_shares_and_memory():
+    from tools import benchmark_suite
+    from tools.ray_bench import rows
+
+    assert "ray_ingest" in benchmark_suite.select(None, quick=False)
+    assert "ray_ingest" not in benchmark_suite.select(None, quick=True)
+    got = rows(
+        {
+            "ray, 1 node x 1 CPU": {
+                "clips": 20,
+                "seconds": 4.0,
+                "stage_s": {"decode": 1.0, "clip": 3.0},
+                "peak_rss_mib": {"ray clip actor": 900.0},
+                "store_bytes": 40_000,
+            }
+        },
+        ["/v/a.mp4"],
+    )
+    table = {r["metric"]: (r["value"], r["unit"]) for r in got}
+    assert table == {
+        "whole ingest": (5.0, "clips/s"),
+        "stage decode share": (25.0, "%"),
+        "stage clip share": (75.0, "%"),
+        "peak RSS, ray clip actor": (900.0, "MiB"),
+        "store bytes per clip": (2000.0, "bytes"),
+    }
+    assert all(r["size"].startswith("ray, 1 node x 1 CPU; 20 clips of a.mp4") for r in got)

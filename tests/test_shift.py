@@ -1,0 +1,168 @@
+"""Duration-shifted sets (granalign shift): GT stays inside, captions line up, clip ids valid."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from granalign.captions_import import CaptionedVideo, read_captions_file
+from granalign.errors import InputError
+from granalign.shift import concat_set, crop_set
+from tools.bench import read_annotations
+from tools.cli import app
+
+CLIP = 2.0
+
+
+def _video(vid: str, n: int = 75) -> CaptionedVideo:
+    return CaptionedVideo(vid, CLIP, tuple(f"{vid} caption {i}" for i in range(n)), n * CLIP)
+
+
+def _query(qid: int, vid: str, windows: list[list[float]], duration: float = 150.0) -> dict[str, Any]:
+    ids = sorted({c for a, b in windows for c in range(int(a // CLIP), int(b // CLIP))})
+    return {
+        "qid": qid,
+        "query": f"query {qid}",
+        "vid": vid,
+        "duration": duration,
+        "relevant_windows": windows,
+        "relevant_clip_ids": ids,
+        "saliency_scores": [[c % 5, 1, 2] for c in ids],
+    }
+
+
+VIDEOS = {v.vid: v for v in (_video("alpha"), _video("beta"), _video("gamma"), _video("delta"))}
+QUERIES = [
+    _query(1, "alpha", [[10, 20]]),
+    _query(2, "alpha", [[100, 110], [120, 124]]),
+    _query(3, "beta", [[0, 4]]),
+    _query(4, "beta", [[146, 150]]),
+    _query(5, "gamma", [[20, 70]]),  # 50-s span: longer than a 30-s crop
+    _query(6, "delta", [[60, 88]]),
+]
+
+
+def _check_aligned(record: dict[str, Any], source: dict[str, Any], captions: list[str]) -> None:
+    """GT inside the video, clip ids shifted with the GT, captions equal the source's."""
+    offset = record["source_offset_s"]
+    n = len(captions)
+    assert record["duration"] == n * CLIP
+    for (a, b), (sa, sb) in zip(record["relevant_windows"], source["relevant_windows"], strict=True):
+        assert 0 <= a < b <= record["duration"]
+        assert (a + offset, b + offset) == (sa, sb)
+    assert all(0 <= c < n for c in record["relevant_clip_ids"])
+    for c, rating in zip(record["relevant_clip_ids"], record["saliency_scores"], strict=True):
+        original = int(c + offset / CLIP)
+        assert rating == source["saliency_scores"][source["relevant_clip_ids"].index(original)]
+    source_caps = VIDEOS[source["vid"]].captions
+    start = int(offset / CLIP)
+    for i in range(n):
+        if 0 <= i + start < len(source_caps) and captions[i].startswith(source["vid"] + " "):
+            assert captions[i] == source_caps[i + start]
+
+
+def test_crop_holds_all_gt_and_captions_line_up() -> None:
+    result = crop_set(QUERIES, VIDEOS, 30.0, seed=0)
+    caps = {c["vid"]: c for c in result.captions}
+    assert [r["qid"] for r in result.annotations] == [1, 2, 3, 4, 6]
+    assert result.dropped == {"ground-truth span longer than the crop": 1}
+    sources = {q["qid"]: q for q in QUERIES}
+    for record in result.annotations:
+        line = caps[record["vid"]]
+        assert len(line["captions"]) == 15 and line["duration"] == 30.0
+        assert record["vid"] == f"crop30:{record['source_vid']}:{record['source_offset_s']:g}"
+        offset = int(record["source_offset_s"] / CLIP)
+        assert line["captions"] == list(VIDEOS[record["source_vid"]].captions[offset : offset + 15])
+        _check_aligned(record, sources[record["qid"]], line["captions"])
+
+
+def test_crop_offsets_are_seeded_random_and_reach_the_edges() -> None:
+    offsets = {
+        seed: [r["source_offset_s"] for r in crop_set(QUERIES, VIDEOS, 60.0, seed=seed).annotations]
+        for seed in range(12)
+    }
+    assert offsets[3] == [r["source_offset_s"] for r in crop_set(QUERIES, VIDEOS, 60.0, seed=3).annotations]
+    assert len({tuple(o) for o in offsets.values()}) > 1  # the seed moves the cuts
+    first = {o[0] for o in offsets.values()}  # qid 1, GT [10, 20] in a 60-s cut: offset 0..10 s
+    assert first <= {0.0, 2.0, 4.0, 6.0, 8.0, 10.0} and len(first) > 2
+    # qid 3 at the start and qid 4 at the end of their video can only be cut one way each
+    assert {o[2] for o in offsets.values()} == {0.0}
+    assert {o[3] for o in offsets.values()} == {90.0}
+
+
+def test_crop_drops_highlight_clips_outside_the_cut() -> None:
+    query = _query(7, "alpha", [[40, 50]])
+    query["relevant_clip_ids"] = [0, 20, 21, 22, 23, 24, 74]  # highlights beyond the GT
+    query["saliency_scores"] = [[1, 1, 1], [2, 2, 2], [2, 2, 2], [3, 3, 3], [3, 3, 3], [4, 4, 4], [0, 0, 1]]
+    (record,) = crop_set([query], VIDEOS, 30.0, seed=1).annotations
+    shift = int(record["source_offset_s"] / CLIP)
+    assert record["relevant_clip_ids"] == [c - shift for c in range(20, 25)]
+    assert record["saliency_scores"] == query["saliency_scores"][1:6]
+
+
+def test_concat_joins_k_videos_and_shifts_gt() -> None:
+    result = concat_set(QUERIES, VIDEOS, 2, seed=0)
+    assert len(result.captions) == 2 and not result.dropped
+    sources = {q["qid"]: q for q in QUERIES}
+    for line in result.captions:
+        members = line["members"]
+        assert len(line["captions"]) == sum(len(VIDEOS[m].captions) for m in members) == 150
+        assert line["duration"] == 300.0
+        starts = {m: 75 * i for i, m in enumerate(members)}
+        for record in (r for r in result.annotations if r["vid"] == line["vid"]):
+            assert record["source_offset_s"] == -starts[record["source_vid"]] * CLIP
+            _check_aligned(record, sources[record["qid"]], line["captions"])
+            i = record["relevant_clip_ids"][0]
+            assert (
+                line["captions"][i] == VIDEOS[record["source_vid"]].captions[i - starts[record["source_vid"]]]
+            )
+    assert sorted(r["qid"] for r in result.annotations) == [1, 2, 3, 4, 5, 6]
+
+
+def test_concat_drops_a_short_last_group_and_is_seeded() -> None:
+    result = concat_set(QUERIES, VIDEOS, 3, seed=5)
+    assert len(result.captions) == 1 and sum(result.dropped.values()) == 6 - len(result.annotations)
+    again = concat_set(QUERIES, VIDEOS, 3, seed=5)
+    assert again.captions == result.captions and again.annotations == result.annotations
+    members = {tuple(concat_set(QUERIES, VIDEOS, 2, seed=s).captions[0]["members"]) for s in range(10)}
+    assert len(members) > 1
+
+
+def test_bad_settings_are_clear_errors() -> None:
+    with pytest.raises(InputError, match="not a whole number of 2-s clips"):
+        crop_set(QUERIES, VIDEOS, 31.0, seed=0)
+    with pytest.raises(InputError, match="concat size"):
+        concat_set(QUERIES, VIDEOS, 0, seed=0)
+    mixed = {**VIDEOS, "beta": CaptionedVideo("beta", 1.0, ("x",) * 150, 150.0)}
+    with pytest.raises(InputError, match="one clip length"):
+        concat_set(QUERIES, mixed, 2, seed=0)
+
+
+def test_cli_writes_readable_sets_and_a_manifest(tmp_path: Path) -> None:
+    ann = tmp_path / "ann.jsonl"
+    ann.write_text("".join(json.dumps(q) + "\n" for q in QUERIES))
+    caps = tmp_path / "caps.jsonl"
+    caps.write_text(
+        "".join(
+            json.dumps({"vid": v.vid, "clip_len_s": CLIP, "captions": list(v.captions)}) + "\n"
+            for v in VIDEOS.values()
+        )
+    )
+    out = tmp_path / "shifted"
+    args = ["shift", "--annotations", str(ann), "--captions", str(caps), "--out", str(out)]
+    result = CliRunner().invoke(app, [*args, "--crop", "30", "--concat", "2", "--seed", "4"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["seed"] == 4 and set(manifest["sets"]) == {"crop30", "concat2"}
+    assert "crop30" in (out / "README.md").read_text()
+    for name in ("crop30", "concat2"):  # the project's own readers accept what was written
+        anns = read_annotations(out / name / "annotations.jsonl")
+        videos = {v.vid: v for v in read_captions_file(out / name / "captions.jsonl")}
+        assert {a.vid for a in anns} <= set(videos)
+        assert manifest["sets"][name]["queries"] == len(anns)
+    bad = CliRunner().invoke(app, args)
+    assert bad.exit_code == 2 and "nothing to build" in bad.output

@@ -1,0 +1,115 @@
+"""CLI command: shift (duration-shifted benchmark sets from a captioned split)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from granalign.errors import InputError
+from tools.cli_common import SplitOpt, app, check_output_dir, console, user_errors
+
+README = """# Duration-shifted benchmark sets
+
+Built by `granalign shift` (granalign/shift.py) from
+
+- annotations: `{annotations}`
+- captions: `{captions}`
+- split: {split}; seed: {seed}
+
+| set | queries | videos | dropped (why) |
+|---|---|---|---|
+{rows}
+
+Each set folder holds `annotations.jsonl` and `captions.jsonl` in the input formats; run e.g.
+`granalign bench --annotations {example}/annotations.jsonl --captions {example}/captions.jsonl`.
+
+- `cropL`: each query's video cut to an L-second window holding all its ground-truth windows,
+  at a seeded random offset on the clip grid; GT windows, `relevant_clip_ids` and
+  `saliency_scores` shifted (highlight clips outside the cut dropped). vid
+  `cropL:<vid>:<offset_s>`. Queries whose GT span exceeds L are dropped.
+- `concatK`: videos shuffled (seeded) and joined K at a time into one pseudo-video
+  (`concatK:<group>`, its `members` listed in the captions line); each query asks the whole
+  recording with its GT shifted by its video's start; the other videos are distractors.
+  A last group of fewer than K videos is dropped.
+
+Derived queries keep their qid and carry `source_vid` and `source_offset_s`.
+"""
+
+
+def _parse_list(text: str | None, option: str, kind: type[int] | type[float]) -> list[Any]:
+    if not text:
+        return []
+    try:
+        values = [kind(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise InputError(
+            f"{option} {text!r}: expected comma-separated {kind.__name__}s, e.g. 30,60"
+        ) from None
+    if any(v <= 0 for v in values):
+        raise InputError(f"{option} {text!r}: every value must be positive")
+    return values
+
+
+@app.command("shift")
+@user_errors
+def shift_cmd(
+    annotations: Annotated[Path, typer.Option(help="Annotations JSONL (qid, query, vid, duration, GT).")],
+    captions: Annotated[Path, typer.Option(help="Captions JSONL for the annotation's videos.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the derived sets (one folder each).")],
+    crop: Annotated[str | None, typer.Option(help="Crop lengths in seconds, e.g. 30,60.")] = None,
+    concat: Annotated[str | None, typer.Option(help="Videos per concatenation, e.g. 8,24.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the crop offsets and concat groups.")] = 0,
+    split: SplitOpt = None,
+) -> None:
+    """Duration-shifted sets: cropL (short videos) and concatK (long recordings) with shifted GT."""
+    from granalign.captions_import import read_captions_file
+    from granalign.jsonl import atomic_write_text, write_json, write_jsonl
+    from granalign.shift import shift_sets
+    from tools.bench import read_annotations
+
+    crops = _parse_list(crop, "--crop", float)
+    concats = _parse_list(concat, "--concat", int)
+    if not crops and not concats:
+        raise InputError("nothing to build: pass --crop and/or --concat")
+    check_output_dir(out_dir, "--out")
+    anns = [a.raw for a in read_annotations(annotations, split=split)]
+    wanted = {a["vid"] for a in anns}
+    videos = [v for v in read_captions_file(captions) if v.vid in wanted]
+    sets = shift_sets(anns, videos, crops=crops, concats=concats, seed=seed)
+    manifest: dict[str, Any] = {
+        "annotations": str(annotations),
+        "captions": str(captions),
+        "split": split,
+        "seed": seed,
+        "sets": {},
+    }
+    rows = []
+    for result in sets:
+        folder = out_dir / result.name
+        write_jsonl(folder / "annotations.jsonl", result.annotations)
+        write_jsonl(folder / "captions.jsonl", result.captions)
+        manifest["sets"][result.name] = {
+            "queries": len(result.annotations),
+            "videos": len(result.captions),
+            "dropped": result.dropped,
+        }
+        why = "; ".join(f"{n} ({reason})" for reason, n in result.dropped.items()) or "0"
+        rows.append(f"| {result.name} | {len(result.annotations)} | {len(result.captions)} | {why} |")
+        console.print(
+            f"{result.name}: {len(result.annotations)} queries, {len(result.captions)} videos, dropped {why}"
+        )
+    write_json(out_dir / "manifest.json", manifest)
+    atomic_write_text(
+        out_dir / "README.md",
+        README.format(
+            annotations=annotations,
+            captions=captions,
+            split=split or "all videos",
+            seed=seed,
+            rows="\n".join(rows),
+            example=out_dir / sets[0].name,
+        ),
+    )
+    console.print(f"wrote {out_dir}/manifest.json and README.md")

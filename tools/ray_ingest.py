@@ -1,0 +1,744 @@
+"""Distributed ingest on Ray: ``granalign index SOURCE --ray [ADDRESS]``.
+
+Why Ray: a library of thousands of hours needs the GPUs and CPUs of several hosts, and the
+teams that have them already run Ray for batch multimodal inference.  The driver (this module,
+in the CLI's process) plans; Ray runs the work and recovers it when a node dies:
+
+* **model actors**, loaded once per actor process, never per video: on every node alive at the
+  start, a CLIP actor (half a GPU when the node has one, else CPU), a MiniLM embedding actor and,
+  for a ``local:`` captioner, a captioner actor; an ``openai:`` captioner gets one actor per
+  base URL (``openai:http://a/v1,http://b/v1#model`` spreads the frames over the vLLM replicas).
+  Actors restart on another node when theirs dies (``max_restarts``) and calls in flight are
+  retried (``max_task_retries``).
+* **probe tasks** (CPU, near the files): the ingest graph's :func:`graphs.ingest.probe` node
+  (hash, duration, clips still to do under this run's ids).
+* **batch tasks** (CPU): decode the ``ingest_batch`` clips of one batch by seeking (no task
+  ever holds more than one batch of frames), then the ingest graph's own per-batch function
+  (:func:`graphs.ingest._encode_batch`) with the actors standing in for the models: CLIP →
+  caption → embed → write to the Chroma server.  Ids are deterministic and writes are upserts,
+  so a task Ray retries after a node failure rewrites the same records and adds none.
+* the video record is written by the driver with :func:`graphs.ingest.finalize`, once, after
+  the last batch of that video succeeded.  A bad file fails alone and is listed.
+
+Workers on other hosts cannot share an embedded Chroma folder, so ``--ray`` needs a Chroma
+server (``CHROMA_URL`` or ``--set chroma_url=...``).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import resource
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.text import Text
+
+from granalign.errors import ConfigError, GranAlignError, InputError
+from granalign.specs import parse_spec
+from granalign.video import display_path, find_videos, resolve_video_folder
+from graphs import resources
+from graphs.context import Context
+
+__all__ = [
+    "RayIngestReport",
+    "captioner_replicas",
+    "import_ray",
+    "index_on_ray",
+    "ingest_on_ray",
+    "list_sources",
+    "ray_context",
+]
+
+LIST_SUFFIXES = (".txt", ".lst", ".list")
+"""A SOURCE file with one of these endings is a list of video paths, one per line."""
+
+FORWARDED_ENV = (
+    "OPENAI_API_KEY",
+    "HF_HUB_OFFLINE",
+    "TRANSFORMERS_OFFLINE",
+    "HF_HOME",
+    "HF_HUB_CACHE",
+    "ANONYMIZED_TELEMETRY",
+)
+"""Driver environment the workers need too (vLLM's bearer token, offline hubs); Ray workers
+inherit the environment of their node's ``ray start``, not the driver's."""
+
+ACTOR_RESTARTS = 4
+"""Restarts of a model actor (its node died) before its calls fail; each reloads the model."""
+TASK_RETRIES = 4
+"""Retries of a probe or batch task whose worker or node died."""
+
+
+# -- set-up ------------------------------------------------------------------------------------
+
+
+def import_ray() -> Any:
+    """The ``ray`` module, or a one-line error saying how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError(
+            "--ray needs Ray, which is not installed: pip install 'granalign[ray]' (ray==2.60.0)"
+        ) from None
+    return ray
+
+
+def captioner_replicas(spec: str) -> list[str]:
+    """One captioner spec per vLLM replica: ``openai:URL1,URL2#model`` → one ``openai:`` spec each.
+
+    Every replica serves the same model, so captions carry the same source name and ids
+    whichever replica wrote them.  ``local:`` specs are returned as they are.
+    """
+    parsed = parse_spec(spec, role="captioner", allowed=("local", "openai"))
+    if parsed.engine != "openai":
+        return [spec]
+    urls = [u.strip() for u in parsed.target.split(",") if u.strip()]
+    specs = [f"openai:{u}#{parsed.model}" for u in urls]
+    for one in specs:
+        parse_spec(one, role="captioner", allowed=("openai",))  # every URL must be a base URL
+    return specs
+
+
+def ray_context(ctx: Context) -> Context:
+    """``ctx`` made self-contained for workers on other hosts.
+
+    The Chroma server is required (an embedded folder cannot be shared across hosts); video
+    roots become absolute folders (a worker's current directory is not the driver's); the
+    captioner names its first replica (every replica has the same name, see
+    :func:`captioner_replicas`).
+    """
+    url = ctx.chroma_url or os.environ.get("CHROMA_URL", "")
+    if not url:
+        raise ConfigError(
+            "--ray needs a Chroma server: set CHROMA_URL=http://host:port (chroma run) or "
+            "--set chroma_url=...; an embedded store folder cannot be shared by workers on other hosts"
+        )
+    roots = os.pathsep.join(str(r) for r in resources.video_roots(ctx))
+    return ctx.with_overrides(
+        chroma_url=url, video_roots=roots, captioner=captioner_replicas(ctx.captioner)[0]
+    )
+
+
+def list_sources(target: str, roots: Sequence[Path]) -> list[str]:
+    """The video files SOURCE names, as absolute paths: a folder, a list file, a glob or one file.
+
+    A list file (``.txt``, ``.lst``, ``.list``) holds one path per line (blank lines and ``#``
+    comments skipped; relative paths are relative to the list's folder).  Each file is checked
+    later, on a worker, by the ingest graph's probe, so one bad entry fails alone.
+    """
+    expanded = os.path.expanduser(target)
+    if os.path.isdir(expanded):
+        files = [str(p) for p in find_videos(resolve_video_folder(target, roots))]
+        if not files:
+            raise InputError(f"folder {display_path(target)} holds no video files")
+        return files
+    if os.path.isfile(expanded):
+        if Path(expanded).suffix.lower() not in LIST_SUFFIXES:
+            return [os.path.abspath(expanded)]
+        return _read_list(Path(expanded))
+    if glob.has_magic(expanded):
+        matches = sorted(p for p in glob.glob(expanded, recursive=True) if os.path.isfile(p))
+        if not matches:
+            raise InputError(f"glob {target!r} matches no files")
+        return [os.path.abspath(p) for p in matches]
+    raise InputError(
+        f"SOURCE {display_path(target)!r} is not a folder, a list file ({', '.join(LIST_SUFFIXES)}), "
+        "a glob or a file"
+    )
+
+
+def _read_list(path: Path) -> list[str]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"list file {display_path(path)} cannot be read: {exc}") from None
+    entries = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+    if not entries:
+        raise InputError(f"list file {display_path(path)} names no video files")
+    base = path.resolve().parent
+    return [os.path.abspath(e if os.path.isabs(e) else base / e) for e in entries]
+
+
+# -- worker side: model actors and their stand-ins ----------------------------------------------
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set of this process in MiB (Linux reports ``ru_maxrss`` in KiB)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return float(peak) / (1024 * 1024 if sys.platform == "darwin" else 1024)
+
+
+class ClipHost:
+    """A CLIP image encoder in its own actor process, loaded once (on the GPU when given one)."""
+
+    def __init__(self, ctx: Context, device: str, env: dict[str, str]) -> None:
+        from granalign.backends.clip import OpenClipEncoder
+
+        os.environ.update(env)
+        target = parse_spec(ctx.clip_model, role="CLIP model", allowed=("local",)).target
+        self.model = OpenClipEncoder(target, ctx.clip_pretrained, device=device)
+
+    def ready(self) -> str:
+        """Load and warm the model (so no batch pays for it); its name for the ids."""
+        from PIL import Image
+
+        self.model.embed_images([Image.new("RGB", (32, 32))])
+        return self.model.name
+
+    def embed_images(self, images: Sequence[Any]) -> NDArray[np.float32]:
+        return self.model.embed_images(images)
+
+    def peak_rss_mib(self) -> float:
+        return peak_rss_mib()
+
+
+class CaptionHost:
+    """The agnostic captioner in its own actor process: a local VLM, or one vLLM replica's client."""
+
+    def __init__(self, ctx: Context, spec: str, device: str, env: dict[str, str]) -> None:
+        from granalign.backends.captioner import LocalVLMCaptioner, make_captioner
+
+        os.environ.update(env)
+        self.model: Any
+        if parse_spec(spec, role="captioner", allowed=("local", "openai")).engine == "local":
+            target = parse_spec(spec, role="captioner", allowed=("local",)).target
+            self.model = LocalVLMCaptioner(
+                target, max_new_tokens=ctx.caption_tokens, max_pixels=ctx.max_pixels, device=device
+            )
+        else:
+            self.model = make_captioner(
+                spec,
+                max_pixels=ctx.max_pixels,
+                max_tokens=ctx.caption_tokens,
+                concurrency=ctx.concurrency,
+                timeout_s=ctx.request_timeout,
+                attempts=ctx.request_attempts,
+            )
+
+    def ready(self) -> str:
+        """Load a local model (a served one is left alone: a warm-up request would be billed)."""
+        from PIL import Image
+
+        if not str(self.model.name).startswith("openai:"):
+            self.model.caption([Image.new("RGB", (32, 32))], ["warm up"])
+        return str(self.model.name)
+
+    def caption(self, images: Sequence[Any], prompts: Sequence[str]) -> list[str]:
+        return list(self.model.caption(images, prompts))
+
+    def peak_rss_mib(self) -> float:
+        return peak_rss_mib()
+
+
+class EmbedHost:
+    """The MiniLM caption embedder in its own actor process, loaded once."""
+
+    def __init__(self, ctx: Context, env: dict[str, str]) -> None:
+        from granalign.backends.embedder import make_embedder
+
+        os.environ.update(env)
+        self.model = make_embedder(ctx.embedder)
+
+    def ready(self) -> str:
+        self.model.embed(["warm up"])
+        return str(self.model.name)
+
+    def embed(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        return self.model.embed(texts)
+
+    def peak_rss_mib(self) -> float:
+        return peak_rss_mib()
+
+
+@dataclass(frozen=True)
+class ModelSet:
+    """Handles of the model actors a batch task calls, with the models' names (for the ids)."""
+
+    clip: Any
+    captioners: tuple[Any, ...]
+    embedder: Any
+    clip_name: str
+    captioner_name: str
+    embedder_name: str
+
+
+class _RemoteClip:
+    """Stands in for a ClipEncoder inside :func:`graphs.ingest._encode_batch`."""
+
+    def __init__(self, handle: Any, name: str) -> None:
+        self.handle, self.name = handle, name
+
+    def embed_images(self, images: Sequence[Any]) -> NDArray[np.float32]:
+        import ray
+
+        result: NDArray[np.float32] = ray.get(self.handle.embed_images.remote(list(images)))
+        return result
+
+
+class _RemoteCaptioner:
+    """Stands in for a Captioner; picks one replica's actor per batch."""
+
+    def __init__(self, handle: Any, name: str) -> None:
+        self.handle, self.name = handle, name
+
+    def caption(self, images: Sequence[Any], prompts: Sequence[str]) -> list[str]:
+        import ray
+
+        result: list[str] = ray.get(self.handle.caption.remote(list(images), list(prompts)))
+        return result
+
+
+class _RemoteEmbedder:
+    """Stands in for a TextEmbedder."""
+
+    def __init__(self, handle: Any, name: str) -> None:
+        self.handle, self.name = handle, name
+
+    def embed(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        import ray
+
+        result: NDArray[np.float32] = ray.get(self.handle.embed.remote(list(texts)))
+        return result
+
+
+@dataclass(frozen=True)
+class BatchJob:
+    """One batch of one video: what a batch task needs (paths are the worker's)."""
+
+    video: str
+    path: str
+    video_id: str
+    duration_s: float
+    clips: tuple[int, ...]
+    number: int
+
+
+def _pick_models(model_sets: dict[str, ModelSet], job: BatchJob) -> ModelSet:
+    """This node's models when it has them (frames stay on the node), else one by batch number."""
+    import ray
+
+    here = model_sets.get(ray.get_runtime_context().get_node_id())
+    if here is not None:
+        return here
+    ordered = [model_sets[k] for k in sorted(model_sets)]
+    return ordered[job.number % len(ordered)]
+
+
+def probe_task(ctx: Context, video: str, env: dict[str, str]) -> dict[str, Any]:
+    """The ingest graph's probe node on a worker: hash, duration, clips still to do."""
+    from langgraph.runtime import Runtime
+
+    from graphs.ingest import probe
+
+    os.environ.update(env)
+    return probe({"video": video}, Runtime(context=ctx))
+
+
+def batch_task(
+    ctx: Context, job: BatchJob, model_sets: dict[str, ModelSet], env: dict[str, str]
+) -> dict[str, Any]:
+    """Decode one batch's frames, then CLIP → caption → embed → store through the graph's batch code.
+
+    Retried by Ray if its worker or node dies: it looks again at which frames exist and
+    upserts the same ids, so a retry writes nothing twice.
+    """
+    from granalign.store import frame_id
+    from granalign.video import FrameSampler, clip_times, probe_video
+    from graphs.ingest import STAGES, _ClipWriter, _decode, _encode_batch
+
+    os.environ.update(env)
+    models = _pick_models(model_sets, job)
+    store = resources.store_for(ctx)
+    s_key, p_hash = resources.sampling_key(ctx), resources.agnostic_prompt_hash(ctx)
+    path, clips = Path(job.path), list(job.clips)
+    info = probe_video(path)
+    times = clip_times(job.duration_s, ctx.clip_len)
+    timings = dict.fromkeys(STAGES, 0.0)
+    with FrameSampler(path, info, max_pixels=ctx.max_pixels) as sampler:
+        images, timings["decode"] = _decode(sampler, times, ctx.clip_len, clips)
+    have_frame = store.existing_ids(
+        store.frames_collection(models.clip_name),
+        [frame_id(job.video_id, c, models.clip_name, s_key) for c in clips],
+    )
+    captioner = models.captioners[job.number % len(models.captioners)]
+    writer = _ClipWriter(
+        job.video_id,
+        store,
+        _RemoteClip(models.clip, models.clip_name),
+        _RemoteCaptioner(captioner, models.captioner_name),
+        _RemoteEmbedder(models.embedder, models.embedder_name),
+        s_key,
+        p_hash,
+        have_frame,
+    )
+    _encode_batch(writer, clips, images, timings)
+    return {"timings": timings, "peak_rss_mib": peak_rss_mib()}
+
+
+# -- driver side --------------------------------------------------------------------------------
+
+
+@dataclass
+class VideoPlan:
+    """What the driver knows about one video: its probe, its batches in flight, its failure."""
+
+    video: str
+    probe: dict[str, Any] | None = None
+    left: int = 0
+    problem: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class RayIngestReport:
+    """The run's outcome: the summary rows of ``granalign index`` plus throughput figures.
+
+    ``results`` has the one-machine path's shape, ``(video, ingest output or None, problem)``.
+    ``stage_s`` sums each stage's seconds over all batch tasks; ``peak_rss_mib`` is the largest
+    peak resident set seen per kind of worker process.
+    """
+
+    results: list[tuple[str, dict[str, Any] | None, str]]
+    clips_total: int
+    clips_encoded: int
+    seconds: float
+    stage_s: dict[str, float]
+    peak_rss_mib: dict[str, float]
+    nodes: int
+
+    @property
+    def failed(self) -> list[str]:
+        return [video for video, _, problem in self.results if problem]
+
+
+def _cause(exc: BaseException) -> BaseException:
+    """The user's exception inside a Ray task error (its text without Ray's traceback)."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, BaseException) else exc
+
+
+def _message(exc: BaseException) -> str:
+    cause = _cause(exc)
+    if isinstance(cause, GranAlignError):
+        return str(cause)
+    text = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {text[-1] if text else ''}"
+
+
+def _retryable(ray: Any) -> list[type[BaseException]]:
+    """Ray errors raised inside a task by a lost actor call or object: worth re-running the task."""
+    names = ("RayActorError", "ObjectLostError", "WorkerCrashedError", "NodeDiedError", "RaySystemError")
+    return [getattr(ray.exceptions, n) for n in names if hasattr(ray.exceptions, n)]
+
+
+def _alive_nodes(ray: Any) -> list[dict[str, Any]]:
+    return [n for n in ray.nodes() if n.get("Alive")]
+
+
+def _start_models(
+    ray: Any, ctx: Context, env: dict[str, str]
+) -> tuple[dict[str, ModelSet], list[tuple[str, Any]]]:
+    """Model actors on every alive node (captioners: per node if local, per replica if served).
+
+    Returns the sets by node id and every actor with its kind (to read their memory at the end).
+    Waits until every model is loaded; a model that cannot load is a ConfigError.
+    """
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    common = {"max_restarts": ACTOR_RESTARTS, "max_task_retries": TASK_RETRIES, "num_cpus": 0}
+    clip_cls, cap_cls, emb_cls = ray.remote(ClipHost), ray.remote(CaptionHost), ray.remote(EmbedHost)
+    replicas = captioner_replicas(ctx.captioner)
+    served = parse_spec(replicas[0], role="captioner").engine == "openai"
+    shared_caps = tuple(
+        cap_cls.options(**common, max_concurrency=4).remote(ctx, spec, "cpu", env) for spec in replicas
+    )
+    handles: dict[str, tuple[Any, tuple[Any, ...], Any]] = {}
+    for node in _alive_nodes(ray):
+        node_id = node["NodeID"]
+        gpu = float(node.get("Resources", {}).get("GPU", 0)) > 0
+        place = {**common, "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id, soft=True)}
+        gpu_opts = {"num_gpus": 0.5} if gpu else {}
+        device = "cuda" if gpu else "cpu"
+        clip = clip_cls.options(**place, **gpu_opts).remote(ctx, device, env)
+        caps = (
+            shared_caps
+            if served
+            else (cap_cls.options(**place, **gpu_opts).remote(ctx, replicas[0], device, env),)
+        )
+        embedder = emb_cls.options(**place).remote(ctx, env)
+        handles[node_id] = (clip, caps, embedder)
+    kinds = {
+        "clip actor": [c for c, _, _ in handles.values()],
+        "embedder actor": [e for *_, e in handles.values()],
+    }
+    kinds["captioner actor"] = list(dict.fromkeys(h for _, caps, _ in handles.values() for h in caps))
+    every = [(kind, h) for kind, hs in kinds.items() for h in hs]
+    try:
+        names = ray.get([h.ready.remote() for _, h in every])
+    except Exception as exc:
+        raise ConfigError(f"a model actor could not load its model: {_message(exc)}") from None
+    name_of = dict(zip([id(h) for _, h in every], names, strict=True))
+    sets = {
+        node_id: ModelSet(
+            clip, caps, embedder, name_of[id(clip)], name_of[id(caps[0])], name_of[id(embedder)]
+        )
+        for node_id, (clip, caps, embedder) in handles.items()
+    }
+    return sets, every
+
+
+def _check_names(ctx: Context, sets: dict[str, ModelSet]) -> None:
+    """The actors' model names must be the driver's: they make the ids the probe looked up."""
+    want = (
+        resources.clip_for(ctx).name,
+        resources.captioner_for(ctx).name,
+        resources.embedder_for(ctx).name,
+    )
+    for models in sets.values():
+        got = (models.clip_name, models.captioner_name, models.embedder_name)
+        if got != want:
+            raise ConfigError(f"model actors report models {got}, the driver expects {want}")
+
+
+def _forwarded_env() -> dict[str, str]:
+    return {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+
+
+def _connect(ray: Any, address: str) -> None:
+    try:
+        ray.init(
+            address=address,
+            logging_level="WARNING",
+            log_to_driver=False,
+            configure_logging=True,
+        )
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"no Ray cluster at --ray {address!r}: {first}") from None
+
+
+class _Driver:
+    """The plan-and-collect loop: probes first, then batches with a bounded number in flight."""
+
+    def __init__(self, ray: Any, ctx: Context, files: list[str], on_progress: Callable[..., None]) -> None:
+        self.ray, self.ctx, self.on_progress = ray, ctx, on_progress
+        self.env = _forwarded_env()
+        self.plans = {video: VideoPlan(video) for video in files}
+        self.pending: dict[Any, tuple[str, str, int]] = {}  # ref -> (kind, video, clips)
+        self.queue: list[BatchJob] = []
+        self.total = self.done = self.encoded = self.planned = 0
+        self.stage_s: dict[str, float] = {}
+        self.peak: dict[str, float] = {}
+        retry = {"max_retries": TASK_RETRIES, "retry_exceptions": _retryable(ray)}
+        self.probe_fn = ray.remote(probe_task).options(num_cpus=1, scheduling_strategy="SPREAD", **retry)
+        self.batch_fn = ray.remote(batch_task).options(num_cpus=1, scheduling_strategy="SPREAD", **retry)
+
+    def run(self, model_sets: dict[str, ModelSet], max_in_flight: int) -> None:
+        self.model_sets = self.ray.put(model_sets)
+        for video in self.plans:
+            self.pending[self.probe_fn.remote(self.ctx, video, self.env)] = ("probe", video, 0)
+        while self.pending or self.queue:
+            self._submit(max_in_flight)
+            ready, _ = self.ray.wait(list(self.pending), num_returns=1, timeout=0.5)
+            for ref in ready:
+                kind, video, clips = self.pending.pop(ref)
+                try:
+                    got = self.ray.get(ref)
+                except Exception as exc:  # one file's failure: listed, the others go on
+                    self._fail(video, _message(exc), clips)
+                    continue
+                (self._probed if kind == "probe" else self._batch_done)(video, got, clips)
+            self._report()
+
+    def _submit(self, max_in_flight: int) -> None:
+        while self.queue and len(self.pending) < max_in_flight:
+            job = self.queue.pop(0)
+            if self.plans[job.video].problem:  # its video already failed: skip its other batches
+                self.done += len(job.clips)
+                continue
+            ref = self.batch_fn.remote(self.ctx, job, self.model_sets, self.env)
+            self.pending[ref] = ("batch", job.video, len(job.clips))
+
+    def _probed(self, video: str, got: dict[str, Any], _: int) -> None:
+        plan = self.plans[video]
+        plan.probe = got
+        self.total += int(got["n_clips"])
+        self.done += int(got["skipped"])
+        todo: list[int] = list(got["todo"])
+        size = self.ctx.ingest_batch
+        batches = [todo[lo : lo + size] for lo in range(0, len(todo), size)]
+        plan.left = len(batches)
+        for batch in batches:
+            job = BatchJob(
+                video, got["path"], got["video_id"], float(got["duration_s"]), tuple(batch), self.planned
+            )
+            self.queue.append(job)
+            self.planned += 1
+        if not batches:
+            self._finalize(plan)
+
+    def _batch_done(self, video: str, got: dict[str, Any], clips: int) -> None:
+        plan = self.plans[video]
+        self.done += clips
+        self.encoded += clips
+        for stage, seconds in got["timings"].items():
+            plan.timings[stage] = plan.timings.get(stage, 0.0) + seconds
+            self.stage_s[stage] = self.stage_s.get(stage, 0.0) + seconds
+        self.peak["batch task"] = max(self.peak.get("batch task", 0.0), float(got["peak_rss_mib"]))
+        plan.left -= 1
+        if plan.left == 0 and not plan.problem:
+            self._finalize(plan)
+
+    def _finalize(self, plan: VideoPlan) -> None:
+        """The graph's finalize node: the video record, once every clip of the video is stored."""
+        from langgraph.runtime import Runtime
+
+        from graphs.ingest import finalize
+
+        assert plan.probe is not None
+        state = {**plan.probe, "encoded": len(plan.probe["todo"])}
+        try:
+            finalize(state, Runtime(context=self.ctx))  # type: ignore[arg-type]
+        except GranAlignError as exc:
+            plan.problem = str(exc)
+
+    def _fail(self, video: str, problem: str, clips: int) -> None:
+        plan = self.plans[video]
+        plan.problem = plan.problem or problem
+        if clips:  # a batch (not a probe) failed: its clips are settled, though not stored
+            self.done += clips
+            plan.left -= 1
+
+    def _report(self) -> None:
+        failed = sum(1 for p in self.plans.values() if p.problem)
+        self.on_progress(done=self.done, total=self.total or None, failed=failed, encoded=self.encoded)
+
+    def results(self) -> list[tuple[str, dict[str, Any] | None, str]]:
+        rows: list[tuple[str, dict[str, Any] | None, str]] = []
+        for video, plan in self.plans.items():
+            if plan.problem or plan.probe is None:
+                rows.append((video, None, plan.problem or "not probed"))
+                continue
+            got = plan.probe
+            out = {
+                "video_id": got["video_id"],
+                "n_clips": got["n_clips"],
+                "duration_s": got["duration_s"],
+                "skipped": got["skipped"],
+                "encoded": len(got["todo"]),
+                "timings": {k: round(v, 4) for k, v in plan.timings.items()},
+                "notes": got.get("notes") or [],
+            }
+            rows.append((video, out, ""))
+        return rows
+
+
+def ingest_on_ray(
+    ctx: Context,
+    files: list[str],
+    address: str,
+    on_progress: Callable[..., None] | None = None,
+) -> RayIngestReport:
+    """Ingest ``files`` on the Ray cluster at ``address`` into the Chroma server of ``ctx``.
+
+    ``on_progress(done=, total=, failed=, encoded=)`` is called about twice a second (clips done,
+    clips known so far, failed videos, clips encoded by this run).  Connects, starts the model
+    actors, runs, and disconnects.
+    """
+    ray = import_ray()
+    ctx = ray_context(ctx)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    _connect(ray, address)
+    try:
+        sets, actors = _start_models(ray, ctx, _forwarded_env())
+        _check_names(ctx, sets)
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        driver = _Driver(ray, ctx, files, on_progress or (lambda **_: None))
+        t0 = time.perf_counter()
+        driver.run(sets, max_in_flight=max(2, 2 * cpus))
+        seconds = time.perf_counter() - t0
+        peaks = driver.peak
+        for kind, handle in actors:
+            try:
+                peak = float(ray.get(handle.peak_rss_mib.remote(), timeout=30))
+            except Exception:  # an actor lost for good does not spoil the report
+                continue
+            peaks[kind] = max(peaks.get(kind, 0.0), peak)
+        return RayIngestReport(
+            results=driver.results(),
+            clips_total=driver.total,
+            clips_encoded=driver.encoded,
+            seconds=seconds,
+            stage_s={k: round(v, 4) for k, v in driver.stage_s.items()},
+            peak_rss_mib={k: round(v, 1) for k, v in peaks.items()},
+            nodes=len(sets),
+        )
+    finally:
+        ray.shutdown()
+
+
+class _RateColumn(ProgressColumn):
+    """Clips per second since the bar started (the ingest's throughput)."""
+
+    def render(self, task: Task) -> Text:
+        elapsed = task.elapsed or 0.0
+        rate = float(task.fields.get("encoded", 0)) / elapsed if elapsed > 0 else 0.0
+        return Text(f"{rate:.2f} clips/s")
+
+
+def index_on_ray(
+    ctx: Context, target: str, address: str
+) -> tuple[list[tuple[str, dict[str, Any] | None, str]], str]:
+    """``granalign index SOURCE --ray ADDRESS``: a progress bar, then the rows of the summary table.
+
+    The bar counts clips done (stored now or already stored) out of the clips known so far (the
+    total grows as probes come back), the rate and the failed videos.  Returns the rows and
+    the store's location.
+    """
+    from tools.cli_common import console
+
+    import_ray()
+    ray_ctx = ray_context(ctx)
+    files = list_sources(target, resources.video_roots(ray_ctx))
+    columns = (
+        TextColumn("[bold]ray ingest"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("clips"),
+        _RateColumn(),
+        TextColumn("{task.fields[failed]} failed videos"),
+        TimeElapsedColumn(),
+    )
+    console.print(f"[dim]{len(files)} files; connecting to Ray at {address} and loading the models...[/]")
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task("ray", total=None, failed=0, encoded=0)
+        started: list[bool] = []
+
+        def on_progress(done: int, total: int | None, failed: int, encoded: int) -> None:
+            if not started:  # the clock (and the rate) starts with the work, not the model loading
+                bar.reset(task)
+                started.append(True)
+            bar.update(task, completed=done, total=total, failed=failed, encoded=encoded)
+
+        report = ingest_on_ray(ray_ctx, files, address, on_progress)
+    console.print(
+        f"{report.clips_encoded} clips encoded on {report.nodes} node(s) in {report.seconds:.1f} s "
+        f"({report.clips_encoded / max(report.seconds, 1e-9):.2f} clips/s)"
+    )
+    return report.results, ray_ctx.chroma_url
