@@ -37,7 +37,7 @@ import uuid
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Annotated, Any, NotRequired
+from typing import Annotated, Any, NotRequired, cast
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import (
@@ -462,8 +462,7 @@ class _Nodes:
                     reply = _tool_failed(request, exc)
                 request, tool = steps.send(reply)
         except StopIteration as done:
-            result: dict[str, Any] = done.value
-        return result
+            return cast(dict[str, Any], done.value)
 
     async def arun_tools(self, state: AgentState) -> dict[str, Any]:
         steps = self._tool_steps(state)
@@ -476,8 +475,7 @@ class _Nodes:
                     reply = _tool_failed(request, exc)
                 request, tool = steps.send(reply)
         except StopIteration as done:
-            result: dict[str, Any] = done.value
-        return result
+            return cast(dict[str, Any], done.value)
 
     def _known(self, mention: _Mention) -> bool:
         if mention.checked:

@@ -36,6 +36,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from granalign.errors import InputError
 from granalign.jsonl import iter_jsonl
+from granalign.text import clean_text
 from granalign.tokens import GENERIC_WORDS, alnum_words
 from prompts import PromptPair
 
@@ -459,6 +460,12 @@ class IdentityRewriter:
         return [Rewrite.original(query)]
 
 
+def _query_key(query: str) -> str:
+    """A query as every front end cleans it (one space between words, NFKC): a file row written
+    from the raw dataset text ("A massage  about …") must still match the cleaned query."""
+    return clean_text(query, name="query", max_chars=1_000_000, allow_empty=True)
+
+
 @dataclass(frozen=True)
 class _Row:
     """One validated line of a rewrite file."""
@@ -498,7 +505,7 @@ def _parse_row(path: Path, line: int, obj: dict[str, Any]) -> _Row:
     if "rephrased_query" not in obj and "rewrites" not in obj:
         raise InputError(f"{where}: needs a 'rephrased_query' list or a 'rewrites' list")
     qid_text = None if qid is None else str(qid)
-    return _Row(line, qid_text, query.strip(), tuple(p.strip() for p in paras), rewrites)
+    return _Row(line, qid_text, _query_key(query), tuple(p.strip() for p in paras), rewrites)
 
 
 def _file_digest(path: Path) -> str:
@@ -545,7 +552,7 @@ class FileRewriter:
         self.name: str = f"file:{self.path.name}@{_file_digest(self.path)}"
 
     def _lookup(self, query: str, qid: str | int | None) -> _Row | None:
-        key = query.strip()
+        key = _query_key(query)
         if qid is not None:
             row = self._by_qid.get(str(qid))
             if row is not None and row.query == key:

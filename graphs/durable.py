@@ -27,7 +27,7 @@ import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
@@ -199,34 +199,46 @@ def _mark(exc: BaseException, ctx: Context, tid: str) -> None:
         exc.add_note(f"resume this run with thread id {tid}")
 
 
-def _stream_call(
-    ctx: Context, tid: str, config: RunnableConfig | None, stream_mode: Sequence[str]
-) -> tuple[Any, dict[str, Any]]:
-    """The checkpointed graph and the arguments of its ``stream``/``astream`` (input aside)."""
-    kwargs = {"context": ctx, "stream_mode": list(stream_mode), **_durability(ctx)}
-    return durable_retrieval_graph(ctx), {"config": thread_config(tid, config), **kwargs}
+class StreamOptions(TypedDict, total=False):
+    """Keyword options of :func:`stream_retrieval` and :func:`astream_retrieval`.
+
+    ``thread_id``: the run's checkpoint thread (default: a new one); an unfinished run under it
+    is resumed.  ``config``: a base RunnableConfig (callbacks, tags).  ``stream_mode``: LangGraph
+    stream modes (default ``("custom", "values")``).  ``on_start``: gets the run's thread id
+    before the graph does any work: a run stopped by ``kill -9``, Ctrl-C or a lost terminal
+    raises nothing, so that is the caller's only chance to learn the id it resumes by.
+    """
+
+    thread_id: str | None
+    config: RunnableConfig | None
+    stream_mode: Sequence[str]
+    on_start: Callable[[str], None] | None
+
+
+def _stream_call(ctx: Context, tid: str, options: StreamOptions) -> tuple[Any, dict[str, Any]]:
+    """Tell ``on_start`` the thread id; the checkpointed graph and the arguments of its
+    ``stream``/``astream`` (input aside)."""
+    on_start = options.get("on_start")
+    if on_start is not None:
+        on_start(tid)
+    kwargs = {
+        "context": ctx,
+        "stream_mode": list(options.get("stream_mode", ("custom", "values"))),
+        **_durability(ctx),
+    }
+    return durable_retrieval_graph(ctx), {"config": thread_config(tid, options.get("config")), **kwargs}
 
 
 def stream_retrieval(
-    ctx: Context,
-    graph_input: dict[str, Any],
-    *,
-    thread_id: str | None = None,
-    config: RunnableConfig | None = None,
-    stream_mode: Sequence[str] = ("custom", "values"),
-    on_start: Callable[[str], None] | None = None,
+    ctx: Context, graph_input: dict[str, Any], **options: Unpack[StreamOptions]
 ) -> Iterator[tuple[str, Any]]:
     """Stream a checkpointed retrieval; an unfinished run under ``thread_id`` is resumed.
 
-    ``on_start`` gets the run's thread id before the graph does any work: a run stopped by
-    ``kill -9``, Ctrl-C or a lost terminal raises nothing, so that is the caller's only
-    chance to learn the id it resumes by.  On failure the exception carries ``thread_id``
-    (and a note saying it) too; on success the thread is deleted (see :func:`finish_thread`).
+    On failure the exception carries ``thread_id`` (and a note saying it); on success the
+    thread is deleted (see :func:`finish_thread`).  Options: :class:`StreamOptions`.
     """
-    tid, payload = _start(ctx, graph_input, thread_id)
-    if on_start is not None:
-        on_start(tid)
-    graph, kwargs = _stream_call(ctx, tid, config, stream_mode)
+    tid, payload = _start(ctx, graph_input, options.get("thread_id"))
+    graph, kwargs = _stream_call(ctx, tid, options)
     try:
         yield from graph.stream(payload, **kwargs)
     except Exception as exc:
@@ -236,20 +248,12 @@ def stream_retrieval(
 
 
 async def astream_retrieval(
-    ctx: Context,
-    graph_input: dict[str, Any],
-    *,
-    thread_id: str | None = None,
-    config: RunnableConfig | None = None,
-    stream_mode: Sequence[str] = ("custom", "values"),
-    on_start: Callable[[str], None] | None = None,
+    ctx: Context, graph_input: dict[str, Any], **options: Unpack[StreamOptions]
 ) -> AsyncIterator[tuple[str, Any]]:
     """The async twin of :func:`stream_retrieval`: the same steps (same database, same resume
     rule), with the blocking ones (SQLite reads and deletes) in a thread."""
-    tid, payload = await asyncio.to_thread(_start, ctx, graph_input, thread_id)
-    if on_start is not None:
-        on_start(tid)
-    graph, kwargs = _stream_call(ctx, tid, config, stream_mode)
+    tid, payload = await asyncio.to_thread(_start, ctx, graph_input, options.get("thread_id"))
+    graph, kwargs = _stream_call(ctx, tid, options)
     try:
         async for part in graph.astream(payload, **kwargs):
             yield part

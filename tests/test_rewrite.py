@@ -457,3 +457,20 @@ def test_gguf_loads_the_same_without_accelerate(monkeypatch: pytest.MonkeyPatch)
     tokens = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8]])
     with torch.inference_mode():
         assert torch.equal(reference(tokens).logits, fallback(tokens).logits)
+
+
+def test_file_rewriter_matches_the_query_as_every_front_end_cleans_it(tmp_path: Path) -> None:
+    """Dataset rows keep raw text ("A massage  about …", double space); the graph hands the file
+    rewriter the cleaned query (one space).  Both sides are compared cleaned, so the paraphrases
+    still apply (16 QVHighlights val queries lost them before)."""
+    from granalign.text import clean_query
+
+    path = write_jsonl(
+        tmp_path / "r.jsonl",
+        [{"qid": 533, "query": "A massage  about mantel health", "rephrased_query": ["on mental health"]}],
+    )
+    rw = make_rewriter(f"file:{path}")
+    for asked in ("A massage  about mantel health", clean_query("A massage\tabout  mantel health")):
+        got = rw.variants_for(asked, qid=533)
+        assert [v.simplified for v in got][1:] == ["on mental health"], asked
+        assert len(rw.variants_for(asked)) == 2  # by text alone too

@@ -24,6 +24,7 @@ from tools.cli_common import (
     out,
     user_errors,
 )
+from tools.cli_options import AnnotationsOpt, CaptionsOpt, ConcurrencyOpt, LimitOpt
 
 
 @app.command("eval")
@@ -90,19 +91,19 @@ def _print_paired(
 @app.command("bench")
 @user_errors
 def bench_cmd(
-    annotations: Annotated[Path, typer.Option(help="Annotations JSONL (qid, query, vid, duration, GT).")],
-    captions: Annotated[Path, typer.Option(help="Captions JSONL for the annotation's videos.")],
+    annotations: AnnotationsOpt,
+    captions: CaptionsOpt,
     rewriter: Annotated[
         str | None, typer.Option(help="none | file:<jsonl> | local:<model> | openai:<url>#<model>")
     ] = None,
-    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N queries.")] = None,
+    limit: LimitOpt = None,
     split: SplitOpt = None,
     out_path: Annotated[Path | None, typer.Option("--out", help="Write the submission JSONL here.")] = None,
     metrics: Annotated[Path | None, typer.Option(help="Write the official metrics JSON here.")] = None,
     repeat: Annotated[
         int, typer.Option(min=1, max=10, help="Passes over the queries (2 = also a warm pass).")
     ] = 1,
-    concurrency: Annotated[int, typer.Option(min=1, max=64, help="Graph runs in flight.")] = 4,
+    concurrency: ConcurrencyOpt = 4,
     plot: Annotated[Path | None, typer.Option(help="Timeline PNG of the first query.")] = None,
     store: StoreOpt = None,
     sets: SetOpt = None,

@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -26,6 +26,9 @@ from typer.core import TyperGroup
 
 from granalign.backends.interrupt import stop_generation_on_interrupt
 from granalign.errors import ConfigError, GranAlignError, InputError
+
+if TYPE_CHECKING:
+    from granalign.captions_import import ImportReport
 
 DASH_HINT = (
     "a video id that begins with '-' goes in --video ID or after '--': "
@@ -194,6 +197,21 @@ def _progress() -> Progress:
         console=console,
         transient=False,
     )
+
+
+def import_with_bar(store: Any, embedder: Any, path: Path, source: str, label: str) -> ImportReport:
+    """Import a captions file into ``store`` behind a progress bar named ``label``."""
+    from granalign.captions_import import import_captions
+
+    with _progress() as bar:
+        task = bar.add_task(label, total=None)
+        return import_captions(
+            store,
+            embedder,
+            path,
+            source=source,
+            on_progress=lambda d, t: bar.update(task, completed=d, total=t),
+        )
 
 
 def _print_metrics(

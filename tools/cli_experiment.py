@@ -22,6 +22,7 @@ from tools.cli_common import (
     out,
     user_errors,
 )
+from tools.cli_options import AnnotationsOpt, CaptionsOpt, ConcurrencyOpt, LimitOpt
 
 
 def _bar_updater(bar: Progress, task: TaskID) -> Callable[[int, int], None]:
@@ -34,8 +35,8 @@ def _bar_updater(bar: Progress, task: TaskID) -> Callable[[int, int], None]:
 @app.command("experiment")
 @user_errors
 def experiment_cmd(
-    annotations: Annotated[Path, typer.Option(help="Annotations JSONL (qid, query, vid, duration, GT).")],
-    captions: Annotated[Path, typer.Option(help="Captions JSONL for the annotation's videos.")],
+    annotations: AnnotationsOpt,
+    captions: CaptionsOpt,
     out_dir: Annotated[Path, typer.Option("--out-dir", help="Results folder (resumable).")] = Path(
         "runs/experiment"
     ),
@@ -47,9 +48,9 @@ def experiment_cmd(
     ablation: Annotated[bool, typer.Option(help="Add the caption-only ablation rows.")] = True,
     paraphrases: Annotated[Path | None, typer.Option(help="Paraphrase JSONL for an extra row.")] = None,
     only: Annotated[str | None, typer.Option(help="Run only these settings (comma-separated names).")] = None,
-    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N queries.")] = None,
+    limit: LimitOpt = None,
     split: SplitOpt = None,
-    concurrency: Annotated[int, typer.Option(min=1, max=64)] = 4,
+    concurrency: ConcurrencyOpt = 4,
     store: StoreOpt = None,
     sets: SetOpt = None,
 ) -> None:

@@ -25,6 +25,7 @@ from tools.cli_common import (
     app,
     check_output,
     console,
+    import_with_bar,
     make_context,
     out,
     user_errors,
@@ -92,19 +93,11 @@ def index_cmd(
 
 
 def _import_captions(ctx: Any, captions: Path, source: str | None) -> None:
-    from granalign.captions_import import import_captions, source_name_for
+    from granalign.captions_import import source_name_for
     from graphs import resources
 
     st, emb = resources.store_for(ctx), resources.embedder_for(ctx)
-    with _progress() as bar:
-        task = bar.add_task("import", total=None)
-        report = import_captions(
-            st,
-            emb,
-            captions,
-            source=source or source_name_for(captions),
-            on_progress=lambda d, t: bar.update(task, completed=d, total=t),
-        )
+    report = import_with_bar(st, emb, captions, source or source_name_for(captions), "import")
     console.print(
         f"{report.total} videos: {report.imported} imported ({report.captions} captions), "
         f"{report.skipped} already in the store at {st.location}"
@@ -236,9 +229,7 @@ def retrieve_cmd(
     rewriter: Annotated[str | None, typer.Option(help="Rewriter spec (see settings).")] = None,
     thread_id: Annotated[
         str | None,
-        typer.Option(
-            "--thread-id", help="Checkpoint thread of this run; a failed run under it is resumed."
-        ),
+        typer.Option("--thread-id", help="Checkpoint thread of this run; a failed run under it is resumed."),
     ] = None,
     store: StoreOpt = None,
     sets: SetOpt = None,

@@ -9,6 +9,7 @@ import typer
 
 from granalign.errors import InputError
 from tools.cli_common import SplitOpt, app, check_output_dir, console, user_errors
+from tools.cli_options import AnnotationsOpt, CaptionsOpt
 
 README = """# Duration-shifted benchmark sets
 
@@ -55,8 +56,8 @@ def _parse_list(text: str | None, option: str, kind: type[int] | type[float]) ->
 @app.command("shift")
 @user_errors
 def shift_cmd(
-    annotations: Annotated[Path, typer.Option(help="Annotations JSONL (qid, query, vid, duration, GT).")],
-    captions: Annotated[Path, typer.Option(help="Captions JSONL for the annotation's videos.")],
+    annotations: AnnotationsOpt,
+    captions: CaptionsOpt,
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for the derived sets (one folder each).")],
     crop: Annotated[str | None, typer.Option(help="Crop lengths in seconds, e.g. 30,60.")] = None,
     concat: Annotated[str | None, typer.Option(help="Videos per concatenation, e.g. 8,24.")] = None,

@@ -32,7 +32,16 @@ from rich.table import Table
 
 from granalign.errors import InputError
 from granalign.store import REWRITES, VIDEOS, VideoRecord, collection_slug, default_store_dir
-from tools.cli_common import SetOpt, StoreOpt, _progress, app, console, make_context, out, user_errors
+from tools.cli_common import (
+    SetOpt,
+    StoreOpt,
+    app,
+    console,
+    import_with_bar,
+    make_context,
+    out,
+    user_errors,
+)
 
 store_app = typer.Typer(
     help="Check the store, or recover its records into a fresh folder.", no_args_is_help=True
@@ -280,22 +289,6 @@ def _write_manifest(path: Path, lines: list[dict[str, Any]]) -> None:
     path.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines), encoding="utf-8")
 
 
-def _import_with_bar(store: Any, embedder: Any, manifest: Path, source: str) -> int:
-    """Import one recovered captions file into the new store; videos in it."""
-    from granalign.captions_import import import_captions
-
-    with _progress() as bar:
-        task = bar.add_task("re-import", total=None)
-        report = import_captions(
-            store,
-            embedder,
-            manifest,
-            source=source,
-            on_progress=lambda d, t: bar.update(task, completed=d, total=t),
-        )
-    return report.total
-
-
 @store_app.command("recover")
 @user_errors
 def recover_cmd(
@@ -334,7 +327,7 @@ def recover_cmd(
                 f"{manifest} with --set embedder=local:{emb_name}"
             )
             continue
-        imported += _import_with_bar(new_store, embedder, manifest, source)
+        imported += import_with_bar(new_store, embedder, manifest, source, "re-import").total
     if records.rewrites:
         keys = sorted(records.rewrites)
         new_store.put_rewrites(

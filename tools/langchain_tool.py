@@ -43,7 +43,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import BaseTool, StructuredTool, ToolException
@@ -60,6 +60,9 @@ from tools.safety import (
     parse_video_arg,
     url_allowlist,
 )
+
+if TYPE_CHECKING:
+    from graphs.durable import StreamOptions
 
 __all__ = [
     "DEFAULT_TOP_K",
@@ -95,6 +98,18 @@ PROGRESS_EVENT = "granalign_progress"
 
 Progress = Callable[[dict[str, Any]], Any]
 """A progress sink: called with each event; may return an awaitable (awaited in async runs)."""
+
+
+class RunOptions(TypedDict, total=False):
+    """Keyword options of :meth:`MomentRetriever.run` and :meth:`MomentRetriever.arun`.
+
+    ``on_progress``: a :data:`Progress` sink for the run's events.  ``thread_id``: names the
+    checkpointed run: a failed run under it is resumed (in-process runs only).
+    """
+
+    on_progress: Progress | None
+    thread_id: str | None
+
 
 _OUTPUT_KEYS = ("video_id", "query", "moments", "saliency", "clip_len_s", "variants", "mode", "notes")
 
@@ -444,19 +459,14 @@ class MomentRetriever:
 
     # -- sync -------------------------------------------------------------------------------------
     def run(
-        self,
-        video: object,
-        query: object,
-        top_k: object = DEFAULT_TOP_K,
-        on_progress: Progress | None = None,
-        thread_id: str | None = None,
+        self, video: object, query: object, top_k: object = DEFAULT_TOP_K, **options: Unpack[RunOptions]
     ) -> MomentsResult:
         """Retrieve moments synchronously (progress to the caller's stream and ``on_progress``).
 
-        ``thread_id`` names the checkpointed run: a failed run under it is resumed.
+        Options (``on_progress``, ``thread_id``): :class:`RunOptions`.
         """
-        req = self._with_thread(self.prepare(video, query, top_k), thread_id)
-        events, t0 = _Events(on_progress), time.perf_counter()
+        req = self._with_thread(self.prepare(video, query, top_k), options.get("thread_id"))
+        events, t0 = _Events(options.get("on_progress")), time.perf_counter()
         try:
             for mode, chunk in _within(self._stream_sync(req), self.settings.timeout_s):
                 payload = events.take(mode, chunk)
@@ -480,19 +490,15 @@ class MomentRetriever:
 
     # -- async (the same steps; only the waiting differs) -----------------------------------------
     async def arun(
-        self,
-        video: object,
-        query: object,
-        top_k: object = DEFAULT_TOP_K,
-        on_progress: Progress | None = None,
-        thread_id: str | None = None,
+        self, video: object, query: object, top_k: object = DEFAULT_TOP_K, **options: Unpack[RunOptions]
     ) -> MomentsResult:
         """Retrieve moments without blocking the event loop (the graph's sync nodes use threads)."""
         import asyncio
 
         # prepare reads the store and the file system: in a thread, off the event loop
-        req = self._with_thread(await asyncio.to_thread(self.prepare, video, query, top_k), thread_id)
-        events, t0 = _Events(on_progress), time.perf_counter()
+        prepared = await asyncio.to_thread(self.prepare, video, query, top_k)
+        req = self._with_thread(prepared, options.get("thread_id"))
+        events, t0 = _Events(options.get("on_progress")), time.perf_counter()
         try:
             async with asyncio.timeout(self.settings.timeout_s):
                 async for mode, chunk in self._stream_async(req):
@@ -536,7 +542,7 @@ class MomentRetriever:
         context = {"top_n": req.top_k, "answer_profile": "distinct"}  # the tool profile
         return {"context": context, "stream_mode": ["custom", "values"]}
 
-    def _durable_args(self, req: _Request) -> dict[str, Any]:
+    def _durable_args(self, req: _Request) -> StreamOptions:
         return {"thread_id": req.thread_id, "config": _isolated_config("retrieve_moments")}
 
     # -- helpers ----------------------------------------------------------------------------------

@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import hmac
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
 from mcp.server.fastmcp import Context, FastMCP
 from mcp.server.fastmcp.exceptions import ToolError
-from mcp.types import ContentBlock, ToolAnnotations
+from mcp.types import AnyFunction, ContentBlock, ToolAnnotations
 from pydantic import BaseModel, Field, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
@@ -145,6 +145,15 @@ class GranAlignMCP(FastMCP):
             raise
 
 
+def _read_only_tool(
+    server: FastMCP, name: str, description: str, title: str
+) -> Callable[[AnyFunction], AnyFunction]:
+    """Register a tool that only reads the store and reaches no outside world (both tools do),
+    with a structured result clients can validate."""
+    hints = ToolAnnotations(title=title, readOnlyHint=True, openWorldHint=False)
+    return server.tool(name=name, description=description, annotations=hints, structured_output=True)
+
+
 def build_server(
     retriever: MomentRetriever | None = None, *, host: str = "127.0.0.1", port: int = 8000
 ) -> FastMCP:
@@ -152,12 +161,7 @@ def build_server(
     core = retriever or MomentRetriever()
     server: FastMCP = GranAlignMCP("granalign", instructions=INSTRUCTIONS, host=host, port=port)
 
-    @server.tool(
-        name="retrieve_moments",
-        description=RETRIEVE_DESCRIPTION,
-        annotations=ToolAnnotations(title="Find moments in a video", readOnlyHint=True, openWorldHint=False),
-        structured_output=True,
-    )
+    @_read_only_tool(server, "retrieve_moments", RETRIEVE_DESCRIPTION, "Find moments in a video")
     async def retrieve_moments(
         video: Annotated[
             str,
@@ -202,12 +206,7 @@ def build_server(
             summary=result.content,
         )
 
-    @server.tool(
-        name="list_videos",
-        description=LIST_DESCRIPTION,
-        annotations=ToolAnnotations(title="List indexed videos", readOnlyHint=True, openWorldHint=False),
-        structured_output=True,
-    )
+    @_read_only_tool(server, "list_videos", LIST_DESCRIPTION, "List indexed videos")
     async def list_videos(
         contains: Annotated[
             str,
