@@ -57,7 +57,7 @@ from typing_extensions import TypedDict
 
 from agent.context import AgentContext
 from granalign.errors import InputError
-from granalign.video import VIDEO_EXTENSIONS
+from granalign.io.video import VIDEO_EXTENSIONS
 from tools.safety import MAX_QUERY_CHARS, MAX_VIDEO_ARG_CHARS, VIDEO_ID_RE, clean_text
 
 log = logging.getLogger(__name__)

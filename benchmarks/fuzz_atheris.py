@@ -38,16 +38,16 @@ except ImportError:  # pragma: no cover - optional tool
     sys.exit("atheris is not installed: .venv/bin/pip install atheris==3.0.0 (CPython 3.11 wheel)")
 
 with atheris.instrument_imports(include=["granalign", "tools.bench", "tools.safety"]):  # not the deps
-    from granalign.captions_import import read_captions_file
     from granalign.errors import ConfigError, InputError
-    from granalign.jsonl import iter_jsonl
+    from granalign.io.captions_import import read_captions_file
+    from granalign.io.jsonl import iter_jsonl
     from granalign.rewrite import FileRewriter
     from granalign.specs import parse_spec
     from tools.bench import read_annotations
     from tools.safety import parse_video_arg
 
 KNOWN = (RecursionError,)
-"""Known bug classes (granalign/jsonl.py), skipped with --skip-known."""
+"""Known bug classes (granalign/io/jsonl.py), skipped with --skip-known."""
 
 _TMP = Path(tempfile.gettempdir()) / "granalign-atheris"
 """State kept between runs (libFuzzer ends the process without Python's clean-up): the video

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from granalign.errors import InputError
-from granalign.jsonl import iter_jsonl
+from granalign.io.jsonl import iter_jsonl
 from granalign.text import clean_text
 from granalign.tokens import GENERIC_WORDS, alnum_words
 from prompts import PromptPair

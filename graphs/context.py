@@ -13,8 +13,8 @@ import os
 from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any, Literal, get_args
 
+from granalign.core.moments import DISTINCT_NMS_IOU, MOMENT_BOUNDS, MomentSettings
 from granalign.errors import ConfigError
-from granalign.moments import DISTINCT_NMS_IOU, MOMENT_BOUNDS, MomentSettings
 from granalign.specs import parse_spec
 
 ENV_PREFIX = "GRANALIGN_"
@@ -209,7 +209,7 @@ class Context:
         metadata=_meta(
             "'pooled': proposals per query variant and on the fused curve, pooled before NMS; "
             "'fused': the paper's order (fuse, then propose once); 'vtg-gpt': the peer baseline, "
-            "VTG-GPT's published rule on each variant's curve (granalign/peer.py; ignores "
+            "VTG-GPT's published rule on each variant's curve (granalign/core/peer.py; ignores "
             "num_bins/top_k/gap/drop_pct/lam/contrast/nms_iou/saliency_sigma)."
         ),
     )

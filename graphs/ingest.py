@@ -3,7 +3,7 @@
 For every clip (``clip_len`` seconds, from Context) the ``encode`` node samples one frame
 (PyAV, by seeking; never the whole video in memory), embeds it with CLIP, captions it
 query-agnostically (``C_agn``), embeds the caption, and writes the frame record, then the
-caption record (the one that marks the clip finished; see :mod:`granalign.store`).  Clips go in
+caption record (the one that marks the clip finished; see :mod:`granalign.io.store`).  Clips go in
 batches of ``ingest_batch``: the next batch's frames are decoded on a helper thread while the
 models work on the current one, and every batch is stored before the next starts, so a killed
 ingest loses at most one batch and a re-run skips every finished clip.  ``finalize`` writes the
@@ -29,9 +29,9 @@ from langgraph.runtime import Runtime
 from granalign.backends.captioner import AGNOSTIC_PROMPT
 from granalign.backends.weights import weights_notes
 from granalign.errors import InputError
-from granalign.locks import video_lock
-from granalign.store import Store, VideoRecord, caption_id, frame_id
-from granalign.video import (
+from granalign.io.locks import video_lock
+from granalign.io.store import Store, VideoRecord, caption_id, frame_id
+from granalign.io.video import (
     FrameSampler,
     VideoInfo,
     clip_count,

@@ -34,13 +34,13 @@ from granalign.backends.clip import ClipEncoder, make_clip_encoder
 from granalign.backends.embedder import TextEmbedder, make_embedder
 from granalign.backends.rewriter import make_rewriter
 from granalign.errors import InputError
+from granalign.io.store import Store, VideoRecord, default_store_dir, open_store, text_hash
+from granalign.io.store import close_stores as close_open_stores
+from granalign.io.video import content_hash, parse_roots, resolve_video_path
 from granalign.prompt_files import load_prompt_pairs
 from granalign.rewrite import Rewrite, Rewriter, rewrite_queries
 from granalign.specs import parse_spec
 from granalign.stages import aware_captions as stage
-from granalign.store import Store, VideoRecord, default_store_dir, open_store, text_hash
-from granalign.store import close_stores as close_open_stores
-from granalign.video import content_hash, parse_roots, resolve_video_path
 from graphs.context import Context
 from prompts import DEFAULT_PAIRS, PromptPair, prompt_hash
 
@@ -115,7 +115,7 @@ def local_state_dir(ctx: Context) -> Path:
 
 
 def lock_dir_for(ctx: Context) -> Path:
-    """Where the per-video ingest locks live (see :mod:`granalign.locks`)."""
+    """Where the per-video ingest locks live (see :mod:`granalign.io.locks`)."""
     return Path(ctx.lock_dir).expanduser() if ctx.lock_dir else local_state_dir(ctx) / "locks"
 
 
@@ -302,7 +302,7 @@ def _frame_decoder(
     """Decode the centre frames of some clips of an ingested video (one seek each)."""
 
     def decode(clips: list[int]) -> list[Any]:
-        from granalign.video import clip_times, sample_frames
+        from granalign.io.video import clip_times, sample_frames
 
         path = video_file(ctx, record, video_path)
         times = clip_times(record.duration_s, record.clip_len_s)

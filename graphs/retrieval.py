@@ -30,6 +30,8 @@ from langgraph.types import Send
 from granalign.backends.captioner import QueryFocus
 from granalign.backends.weights import weights_notes
 from granalign.errors import BackendError, GranAlignError, InputError
+from granalign.io.store import VideoRecord
+from granalign.io.video import VideoNotFound, content_hash, display_path, looks_like_path, resolve_video_path
 from granalign.rewrite import Rewrite
 from granalign.stages.aware_captions import AwareCaptions
 from granalign.stages.clip_filter import clip_filter as clip_filter_stage
@@ -39,9 +41,7 @@ from granalign.stages.nms import AnswerSettings, answer, saliency_length
 from granalign.stages.proposals import ProposalSettings
 from granalign.stages.proposals import propose as propose_stage
 from granalign.stages.rewrite import embed_variants, query_variants
-from granalign.store import VideoRecord
 from granalign.text import clean_query
-from granalign.video import VideoNotFound, content_hash, display_path, looks_like_path, resolve_video_path
 from graphs import resources
 from graphs.context import Context
 from graphs.ingest import ingest_video

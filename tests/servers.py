@@ -24,7 +24,7 @@ def store_copy(store: Path, dest: Path) -> Path:
     """
     import shutil
 
-    from granalign.store import close_stores
+    from granalign.io.store import close_stores
 
     close_stores()
     shutil.copytree(store, dest, ignore=shutil.ignore_patterns(".granalign.lock*"))

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from langgraph.runtime import Runtime
 
-from granalign.moments import rounded_answer
+from granalign.core.moments import rounded_answer
 from graphs.context import Context
 from graphs.retrieval import nms
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from granalign.evaluation import evaluate_submission
+from granalign.evaluation.metrics import evaluate_submission
 from graphs.context import Context
 from tools.bench import run_benchmark
 from tools.demo_data import DEMO

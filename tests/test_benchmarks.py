@@ -106,7 +106,7 @@ def test_format_value(value: float, text: str) -> None:
 
 def test_feedback_top_k_equals_the_stable_sort_it_replaced() -> None:
     """The partial-sort top-k (a core_math optimisation) must pick and order exactly as before."""
-    from granalign.feedback import _top_k
+    from granalign.core.feedback import _top_k
 
     rng = np.random.default_rng(3)
     for trial in range(200):

@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from granalign.bootstrap import paired_bootstrap
 from granalign.errors import ConfigError, InputError
-from granalign.evaluation import evaluate_submission, per_query_metrics
-from granalign.jsonl import read_jsonl
+from granalign.evaluation.bootstrap import paired_bootstrap
+from granalign.evaluation.metrics import evaluate_submission, per_query_metrics
+from granalign.io.jsonl import read_jsonl
 from tests.conftest import fixture_path
 
 

@@ -11,10 +11,10 @@ import pytest
 from numpy.typing import NDArray
 
 from granalign.backends.embedder import TextEmbedder, make_embedder
-from granalign.caption_embedding import chunks_of_videos
-from granalign.captions_import import IMPORT_PROMPT_HASH, import_captions, read_captions_file
 from granalign.errors import ConfigError
-from granalign.store import Store, caption_id
+from granalign.io.caption_embedding import chunks_of_videos
+from granalign.io.captions_import import IMPORT_PROMPT_HASH, import_captions, read_captions_file
+from granalign.io.store import Store, caption_id
 
 ROWS = [
     {

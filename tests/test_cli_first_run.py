@@ -22,9 +22,9 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from granalign.backends.embedder import make_embedder
-from granalign.captions_import import import_captions, source_name_for
 from granalign.errors import InputError
-from granalign.jsonl import read_jsonl, write_json, write_jsonl
+from granalign.io.captions_import import import_captions, source_name_for
+from granalign.io.jsonl import read_jsonl, write_json, write_jsonl
 from granalign.stages import proposals as retrieval_module  # the propose node's stage
 from graphs import durable, resources
 from graphs.context import Context
@@ -121,11 +121,11 @@ def _blocked(tmp_path: Path) -> Path:
 
 
 WORK = {  # what each command would start with: replaced by a Recorder
-    "eval": ("granalign.jsonl", "read_jsonl"),
+    "eval": ("granalign.io.jsonl", "read_jsonl"),
     "bench": ("tools.bench", "run_benchmark"),
     "retrieve": ("graphs.durable", "stream_retrieval"),
     "demo": ("tools.bench", "run_benchmark"),
-    "experiment": ("granalign.captions_import", "import_captions"),
+    "experiment": ("granalign.io.captions_import", "import_captions"),
     "benchmark": ("tools.cli_benchmark", "_suite"),
 }
 

@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from granalign.backends.embedder import make_embedder
-from granalign.store import Store, VideoRecord, close_stores, open_store
+from granalign.io.store import Store, VideoRecord, close_stores, open_store
 from tools.cli import app
 
 EMBEDDER = "all-MiniLM-L6-v2"

@@ -14,17 +14,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from granalign.errors import ConfigError, InputError
-from granalign.feedback import feedback_queries
-from granalign.fusion import granular_fusion, variant_scores
-from granalign.moments import (
+from granalign.core.feedback import feedback_queries
+from granalign.core.fusion import granular_fusion, variant_scores
+from granalign.core.moments import (
     DEFAULT_NMS_IOU,
     clips_to_seconds,
     localize_moments,
     saliency,
 )
-from granalign.nms import greedy_nms_indices, temporal_iou, temporal_nms
-from granalign.proposals import (
+from granalign.core.nms import greedy_nms_indices, temporal_iou, temporal_nms
+from granalign.core.proposals import (
     ProposalParams,
     contrast_windows,
     drop_bottom_proposals,
@@ -35,8 +34,9 @@ from granalign.proposals import (
     proposal_means,
     score_proposals,
 )
-from granalign.similarity import cosine_similarity, minmax_normalise, normalised_similarity
-from granalign.smoothing import gaussian_smooth, smoothed_similarity
+from granalign.core.similarity import cosine_similarity, minmax_normalise, normalised_similarity
+from granalign.core.smoothing import gaussian_smooth, smoothed_similarity
+from granalign.errors import ConfigError, InputError
 
 # ----------------------------------------------------------------------------------------------
 # similarity

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from granalign.jsonl import Journal, read_jsonl
+from granalign.io.jsonl import Journal, read_jsonl
 from tools.demo_data import DEMO
 
 ROOT = Path(__file__).resolve().parents[1]

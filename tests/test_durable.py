@@ -20,8 +20,8 @@ import pytest
 from typer.testing import CliRunner
 
 from granalign.backends.embedder import make_embedder
-from granalign.captions_import import import_captions
 from granalign.errors import InputError
+from granalign.io.captions_import import import_captions
 from granalign.stages import proposals as retrieval_module  # the propose node's stage
 from graphs import durable, resources
 from graphs.context import Context

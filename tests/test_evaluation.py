@@ -1,4 +1,4 @@
-"""Tests for granalign.evaluation: parity with the official QVHighlights numbers, hand-computed
+"""Tests for granalign.evaluation.metrics: parity with the official QVHighlights numbers, hand-computed
 cases for each scoring rule, input validation, and property tests of the vectorised kernels
 against plain-loop references written from the rules (not from the official code)."""
 
@@ -15,9 +15,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from granalign import evaluation as ev
 from granalign.errors import InputError
-from granalign.evaluation import (
+from granalign.evaluation import metrics as ev
+from granalign.evaluation.metrics import (
     evaluate_files,
     evaluate_submission,
     metrics_table_rows,
@@ -59,7 +59,7 @@ def _key_structure(tree: Any) -> Any:
 
 @pytest.fixture(scope="module")
 def val_ground_truth() -> list[dict[str, Any]]:
-    from granalign.jsonl import read_jsonl
+    from granalign.io.jsonl import read_jsonl
 
     return read_jsonl(_qvh("highlight_val_release.jsonl"))
 
@@ -71,7 +71,7 @@ def test_parity_with_official_metrics(name: str, val_ground_truth: list[dict[str
     The VTG-GPT file carries extra keys per line (relevant_windows, span_index_list) that must
     be ignored, and 13 queries of each file have one saliency score fewer than the GT's clips.
     """
-    from granalign.jsonl import read_jsonl
+    from granalign.io.jsonl import read_jsonl
 
     submission = read_jsonl(_qvh(f"{name}.jsonl"))
     expected = json.loads(_qvh(f"{name}_metrics.json").read_text())
@@ -95,7 +95,7 @@ def test_evaluate_files_matches_in_memory() -> None:
 
 
 def test_full_val_allow_subset_matches_full_when_complete(val_ground_truth: list[dict[str, Any]]) -> None:
-    from granalign.jsonl import read_jsonl
+    from granalign.io.jsonl import read_jsonl
 
     submission = read_jsonl(_qvh("vtg_gpt_val_preds.jsonl"))
     assert evaluate_submission(submission, val_ground_truth, allow_subset=True) == evaluate_submission(

@@ -43,7 +43,7 @@ def stand_in(monkeypatch, tmp_path):
 def test_experiment_rows_reports_and_resume_with_stand_in_rewriter(stand_in, tmp_path):
     anns = read_annotations(DEMO.annotations, limit=4)
     base = Context(rewriter="local:stand-in", store_dir=str(tmp_path / "store"))
-    from granalign.captions_import import import_captions
+    from granalign.io.captions_import import import_captions
 
     import_captions(
         resources.store_for(base),
@@ -83,7 +83,7 @@ def test_experiment_rows_reports_and_resume_with_stand_in_rewriter(stand_in, tmp
 def test_sides_change_what_is_scored(stand_in, tmp_path):
     anns = read_annotations(DEMO.annotations, limit=2)
     base = Context(rewriter="local:stand-in", store_dir=str(tmp_path / "store"))
-    from granalign.captions_import import import_captions
+    from granalign.io.captions_import import import_captions
 
     import_captions(
         resources.store_for(base),
@@ -111,8 +111,8 @@ def test_unknown_pair_is_a_clear_error():
 
 def test_a_failed_query_counts_as_a_miss_in_an_experiment_row(tmp_path):
     """As in bench: every annotation is scored, so a query that fails lowers the row, never raises it."""
-    from granalign.captions_import import import_captions
-    from granalign.evaluation import evaluate_submission
+    from granalign.evaluation.metrics import evaluate_submission
+    from granalign.io.captions_import import import_captions
     from tools.experiment import Setting
 
     anns = read_annotations(DEMO.annotations, limit=10)

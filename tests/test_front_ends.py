@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from granalign.errors import InputError
-from granalign.store import VideoRecord
+from granalign.io.store import VideoRecord
 from granalign.text import MAX_QUERY_CHARS
 from graphs import resources
 from graphs.context import Context

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from granalign.video import content_hash
+from granalign.io.video import content_hash
 from graphs import resources
 from graphs.context import Context
 from graphs.retrieval import graph

@@ -2,7 +2,7 @@
 
 Four contracts, each checked on generated inputs:
 
-* the JSONL readers (``granalign.jsonl``, ``tools.bench.read_annotations``, the captions
+* the JSONL readers (``granalign.io.jsonl``, ``tools.bench.read_annotations``, the captions
   reader, the ``file:`` rewriter): any bytes give either a parsed result or an ``InputError``
   that names the file (and a real line of it), never another exception type;
 * backend specs (``granalign.specs.parse_spec`` and the ``make_*`` factories): any string gives
@@ -43,17 +43,17 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from granalign.backends.rewriter import make_rewriter
-from granalign.captions_import import read_captions_file
+from granalign.core.feedback import feedback_queries
+from granalign.core.fusion import granular_fusion, variant_scores
+from granalign.core.moments import clips_to_seconds, localize_moments, saliency
+from granalign.core.nms import temporal_iou, temporal_nms
+from granalign.core.proposals import ProposalParams, contrast_windows, generate_proposals, merge_clips
+from granalign.core.similarity import cosine_similarity, minmax_normalise, normalised_similarity
+from granalign.core.smoothing import gaussian_smooth, smoothed_similarity
 from granalign.errors import ConfigError, InputError
-from granalign.feedback import feedback_queries
-from granalign.fusion import granular_fusion, variant_scores
-from granalign.jsonl import iter_jsonl
-from granalign.moments import clips_to_seconds, localize_moments, saliency
-from granalign.nms import temporal_iou, temporal_nms
-from granalign.proposals import ProposalParams, contrast_windows, generate_proposals, merge_clips
+from granalign.io.captions_import import read_captions_file
+from granalign.io.jsonl import iter_jsonl
 from granalign.rewrite import FileRewriter
-from granalign.similarity import cosine_similarity, minmax_normalise, normalised_similarity
-from granalign.smoothing import gaussian_smooth, smoothed_similarity
 from granalign.specs import ENGINES, BackendSpec, parse_spec
 from graphs.context import Context
 from tools.bench import read_annotations

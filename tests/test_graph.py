@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from granalign.backends.embedder import make_embedder
-from granalign.captions_import import import_captions
 from granalign.errors import ConfigError, InputError
+from granalign.io.captions_import import import_captions
 from graphs import resources
 from graphs.context import Context
 from graphs.retrieval import graph
@@ -172,8 +172,8 @@ def test_context_takes_proposal_defaults_and_bounds_from_the_library():
     """One source: every proposal/NMS/saliency setting's default and range is the library's."""
     from dataclasses import fields
 
-    from granalign.moments import MOMENT_BOUNDS, MomentSettings
-    from granalign.proposals import ProposalParams
+    from granalign.core.moments import MOMENT_BOUNDS, MomentSettings
+    from granalign.core.proposals import ProposalParams
 
     ctx, lib = Context(), MomentSettings()
     meta = {f.name: f.metadata for f in fields(Context)}

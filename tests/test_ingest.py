@@ -23,9 +23,9 @@ from typer.testing import CliRunner
 
 from granalign.backends.captioner import AGNOSTIC_PROMPT
 from granalign.errors import InputError
-from granalign.store import caption_id, frame_id, open_store
+from granalign.io.store import caption_id, frame_id, open_store
+from granalign.io.video import content_hash
 from granalign.testing import build_tiny_vlm_random_weights
-from granalign.video import content_hash
 from graphs import resources
 from graphs.context import Context
 from graphs.ingest import ingest_video, unfinished_clips

@@ -47,7 +47,7 @@ def counting_load(source, device):
 llm_local._load = counting_load
 
 from granalign.backends.embedder import make_embedder
-from granalign.captions_import import import_captions
+from granalign.io.captions_import import import_captions
 from graphs import resources
 from graphs.context import Context
 

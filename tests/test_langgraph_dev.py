@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from granalign.backends.embedder import make_embedder
-from granalign.captions_import import import_captions
-from granalign.store import Store
+from granalign.io.captions_import import import_captions
+from granalign.io.store import Store
 from tests.servers import langgraph_dev
 from tools.demo_data import DEMO
 

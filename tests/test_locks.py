@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from granalign.errors import InputError
-from granalign.locks import lock_path, video_lock
+from granalign.io.locks import lock_path, video_lock
 from graphs import resources
 from tests.conftest import VIDEOS, approx_moments, needs_videos
 from tests.test_ingest import Calls, build_tiny_vlm_random_weights, model_context
@@ -33,7 +33,7 @@ HOLDER = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from granalign.locks import video_lock
+    from granalign.io.locks import video_lock
     with video_lock(Path(sys.argv[1]), sys.argv[2], 5):
         print("held", flush=True)
         time.sleep(float(sys.argv[3]))

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from granalign.errors import ConfigError
-from granalign.store import Store, chroma_headers
+from granalign.io.store import Store, chroma_headers
 from tests.servers import chroma_server, free_port, server, token_proxy
 from tools.demo_data import DEMO
 from tools.mcp_server import ENV_TOKEN, load_token

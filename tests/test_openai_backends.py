@@ -28,7 +28,7 @@ from granalign.backends.captioner import OpenAICaptioner, make_captioner
 from granalign.backends.openai_llm import OpenAIRewriter, ServerSettings
 from granalign.backends.rewriter import make_rewriter
 from granalign.errors import BackendError, InputError
-from granalign.video import content_hash
+from granalign.io.video import content_hash
 from graphs import resources
 from graphs.context import Context
 from graphs.ingest import ingest_video, unfinished_clips
@@ -341,7 +341,7 @@ def test_full_graph_through_transformers_serve_random_weights(served, tmp_path):
 def _caption_only_store(folder: Path) -> Context:
     """A store holding one caption-only video ('kitchen'), imported with the real MiniLM."""
     from granalign.backends.embedder import make_embedder
-    from granalign.captions_import import import_captions
+    from granalign.io.captions_import import import_captions
 
     caps = folder / "caps.jsonl"
     rows = {"vid": "kitchen", "clip_len_s": 2, "captions": ["a man cuts carrots", "a dog sleeps"] * 4}

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from granalign.backends.embedder import make_embedder
-from granalign.captions_import import import_captions
+from granalign.core.peer import vtg_gpt_nms, vtg_gpt_spans, vtg_gpt_windows
 from granalign.errors import ConfigError, InputError
-from granalign.peer import vtg_gpt_nms, vtg_gpt_spans, vtg_gpt_windows
+from granalign.io.captions_import import import_captions
 from graphs import resources
 from graphs.context import Context
 from graphs.retrieval import nms, propose

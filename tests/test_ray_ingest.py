@@ -23,7 +23,7 @@ import pytest
 from typer.testing import CliRunner
 
 from granalign.errors import ConfigError, InputError
-from granalign.store import open_store
+from granalign.io.store import open_store
 from graphs import resources
 from graphs.ingest import ingest_video
 from tests.servers import chroma_server

@@ -21,8 +21,8 @@ import typer.main
 from typer.testing import CliRunner
 
 from granalign.backends.embedder import make_embedder
-from granalign.captions_import import import_captions, source_name_for
-from granalign.jsonl import read_jsonl
+from granalign.io.captions_import import import_captions, source_name_for
+from granalign.io.jsonl import read_jsonl
 from graphs import resources
 from graphs.context import Context
 from tools.cli import app

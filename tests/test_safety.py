@@ -1,7 +1,7 @@
 """tools.safety: what an LLM may pass as a video, a query or a number (real files, FIFOs, links).
 
 Paths, roots and queries go through the library's one validator, roots parser and cleaner
-(``granalign.video``, ``granalign.text``), which the graph uses too.
+(``granalign.io.video``, ``granalign.text``), which the graph uses too.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from granalign.errors import InputError
+from granalign.io.video import parse_roots, resolve_video_path
 from granalign.text import MAX_QUERY_CHARS, clean_query
-from granalign.video import parse_roots, resolve_video_path
 from tools.safety import (
     UnsafeInputError,
     VideoArg,

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from granalign.core.moments import DISTINCT_NMS_IOU, MomentSettings, localize_moments
+from granalign.core.nms import temporal_iou
+from granalign.core.proposals import SHORT_WINDOW_CLIPS, ProposalParams, contrast_windows
 from granalign.errors import ConfigError
-from granalign.moments import DISTINCT_NMS_IOU, MomentSettings, localize_moments
-from granalign.nms import temporal_iou
-from granalign.proposals import SHORT_WINDOW_CLIPS, ProposalParams, contrast_windows
 from granalign.stages.nms import AnswerSettings
 from graphs.context import Context
 from tests.test_tool import DOG_VIDEO, demo_store  # noqa: F401  (fixture)

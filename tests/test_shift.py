@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from granalign.captions_import import CaptionedVideo, read_captions_file
 from granalign.errors import InputError
-from granalign.shift import concat_set, crop_set
+from granalign.evaluation.shift import concat_set, crop_set
+from granalign.io.captions_import import CaptionedVideo, read_captions_file
 from tools.bench import read_annotations
 from tools.cli import app
 

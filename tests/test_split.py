@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from granalign.errors import ConfigError, InputError
-from granalign.split import SPLIT_SALT, in_half, split_of
+from granalign.evaluation.split import SPLIT_SALT, in_half, split_of
 from tools.bench import read_annotations
 
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from granalign.backends.embedder import make_embedder
-from granalign.captions_import import import_captions, read_captions_file
 from granalign.errors import ConfigError, InputError
-from granalign.store import Store
+from granalign.io.captions_import import import_captions, read_captions_file
+from granalign.io.store import Store
 
 
 def _write(path: Path, rows: list[dict]) -> Path:

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from granalign.locks import STORE_HOLDER, StoreBusyError
-from granalign.store import Store, close_stores, open_store
+from granalign.io.locks import STORE_HOLDER, StoreBusyError
+from granalign.io.store import Store, close_stores, open_store
 from tools.demo_data import DEMO
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,7 +129,7 @@ def test_a_killed_holder_frees_the_folder(tmp_path):
     """The kernel drops the lock of a process killed with SIGKILL: no stale lock to clean."""
     store = tmp_path / "store"
     holder = (
-        "import sys, time, pathlib\nfrom granalign.store import Store\nStore(pathlib.Path(sys.argv[1]))\n"
+        "import sys, time, pathlib\nfrom granalign.io.store import Store\nStore(pathlib.Path(sys.argv[1]))\n"
         "print('held', flush=True)\ntime.sleep(300)\n"
     )
     proc = subprocess.Popen(
@@ -153,7 +153,7 @@ def test_one_process_opens_a_folder_twice_without_waiting_and_reopens_after_clos
     with Store(store_dir, lock_timeout=0) as second:  # another Store in this process: counted
         second.put_rewrites({"k": {"v": 1}}, {"k": "q"})
     assert first.get_rewrite("k") == {"v": 1}  # still open and still locked after the inner close
-    probe = "import sys, pathlib\nfrom granalign.store import Store\n"
+    probe = "import sys, pathlib\nfrom granalign.io.store import Store\n"
     probe += "Store(pathlib.Path(sys.argv[1]), lock_timeout=0)"
     held = subprocess.run(
         [sys.executable, "-c", probe, str(store_dir)],

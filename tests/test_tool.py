@@ -20,9 +20,9 @@ from langgraph.graph import START, StateGraph
 from typing_extensions import TypedDict
 
 from granalign.backends.embedder import make_embedder
-from granalign.captions_import import import_captions
+from granalign.io.captions_import import import_captions
+from granalign.io.store import Store
 from granalign.rewrite import max_words_for
-from granalign.store import Store
 from graphs.context import Context
 from tools.demo_data import DEMO
 from tools.langchain_tool import (

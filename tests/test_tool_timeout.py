@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from granalign.backends.embedder import make_embedder
-from granalign.captions_import import import_captions
+from granalign.io.captions_import import import_captions
 from graphs import resources
 from graphs.context import Context
 from tools.langchain_tool import MomentRetriever, RetrievalFailed, ToolSettings

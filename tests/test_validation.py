@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from granalign.core.validation import ImitationGuard, copied_word_share, drifted, rewrite_similarity
 from granalign.errors import InputError
-from granalign.validation import ImitationGuard, copied_word_share, drifted, rewrite_similarity
 
 
 def test_drifted_rewrites_are_flagged():
@@ -62,7 +62,7 @@ def test_graph_replaces_drifted_rewrite_sides_and_says_so(tmp_path):
     import json
 
     from granalign.backends.embedder import make_embedder
-    from granalign.captions_import import import_captions
+    from granalign.io.captions_import import import_captions
     from graphs import resources
     from graphs.context import Context
     from graphs.retrieval import graph

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from granalign.errors import InputError
-from granalign.video import (
+from granalign.io.video import (
     FrameSampler,
     clip_count,
     clip_times,

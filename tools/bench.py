@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from granalign.captions_import import ImportReport, import_captions, source_name_for
 from granalign.errors import GranAlignError, InputError
-from granalign.evaluation import CLIP_SECONDS, _clip_ratings, _gt_windows, evaluate_submission
-from granalign.jsonl import Journal, iter_jsonl, write_json, write_jsonl
-from granalign.split import check_half, split_of
-from granalign.store import default_store_dir, text_hash
+from granalign.evaluation.metrics import CLIP_SECONDS, _clip_ratings, _gt_windows, evaluate_submission
+from granalign.evaluation.split import check_half, split_of
+from granalign.io.captions_import import ImportReport, import_captions, source_name_for
+from granalign.io.jsonl import Journal, iter_jsonl, write_json, write_jsonl
+from granalign.io.store import default_store_dir, text_hash
 from graphs import resources
 from graphs.context import Context
 from graphs.retrieval import graph
@@ -46,7 +46,7 @@ def read_annotations(
 
     Every field the evaluation reads is checked here too (with the evaluator's own rules), so
     a bad ground-truth line stops the run before the first query, not after the last one.
-    ``split`` (``tune`` or ``report``) keeps only that half's videos (:mod:`granalign.split`),
+    ``split`` (``tune`` or ``report``) keeps only that half's videos (:mod:`granalign.evaluation.split`),
     before ``limit`` counts.
     """
     half = check_half(split) if split is not None else None

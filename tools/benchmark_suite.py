@@ -119,7 +119,7 @@ class SuiteRun:
 
     def demo_context(self, rewriter: str) -> Context:
         """A store holding the demo subset's captions (imported once, untimed) and warm models."""
-        from granalign.captions_import import import_captions, source_name_for
+        from granalign.io.captions_import import import_captions, source_name_for
         from graphs import resources
         from tools.demo_data import DEMO
 
@@ -369,7 +369,7 @@ def graph_overhead(run: SuiteRun) -> list[Row]:
 
 def caption_import(run: SuiteRun) -> list[Row]:
     """Captions/s of importing the demo subset's captions into a fresh store (MiniLM on this CPU)."""
-    from granalign.captions_import import import_captions, read_captions_file, source_name_for
+    from granalign.io.captions_import import import_captions, read_captions_file, source_name_for
     from graphs import resources
     from tools.demo_data import DEMO
 

@@ -44,8 +44,8 @@ def eval_cmd(
     ] = None,
 ) -> None:
     """Official QVHighlights metrics (parity with moment_detr's evaluator) plus R1@IoU / mIoU."""
-    from granalign.evaluation import evaluate_submission, recall_and_miou
-    from granalign.jsonl import read_jsonl, write_json
+    from granalign.evaluation.metrics import evaluate_submission, recall_and_miou
+    from granalign.io.jsonl import read_jsonl, write_json
 
     check_output(out_path, "--out")
     preds, truth = read_jsonl(submission), read_jsonl(gt)
@@ -71,8 +71,8 @@ def _print_paired(
     title: str,
 ) -> None:
     """Δ R1@0.5 / R1@0.7 / mAP of two submissions on the same queries, paired-bootstrap 95 % CI."""
-    from granalign.bootstrap import paired_bootstrap
-    from granalign.evaluation import per_query_metrics
+    from granalign.evaluation.bootstrap import paired_bootstrap
+    from granalign.evaluation.metrics import per_query_metrics
 
     ours = per_query_metrics(preds, truth, allow_subset=allow_subset)
     theirs = per_query_metrics(base, truth, allow_subset=allow_subset)
@@ -127,7 +127,7 @@ def _run_bench(
     plot: Path | None,
     split: str | None = None,
 ) -> None:
-    from granalign.evaluation import recall_and_miou
+    from granalign.evaluation.metrics import recall_and_miou
     from tools.bench import run_benchmark, save_results
 
     with _progress() as bar:

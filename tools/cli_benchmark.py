@@ -123,7 +123,7 @@ def benchmark_cmd(
     t0 = time.perf_counter()
     rows = suite.run_suite(names, options, on_start=lambda name: console.print(f"[bold]running[/] {name}"))
     seconds = time.perf_counter() - t0
-    from granalign.jsonl import write_json
+    from granalign.io.jsonl import write_json
 
     write_json(out_path, suite.report(rows, options, names, seconds))
     cpus = os.cpu_count()

@@ -28,7 +28,7 @@ from granalign.backends.interrupt import stop_generation_on_interrupt
 from granalign.errors import ConfigError, GranAlignError, InputError
 
 if TYPE_CHECKING:
-    from granalign.captions_import import ImportReport
+    from granalign.io.captions_import import ImportReport
 
 DASH_HINT = (
     "a video id that begins with '-' goes in --video ID or after '--': "
@@ -77,7 +77,7 @@ SplitOpt = Annotated[
     str | None,
     typer.Option(
         help="Only one half of the videos: 'tune' (choose settings) or 'report' (report numbers); "
-        "a fixed split by vid (granalign/split.py)."
+        "a fixed split by vid (granalign/evaluation/split.py)."
     ),
 ]
 
@@ -201,7 +201,7 @@ def _progress() -> Progress:
 
 def import_with_bar(store: Any, embedder: Any, path: Path, source: str, label: str) -> ImportReport:
     """Import a captions file into ``store`` behind a progress bar named ``label``."""
-    from granalign.captions_import import import_captions
+    from granalign.io.captions_import import import_captions
 
     with _progress() as bar:
         task = bar.add_task(label, total=None)
@@ -217,7 +217,7 @@ def import_with_bar(store: Any, embedder: Any, path: Path, source: str, label: s
 def _print_metrics(
     metrics: dict[str, Any], extra: dict[str, float] | None = None, title: str = "metrics"
 ) -> None:
-    from granalign.evaluation import metrics_table_rows
+    from granalign.evaluation.metrics import metrics_table_rows
 
     table = Table(title=title, show_lines=False)
     table.add_column("metric")

@@ -55,7 +55,7 @@ def experiment_cmd(
     sets: SetOpt = None,
 ) -> None:
     """Compare prompt pairs and ablations; writes results.md, results.csv and results.png."""
-    from granalign.captions_import import import_captions, source_name_for
+    from granalign.io.captions_import import import_captions, source_name_for
     from graphs import resources
     from tools.bench import read_annotations
     from tools.experiment import plan_settings, run_setting, write_reports

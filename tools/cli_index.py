@@ -93,7 +93,7 @@ def index_cmd(
 
 
 def _import_captions(ctx: Any, captions: Path, source: str | None) -> None:
-    from granalign.captions_import import source_name_for
+    from granalign.io.captions_import import source_name_for
     from graphs import resources
 
     st, emb = resources.store_for(ctx), resources.embedder_for(ctx)
@@ -118,7 +118,7 @@ def _bar_updater(bar: Progress, task: TaskID) -> Any:
 
 
 def _ingest_target(ctx: Any, target: str, jobs: int) -> None:
-    from granalign.video import display_path, find_videos, resolve_video_folder
+    from granalign.io.video import display_path, find_videos, resolve_video_folder
     from graphs import resources
     from graphs.ingest import ingest_video
 
@@ -178,7 +178,7 @@ def _check_index_target(ctx: Any, target: str, roots: Sequence[Path]) -> None:
 def _print_ingest_summary(results: list[tuple[str, dict[str, Any] | None, str]], location: str) -> None:
     """One row per video; ids are printed whole (never cut to the terminal's width), failure
     reasons on their own lines below the table."""
-    from granalign.video import display_path
+    from granalign.io.video import display_path
 
     ids = [got["video_id"] for _, got, _ in results if got is not None]
     table = Table(title=f"ingested into {location}")

@@ -13,7 +13,7 @@ from tools.cli_options import AnnotationsOpt, CaptionsOpt
 
 README = """# Duration-shifted benchmark sets
 
-Built by `granalign shift` (granalign/shift.py) from
+Built by `granalign shift` (granalign/evaluation/shift.py) from
 
 - annotations: `{annotations}`
 - captions: `{captions}`
@@ -65,9 +65,9 @@ def shift_cmd(
     split: SplitOpt = None,
 ) -> None:
     """Duration-shifted sets: cropL (short videos) and concatK (long recordings) with shifted GT."""
-    from granalign.captions_import import read_captions_file
-    from granalign.jsonl import atomic_write_text, write_json, write_jsonl
-    from granalign.shift import shift_sets
+    from granalign.evaluation.shift import shift_sets
+    from granalign.io.captions_import import read_captions_file
+    from granalign.io.jsonl import atomic_write_text, write_json, write_jsonl
     from tools.bench import read_annotations
 
     crops = _parse_list(crop, "--crop", float)

@@ -31,7 +31,7 @@ import typer
 from rich.table import Table
 
 from granalign.errors import InputError
-from granalign.store import REWRITES, VIDEOS, VideoRecord, collection_slug, default_store_dir
+from granalign.io.store import REWRITES, VIDEOS, VideoRecord, collection_slug, default_store_dir
 from tools.cli_common import (
     SetOpt,
     StoreOpt,
@@ -77,7 +77,7 @@ def check_child(folder: str, url: str) -> int:
     what a damaged folder crashes on); then the video records are compared with their captions.
     """
     from granalign.errors import GranAlignError
-    from granalign.store import Store
+    from granalign.io.store import Store
 
     _emit(step="open the store")
     try:
@@ -297,7 +297,7 @@ def recover_cmd(
     sets: SetOpt = None,
 ) -> None:
     """Rebuild a broken embedded store into a new folder from the records its SQLite file holds."""
-    from granalign.locks import acquire_store_lock, release_store_lock
+    from granalign.io.locks import acquire_store_lock, release_store_lock
     from graphs import resources
 
     ctx = make_context(store, sets)

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from granalign.errors import InputError
-from granalign.evaluation import evaluate_submission, recall_and_miou
-from granalign.jsonl import Journal, atomic_write_text, write_json, write_jsonl
+from granalign.evaluation.metrics import evaluate_submission, recall_and_miou
+from granalign.io.jsonl import Journal, atomic_write_text, write_json, write_jsonl
 from granalign.prompt_files import available_pair_ids, load_prompt_pairs
 from graphs import resources
 from graphs.context import Context

@@ -50,8 +50,8 @@ from langchain_core.tools import BaseTool, StructuredTool, ToolException
 from pydantic import BaseModel, Field, ValidationError
 
 from granalign.errors import ConfigError, GranAlignError, InputError
+from granalign.io.video import parse_roots
 from granalign.text import MAX_QUERY_CHARS, clean_query, clean_text
-from granalign.video import parse_roots
 from tools.safety import (
     MAX_VIDEO_ARG_CHARS,
     VideoArg,

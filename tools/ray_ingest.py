@@ -50,8 +50,8 @@ from rich.progress import (
 from rich.text import Text
 
 from granalign.errors import ConfigError, GranAlignError, InputError
+from granalign.io.video import display_path, find_videos, resolve_video_folder
 from granalign.specs import parse_spec
-from granalign.video import display_path, find_videos, resolve_video_folder
 from graphs import resources
 from graphs.context import Context
 
@@ -358,8 +358,8 @@ def batch_task(
     Retried by Ray if its worker or node dies: it looks again at which frames exist and
     upserts the same ids, so a retry writes nothing twice.
     """
-    from granalign.store import frame_id
-    from granalign.video import FrameSampler, clip_times, probe_video
+    from granalign.io.store import frame_id
+    from granalign.io.video import FrameSampler, clip_times, probe_video
     from graphs.ingest import STAGES, _ClipWriter, _decode, _encode_batch
 
     os.environ.update(env)

@@ -13,9 +13,9 @@ caption, a user), so every argument is treated like input from the internet:
   2. a store video id (``[A-Za-z0-9_.:-]``, at most 128 characters) that the caller's store
      knows (checked by a callback, so this module needs no store);
   3. a file path, checked by the library's one validator,
-     :func:`granalign.video.resolve_video_path` (the graph runs the same check): its real path
+     :func:`granalign.io.video.resolve_video_path` (the graph runs the same check): its real path
      (symbolic links resolved) must be a regular file inside the video roots
-     (:func:`granalign.video.parse_roots`); ``..`` and ``~`` are refused outright; device files,
+     (:func:`granalign.io.video.parse_roots`); ``..`` and ``~`` are refused outright; device files,
      FIFOs, sockets and folders are refused (a FIFO would block a reader forever, ``/dev/zero``
      never ends).
 * ``query`` is cleaned by the library's one cleaner, :func:`granalign.text.clean_query`
@@ -41,8 +41,8 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from granalign.errors import InputError
+from granalign.io.video import ENV_VIDEO_ROOTS, VideoNotFound, parse_roots, resolve_video_path
 from granalign.text import MAX_QUERY_CHARS, clean_query, clean_text
-from granalign.video import ENV_VIDEO_ROOTS, VideoNotFound, parse_roots, resolve_video_path
 
 __all__ = [
     "ENV_URL_ALLOWLIST",

@@ -7,7 +7,7 @@ Both are cached in the store, so a repeated query costs no LLM and no VLM call:
 * C_awr per clip under the captioner, the aware prompt settings (``prompt_hash``) and the
   hash of the rendered prompt (which holds the focus), with its embedding.
 
-The cache is the store (:class:`granalign.store.Store`): its rewrite and aware-caption collections.
+The cache is the store (:class:`granalign.io.store.Store`): its rewrite and aware-caption collections.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from numpy.typing import NDArray
 from granalign.backends.captioner import Captioner, QueryFocus, aware_prompt, focus_from_keywords
 from granalign.backends.embedder import TextEmbedder
 from granalign.errors import BackendError
+from granalign.io.store import Store, text_hash
 from granalign.rewrite import Rewriter
-from granalign.store import Store, text_hash
 
 __all__ = ["AwareCaptions", "aware_captions", "query_focus"]
 

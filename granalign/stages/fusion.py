@@ -2,8 +2,8 @@
 
 Per variant i: g(Q_s^i, C_agn) and g(Q_d^i, C_awr), each a min–max normalised cosine curve.
 Before the cosine, pseudo-relevance feedback moves each query towards its best-matching
-captions (:mod:`granalign.feedback`) and the agnostic curves are smoothed over time
-(:mod:`granalign.smoothing`); both were measured on QVHighlights val (README).  The aware
+captions (:mod:`granalign.core.feedback`) and the agnostic curves are smoothed over time
+(:mod:`granalign.core.smoothing`); both were measured on QVHighlights val (README).  The aware
 channel exists only at the key clips with aware captions; elsewhere ``aware_missing`` says
 what stands in (0, or g(Q_d, C_agn)).
 """
@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from granalign.feedback import feedback_queries
-from granalign.fusion import AwareMissing, fuse_variants, variant_scores
-from granalign.similarity import cosine_similarity, minmax_normalise
-from granalign.smoothing import smoothed_similarity
+from granalign.core.feedback import feedback_queries
+from granalign.core.fusion import AwareMissing, fuse_variants, variant_scores
+from granalign.core.similarity import cosine_similarity, minmax_normalise
+from granalign.core.smoothing import smoothed_similarity
+from granalign.core.validation import ImitationGuard
 from granalign.stages.aware_captions import AwareCaptions
-from granalign.validation import ImitationGuard
 
 __all__ = ["FusedScores", "FusionSettings", "aware_channel", "fuse"]
 

@@ -1,6 +1,6 @@
 """Stage 7: temporal NMS to the top-N moments, and S_f as the saliency curve.
 
-The answer is rounded here (:func:`granalign.moments.rounded_answer`), the one place every
+The answer is rounded here (:func:`granalign.core.moments.rounded_answer`), the one place every
 front end's numbers come from.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from granalign.moments import rounded_answer, saliency, select_moments
+from granalign.core.moments import rounded_answer, saliency, select_moments
 from granalign.stages.proposals import ProposalMode
 
 __all__ = ["AnswerSettings", "answer", "saliency_length"]

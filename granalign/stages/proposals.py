@@ -1,8 +1,8 @@
 """Stage 6: candidate windows (seconds) from the fused curves.
 
-The default rule (:func:`granalign.moments.propose_windows`) proposes on each variant's curve
+The default rule (:func:`granalign.core.moments.propose_windows`) proposes on each variant's curve
 and on S_f and pools the windows; ``proposal_mode="vtg-gpt"`` runs the peer's published rule
-(:mod:`granalign.peer`) instead, which ranks and de-duplicates its windows itself.
+(:mod:`granalign.core.peer`) instead, which ranks and de-duplicates its windows itself.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from granalign.moments import propose_windows
-from granalign.peer import vtg_gpt_windows
-from granalign.proposals import ProposalParams
+from granalign.core.moments import propose_windows
+from granalign.core.peer import vtg_gpt_windows
+from granalign.core.proposals import ProposalParams
 
 __all__ = ["ProposalMode", "ProposalSettings", "propose"]
 

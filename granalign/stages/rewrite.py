@@ -3,7 +3,7 @@
 The rewrites themselves come from a :class:`~granalign.rewrite.Rewriter` (one per prompt pair,
 cached by the graph); this stage turns them into the variants the fusion scores: the original
 query (when asked) and every distinct rewrite in a deterministic order, each side replaced by
-the query when it drifted from it (:mod:`granalign.validation`).
+the query when it drifted from it (:mod:`granalign.core.validation`).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from granalign.backends.embedder import TextEmbedder
+from granalign.core.validation import drifted, rewrite_similarity
 from granalign.rewrite import Rewrite
-from granalign.validation import drifted, rewrite_similarity
 
 __all__ = ["EmbeddedVariants", "embed_variants", "query_variants", "replace_drifted"]
 

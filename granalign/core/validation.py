@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from granalign.core.similarity import as_finite_array, cosine_similarity
 from granalign.errors import InputError
-from granalign.similarity import as_finite_array, cosine_similarity
 from granalign.tokens import content_words
 
 FloatArray = NDArray[np.float64]

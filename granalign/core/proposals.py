@@ -27,9 +27,9 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from granalign.core.nms import greedy_nms_indices
+from granalign.core.similarity import as_finite_array
 from granalign.errors import ConfigError, InputError
-from granalign.nms import greedy_nms_indices
-from granalign.similarity import as_finite_array
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]

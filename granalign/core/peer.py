@@ -23,7 +23,7 @@ The rule, per variant curve s (n clips, in [0, 1]):
 Differences, all for curves their code cannot handle: a constant curve (min–max gives NaN
 there) and a curve whose top clips all sit exactly on the threshold (no clip strictly above:
 an IndexError there) propose nothing; no windows at all leaves the caller's fallback.  The code is
-self-contained on purpose: our own rule in :mod:`granalign.proposals` is tuned, the peer must
+self-contained on purpose: our own rule in :mod:`granalign.core.proposals` is tuned, the peer must
 not move with it.
 """
 
@@ -34,11 +34,11 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from granalign.core.moments import clips_to_seconds
+from granalign.core.nms import greedy_nms_indices
+from granalign.core.proposals import as_score_curve
+from granalign.core.similarity import as_finite_array, minmax_normalise
 from granalign.errors import InputError
-from granalign.moments import clips_to_seconds
-from granalign.nms import greedy_nms_indices
-from granalign.proposals import as_score_curve
-from granalign.similarity import as_finite_array, minmax_normalise
 
 FloatArray = NDArray[np.float64]
 

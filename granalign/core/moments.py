@@ -38,9 +38,8 @@ from typing import Literal
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from granalign.errors import ConfigError, InputError
-from granalign.nms import temporal_nms
-from granalign.proposals import (
+from granalign.core.nms import temporal_nms
+from granalign.core.proposals import (
     PROPOSAL_BOUNDS,
     ProposalParams,
     as_score_curve,
@@ -48,8 +47,9 @@ from granalign.proposals import (
     contrast_windows,
     generate_proposals,
 )
-from granalign.similarity import as_finite_array
-from granalign.smoothing import gaussian_smooth
+from granalign.core.similarity import as_finite_array
+from granalign.core.smoothing import gaussian_smooth
+from granalign.errors import ConfigError, InputError
 
 FloatArray = NDArray[np.float64]
 Mode = Literal["pooled", "fused"]
@@ -81,7 +81,7 @@ class MomentSettings:
     rule (the baseline of those measurements).
     """
 
-    proposal_mode: Mode | Literal["vtg-gpt"] = "pooled"  # vtg-gpt: the peer's rule (granalign.peer)
+    proposal_mode: Mode | Literal["vtg-gpt"] = "pooled"  # vtg-gpt: the peer's rule (granalign.core.peer)
     num_bins: int = DEFAULT_PARAMS.num_bins
     top_k: int = 12
     gap: int = 3

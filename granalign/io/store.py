@@ -25,7 +25,7 @@ without captions, which the next run completes; it never leaves a caption whose 
 missing.  The video record (``complete=True``) is written after the last clip.
 
 One process per embedded folder: opening one takes a lock on it for the life of the Store (see
-:func:`granalign.locks.acquire_store_lock`); several processes share a Chroma server instead.
+:func:`granalign.io.locks.acquire_store_lock`); several processes share a Chroma server instead.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from granalign.errors import ConfigError, InputError
-from granalign.locks import acquire_store_lock, release_store_lock
+from granalign.io.locks import acquire_store_lock, release_store_lock
 
 VIDEOS = "videos"
 REWRITES = "rewrites"
@@ -283,7 +283,7 @@ class Store:
         """Open the store; an embedded folder is locked for this process until :meth:`close`.
 
         ``lock_timeout``: seconds to wait for another process's hold on the folder (default
-        ``GRANALIGN_STORE_LOCK_TIMEOUT`` or 10 s); see :func:`granalign.locks.acquire_store_lock`.
+        ``GRANALIGN_STORE_LOCK_TIMEOUT`` or 10 s); see :func:`granalign.io.locks.acquire_store_lock`.
         """
         self.folder: Path | None = None if chroma_url else (store_dir or default_store_dir())
         self.location = chroma_url or str(self.folder)

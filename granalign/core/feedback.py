@@ -15,7 +15,7 @@ rest of the moment and lowers look-alike clips elsewhere.
 
 Measured on QVHighlights val (1550 queries; shared MiniGPT-v2 captions, all-MiniLM-L6-v2,
 original query + 5 Baichuan2 paraphrases, σ = 1 temporal smoothing, pooled proposals with
-contrast windows; see ``granalign.smoothing``): R1@0.5 / R1@0.7 / mAP 54.97 / 39.16 / 37.37
+contrast windows; see ``granalign.core.smoothing``): R1@0.5 / R1@0.7 / mAP 54.97 / 39.16 / 37.37
 without feedback, 57.81 / 41.61 / 38.41 with k = 3, w = 0.5.  Robust: every (k, w) tried, k in 2–5
 and w in 0.25–1.0, gave R1@0.5 56.7–57.8 and mAP 38.2–38.6 in that setting.  Taking the top k of the
 fused curve (one feedback vector for all variants) instead was no better (57.16 / 40.32 / 37.88).
@@ -30,8 +30,8 @@ import math
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from granalign.core.similarity import as_finite_array, unit_rows_exact
 from granalign.errors import ConfigError, InputError
-from granalign.similarity import as_finite_array, unit_rows_exact
 
 FloatArray = NDArray[np.float64]
 

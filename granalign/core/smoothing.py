@@ -12,7 +12,7 @@ original query + 5 Baichuan2 paraphrases, through the same ``localize_moments`` 
 * σ = 1 clip on every variant's raw cosine, *before* min–max normalisation (so g still spans
   exactly [0, 1] and the histogram threshold keeps its meaning), proposals pooled with contrast
   windows and λ = 0.5: R1@0.5 52.65 → 55.48, mAP 36.92 → 36.07 (before re-tuning the proposal
-  rule); with the re-tuned rule and query feedback (``granalign.feedback``): R1@0.5 / R1@0.7 /
+  rule); with the re-tuned rule and query feedback (``granalign.core.feedback``): R1@0.5 / R1@0.7 /
   mAP 55.35 / 38.97 / 37.88 without → 57.81 / 41.61 / 38.41 with; σ = 0.5 gave 56.71 / 40.00 /
   38.35 and σ = 1.5 57.42 / 40.06 / 37.61.  (With the library's default proposal rule, σ = 2
   already cost mAP: 31.41 against 32.63 at σ = 1, as neighbouring events start to merge.)
@@ -31,8 +31,8 @@ import math
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from granalign.core.similarity import as_finite_array, cosine_similarity, minmax_normalise
 from granalign.errors import ConfigError
-from granalign.similarity import as_finite_array, cosine_similarity, minmax_normalise
 
 FloatArray = NDArray[np.float64]
 

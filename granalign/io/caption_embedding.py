@@ -19,10 +19,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from granalign.backends.embedder import TextEmbedder
-from granalign.store import Store
+from granalign.io.store import Store
 
 if TYPE_CHECKING:
-    from granalign.captions_import import CaptionedVideo
+    from granalign.io.captions_import import CaptionedVideo
 
 CHUNK_TEXTS = 20_000
 """Distinct texts per chunk: ~30 MB of MiniLM vectors, and one embedding call long enough that

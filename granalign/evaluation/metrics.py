@@ -65,7 +65,7 @@ import numpy as np
 import numpy.typing as npt
 
 from granalign.errors import InputError
-from granalign.jsonl import read_jsonl
+from granalign.io.jsonl import read_jsonl
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]

@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from granalign.captions_import import CaptionedVideo, _check_vid
 from granalign.errors import InputError
+from granalign.io.captions_import import CaptionedVideo, _check_vid
 
 DEFAULT_SEED = 0
 _TOL = 1e-9

@@ -21,8 +21,8 @@ from typing import Literal
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from granalign.core.similarity import as_finite_array
 from granalign.errors import InputError
-from granalign.similarity import as_finite_array
 
 FloatArray = NDArray[np.float64]
 AwareMissing = Literal["zero", "agnostic"]

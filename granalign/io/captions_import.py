@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from granalign.backends.embedder import TextEmbedder
-from granalign.caption_embedding import CHUNK_TEXTS, embedded_chunks
 from granalign.errors import InputError
-from granalign.jsonl import iter_jsonl
-from granalign.store import Store, VideoRecord
-from granalign.video import looks_like_path
+from granalign.io.caption_embedding import CHUNK_TEXTS, embedded_chunks
+from granalign.io.jsonl import iter_jsonl
+from granalign.io.store import Store, VideoRecord
+from granalign.io.video import looks_like_path
 
 IMPORT_PROMPT_HASH = "imported"
 
@@ -113,7 +113,7 @@ def import_captions(
 ) -> ImportReport:
     """Import every video of ``path`` (or of it, those in ``only``) not yet complete in the store.
 
-    Each distinct caption text is embedded once per store (:mod:`granalign.caption_embedding`);
+    Each distinct caption text is embedded once per store (:mod:`granalign.io.caption_embedding`);
     ``on_progress`` is called every ``batch_videos`` videos written.
     """
     videos = [v for v in read_captions_file(path) if only is None or v.vid in only]

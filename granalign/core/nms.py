@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from granalign.core.similarity import as_finite_array
 from granalign.errors import ConfigError, InputError
-from granalign.similarity import as_finite_array
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
