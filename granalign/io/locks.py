@@ -32,6 +32,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from granalign.errors import InputError
+from granalign.io.jsonl import atomic_write_text
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 _THREAD_LOCKS: dict[str, threading.Lock] = {}
@@ -130,9 +131,7 @@ def _write_holder(store_dir: Path) -> None:
     """Name this process in the sidecar file (written whole: a reader never sees half of it)."""
     command = " ".join(shlex.quote(a) for a in sys.argv)[:300]
     info = {"pid": os.getpid(), "host": socket.gethostname(), "command": command}
-    tmp = store_dir / f"{STORE_HOLDER}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(info), encoding="utf-8")
-    os.replace(tmp, store_dir / STORE_HOLDER)
+    atomic_write_text(store_dir / STORE_HOLDER, json.dumps(info))
 
 
 def _busy_store(store_dir: Path, waited_s: float) -> StoreBusyError:
@@ -174,7 +173,11 @@ def acquire_store_lock(
                 lock.acquire(timeout=timeout_s, poll_interval=0.2)
             except Timeout:
                 raise _busy_store(store_dir, timeout_s) from None
-        _write_holder(store_dir)
+        try:
+            _write_holder(store_dir)
+        except BaseException:
+            lock.release(force=True)  # a store we cannot write must not stay locked
+            raise
         _STORE_LOCKS[key] = (lock, 1)
 
 
