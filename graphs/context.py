@@ -261,6 +261,13 @@ class Context:
             **_bounds("contrast_short_prior"),
         ),
     )
+    contrast_refine: bool = field(
+        default=_MOMENTS.contrast_refine,
+        metadata=_meta(
+            "Move each contrast window's edges to where the fused curve crosses the midpoint "
+            "between the window's mean and the rest of the video's (trim, then grow; one pass)."
+        ),
+    )
     feedback_k: int = field(
         default=3,
         metadata=_meta(
@@ -366,7 +373,16 @@ class Context:
         return self.with_overrides(answer_profile="distinct") if self.answer_profile == "auto" else self
 
     def proposal_kwargs(self) -> dict[str, Any]:
-        names = ("num_bins", "top_k", "gap", "drop_pct", "lam", "contrast_step", "contrast_short_prior")
+        names = (
+            "num_bins",
+            "top_k",
+            "gap",
+            "drop_pct",
+            "lam",
+            "contrast_step",
+            "contrast_short_prior",
+            "contrast_refine",
+        )
         return {k: getattr(self, k) for k in names}
 
     def moment_settings(self) -> MomentSettings:

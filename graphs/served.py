@@ -7,8 +7,9 @@ silently with the default, while the CLI refuses the same setting.  The server c
 refuse unknown keys there, with the CLI's message (a ``ConfigError``, which the client receives
 as the run's error), and otherwise hand back the compiled graph unchanged.
 
-``langgraph.json`` points at :func:`retrieval` and :func:`ingest`; in-process callers keep
-using ``graphs.retrieval.graph`` and ``graphs.ingest.graph``.
+``langgraph.json`` points at :func:`retrieval` and :func:`ingest` (and ``agent.served.agent``,
+which checks against the agent's own context); in-process callers keep using
+``graphs.retrieval.graph`` and ``graphs.ingest.graph``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from graphs.context import Context
 if TYPE_CHECKING:
     from langgraph_sdk.runtime import ServerRuntime
 
-__all__ = ["check_context_keys", "ingest", "retrieval"]
+__all__ = ["check_context_keys", "checked", "ingest", "retrieval"]
 
 _SERVER_KEYS = frozenset(
     {
@@ -45,27 +46,29 @@ def _is_server_key(key: str) -> bool:
     return key in _SERVER_KEYS or key.startswith(("__", "langgraph_"))
 
 
-def check_context_keys(context: object) -> None:
-    """Refuse a run context that names a setting :class:`Context` does not have."""
+def check_context_keys(context: object, schema: type = Context) -> None:
+    """Refuse a run context that names a setting ``schema`` (a dataclass) does not have."""
     if not isinstance(context, Mapping):
         return
-    known = {f.name for f in fields(Context)}
+    known = {f.name for f in fields(schema)}
     unknown = {str(k) for k in context if str(k) not in known and not _is_server_key(str(k))}
     if unknown:
         raise ConfigError(f"unknown setting(s) {sorted(unknown)}; allowed: {sorted(known)}")
 
 
-def _checked(runtime: ServerRuntime[Context]) -> None:
-    run = runtime.execution_runtime  # None when the server only reads schemas or state
+def checked(runtime: ServerRuntime[Any], schema: type = Context) -> None:
+    """Refuse the run's unknown context keys (nothing to check when the server only reads
+    schemas or state: then there is no execution runtime)."""
+    run = runtime.execution_runtime
     if run is not None:
-        check_context_keys(run.context)
+        check_context_keys(run.context, schema)
 
 
 def retrieval(runtime: ServerRuntime[Context]) -> Any:
     """The retrieval graph for one server call; refuses unknown context keys of a run."""
     from graphs.retrieval import graph
 
-    _checked(runtime)
+    checked(runtime)
     return graph
 
 
@@ -73,5 +76,5 @@ def ingest(runtime: ServerRuntime[Context]) -> Any:
     """The ingest graph for one server call; refuses unknown context keys of a run."""
     from graphs.ingest import graph
 
-    _checked(runtime)
+    checked(runtime)
     return graph

@@ -21,8 +21,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 CHILD = r"""
+import signal
 import sys
 from pathlib import Path
+
+# Ctrl-C as a terminal delivers it: a test run started as a background job inherits SIGINT
+# ignored, and Python then leaves it ignored in this child too.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 counter, captions, store = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 

@@ -88,6 +88,16 @@ def test_unknown_context_keys_are_refused_as_the_cli_refuses_them(one_query, ser
         got = _run_error(served, graph_id, graph_input, context={"top_n": 5, "foo": 1})
         assert got == {"error": "ConfigError", "message": str(cli.value)}, graph_id
 
+    from dataclasses import fields
+
+    from agent.context import AgentContext
+
+    agent_keys = sorted(f.name for f in fields(AgentContext))
+    chat = {"messages": [{"role": "user", "content": "When does the dog jump?"}]}
+    got = _run_error(served, "agent", chat, context={"max_tool_calls": 2, "foo": 1})
+    expected = f"unknown setting(s) ['foo']; allowed: {agent_keys}"
+    assert got == {"error": "ConfigError", "message": expected}
+
     async def through_configurable() -> None:  # the pre-context way of passing settings
         client = get_client(url=served)
         with pytest.raises(Exception, match=r"unknown setting\(s\) \['foo'\]"):

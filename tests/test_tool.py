@@ -368,8 +368,9 @@ def test_latency_a_tool_call_adds_over_the_graph(demo_store, capsys):
     from graphs.retrieval import graph
 
     store, anns = demo_store
-    ctx = Context(store_dir=str(store), top_n=5)
-    core = MomentRetriever(ToolSettings(context=ctx, roots=(), url_allowlist=()))
+    settings = Context(store_dir=str(store), top_n=5)
+    core = MomentRetriever(ToolSettings(context=settings, roots=(), url_allowlist=()))
+    ctx = settings.for_answers()  # the tool's answer profile, so the graph calls compare alike
     tool = make_retrieve_moments_tool(core)
     query = anns[DOG_VIDEO]["query"]
     args = {"video": DOG_VIDEO, "query": query, "top_k": 5}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -63,14 +64,20 @@ def eval_cmd(
         console.print(f"wrote {out_path}")
 
 
+PAIRED_METRICS = ("R1@0.5", "R1@0.7", "mAP")
+
+
 def _print_paired(
     preds: list[dict[str, Any]],
     base: list[dict[str, Any]],
     truth: list[dict[str, Any]],
     allow_subset: bool,
     title: str,
-) -> None:
-    """Δ R1@0.5 / R1@0.7 / mAP of two submissions on the same queries, paired-bootstrap 95 % CI."""
+) -> dict[str, dict[str, float]]:
+    """Δ R1@0.5 / R1@0.7 / mAP of two submissions on the same queries, paired-bootstrap 95 % CI.
+
+    Returns ``{metric: {"delta", "low", "high"}}`` in percent points, for a JSON record.
+    """
     from granalign.evaluation.bootstrap import paired_bootstrap
     from granalign.evaluation.metrics import per_query_metrics
 
@@ -83,9 +90,17 @@ def _print_paired(
     table = Table(title=f"{title}: Δ [95 % CI], paired bootstrap over {len(index)} queries")
     table.add_column("metric")
     table.add_column("Δ [95 % CI]", justify="right")
-    for name in ("R1@0.5", "R1@0.7", "mAP"):
-        table.add_row(name, paired_bootstrap(ours.metric(name), theirs.metric(name)[index]).describe())
+    deltas: dict[str, dict[str, float]] = {}
+    for name in PAIRED_METRICS:
+        interval = paired_bootstrap(ours.metric(name), theirs.metric(name)[index])
+        table.add_row(name, interval.describe())
+        deltas[name] = {
+            "delta": round(100 * interval.mean_diff, 2),
+            "low": round(100 * interval.low, 2),
+            "high": round(100 * interval.high, 2),
+        }
     out.print(table)
+    return deltas
 
 
 @app.command("bench")
@@ -107,12 +122,53 @@ def bench_cmd(
     plot: Annotated[Path | None, typer.Option(help="Timeline PNG of the first query.")] = None,
     store: StoreOpt = None,
     sets: SetOpt = None,
+    versus: Annotated[
+        str | None,
+        typer.Option(
+            help="Also run this proposal mode on the very same queries, captions and rewrites "
+            "('vtg-gpt': the peer's published rule) and print ours − it with paired-bootstrap 95 % "
+            "CIs; its predictions and metrics go beside --out/--metrics as NAME.MODE.jsonl/.json, "
+            "the Δ as NAME.MODE.delta.json."
+        ),
+    ] = None,
 ) -> None:
     """Run every query through the compiled graph, write predictions, print official metrics."""
-    for path, option in ((out_path, "--out"), (metrics, "--metrics"), (plot, "--plot")):
-        check_output(path, option)
     ctx = make_context(store, sets, rewriter=rewriter)
-    _run_bench(annotations, captions, ctx, limit, out_path, metrics, repeat, concurrency, plot, split)
+    peer_ctx = _versus_context(ctx, versus)
+    outputs = [(out_path, "--out"), (metrics, "--metrics"), (plot, "--plot")]
+    if peer_ctx is not None:
+        outputs += [(_beside(path, peer_ctx.proposal_mode, suffix), option)
+                    for path, option, suffix in ((out_path, "--out", ".jsonl"),
+                                                 (metrics, "--metrics", ".json"),
+                                                 (metrics, "--metrics", ".delta.json"))]  # fmt: skip
+    for path, option in outputs:
+        check_output(path, option)
+    _run_bench(
+        annotations, captions, ctx, limit, out_path, metrics, repeat, concurrency, plot, split, peer_ctx
+    )
+
+
+def _versus_context(ctx: Any, versus: str | None) -> Any:
+    """The run's Context with only the proposal mode changed: the baseline sees the same curves.
+
+    Refused before any work when the mode is unknown or is the run's own (a Δ of exactly 0).
+    """
+    if versus is None:
+        return None
+    from granalign.core.moments import PROPOSAL_MODES
+
+    if versus not in PROPOSAL_MODES:
+        raise InputError(f"--versus {versus!r}: expected one of {', '.join(PROPOSAL_MODES)}")
+    if versus == ctx.proposal_mode:
+        raise InputError(f"--versus {versus}: the run itself uses proposal_mode={versus}; pick another")
+    return dataclasses.replace(ctx, proposal_mode=versus)
+
+
+def _beside(path: Path | None, mode: str, suffix: str) -> Path | None:
+    """``preds.jsonl`` → ``preds.vtg-gpt.jsonl``: the baseline's file next to the run's."""
+    if path is None:
+        return None
+    return path.with_name(f"{path.stem}.{mode}{suffix}")
 
 
 def _run_bench(
@@ -126,9 +182,47 @@ def _run_bench(
     concurrency: int,
     plot: Path | None,
     split: str | None = None,
+    peer_ctx: Any = None,
 ) -> None:
-    from granalign.evaluation.metrics import recall_and_miou
-    from tools.bench import run_benchmark, save_results
+    """One benchmark run; with ``peer_ctx`` a second over the same queries and the paired Δ."""
+    from granalign.io.jsonl import write_json
+
+    result = _bench_pass(annotations, captions, ctx, limit, split, repeat, concurrency, out_path)
+    _report_bench(result, ctx, split, metrics)
+    if out_path:
+        console.print(f"wrote {out_path}")
+    if plot and result.predictions:
+        _plot_first(result, ctx, plot)
+    if peer_ctx is None:
+        return
+    mode = peer_ctx.proposal_mode
+    peer_out, peer_metrics = _beside(out_path, mode, ".jsonl"), _beside(metrics, mode, ".json")
+    peer = _bench_pass(annotations, captions, peer_ctx, limit, split, repeat, concurrency, peer_out)
+    _report_bench(peer, peer_ctx, split, peer_metrics, label=f"proposal_mode {mode}")
+    gt = [a.raw for a in result.annotations]
+    title = f"ours ({ctx.proposal_mode}) − {mode}"
+    deltas = _print_paired(result.scored, peer.scored, gt, False, title)
+    for path in (peer_out, peer_metrics):
+        if path:
+            console.print(f"wrote {path}")
+    delta_path = _beside(metrics, mode, ".delta.json")
+    if delta_path:
+        record = {"ours": ctx.proposal_mode, "baseline": mode, "queries": len(gt), "delta_pp": deltas}
+        write_json(delta_path, record)
+        console.print(f"wrote {delta_path}")
+
+
+def _bench_pass(
+    annotations: Path,
+    captions: Path,
+    ctx: Any,
+    limit: int | None,
+    split: str | None,
+    repeat: int,
+    concurrency: int,
+    out_path: Path | None,
+) -> Any:
+    from tools.bench import run_benchmark
 
     with _progress() as bar:
         tasks: dict[str, Any] = {}
@@ -138,7 +232,7 @@ def _run_bench(
                 tasks[stage] = bar.add_task(stage, total=total)
             bar.update(tasks[stage], completed=done, total=total)
 
-        result = run_benchmark(
+        return run_benchmark(
             annotations,
             captions,
             ctx,
@@ -149,6 +243,13 @@ def _run_bench(
             on_progress=on_progress,
             predictions_out=out_path,
         )
+
+
+def _report_bench(result: Any, ctx: Any, split: str | None, metrics: Path | None, label: str = "") -> None:
+    """Metrics and speed tables of one pass; the metrics JSON when asked for."""
+    from granalign.evaluation.metrics import recall_and_miou
+    from tools.bench import save_results
+
     save_results(result, None, metrics)
     if result.resumed:
         console.print(
@@ -161,7 +262,8 @@ def _run_bench(
     extra = recall_and_miou(result.scored, gt)
     failed = f" ({len(result.skipped)} failed, scored as misses)" if result.skipped else ""
     half = f" ({split} half)" if split else ""
-    title = f"{len(result.annotations)} queries{half}{failed}, rewriter {_short_spec(ctx.rewriter)}"
+    which = f", {label}" if label else ""
+    title = f"{len(result.annotations)} queries{half}{failed}, rewriter {_short_spec(ctx.rewriter)}{which}"
     _print_metrics(result.metrics, extra, title=title)
     timing = Table(title="speed")
     timing.add_column("stage")
@@ -171,25 +273,25 @@ def _run_bench(
     timing.add_row(f"caption import ({imported} videos new)", f"{result.import_s:.1f}", "")
     timing.add_row("rewrite cache warm-up", f"{result.rewrite_s:.1f}", "")
     for i, secs in enumerate(result.passes_s):
-        label = "graph pass 1 (cold caches)" if i == 0 else f"graph pass {i + 1} (warm caches)"
-        timing.add_row(label, f"{secs:.1f}", f"{result.queries_per_s(i):.1f}")
+        label_i = "graph pass 1 (cold caches)" if i == 0 else f"graph pass {i + 1} (warm caches)"
+        timing.add_row(label_i, f"{secs:.1f}", f"{result.queries_per_s(i):.1f}")
     out.print(timing)
-    if out_path:
-        console.print(f"wrote {out_path}")
-    if plot and result.predictions:
-        from tools.plots import timeline_plot
 
-        first = result.predictions[0]
-        gt_row = next(g for g in gt if g["qid"] == first["qid"])
-        timeline_plot(
-            plot,
-            saliency=first["pred_saliency_scores"],
-            clip_len=_stored_clip_len(ctx, str(first["vid"])),
-            moments=first["pred_relevant_windows"],
-            ground_truth=gt_row.get("relevant_windows", []),
-            title=f"qid {first['qid']}: {first['query']}",
-        )
-        console.print(f"wrote {plot}")
+
+def _plot_first(result: Any, ctx: Any, plot: Path) -> None:
+    from tools.plots import timeline_plot
+
+    first = result.predictions[0]
+    gt_row = next(a.raw for a in result.annotations if a.raw["qid"] == first["qid"])
+    timeline_plot(
+        plot,
+        saliency=first["pred_saliency_scores"],
+        clip_len=_stored_clip_len(ctx, str(first["vid"])),
+        moments=first["pred_relevant_windows"],
+        ground_truth=gt_row.get("relevant_windows", []),
+        title=f"qid {first['qid']}: {first['query']}",
+    )
+    console.print(f"wrote {plot}")
 
 
 def _stored_clip_len(ctx: Any, video_id: str) -> float:

@@ -25,8 +25,10 @@ mAP 39.05 / HIT@1 63.87 (library defaults: 54.13 / 35.03 / 33.96, 33.53 / 60.00)
 
 Issue 13 re-decided the contrast windows on the *tune* half of val and every duration-shifted
 set built from it (README "Quality that generalises"): :class:`MomentSettings` adds the
-scale-free window grid (``contrast_step`` 0.1) and short windows (``contrast_short_prior`` 4
-clips); fractions-of-the-video priors lost there on every set and were not adopted.
+scale-free window grid (``contrast_step`` 0.1), short windows (``contrast_short_prior`` 4
+clips) and edges moved to the curve's own midpoint level (``contrast_refine``,
+``proposals.refine_boundaries``); fractions-of-the-video priors lost there on every set and were
+not adopted.
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ FloatArray = NDArray[np.float64]
 Mode = Literal["pooled", "fused"]
 
 DEFAULT_PARAMS = ProposalParams()
+#: Every proposal stage order a run may pick (``MomentSettings.proposal_mode``).
+PROPOSAL_MODES = ("pooled", "fused", "vtg-gpt")
 #: NMS IoU of VTG-GPT, whose proposal rule gave the measured numbers.  Suppressing only
 #: near-duplicates (IoU ≥ 0.95) keeps windows that nest or overlap a lot; mAP over IoU
 #: 0.5–0.95 rewards such alternative extents of the same moment, and the pooled generators
@@ -91,17 +95,19 @@ class MomentSettings:
     contrast_min_len: int = 10
     contrast_step: float = 0.1
     contrast_short_prior: float = 4.0
+    contrast_refine: bool = True
     nms_iou: float = DEFAULT_NMS_IOU
     top_n: int = DEFAULT_TOP_N
     saliency_sigma: float = 2.0
 
     def __post_init__(self) -> None:
-        if self.proposal_mode not in ("pooled", "fused", "vtg-gpt"):
+        if self.proposal_mode not in PROPOSAL_MODES:
             raise ConfigError(
                 f"proposal_mode must be 'pooled', 'fused' or 'vtg-gpt', got {self.proposal_mode!r}"
             )
-        if not isinstance(self.contrast, bool):
-            raise ConfigError(f"contrast must be true or false, got {self.contrast!r}")
+        for name in ("contrast", "contrast_refine"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         for name, bounds in MOMENT_BOUNDS.items():
             check_param(name, getattr(self, name), bounds)
         if self.nms_iou == 0.0:
@@ -118,6 +124,7 @@ class MomentSettings:
             lam=self.lam,
             contrast_step=self.contrast_step,
             contrast_short_prior=self.contrast_short_prior,
+            contrast_refine=self.contrast_refine,
         )
 
 
@@ -235,6 +242,7 @@ def _candidate_windows(
                 min_len=min(contrast_min_len, fused.size),
                 relative_step=params.contrast_step,
                 short_prior=params.contrast_short_prior,
+                refine=params.contrast_refine,
             )
         )
     return np.concatenate(pool, axis=0)

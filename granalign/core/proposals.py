@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from granalign.core.nms import greedy_nms_indices
+from granalign.core.nms import greedy_nms_indices, temporal_iou
 from granalign.core.similarity import as_finite_array
 from granalign.errors import ConfigError, InputError
 
@@ -46,6 +46,10 @@ _NMS_POOL = 20_000
 #: Shortest contrast window when short windows are allowed (``short_prior`` > 0): 2 clips
 #: (4 s at 2 s/clip); one clip has no extent to contrast.
 SHORT_WINDOW_CLIPS = 2
+#: With ``refine``, this many times ``max_windows`` grid windows are refined and then thinned
+#: again: many grid windows around one moment refine to the same edges, and a caller asking for
+#: distinct moments should still get ``max_windows`` of them.
+_REFINE_POOL = 3
 
 
 # --------------------------------------------------------------------------------------------
@@ -113,6 +117,9 @@ class ProposalParams:
         ``min_len`` in (down to :data:`SHORT_WINDOW_CLIPS` clips), their contrast shrunk by
         ``L / (L + L₀)``, so a short moment is reachable but a short spike inside a longer
         event does not outrank the event.  0 = no windows below ``min_len`` (default).
+    contrast_refine: move each contrast window's edges to where the curve crosses the
+        midpoint between the window's level and the rest of the video's
+        (:func:`refine_boundaries`).  Not part of the paper's rule (default off).
     """
 
     num_bins: int = 10
@@ -122,10 +129,13 @@ class ProposalParams:
     lam: float = 0.3
     contrast_step: float = 0.0
     contrast_short_prior: float = 0.0
+    contrast_refine: bool = False
 
     def __post_init__(self) -> None:
         for name, bounds in PROPOSAL_BOUNDS.items():
             check_param(name, getattr(self, name), bounds)
+        if not isinstance(self.contrast_refine, bool):
+            raise ConfigError(f"contrast_refine must be true or false, got {self.contrast_refine!r}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -363,6 +373,7 @@ def contrast_windows(
     dedup_iou: float = 0.5,
     relative_step: float = 0.0,
     short_prior: float = 0.0,
+    refine: bool = False,
 ) -> FloatArray:
     """Sliding windows scored by contrast = mean inside − mean outside: (k, 3), best first.
 
@@ -402,6 +413,8 @@ def contrast_windows(
     ``L / (L + L₀)``: a short window must stand out clearly more than a long one to be kept.
     Chosen on the tune half of QVHighlights val (README "Quality that generalises"): L₀ = 4
     finds some moments under 10 s and raised mAP on every duration-shifted set.
+
+    ``refine`` moves the chosen windows' edges with :func:`refine_boundaries` (scores kept).
     """
     _check_int("min_len", min_len, 1)
     _check_int("stride", stride, 1)
@@ -439,6 +452,99 @@ def contrast_windows(
     last = first + lengths[candidates] - 1
     # IoU on half-open clip intervals [start, end + 1): a window covers whole clips.
     intervals = np.column_stack((first, last + 1)).astype(np.float64)
-    chosen = greedy_nms_indices(intervals, contrast[candidates], dedup_iou, max_windows)
+    picks = max_windows * _REFINE_POOL if refine else max_windows
+    chosen = greedy_nms_indices(intervals, contrast[candidates], dedup_iou, picks)
     spans = np.column_stack((first[chosen], last[chosen]))
-    return _sorted_windows(spans, np.clip((contrast[candidates[chosen]] + 1.0) / 2.0, 0.0, 1.0))
+    windows = _sorted_windows(spans, np.clip((contrast[candidates[chosen]] + 1.0) / 2.0, 0.0, 1.0))
+    if not refine:
+        return windows
+    refined = refine_boundaries(curve, windows)
+    extras = np.concatenate((refined[max_windows:], windows))
+    return _with_distinct_extras(refined[:max_windows], extras, max_windows, dedup_iou)
+
+
+def _with_distinct_extras(
+    head: FloatArray, tail: FloatArray, max_windows: int, dedup_iou: float
+) -> FloatArray:
+    """``head``, then up to ``max_windows`` rows of ``tail`` that are distinct from all kept.
+
+    Refined edges make grid windows around one moment coincide or nest; the nested ones stay
+    (alternative extents of a moment, which mAP rewards), and later windows with IoU <
+    ``dedup_iou`` to every kept one are added (the rest of the refined pool first, then the
+    grid windows as they were), so a caller who asks for distinct moments still finds them.
+    """
+    kept = list(head)
+    extras = 0
+    for row in tail:
+        if extras == max_windows:
+            break
+        if kept:  # IoU on half-open clip intervals [start, end + 1), as the grid's thinning
+            spans = np.asarray(kept)[:, :2] + (0.0, 1.0)
+            if temporal_iou(row[None, :2] + (0.0, 1.0), spans).max() >= dedup_iou:
+                continue
+        kept.append(row)
+        extras += 1
+    return np.asarray(kept, dtype=np.float64).reshape(-1, 3)
+
+
+def _midpoint_level(cumulative: FloatArray, first: int, last: int) -> float:
+    """Halfway between a window's mean and the mean of the rest of the video."""
+    n = cumulative.size - 1
+    length = last - first + 1
+    inside = cumulative[last + 1] - cumulative[first]
+    outside = (cumulative[-1] - inside) / (n - length) if length < n else 0.0
+    return float(0.5 * (inside / length + outside))
+
+
+def refine_boundaries(scores: ArrayLike, windows: ArrayLike) -> FloatArray:
+    """Each window's edges moved to where the curve crosses its own midpoint level: (k, 3).
+
+    A contrast window comes from a grid of lengths that starts at a length prior (10 clips =
+    20 s by default), so its edges say more about the grid than about the moment: a 6-s moment
+    is answered with a 20-s window, and a 60-s one is cut at a grid step.  The midpoint between
+    the window's mean and the mean of the rest of the video is the level that best separates
+    "moment" from "background" given those two means (a two-means split), and it comes from the
+    curve itself, so it means the same in a 30-s clip and a 1-h recording.  One pass:
+
+    1. trim: the edges move in to the first and last clip at or above the midpoint (never below
+       :data:`SHORT_WINDOW_CLIPS` clips);
+    2. grow: they move out over neighbours at or above it, stopping at the first clip below
+       (never to the whole video, which has no outside to stand out from).
+
+    Scores and row order are kept: the window's evidence was measured before its edges moved.
+    Chosen on the tune half of QVHighlights val and every duration-shifted set (README "Quality
+    that generalises"): mAP +2 to +4 on every set, moments under 10 s ranked first 3 → 6 of 24.
+    """
+    curve = as_score_curve(scores)
+    rows = as_finite_array(windows, "windows")
+    if rows.size == 0:
+        return np.empty((0, 3))
+    if rows.ndim != 2 or rows.shape[1] != 3:
+        raise InputError(f"windows must have shape (k, 3) [start_clip, end_clip, score], got {rows.shape}")
+    spans = _as_spans(rows, curve.size)
+    n = curve.size
+    cumulative = np.concatenate(([0.0], np.cumsum(curve)))
+    refined = rows.copy()
+    for i, (first, last) in enumerate(spans.tolist()):
+        level = _midpoint_level(cumulative, first, last)
+        refined[i, :2] = _moved_edges(curve, first, last, level, n)
+    return refined
+
+
+def _moved_edges(curve: FloatArray, first: int, last: int, level: float, n: int) -> tuple[int, int]:
+    above = np.flatnonzero(curve[first : last + 1] >= level)
+    if above.size:
+        first, last = first + int(above[0]), first + int(above[-1])
+    short = min(SHORT_WINDOW_CLIPS, n) - (last - first + 1)
+    if short > 0:  # a single clip above the level: widen towards the higher neighbour
+        right = last + 1 < n and (first == 0 or curve[last + 1] >= curve[first - 1])
+        first, last = (first, last + short) if right else (first - short, last)
+    below_left = np.flatnonzero(curve[:first] < level)
+    grown_first = int(below_left[-1]) + 1 if below_left.size else 0
+    below_right = np.flatnonzero(curve[last + 1 :] < level)
+    grown_last = last + int(below_right[0]) if below_right.size else n - 1
+    if grown_last - grown_first + 1 >= n:  # the whole video: keep the right edge where it was
+        grown_last = last
+        if grown_last - grown_first + 1 >= n:
+            grown_first = first
+    return grown_first, grown_last

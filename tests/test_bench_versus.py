@@ -1,0 +1,115 @@
+"""`granalign bench --versus MODE`: the peer rule in the same command (issue 13, item 3).
+
+Real MiniLM, real Chroma, queries of the shipped QVHighlights subset.  The baseline pass must be
+exactly what a separate ``--set proposal_mode=vtg-gpt`` run gives, and the Δ must be the one
+``granalign eval --baseline`` prints for those two files.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from granalign.evaluation.bootstrap import paired_bootstrap
+from granalign.evaluation.metrics import per_query_metrics
+from granalign.io.jsonl import read_jsonl, write_jsonl
+from tests.test_cli_first_run import DASH_VID, PLAIN_VID, store_dir  # noqa: F401  (fixture)
+from tools import bench
+from tools.cli import app
+from tools.demo_data import DEMO
+
+VIDS = (PLAIN_VID, DASH_VID)  # the two videos the imported ``store_dir`` fixture holds
+
+
+@pytest.fixture(scope="module")
+def annotations_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    rows = [r for r in read_jsonl(DEMO.annotations) if r["vid"] in VIDS]
+    assert len(rows) >= 2
+    path = tmp_path_factory.mktemp("versus_ann") / "annotations.jsonl"
+    write_jsonl(path, rows)
+    return path
+
+
+def invoke(*args: str) -> Any:
+    return CliRunner().invoke(app, list(args), env={"COLUMNS": "200"})
+
+
+def _bench(annotations_file: Path, store: Path, out: Path, *extra: str) -> Any:
+    data = ["--annotations", str(annotations_file), "--captions", str(DEMO.captions)]
+    files = ["--out", str(out / "preds.jsonl"), "--metrics", str(out / "metrics.json")]
+    return invoke("bench", *data, "--store", str(store), "--concurrency", "1", *files, *extra)
+
+
+def test_versus_runs_the_peer_on_the_same_queries_and_reports_the_paired_delta(
+    annotations_file: Path,
+    store_dir: Path,  # noqa: F811  (the imported fixture)
+    tmp_path: Path,
+) -> None:
+    both, alone = tmp_path / "both", tmp_path / "alone"
+    both.mkdir()
+    alone.mkdir()
+    got = _bench(annotations_file, store_dir, both, "--versus", "vtg-gpt")
+    assert got.exit_code == 0, got.output
+    assert "ours (pooled) − vtg-gpt" in got.output and "proposal_mode vtg-gpt" in got.output
+    peer_got = _bench(annotations_file, store_dir, alone, "--set", "proposal_mode=vtg-gpt")
+    assert peer_got.exit_code == 0, peer_got.output
+
+    ours = read_jsonl(both / "preds.jsonl")
+    peer = read_jsonl(both / "preds.vtg-gpt.jsonl")
+    assert peer == read_jsonl(alone / "preds.jsonl")  # the same run as a separate --set one
+    assert [p["qid"] for p in ours] == [p["qid"] for p in peer]
+    assert ours != peer  # the two rules answer differently on these queries
+    peer_metrics = json.loads((both / "metrics.vtg-gpt.json").read_text())
+    assert peer_metrics == json.loads((alone / "metrics.json").read_text())
+
+    delta = json.loads((both / "metrics.vtg-gpt.delta.json").read_text())
+    truth = read_jsonl(annotations_file)
+    assert delta["ours"] == "pooled" and delta["baseline"] == "vtg-gpt" and delta["queries"] == len(truth)
+    a, b = per_query_metrics(ours, truth), per_query_metrics(peer, truth)
+    for name in ("R1@0.5", "R1@0.7", "mAP"):
+        interval = paired_bootstrap(a.metric(name), b.metric(name))
+        assert delta["delta_pp"][name] == {
+            "delta": round(100 * interval.mean_diff, 2),
+            "low": round(100 * interval.low, 2),
+            "high": round(100 * interval.high, 2),
+        }
+    mean_map = 100 * (a.metric("mAP").mean() - b.metric("mAP").mean())
+    assert delta["delta_pp"]["mAP"]["delta"] == pytest.approx(mean_map, abs=0.006)
+
+
+class _NoWork:
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the benchmark started")
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("vtg", "error: --versus 'vtg': expected one of pooled, fused, vtg-gpt"),
+        ("pooled", "error: --versus pooled: the run itself uses proposal_mode=pooled; pick another"),
+    ],
+)
+def test_a_bad_versus_is_refused_before_any_work(
+    value: str, message: str, annotations_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bench, "run_benchmark", _NoWork())
+    got = invoke("bench", "--annotations", str(annotations_file), "--captions", str(DEMO.captions),
+                 "--store", str(tmp_path / "store"), "--versus", value)  # fmt: skip
+    assert got.exit_code == 2
+    assert [line for line in got.output.splitlines() if line.startswith("error:")] == [message]
+
+
+def test_versus_checks_its_own_output_files_before_any_work(
+    annotations_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bench, "run_benchmark", _NoWork())
+    (tmp_path / "preds.vtg-gpt.jsonl").mkdir()  # the baseline's prediction file cannot be written
+    got = invoke("bench", "--annotations", str(annotations_file), "--captions", str(DEMO.captions),
+                 "--store", str(tmp_path / "store"), "--out", str(tmp_path / "preds.jsonl"),
+                 "--versus", "vtg-gpt")  # fmt: skip
+    assert got.exit_code == 2
+    assert "preds.vtg-gpt.jsonl: is a folder, expected a file name" in got.output
