@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from numpy.typing import NDArray
 
 from granalign.backends.embedder import TextEmbedder, make_embedder
-from granalign.errors import ConfigError
+from granalign.errors import ConfigError, InputError
+from granalign.io import captions_import
 from granalign.io.caption_embedding import chunks_of_videos
 from granalign.io.captions_import import IMPORT_PROMPT_HASH, import_captions, read_captions_file
 from granalign.io.store import Store, caption_id
@@ -197,3 +199,55 @@ def test_int8_and_float_vectors_live_in_separate_collections(
 def test_unknown_backend_suffix_is_a_clear_error() -> None:
     with pytest.raises(ConfigError, match=r"#onnx-int4 is unknown; allowed: #onnx, #onnx-int8"):
         make_embedder("local:all-MiniLM-L6-v2#onnx-int4")
+
+
+def _library(tmp_path: Path, n: int, tail: str = "") -> Path:
+    path = tmp_path / "library.jsonl"
+    rows = [
+        {"vid": f"w{i}", "clip_len_s": 2, "captions": [f"scene {i}", "a dog runs on grass"]} for i in range(n)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + tail)
+    return path
+
+
+def test_a_library_file_streams_through_the_import(
+    tmp_path: Path, counting: CountingEmbedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Memory holds a group and a chunk, not the file: videos are written while it is still read."""
+    path = _library(tmp_path, 40)
+    monkeypatch.setattr(captions_import, "GROUP_VIDEOS", 5)
+    read: list[str] = []
+    real_read = captions_import.read_captions_file
+
+    def spy(p: Path) -> Iterator[captions_import.CaptionedVideo]:
+        for video in real_read(p):
+            read.append(video.vid)
+            yield video
+
+    monkeypatch.setattr(captions_import, "read_captions_file", spy)
+    store = Store(tmp_path / "s")
+    real_put = store.put_video
+    read_at_write: list[int] = []
+
+    def put_video(record: Any) -> None:
+        read_at_write.append(len(read))
+        real_put(record)
+
+    monkeypatch.setattr(store, "put_video", put_video)
+    report = import_captions(store, counting, path, source="caps", chunk_texts=4)
+    assert (report.total, report.imported) == (40, 40)
+    assert len(read) == 80  # a validating pass, then the importing pass
+    assert read_at_write[0] <= 40 + 5  # the first video is written after one group of the second pass
+    assert len(read) - read_at_write[0] >= 30  # most of the file is read after that first write
+
+
+def test_a_bad_last_line_stops_the_import_before_anything_is_written(
+    tmp_path: Path, counting: CountingEmbedder
+) -> None:
+    path = _library(tmp_path, 40, tail=json.dumps({"vid": "w40", "captions": ["no clip length"]}) + "\n")
+    store = Store(tmp_path / "s")
+    missing = r"library.jsonl:41: 'clip_len_s' \(seconds per caption\) is missing"
+    with pytest.raises(InputError, match=missing):
+        import_captions(store, counting, path, source="caps")
+    assert counting.texts == []
+    assert store.list_videos() == []

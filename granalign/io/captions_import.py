@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +101,10 @@ def read_captions_file(path: str | Path) -> Iterator[CaptionedVideo]:
         yield video
 
 
+GROUP_VIDEOS = 1_000
+"""Videos whose completion is looked up in the store at once while the file streams by."""
+
+
 def import_captions(
     store: Store,
     embedder: TextEmbedder,
@@ -113,16 +118,17 @@ def import_captions(
 ) -> ImportReport:
     """Import every video of ``path`` (or of it, those in ``only``) not yet complete in the store.
 
-    Each distinct caption text is embedded once per store (:mod:`granalign.io.caption_embedding`);
+    Two passes over the file: the first validates every line and counts the videos (a bad line
+    at the end is reported before anything is written), keeping no captions; the second streams
+    the videos through the store's completion check and the embedder, so memory holds one chunk
+    of about ``chunk_texts`` distinct texts however large the library's file is.  Each distinct
+    caption text is embedded once per store (:mod:`granalign.io.caption_embedding`);
     ``on_progress`` is called every ``batch_videos`` videos written.
     """
-    videos = [v for v in read_captions_file(path) if only is None or v.vid in only]
-    report = ImportReport(total=len(videos))
-    done = store.complete_video_ids([v.vid for v in videos], source=source, embedder_name=embedder.name)
-    todo = [v for v in videos if v.vid not in done]
-    report.skipped = len(videos) - len(todo)
+    report = ImportReport(total=sum(1 for _ in _wanted(path, only)))
     if on_progress:
-        on_progress(report.skipped, report.total)
+        on_progress(0, report.total)
+    todo = _not_yet_complete(store, embedder.name, source, _wanted(path, only), report, on_progress)
     for chunk, vectors in embedded_chunks(store, embedder, todo, chunk_texts=chunk_texts):
         for lo in range(0, len(chunk), batch_videos):
             for video in chunk[lo : lo + batch_videos]:
@@ -132,6 +138,28 @@ def import_captions(
             if on_progress:
                 on_progress(report.skipped + report.imported, report.total)
     return report
+
+
+def _wanted(path: str | Path, only: set[str] | None) -> Iterator[CaptionedVideo]:
+    return (v for v in read_captions_file(path) if only is None or v.vid in only)
+
+
+def _not_yet_complete(
+    store: Store,
+    embedder_name: str,
+    source: str,
+    videos: Iterator[CaptionedVideo],
+    report: ImportReport,
+    on_progress: Callable[[int, int], None] | None,
+) -> Iterator[CaptionedVideo]:
+    """The videos not complete in the store, looked up :data:`GROUP_VIDEOS` at a time."""
+    while group := list(islice(videos, GROUP_VIDEOS)):
+        done = store.complete_video_ids([v.vid for v in group], source=source, embedder_name=embedder_name)
+        if done:
+            report.skipped += len(done)
+            if on_progress:
+                on_progress(report.skipped + report.imported, report.total)
+        yield from (v for v in group if v.vid not in done)
 
 
 def _store_video(
