@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from granalign.evaluation.bootstrap import paired_bootstrap
 from granalign.evaluation.metrics import per_query_metrics
 from granalign.io.jsonl import read_jsonl, write_jsonl
+from graphs.context import Context
 from tests.test_cli_first_run import DASH_VID, PLAIN_VID, store_dir  # noqa: F401  (fixture)
 from tools import bench
 from tools.cli import app
@@ -113,3 +114,28 @@ def test_versus_checks_its_own_output_files_before_any_work(
                  "--versus", "vtg-gpt")  # fmt: skip
     assert got.exit_code == 2
     assert "preds.vtg-gpt.jsonl: is a folder, expected a file name" in got.output
+
+
+def test_a_killed_run_keeps_its_journal_while_a_run_with_other_settings_finishes(
+    annotations_file: Path,
+    store_dir: Path,  # noqa: F811  (the imported fixture)
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``bench --versus`` runs two settings on one annotations file: a crash in the second pass
+    must not cost the first pass's journal, nor the other way round."""
+    ours = Context(store_dir=str(store_dir))
+    peer = ours.with_overrides(proposal_mode="vtg-gpt")
+    real_run_queries = bench.run_queries
+
+    def killed_after_journaling(*args: Any, **kwargs: Any) -> Any:
+        real_run_queries(*args, **kwargs)  # every query answered and journaled, then Ctrl-C
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench, "run_queries", killed_after_journaling)
+    with pytest.raises(KeyboardInterrupt):
+        bench.run_benchmark(annotations_file, DEMO.captions, ours, concurrency=1)
+    monkeypatch.setattr(bench, "run_queries", real_run_queries)
+    finished = bench.run_benchmark(annotations_file, DEMO.captions, peer, concurrency=1)
+    assert finished.resumed == 0
+    again = bench.run_benchmark(annotations_file, DEMO.captions, ours, concurrency=1)
+    assert again.resumed == len(read_jsonl(annotations_file))  # the killed run's rows were kept

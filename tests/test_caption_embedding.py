@@ -210,12 +210,21 @@ def _library(tmp_path: Path, n: int, tail: str = "") -> Path:
     return path
 
 
+@pytest.mark.parametrize(
+    ("group_videos", "chunk_texts", "first_write_by"),
+    [(5, 4, 45), (1000, 4, 44)],  # groups end at 5 videos, or at 4 captions (2 videos)
+)
 def test_a_library_file_streams_through_the_import(
-    tmp_path: Path, counting: CountingEmbedder, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    counting: CountingEmbedder,
+    monkeypatch: pytest.MonkeyPatch,
+    group_videos: int,
+    chunk_texts: int,
+    first_write_by: int,
 ) -> None:
     """Memory holds a group and a chunk, not the file: videos are written while it is still read."""
     path = _library(tmp_path, 40)
-    monkeypatch.setattr(captions_import, "GROUP_VIDEOS", 5)
+    monkeypatch.setattr(captions_import, "GROUP_VIDEOS", group_videos)
     read: list[str] = []
     real_read = captions_import.read_captions_file
 
@@ -234,11 +243,12 @@ def test_a_library_file_streams_through_the_import(
         real_put(record)
 
     monkeypatch.setattr(store, "put_video", put_video)
-    report = import_captions(store, counting, path, source="caps", chunk_texts=4)
+    report = import_captions(store, counting, path, source="caps", chunk_texts=chunk_texts)
     assert (report.total, report.imported) == (40, 40)
     assert len(read) == 80  # a validating pass, then the importing pass
-    assert read_at_write[0] <= 40 + 5  # the first video is written after one group of the second pass
-    assert len(read) - read_at_write[0] >= 30  # most of the file is read after that first write
+    assert read_at_write[0] <= first_write_by  # written after one group of the second pass
+    assert len(read) - read_at_write[0] >= 30  # most of the file is read after that write
+    assert len(counting.texts) == len(set(counting.texts)) == 41  # 40 scenes and the shared text
 
 
 def test_a_bad_last_line_stops_the_import_before_anything_is_written(

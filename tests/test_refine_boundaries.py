@@ -33,7 +33,9 @@ def test_a_short_moment_inside_a_grid_window_is_answered_exactly() -> None:
     refined = contrast_windows(scores, min_len=10, relative_step=0.1, refine=True)
     assert grid[0, 1] - grid[0, 0] + 1 >= 10  # without: 20 s at least
     assert refined[0, :2].tolist() == [30, 32]  # with: the 3 clips, no short windows needed
-    np.testing.assert_array_equal(refined[: len(grid), 2], grid[:, 2])  # scores and order kept
+    assert refined[0, 2] == grid[0, 2] and np.all(refined[:, 2] <= grid[0, 2])  # scores kept
+    spans = [tuple(w[:2]) for w in refined]
+    assert len(spans) == len(set(spans))  # grid windows that refine alike appear once
 
 
 def _distinct_count(windows: np.ndarray, iou: float = 0.5) -> int:
@@ -102,7 +104,7 @@ def test_never_below_two_clips_nor_the_whole_video() -> None:
 def test_bad_windows_are_refused() -> None:
     with pytest.raises(InputError, match="windows must have shape"):
         refine_boundaries(np.linspace(0, 1, 10), [[1, 2]])
-    with pytest.raises(InputError, match="proposals must satisfy"):
+    with pytest.raises(InputError, match="windows must satisfy"):
         refine_boundaries(np.linspace(0, 1, 10), [[3, 12, 0.5]])
     assert refine_boundaries(np.linspace(0, 1, 10), np.empty((0, 3))).shape == (0, 3)
 
@@ -138,3 +140,20 @@ def test_graph_defaults_answer_a_10_s_moment_with_its_own_length() -> None:
     unrefined = localize_moments(scores[None, :], scores, params=off, **args)  # type: ignore[arg-type]
     assert _iou_s(refined[0], (60.0, 70.0)) >= 0.8
     assert _iou_s(unrefined[0], (60.0, 70.0)) <= 0.5
+
+
+def test_a_widened_side_does_not_grow_over_a_low_clip() -> None:
+    scores = np.array([0.0, 0.0, 0.0, 1.0, 0.2, 0.9, 0.9, 0.0, 0.0, 0.0])
+    # window [1, 3]: level 0.31; clip 3 alone is above it, widened right onto clip 4 (0.2)
+    assert refine_boundaries(scores, [[1, 3, 0.6]])[0, :2].tolist() == [3, 4]
+
+
+def test_a_window_that_would_grow_to_the_whole_video_keeps_its_trimmed_edges() -> None:
+    flat = np.full(12, 0.5)
+    assert refine_boundaries(flat, [[2, 5, 0.5]])[0, :2].tolist() == [2, 5]
+    assert refine_boundaries(flat[:2], [[0, 1, 0.5]])[0, :2].tolist() == [0, 1]  # already whole
+
+
+def test_windows_must_be_whole_clip_indices() -> None:
+    with pytest.raises(InputError, match="whole clip indices"):
+        refine_boundaries(np.linspace(0, 1, 10), [[0.5, 2.7, 0.5]])

@@ -257,8 +257,9 @@ def run_benchmark(
     passes: list[float] = []
     preds: list[dict[str, Any]] = []
     skipped: list[tuple[int | str, str]] = []
-    default_journal = _journal_path(ctx, annotations_path, limit if split is None else f"{limit}|{split}")
-    journal = Journal(journal_path or default_journal, _run_key(ctx, annotations))
+    run_key = _run_key(ctx, annotations)
+    default_journal = _journal_path(ctx, annotations_path, run_key)
+    journal = Journal(journal_path or default_journal, run_key)
     try:
         for i in range(max(1, repeat)):
             if i == 0:
@@ -299,9 +300,12 @@ def _run_key(ctx: Context, annotations: Sequence[Annotation]) -> str:
 _NOT_IN_KEY = {"concurrency", "request_timeout", "request_attempts", "keep_threads", "checkpointer"}
 
 
-def _journal_path(ctx: Context, annotations_path: str | Path, limit: int | str | None) -> Path:
+def _journal_path(ctx: Context, annotations_path: str | Path, run_key: str) -> Path:
+    """One journal per annotations file and run key (settings and queries): two runs with
+    different settings (``bench --versus``, or two ``--set`` runs) never share a journal, so a
+    killed run resumes from its own rows whatever ran since."""
     base = Path(ctx.store_dir).expanduser() if ctx.store_dir else default_store_dir()
-    name = text_hash(f"{Path(annotations_path).resolve()}|{limit}")[:16]
+    name = text_hash(f"{Path(annotations_path).resolve()}|{run_key}")[:16]
     return base / "journals" / f"bench-{name}.jsonl"
 
 

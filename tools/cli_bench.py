@@ -84,7 +84,7 @@ def _print_paired(
     ours = per_query_metrics(preds, truth, allow_subset=allow_subset)
     theirs = per_query_metrics(base, truth, allow_subset=allow_subset)
     if sorted(map(str, ours.qids)) != sorted(map(str, theirs.qids)):
-        raise InputError("--baseline must answer exactly the same qids as --submission")
+        raise InputError(f"{title}: the two submissions must answer exactly the same qids")
     order = {qid: i for i, qid in enumerate(theirs.qids)}
     index = [order[q] for q in ours.qids]
     table = Table(title=f"{title}: Δ [95 % CI], paired bootstrap over {len(index)} queries")

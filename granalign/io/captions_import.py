@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -102,7 +101,8 @@ def read_captions_file(path: str | Path) -> Iterator[CaptionedVideo]:
 
 
 GROUP_VIDEOS = 1_000
-"""Videos whose completion is looked up in the store at once while the file streams by."""
+"""Most videos whose completion is looked up in the store at once while the file streams by
+(a group also ends at ``chunk_texts`` captions)."""
 
 
 def import_captions(
@@ -120,15 +120,17 @@ def import_captions(
 
     Two passes over the file: the first validates every line and counts the videos (a bad line
     at the end is reported before anything is written), keeping no captions; the second streams
-    the videos through the store's completion check and the embedder, so memory holds one chunk
-    of about ``chunk_texts`` distinct texts however large the library's file is.  Each distinct
+    the videos through the store's completion check and the embedder, so memory holds a group of
+    about ``chunk_texts`` captions and a chunk of about ``chunk_texts`` distinct texts, however
+    large the library's file is.  Each distinct
     caption text is embedded once per store (:mod:`granalign.io.caption_embedding`);
     ``on_progress`` is called every ``batch_videos`` videos written.
     """
     report = ImportReport(total=sum(1 for _ in _wanted(path, only)))
     if on_progress:
         on_progress(0, report.total)
-    todo = _not_yet_complete(store, embedder.name, source, _wanted(path, only), report, on_progress)
+    groups = _groups(_wanted(path, only), GROUP_VIDEOS, chunk_texts)
+    todo = _not_yet_complete(store, embedder.name, source, groups, report, on_progress)
     for chunk, vectors in embedded_chunks(store, embedder, todo, chunk_texts=chunk_texts):
         for lo in range(0, len(chunk), batch_videos):
             for video in chunk[lo : lo + batch_videos]:
@@ -144,16 +146,33 @@ def _wanted(path: str | Path, only: set[str] | None) -> Iterator[CaptionedVideo]
     return (v for v in read_captions_file(path) if only is None or v.vid in only)
 
 
+def _groups(
+    videos: Iterator[CaptionedVideo], max_videos: int, max_captions: int
+) -> Iterator[list[CaptionedVideo]]:
+    """Consecutive videos, at most ``max_videos`` and about ``max_captions`` captions a group
+    (a video is never split): 1,000 one-hour recordings would hold 1.8 million captions."""
+    group: list[CaptionedVideo] = []
+    captions = 0
+    for video in videos:
+        group.append(video)
+        captions += len(video.captions)
+        if len(group) >= max_videos or captions >= max_captions:
+            yield group
+            group, captions = [], 0
+    if group:
+        yield group
+
+
 def _not_yet_complete(
     store: Store,
     embedder_name: str,
     source: str,
-    videos: Iterator[CaptionedVideo],
+    groups: Iterator[list[CaptionedVideo]],
     report: ImportReport,
     on_progress: Callable[[int, int], None] | None,
 ) -> Iterator[CaptionedVideo]:
-    """The videos not complete in the store, looked up :data:`GROUP_VIDEOS` at a time."""
-    while group := list(islice(videos, GROUP_VIDEOS)):
+    """The videos not complete in the store, looked up a group at a time."""
+    for group in groups:
         done = store.complete_video_ids([v.vid for v in group], source=source, embedder_name=embedder_name)
         if done:
             report.skipped += len(done)
