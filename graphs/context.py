@@ -14,6 +14,7 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any, Literal, get_args
 
 from granalign.core.moments import DISTINCT_NMS_IOU, MOMENT_BOUNDS, MomentSettings
+from granalign.core.proposals import ProposalParams
 from granalign.errors import ConfigError
 from granalign.specs import parse_spec
 
@@ -373,17 +374,8 @@ class Context:
         return self.with_overrides(answer_profile="distinct") if self.answer_profile == "auto" else self
 
     def proposal_kwargs(self) -> dict[str, Any]:
-        names = (
-            "num_bins",
-            "top_k",
-            "gap",
-            "drop_pct",
-            "lam",
-            "contrast_step",
-            "contrast_short_prior",
-            "contrast_refine",
-        )
-        return {k: getattr(self, k) for k in names}
+        """The :class:`ProposalParams` fields of this Context (it has one of each name)."""
+        return {f.name: getattr(self, f.name) for f in fields(ProposalParams)}
 
     def moment_settings(self) -> MomentSettings:
         """The proposal, NMS and saliency settings as the library's :class:`MomentSettings`."""

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from granalign.core.moments import MomentSettings, localize_moments
+from granalign.core.nms import temporal_iou
 from granalign.core.proposals import (
     SHORT_WINDOW_CLIPS,
     ProposalParams,
@@ -39,16 +40,13 @@ def test_a_short_moment_inside_a_grid_window_is_answered_exactly() -> None:
 
 
 def _distinct_count(windows: np.ndarray, iou: float = 0.5) -> int:
+    """Greedy count of windows with IoU < ``iou`` to every earlier kept one (whole clips)."""
     kept: list[np.ndarray] = []
     for w in windows:
-        if all(_clip_iou(w, k) < iou for k in kept):
+        spans = np.asarray(kept)[:, :2] + (0.0, 1.0) if kept else np.empty((0, 2))
+        if temporal_iou(w[None, :2] + (0.0, 1.0), spans).max(initial=0.0) < iou:
             kept.append(w)
     return len(kept)
-
-
-def _clip_iou(a: np.ndarray, b: np.ndarray) -> float:
-    inter = max(0.0, min(a[1], b[1]) - max(a[0], b[0]) + 1)
-    return float(inter / ((a[1] - a[0] + 1) + (b[1] - b[0] + 1) - inter))
 
 
 def test_refined_windows_still_offer_ten_distinct_moments() -> None:
@@ -122,11 +120,6 @@ def test_the_setting_is_on_in_the_graph_and_off_in_the_papers_rule() -> None:
         MomentSettings(contrast_refine=1)  # type: ignore[arg-type]
 
 
-def _iou_s(a: list[float], b: tuple[float, float]) -> float:
-    inter = max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
-    return inter / ((a[1] - a[0]) + (b[1] - b[0]) - inter)
-
-
 def test_graph_defaults_answer_a_10_s_moment_with_its_own_length() -> None:
     rng = np.random.default_rng(2)
     scores = 0.2 + 0.2 * rng.random(75)
@@ -138,8 +131,9 @@ def test_graph_defaults_answer_a_10_s_moment_with_its_own_length() -> None:
     refined = localize_moments(scores[None, :], scores, params=s.params, **args)  # type: ignore[arg-type]
     off = ProposalParams(**{**Context().proposal_kwargs(), "contrast_refine": False})
     unrefined = localize_moments(scores[None, :], scores, params=off, **args)  # type: ignore[arg-type]
-    assert _iou_s(refined[0], (60.0, 70.0)) >= 0.8
-    assert _iou_s(unrefined[0], (60.0, 70.0)) <= 0.5
+    truth = [[60.0, 70.0]]
+    assert temporal_iou([refined[0][:2]], truth)[0, 0] >= 0.8
+    assert temporal_iou([unrefined[0][:2]], truth)[0, 0] <= 0.5
 
 
 def test_a_widened_side_does_not_grow_over_a_low_clip() -> None:

@@ -34,7 +34,7 @@ not adopted.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Literal
 
 import numpy as np
@@ -115,17 +115,9 @@ class MomentSettings:
 
     @property
     def params(self) -> ProposalParams:
-        """The proposal rule's part of these settings."""
-        return ProposalParams(
-            num_bins=self.num_bins,
-            top_k=self.top_k,
-            gap=self.gap,
-            drop_pct=self.drop_pct,
-            lam=self.lam,
-            contrast_step=self.contrast_step,
-            contrast_short_prior=self.contrast_short_prior,
-            contrast_refine=self.contrast_refine,
-        )
+        """The proposal rule's part of these settings (every :class:`ProposalParams` field has
+        a field of the same name here, so a new one needs no second list)."""
+        return ProposalParams(**{f.name: getattr(self, f.name) for f in fields(ProposalParams)})
 
 
 MOMENT_BOUNDS: dict[str, tuple[int, int] | tuple[float, float]] = {

@@ -159,13 +159,13 @@ def as_score_curve(scores: ArrayLike, name: str = "scores") -> FloatArray:
     return np.clip(curve, 0.0, 1.0)
 
 
-def _as_spans(proposals: ArrayLike, n: int) -> IntArray:
+def _as_spans(proposals: ArrayLike, n: int, name: str = "proposals") -> IntArray:
     spans = np.asarray(proposals)
     if spans.ndim != 2 or spans.shape[1] < 2:
-        raise InputError(f"proposals must have shape (k, 2) [start_clip, end_clip], got {spans.shape}")
-    spans = as_finite_array(spans[:, :2], "proposals").astype(np.int64)
+        raise InputError(f"{name} must have shape (k, 2) [start_clip, end_clip], got {spans.shape}")
+    spans = as_finite_array(spans[:, :2], name).astype(np.int64)
     if spans.size and (spans[:, 0].min() < 0 or spans[:, 1].max() >= n or np.any(spans[:, 1] < spans[:, 0])):
-        raise InputError(f"proposals must satisfy 0 <= start_clip <= end_clip < {n} (the number of clips)")
+        raise InputError(f"{name} must satisfy 0 <= start_clip <= end_clip < {n} (the number of clips)")
     return spans
 
 
@@ -535,12 +535,9 @@ def refine_boundaries(scores: ArrayLike, windows: ArrayLike) -> FloatArray:
     if rows.ndim != 2 or rows.shape[1] != 3:
         raise InputError(f"windows must have shape (k, 3) [start_clip, end_clip, score], got {rows.shape}")
     n = curve.size
-    edges = rows[:, :2]
-    if np.any(edges != np.round(edges)):
+    if np.any(rows[:, :2] != np.round(rows[:, :2])):
         raise InputError("windows must hold whole clip indices [start_clip, end_clip, score]")
-    if edges.min() < 0 or edges.max() >= n or np.any(edges[:, 1] < edges[:, 0]):
-        raise InputError(f"windows must satisfy 0 <= start_clip <= end_clip < {n} (the number of clips)")
-    spans = edges.astype(np.int64)
+    spans = _as_spans(rows, n, "windows")
     cumulative = np.concatenate(([0.0], np.cumsum(curve)))
     refined = rows.copy()
     for i, (first, last) in enumerate(spans.tolist()):

@@ -122,9 +122,9 @@ def import_captions(
     at the end is reported before anything is written), keeping no captions; the second streams
     the videos through the store's completion check and the embedder, so memory holds a group of
     about ``chunk_texts`` captions and a chunk of about ``chunk_texts`` distinct texts, however
-    large the library's file is.  Each distinct
-    caption text is embedded once per store (:mod:`granalign.io.caption_embedding`);
-    ``on_progress`` is called every ``batch_videos`` videos written.
+    large the library's file is.  Each distinct caption text is embedded once per store
+    (:mod:`granalign.io.caption_embedding`); ``on_progress`` is called every ``batch_videos``
+    videos written.
     """
     report = ImportReport(total=sum(1 for _ in _wanted(path, only)))
     if on_progress:
