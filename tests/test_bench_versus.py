@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -80,6 +81,25 @@ def test_versus_runs_the_peer_on_the_same_queries_and_reports_the_paired_delta(
         }
     mean_map = 100 * (a.metric("mAP").mean() - b.metric("mAP").mean())
     assert delta["delta_pp"]["mAP"]["delta"] == pytest.approx(mean_map, abs=0.006)
+
+    # R1@0.5 by the longest ground-truth window: the bins partition the queries, and each is
+    # the bootstrap over the queries whose longest window (read from the annotations) is in it
+    bins = delta["by_longest_gt_window"]
+    assert sum(row["queries"] for row in bins) == len(truth)
+    assert "longest GT window" in got.output  # the bins table's first column
+    longest = {str(r["qid"]): max(e - s for s, e in r["relevant_windows"]) for r in truth}
+    lengths = np.array([longest[str(q)] for q in a.qids])
+    for row in bins:
+        low, high = row["longest_gt_s"]
+        members = (lengths > low) & (lengths <= (np.inf if high is None else high))
+        interval = paired_bootstrap(a.r1_05[members], b.r1_05[members])
+        assert (row["queries"], row["delta"], row["low"], row["high"]) == (
+            int(members.sum()),
+            round(100 * interval.mean_diff, 2),
+            round(100 * interval.low, 2),
+            round(100 * interval.high, 2),
+        )
+        assert row["ours"] == round(100 * a.r1_05[members].mean(), 2)
 
 
 class _NoWork:

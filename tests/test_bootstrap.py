@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -100,3 +101,15 @@ def test_cli_eval_prints_the_paired_difference_against_a_baseline() -> None:
     order = {q: i for i, q in enumerate(b.qids)}
     expected = paired_bootstrap(a.ap, b.ap[[order[q] for q in a.qids]]).describe()
     assert "paired bootstrap" in result.output and expected in result.output
+    # then R1@0.5 by the longest ground-truth window, every bin the bootstrap over its queries
+    assert "longest GT window" in result.output  # the bins table's first column
+    longest = {str(r["qid"]): max(e - s for s, e in r["relevant_windows"]) for r in read_jsonl(gt)}
+    lengths = np.array([longest[str(q)] for q in a.qids])
+    ordered = b.r1_05[[order[q] for q in a.qids]]
+    for low, high, label in ((0, 10, "≤10 s"), (20, 40, "20–40 s"), (80, np.inf, ">80 s")):
+        members = (lengths > low) & (lengths <= high)
+        interval = paired_bootstrap(a.r1_05[members], ordered[members])
+        means = (f"{100 * a.r1_05[members].mean():.2f}", f"{100 * ordered[members].mean():.2f}")
+        cells = (label, str(members.sum()), *means, interval.describe())
+        row = r"\s*│\s*".join(re.escape(cell) for cell in cells)
+        assert re.search(row, result.output), row

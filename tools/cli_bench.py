@@ -41,7 +41,10 @@ def eval_cmd(
     ] = False,
     baseline: Annotated[
         Path | None,
-        typer.Option(help="Another submission on the same queries: print Δ with a paired-bootstrap 95 % CI."),
+        typer.Option(
+            help="Another submission on the same queries: print Δ with a paired-bootstrap 95 % CI, "
+            "overall and R1@0.5 by the length of each query's longest ground-truth window."
+        ),
     ] = None,
 ) -> None:
     """Official QVHighlights metrics (parity with moment_detr's evaluator) plus R1@IoU / mIoU."""
@@ -65,6 +68,8 @@ def eval_cmd(
 
 
 PAIRED_METRICS = ("R1@0.5", "R1@0.7", "mAP")
+#: The metric broken down by moment length (R1 is what a caller of the tool reads first).
+LENGTH_METRIC = "R1@0.5"
 
 
 def _print_paired(
@@ -73,12 +78,15 @@ def _print_paired(
     truth: list[dict[str, Any]],
     allow_subset: bool,
     title: str,
-) -> dict[str, dict[str, float]]:
-    """Δ R1@0.5 / R1@0.7 / mAP of two submissions on the same queries, paired-bootstrap 95 % CI.
+) -> dict[str, Any]:
+    """Δ R1@0.5 / R1@0.7 / mAP of two submissions on the same queries, paired-bootstrap 95 % CI,
+    then Δ R1@0.5 by the length of each query's longest ground-truth window.
 
-    Returns ``{metric: {"delta", "low", "high"}}`` in percent points, for a JSON record.
+    Returns ``{"delta_pp": {metric: {"delta", "low", "high"}}, "by_longest_gt_window": [...]}``
+    in percent points, for a JSON record.
     """
     from granalign.evaluation.bootstrap import paired_bootstrap
+    from granalign.evaluation.breakdown import paired_by_length
     from granalign.evaluation.metrics import per_query_metrics
 
     ours = per_query_metrics(preds, truth, allow_subset=allow_subset)
@@ -100,7 +108,16 @@ def _print_paired(
             "high": round(100 * interval.high, 2),
         }
     out.print(table)
-    return deltas
+    mine, baseline = ours.metric(LENGTH_METRIC), theirs.metric(LENGTH_METRIC)[index]
+    bins = paired_by_length(mine, baseline, ours.longest_gt_s)
+    by_length = Table(title=f"{title}: {LENGTH_METRIC} by the longest ground-truth window")
+    for column in ("longest GT window", "queries", "ours", "baseline", "Δ [95 % CI]"):
+        by_length.add_column(column, justify="left" if column.startswith("longest") else "right")
+    for row in bins:
+        cells = (row.label, str(row.interval.n), f"{100 * row.ours:.2f}", f"{100 * row.baseline:.2f}")
+        by_length.add_row(*cells, row.interval.describe())
+    out.print(by_length)
+    return {"delta_pp": deltas, "by_longest_gt_window": [row.record() for row in bins]}
 
 
 @app.command("bench")
@@ -127,8 +144,8 @@ def bench_cmd(
         typer.Option(
             help="Also run this proposal mode on the very same queries, captions and rewrites "
             "('vtg-gpt': the peer's published rule) and print ours − it with paired-bootstrap 95 % "
-            "CIs; its predictions and metrics go beside --out/--metrics as NAME.MODE.jsonl/.json, "
-            "the Δ as NAME.MODE.delta.json."
+            "CIs (overall and R1@0.5 by moment length); its predictions and metrics go beside "
+            "--out/--metrics as NAME.MODE.jsonl/.json, the Δ as NAME.MODE.delta.json."
         ),
     ] = None,
 ) -> None:
@@ -201,13 +218,13 @@ def _run_bench(
     _report_bench(peer, peer_ctx, split, peer_metrics, label=f"proposal_mode {mode}")
     gt = [a.raw for a in result.annotations]
     title = f"ours ({ctx.proposal_mode}) − {mode}"
-    deltas = _print_paired(result.scored, peer.scored, gt, False, title)
+    paired = _print_paired(result.scored, peer.scored, gt, False, title)
     for path in (peer_out, peer_metrics):
         if path:
             console.print(f"wrote {path}")
     delta_path = _beside(metrics, mode, ".delta.json")
     if delta_path:
-        record = {"ours": ctx.proposal_mode, "baseline": mode, "queries": len(gt), "delta_pp": deltas}
+        record = {"ours": ctx.proposal_mode, "baseline": mode, "queries": len(gt), **paired}
         write_json(delta_path, record)
         console.print(f"wrote {delta_path}")
 

@@ -756,12 +756,15 @@ class PerQueryMetrics:
     :data:`MR_IOU_THRESHOLDS` (the official rule).  ``100 · mean`` of each vector is the
     official ``MR-full-R1@0.5`` / ``MR-full-R1@0.7`` / ``MR-full-mAP`` before its two-decimal
     rounding, so a paired bootstrap over queries resamples exactly the reported numbers.
+    ``longest_gt_s``: the query's longest ground-truth window in seconds, to break a comparison
+    down by moment length (``granalign.evaluation.breakdown``).
     """
 
     qids: tuple[Qid, ...]
     r1_05: FloatArray
     r1_07: FloatArray
     ap: FloatArray
+    longest_gt_s: FloatArray
 
     def metric(self, name: str) -> FloatArray:
         """One vector by its report name: ``R1@0.5``, ``R1@0.7`` or ``mAP``."""
@@ -796,6 +799,7 @@ def per_query_metrics(
         r1_05=(top1_iou >= 0.5).astype(np.float64),
         r1_07=(top1_iou >= 0.7).astype(np.float64),
         ap=ap.astype(np.float64),
+        longest_gt_s=np.array([float(np.max(w[:, 1] - w[:, 0])) for w in gt_windows], dtype=np.float64),
     )
 
 
