@@ -220,11 +220,15 @@ class Context:
     )
     top_k: int = field(
         default=_MOMENTS.top_k,
-        metadata=_meta("Clips that must lie above the dynamic threshold.", **_bounds("top_k")),
+        metadata=_meta(
+            "Clips that must lie above the dynamic threshold (2-s clips: on another clip_len the "
+            "same seconds; so are gap, contrast_min_len and contrast_short_prior).",
+            **_bounds("top_k"),
+        ),
     )
     gap: int = field(
         default=_MOMENTS.gap,
-        metadata=_meta("[τ] merge high-score clips at most this many clips apart.", **_bounds("gap")),
+        metadata=_meta("[τ] merge high-score clips at most this many (2-s) clips apart.", **_bounds("gap")),
     )
     drop_pct: float = field(
         default=_MOMENTS.drop_pct,
@@ -240,7 +244,7 @@ class Context:
     contrast_min_len: int = field(
         default=_MOMENTS.contrast_min_len,
         metadata=_meta(
-            "Contrast windows of at least this many clips count at full contrast (shorter ones: "
+            "Contrast windows of at least this many (2-s) clips count at full contrast (shorter ones: "
             "contrast_short_prior).",
             **_bounds("contrast_min_len"),
         ),

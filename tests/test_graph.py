@@ -139,13 +139,14 @@ GRID_CAPTIONS = [
 ]
 
 
-@pytest.mark.parametrize("clip_len_s", [1, 3])
-def test_caption_only_windows_use_the_caption_files_clip_length(tmp_path, clip_len_s):
+@pytest.mark.parametrize(("clip_len_s", "top_k"), [(1, 1), (3, 4)])
+def test_caption_only_windows_use_the_caption_files_clip_length(tmp_path, clip_len_s, top_k):
     """A caption file on a 1-s or 3-s grid: windows and saliency follow its grid, not Context.clip_len."""
     caps = tmp_path / "caps.jsonl"
     caps.write_text(json.dumps({"vid": "grid", "clip_len_s": clip_len_s, "captions": GRID_CAPTIONS}) + "\n")
-    # 12 clips: the threshold rule alone, counting the top 3 clips
-    ctx = Context(store_dir=str(tmp_path / "store"), contrast=False, top_k=3, gap=1)
+    # 12 clips: the threshold rule alone, counting the top 2 (1-s grid) or 3 (3-s grid) clips:
+    # top_k counts 2-s clips and is converted to the file's grid (1 → 2 clips, 4 → 2.67 → 3)
+    ctx = Context(store_dir=str(tmp_path / "store"), contrast=False, top_k=top_k, gap=1)
     assert ctx.clip_len == 2.0
     import_captions(resources.store_for(ctx), make_embedder(ctx.embedder), caps, source="grid")
     out = graph.invoke({"video": "grid", "query": "a man cuts carrots"}, context=ctx)

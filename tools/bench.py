@@ -18,7 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from granalign.errors import GranAlignError, InputError
-from granalign.evaluation.metrics import CLIP_SECONDS, _clip_ratings, _gt_windows, evaluate_submission
+from granalign.evaluation.metrics import (
+    CLIP_SECONDS,
+    _clip_ratings,
+    _gt_windows,
+    evaluate_submission,
+    saliency_on_official_grid,
+)
 from granalign.evaluation.split import check_half, split_of
 from granalign.io.captions_import import ImportReport, import_captions, source_name_for
 from granalign.io.jsonl import Journal, iter_jsonl, write_json, write_jsonl
@@ -114,12 +120,15 @@ class BenchResult:
 
 
 def _prediction(ann: Annotation, out: dict[str, Any]) -> dict[str, Any]:
+    """moment_detr's submission record; its saliency is on the evaluator's 2-s clips whatever
+    the video's caption grid (``saliency_on_official_grid``)."""
+    clip_len = float(out.get("clip_len_s", CLIP_SECONDS))
     return {
         "qid": ann.qid,
         "query": ann.query,
         "vid": ann.vid,
         "pred_relevant_windows": out["moments"],
-        "pred_saliency_scores": out["saliency"],
+        "pred_saliency_scores": saliency_on_official_grid(out["saliency"], clip_len, ann.duration),
     }
 
 

@@ -209,7 +209,7 @@ def _run_bench(
     if out_path:
         console.print(f"wrote {out_path}")
     if plot and result.predictions:
-        _plot_first(result, ctx, plot)
+        _plot_first(result, plot)
     if peer_ctx is None:
         return
     mode = peer_ctx.proposal_mode
@@ -295,7 +295,10 @@ def _report_bench(result: Any, ctx: Any, split: str | None, metrics: Path | None
     out.print(timing)
 
 
-def _plot_first(result: Any, ctx: Any, plot: Path) -> None:
+def _plot_first(result: Any, plot: Path) -> None:
+    """The first query's timeline; its saliency is on the evaluator's 2-s clips (``bench``
+    writes the submission format whatever the caption grid)."""
+    from granalign.evaluation.metrics import CLIP_SECONDS
     from tools.plots import timeline_plot
 
     first = result.predictions[0]
@@ -303,20 +306,12 @@ def _plot_first(result: Any, ctx: Any, plot: Path) -> None:
     timeline_plot(
         plot,
         saliency=first["pred_saliency_scores"],
-        clip_len=_stored_clip_len(ctx, str(first["vid"])),
+        clip_len=float(CLIP_SECONDS),
         moments=first["pred_relevant_windows"],
         ground_truth=gt_row.get("relevant_windows", []),
         title=f"qid {first['qid']}: {first['query']}",
     )
     console.print(f"wrote {plot}")
-
-
-def _stored_clip_len(ctx: Any, video_id: str) -> float:
-    """The video's own clip grid (an imported caption file may not use Context.clip_len)."""
-    from graphs import resources
-
-    record = resources.store_for(ctx).video(video_id)
-    return float(record.clip_len_s) if record is not None else float(ctx.clip_len)
 
 
 @app.command("settings")

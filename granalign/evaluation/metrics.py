@@ -55,6 +55,7 @@ with no query reports NaN (official: ``TypeError``); the IoU of two zero-length 
 
 from __future__ import annotations
 
+import math
 import numbers
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -557,6 +558,27 @@ def _aligned_saliency(saliency: FloatArray, clips: int, where: str) -> FloatArra
     return aligned
 
 
+def saliency_on_official_grid(saliency: Sequence[float], clip_len: float, duration: float) -> list[float]:
+    """A per-clip saliency curve on another clip grid, read on the evaluator's 2-s clips.
+
+    The submission format (moment_detr's) has no clip length: ``pred_saliency_scores`` are
+    :data:`CLIP_SECONDS`-second clips, ``int(duration / 2)`` of them.  A video captioned every
+    4 s (or 1 s) yields one score per 4-s (1-s) clip; each 2-s clip takes the score of the clip
+    holding its midpoint, so the highlight metrics rank the same moments.
+    """
+    values = np.asarray(saliency, dtype=np.float64)
+    if values.ndim != 1 or values.size == 0:
+        raise InputError(f"saliency must be a non-empty list of clip scores, got shape {values.shape}")
+    if not (math.isfinite(clip_len) and clip_len > 0 and math.isfinite(duration) and duration > 0):
+        raise InputError(f"clip_len and duration must be positive seconds, got {clip_len!r} and {duration!r}")
+    if clip_len == CLIP_SECONDS:
+        return [float(v) for v in values]
+    clips = max(1, int(duration / CLIP_SECONDS))
+    midpoints = (np.arange(clips) + 0.5) * CLIP_SECONDS
+    source = np.minimum((midpoints // clip_len).astype(np.int64), values.size - 1)
+    return [float(v) for v in values[source]]
+
+
 def _saliency_average_precision(labels: BoolArray, scores: FloatArray) -> FloatArray:
     """``(K,)`` AP of ``scores`` for each column of ``(C, K)`` binary ``labels``.
 
@@ -823,4 +845,5 @@ __all__ = [
     "metrics_table_rows",
     "per_query_metrics",
     "recall_and_miou",
+    "saliency_on_official_grid",
 ]

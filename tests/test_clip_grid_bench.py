@@ -1,0 +1,66 @@
+"""`granalign bench` on a caption grid other than QVHighlights' 2 s: the run scores (the
+submission's saliency is read on the evaluator's 2-s clips) and the moments come from priors in
+seconds.  Real MiniLM and Chroma on two videos of the shipped subset, captioned every 4 s (every
+second caption kept)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from granalign.errors import InputError
+from granalign.evaluation.metrics import saliency_on_official_grid
+from granalign.io.jsonl import read_jsonl, write_jsonl
+from tests.test_cli_first_run import DASH_VID, PLAIN_VID
+from tools.cli import app
+from tools.demo_data import DEMO
+
+
+@pytest.mark.parametrize(
+    ("saliency", "clip_len", "duration", "expected"),
+    [
+        ([0.1, 0.5, 0.9], 4.0, 12.0, [0.1, 0.1, 0.5, 0.5, 0.9, 0.9]),  # each 4-s clip twice
+        ([0.0, 0.1, 0.2, 0.3, 0.4, 0.5], 1.0, 6.0, [0.1, 0.3, 0.5]),  # the clip at each midpoint
+        ([0.2, 0.4, 0.6], 3.0, 9.0, [0.2, 0.4, 0.4, 0.6]),  # int(9 / 2) = 4 official clips
+        ([0.3, 0.7], 2.0, 4.0, [0.3, 0.7]),  # the official grid: unchanged
+        ([0.3, 0.7], 4.0, 11.0, [0.3, 0.3, 0.7, 0.7, 0.7]),  # a last partial clip reads the last one
+    ],
+)
+def test_saliency_is_read_at_the_midpoint_of_each_official_clip(
+    saliency: list[float], clip_len: float, duration: float, expected: list[float]
+) -> None:
+    assert saliency_on_official_grid(saliency, clip_len, duration) == pytest.approx(expected)
+
+
+def test_a_bad_saliency_grid_is_named() -> None:
+    with pytest.raises(InputError, match="non-empty list"):
+        saliency_on_official_grid([], 4.0, 10.0)
+    with pytest.raises(InputError, match="positive seconds"):
+        saliency_on_official_grid([0.5], 0.0, 10.0)
+
+
+def test_bench_scores_a_four_second_caption_grid(tmp_path: Path) -> None:
+    vids = {DASH_VID, PLAIN_VID}
+    captions, annotations = tmp_path / "captions.jsonl", tmp_path / "annotations.jsonl"
+    rows = [r for r in read_jsonl(DEMO.captions) if r["vid"] in vids]
+    write_jsonl(captions, [{**r, "captions": r["captions"][::2], "clip_len_s": 4.0} for r in rows])
+    write_jsonl(annotations, [a for a in read_jsonl(DEMO.annotations) if a["vid"] in vids])
+    out, metrics = tmp_path / "preds.jsonl", tmp_path / "metrics.json"
+    args = ["bench", "--annotations", str(annotations), "--captions", str(captions),
+            "--store", str(tmp_path / "store"), "--concurrency", "1",
+            "--out", str(out), "--metrics", str(metrics), "--plot", str(tmp_path / "first.png")]  # fmt: skip
+    got = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+    assert got.exit_code == 0, got.output
+    truth = {a["qid"]: a for a in read_jsonl(annotations)}
+    predictions = read_jsonl(out)
+    assert len(predictions) == len(truth) >= 2
+    for p in predictions:
+        duration = truth[p["qid"]]["duration"]
+        assert len(p["pred_saliency_scores"]) == int(duration / 2)  # the evaluator's grid
+        windows = p["pred_relevant_windows"]
+        assert all(end <= duration and (start / 4.0).is_integer() for start, end, _ in windows)
+    assert "MR-full-R1@0.5" in json.loads(metrics.read_text())["brief"]
+    assert (tmp_path / "first.png").stat().st_size > 0
