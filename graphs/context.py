@@ -261,7 +261,7 @@ class Context:
         default=_MOMENTS.contrast_short_prior,
         metadata=_meta(
             "Contrast windows shorter than contrast_min_len (down to 2 clips), their contrast "
-            "shrunk by L/(L+this) (clips), so short moments are reachable; 0 = none "
+            "shrunk by L/(L+this) (2-s clips), so short moments are reachable; 0 = none "
             "(needs contrast_step > 0).",
             **_bounds("contrast_short_prior"),
         ),

@@ -100,6 +100,7 @@ def test_versus_runs_the_peer_on_the_same_queries_and_reports_the_paired_delta(
             round(100 * interval.high, 2),
         )
         assert row["ours"] == round(100 * a.r1_05[members].mean(), 2)
+        assert row["baseline"] == round(100 * b.r1_05[members].mean(), 2)
 
 
 class _NoWork:

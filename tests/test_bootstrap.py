@@ -106,7 +106,8 @@ def test_cli_eval_prints_the_paired_difference_against_a_baseline() -> None:
     longest = {str(r["qid"]): max(e - s for s, e in r["relevant_windows"]) for r in read_jsonl(gt)}
     lengths = np.array([longest[str(q)] for q in a.qids])
     ordered = b.r1_05[[order[q] for q in a.qids]]
-    for low, high, label in ((0, 10, "≤10 s"), (20, 40, "20–40 s"), (80, np.inf, ">80 s")):
+    edges, labels = (0, 10, 20, 40, 80, np.inf), ("≤10 s", "10–20 s", "20–40 s", "40–80 s", ">80 s")
+    for low, high, label in zip(edges, edges[1:], labels, strict=False):
         members = (lengths > low) & (lengths <= high)
         interval = paired_bootstrap(a.r1_05[members], ordered[members])
         means = (f"{100 * a.r1_05[members].mean():.2f}", f"{100 * ordered[members].mean():.2f}")

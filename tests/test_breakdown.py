@@ -10,7 +10,7 @@ import pytest
 
 from granalign.errors import InputError
 from granalign.evaluation.bootstrap import paired_bootstrap
-from granalign.evaluation.breakdown import LENGTH_EDGES_S, paired_by_length
+from granalign.evaluation.breakdown import FEW_QUERIES, LENGTH_EDGES_S, paired_by_length
 
 
 def test_upper_edges_are_inclusive_like_the_official_ranges() -> None:
@@ -50,10 +50,22 @@ def test_each_bin_is_the_bootstrap_over_its_own_queries_and_empty_bins_are_left_
     ("ours", "base", "lengths", "message"),
     [
         ([1.0, 0.0], [1.0], [5.0, 9.0], "need one value per query, got 2, 1 and 2"),
-        ([1.0], [0.0], [0.0], "longest_gt_s must be positive seconds, got 0"),
+        ([1.0], [0.0], [-2.0], "longest_gt_s must be seconds >= 0, got -2"),
         ([1.0], [0.0], [float("nan")], "longest_gt_s"),
     ],
 )
 def test_bad_input_is_named(ours: list[float], base: list[float], lengths: list[float], message: str) -> None:
     with pytest.raises(InputError, match=message):
         paired_by_length(ours, base, lengths)
+
+
+def test_a_zero_length_window_counts_in_the_first_bin() -> None:
+    """The evaluator accepts a window [4, 4]; the breakdown must not refuse what it scored."""
+    bins = paired_by_length([1.0, 0.0], [0.0, 0.0], [0.0, 30.0])
+    assert [(b.label, b.interval.n) for b in bins] == [("≤10 s", 1), ("20–40 s", 1)]
+
+
+def test_bins_of_few_queries_are_flagged() -> None:
+    lengths = np.array([5.0] * (FEW_QUERIES - 1) + [30.0] * FEW_QUERIES)
+    bins = paired_by_length(np.ones(lengths.size), np.zeros(lengths.size), lengths)
+    assert [(b.label, b.few) for b in bins] == [("≤10 s", True), ("20–40 s", False)]

@@ -1,7 +1,7 @@
-"""`granalign bench` on a caption grid other than QVHighlights' 2 s: the run scores (the
-submission's saliency is read on the evaluator's 2-s clips) and the moments come from priors in
-seconds.  Real MiniLM and Chroma on two videos of the shipped subset, captioned every 4 s (every
-second caption kept)."""
+"""`granalign bench` on a caption grid other than QVHighlights' 2 s: the run scores and plots
+(the submission's saliency is averaged onto the evaluator's 2-s clips) and its windows lie on
+the file's grid.  Real MiniLM and Chroma on two videos of the shipped subset, captioned every 4 s
+(every second caption kept).  That the priors keep their seconds is tests/test_clip_grid_priors.py."""
 
 from __future__ import annotations
 
@@ -23,13 +23,14 @@ from tools.demo_data import DEMO
     ("saliency", "clip_len", "duration", "expected"),
     [
         ([0.1, 0.5, 0.9], 4.0, 12.0, [0.1, 0.1, 0.5, 0.5, 0.9, 0.9]),  # each 4-s clip twice
-        ([0.0, 0.1, 0.2, 0.3, 0.4, 0.5], 1.0, 6.0, [0.1, 0.3, 0.5]),  # the clip at each midpoint
-        ([0.2, 0.4, 0.6], 3.0, 9.0, [0.2, 0.4, 0.4, 0.6]),  # int(9 / 2) = 4 official clips
+        ([0.0, 0.1, 0.2, 0.3, 0.4, 0.5], 1.0, 6.0, [0.05, 0.25, 0.45]),  # the mean of two 1-s clips
+        ([0.2, 0.4, 0.6], 3.0, 9.0, [0.2, 0.3, 0.4, 0.6]),  # 1 s of 0.2 and 1 s of 0.4; int(9 / 2) = 4
         ([0.3, 0.7], 2.0, 4.0, [0.3, 0.7]),  # the official grid: unchanged
-        ([0.3, 0.7], 4.0, 11.0, [0.3, 0.3, 0.7, 0.7, 0.7]),  # a last partial clip reads the last one
+        ([0.3, 0.7], 4.0, 11.0, [0.3, 0.3, 0.7, 0.7, 0.7]),  # past the last clip: its score
+        ([0.3, 0.7], 600.0, 5.0, [0.3, 0.3]),  # one clip longer than the video
     ],
 )
-def test_saliency_is_read_at_the_midpoint_of_each_official_clip(
+def test_saliency_is_averaged_over_each_official_clip(
     saliency: list[float], clip_len: float, duration: float, expected: list[float]
 ) -> None:
     assert saliency_on_official_grid(saliency, clip_len, duration) == pytest.approx(expected)
@@ -38,6 +39,8 @@ def test_saliency_is_read_at_the_midpoint_of_each_official_clip(
 def test_a_bad_saliency_grid_is_named() -> None:
     with pytest.raises(InputError, match="non-empty list"):
         saliency_on_official_grid([], 4.0, 10.0)
+    with pytest.raises(InputError, match="finite clip scores"):
+        saliency_on_official_grid([0.5, float("nan")], 4.0, 10.0)
     with pytest.raises(InputError, match="positive seconds"):
         saliency_on_official_grid([0.5], 0.0, 10.0)
 

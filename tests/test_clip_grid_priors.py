@@ -35,6 +35,7 @@ def test_the_measured_grid_is_left_alone() -> None:
         (4.0, 6, 2, 5, 2.0),  # gap 1.5 clips rounds half up
         (6.0, 4, 1, 3, 4.0 / 3.0),
         (20.0, 1, 1, 1, 0.4),  # never below a setting's lower bound
+        (600.0, 1, 1, 1, 4.0 / 300.0),  # the coarsest clip_len the graph accepts
     ],
 )
 def test_priors_keep_their_seconds_on_another_grid(

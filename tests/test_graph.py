@@ -145,7 +145,8 @@ def test_caption_only_windows_use_the_caption_files_clip_length(tmp_path, clip_l
     caps = tmp_path / "caps.jsonl"
     caps.write_text(json.dumps({"vid": "grid", "clip_len_s": clip_len_s, "captions": GRID_CAPTIONS}) + "\n")
     # 12 clips: the threshold rule alone, counting the top 2 (1-s grid) or 3 (3-s grid) clips:
-    # top_k counts 2-s clips and is converted to the file's grid (1 → 2 clips, 4 → 2.67 → 3)
+    # top_k and gap count 2-s clips and are converted to the file's grid (top_k 1 → 2 clips,
+    # 4 → 2.67 → 3; gap 1 → 2 and 0.67 → 1 clips)
     ctx = Context(store_dir=str(tmp_path / "store"), contrast=False, top_k=top_k, gap=1)
     assert ctx.clip_len == 2.0
     import_captions(resources.store_for(ctx), make_embedder(ctx.embedder), caps, source="grid")

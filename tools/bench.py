@@ -122,7 +122,7 @@ class BenchResult:
 def _prediction(ann: Annotation, out: dict[str, Any]) -> dict[str, Any]:
     """moment_detr's submission record; its saliency is on the evaluator's 2-s clips whatever
     the video's caption grid (``saliency_on_official_grid``)."""
-    clip_len = float(out.get("clip_len_s", CLIP_SECONDS))
+    clip_len = float(out["clip_len_s"])
     return {
         "qid": ann.qid,
         "query": ann.query,
@@ -294,10 +294,17 @@ def run_benchmark(
     return BenchResult(annotations, preds, metrics, skipped, report, import_s, rewrite_s, passes, resumed)
 
 
+#: Bumped when the same settings start to give other prediction rows (2: length priors in
+#: seconds and saliency on the evaluator's grid), so a run interrupted under an older release
+#: does not resume with rows that a fresh run would not write.
+PREDICTION_FORMAT = 2
+
+
 def journal_key(settings: Any, annotations: Sequence[Annotation]) -> str:
-    """What a journal's rows depend on: the run's settings and the exact queries."""
+    """What a journal's rows depend on: the run's settings, the exact queries and the format."""
     queries = [[a.qid, a.query, a.vid, a.duration] for a in annotations]
-    return text_hash(json.dumps({"config": settings, "queries": queries}, sort_keys=True, default=str))
+    record = {"config": settings, "queries": queries, "format": PREDICTION_FORMAT}
+    return text_hash(json.dumps(record, sort_keys=True, default=str))
 
 
 def _run_key(ctx: Context, annotations: Sequence[Annotation]) -> str:

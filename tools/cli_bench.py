@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -26,6 +26,9 @@ from tools.cli_common import (
     user_errors,
 )
 from tools.cli_options import AnnotationsOpt, CaptionsOpt, ConcurrencyOpt, LimitOpt
+
+if TYPE_CHECKING:
+    from granalign.evaluation.breakdown import LengthBin
 
 
 @app.command("eval")
@@ -110,14 +113,24 @@ def _print_paired(
     out.print(table)
     mine, baseline = ours.metric(LENGTH_METRIC), theirs.metric(LENGTH_METRIC)[index]
     bins = paired_by_length(mine, baseline, ours.longest_gt_s)
-    by_length = Table(title=f"{title}: {LENGTH_METRIC} by the longest ground-truth window")
-    for column in ("longest GT window", "queries", "ours", "baseline", "Δ [95 % CI]"):
-        by_length.add_column(column, justify="left" if column.startswith("longest") else "right")
-    for row in bins:
-        cells = (row.label, str(row.interval.n), f"{100 * row.ours:.2f}", f"{100 * row.baseline:.2f}")
-        by_length.add_row(*cells, row.interval.describe())
-    out.print(by_length)
+    _print_by_length(bins, title)
     return {"delta_pp": deltas, "by_longest_gt_window": [row.record() for row in bins]}
+
+
+def _print_by_length(bins: list[LengthBin], title: str) -> None:
+    """The R1@0.5 table by moment length; a bin of few queries is marked, its interval rough."""
+    from granalign.evaluation.breakdown import FEW_QUERIES
+
+    table = Table(title=f"{title}: {LENGTH_METRIC} by the longest ground-truth window")
+    for column in ("longest GT window", "queries", "ours", "baseline", "Δ [95 % CI]"):
+        table.add_column(column, justify="left" if column.startswith("longest") else "right")
+    for row in bins:
+        queries = f"{row.interval.n}{' *' if row.few else ''}"
+        cells = (row.label, queries, f"{100 * row.ours:.2f}", f"{100 * row.baseline:.2f}")
+        table.add_row(*cells, row.interval.describe())
+    if any(row.few for row in bins):
+        table.caption = f"* fewer than {FEW_QUERIES} queries: the interval is rough"
+    out.print(table)
 
 
 @app.command("bench")

@@ -209,6 +209,7 @@ def rounded_answer(moments: ArrayLike, curve: ArrayLike) -> tuple[list[list[floa
 
 
 def _half_up(value: float) -> int:
+    """Round half up: Python's ``round`` halves to even, so 1.5 and 2.5 clips would both give 2."""
     return math.floor(value + 0.5)
 
 
@@ -225,8 +226,12 @@ def priors_at_clip_length(
     same numbers in clips by R1@0.5 +6.8 / +14.8 / +7.7 and mAP +2.4 / +4.1 / +6.2 on the report
     half (none; Baichuan2 +10.1 / +17.0 / +6.0), and in clips our rule fell behind the peer's
     at 4 and 6 s (README "Quality that generalises").  The smoothing σ and the saliency σ stay
-    in clips: they smooth caption-to-caption flicker, which comes per caption.  Counts are
-    rounded half up and kept inside :data:`MOMENT_BOUNDS`; at 2-s clips nothing changes.
+    in clips: they smooth caption-to-caption flicker, which comes per caption.  So does the
+    2-clip floor of short contrast windows and of refined edges
+    (``proposals.SHORT_WINDOW_CLIPS``): one clip has no extent to contrast, whatever its length.
+    Counts are rounded half up and kept inside :data:`MOMENT_BOUNDS`; at 2-s clips nothing
+    changes.  The keyword defaults of :func:`propose_windows` (the paper's rule) are converted
+    too: the paper's constants were also measured on QVHighlights' 2-s clips.
     """
     scale = PRIOR_CLIP_S / _positive("clip_len", clip_len)
     if scale == 1.0:

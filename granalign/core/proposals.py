@@ -99,7 +99,9 @@ class ProposalParams:
     """Hyper-parameters of the proposal rule; defaults are VTG-GPT's and GranAlign's (the paper's).
 
     The graph runs with the measured-best values of ``moments.MomentSettings`` instead
-    (top_k 12, gap 3, λ 0.5); both use the bounds of :data:`PROPOSAL_BOUNDS`.
+    (top_k 12, gap 3, λ 0.5); both use the bounds of :data:`PROPOSAL_BOUNDS`.  ``top_k``,
+    ``gap`` and ``contrast_short_prior`` count the curve's own clips here;
+    ``moments.propose_windows`` reads them as 2-s clips and converts them to the video's grid.
 
     num_bins: histogram bins over [0, 1] for the dynamic threshold (10: edges every 0.1).
     top_k: the threshold is the highest bin edge with at least ``top_k`` clips at or above its

@@ -4,12 +4,14 @@ Why: a mean over queries hides a length bias.  On QVHighlights' report half VTG-
 ahead of ours on 10–20-s moments (by 8 to 10 points on 60-s crops) and ours is ahead by 14 to
 38 points on moments of 40 s and more (README "Quality that generalises"): a change that trades
 short moments for long ones leaves the mean flat and shows only here.  ``bench --versus`` and
-``eval --baseline`` print this table and write it beside the overall Δ.
+``eval --baseline`` print this table; ``bench --versus`` also writes it into its ``.delta.json``.
+A bin of a few queries (under :data:`FEW_QUERIES`) gets a rough interval, and the table says so.
 
 The bins double in length (10, 20, 40, 80 s), so each holds moments of a similar relative
 precision need; a query goes by its *longest* window because R1 needs one window hit, and
 the longest one is the easiest to hit.  Upper edges are inclusive like the official
-evaluator's ranges (``short`` is (0, 10]).  QVHighlights val has no query whose only window is
+evaluator's ranges (``short`` is (0, 10]); a zero-length window, which the evaluator accepts,
+falls in the first bin.  QVHighlights val has no query whose only window is
 10 s or shorter: the first bin holds fragmented moments (2 to 25 short windows).
 """
 
@@ -28,6 +30,8 @@ from granalign.evaluation.bootstrap import PairedInterval, paired_bootstrap
 
 #: Upper edges (inclusive) of the length bins, in seconds; the last bin is open.
 LENGTH_EDGES_S = (10.0, 20.0, 40.0, 80.0)
+#: A percentile bootstrap over fewer queries than this says little (1 query: a ±0 interval).
+FEW_QUERIES = 20
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,11 @@ class LengthBin:
         if math.isinf(self.high):
             return f">{self.low:g} s"
         return f"{self.low:g}–{self.high:g} s"
+
+    @property
+    def few(self) -> bool:
+        """Too few queries for the interval to mean much (:data:`FEW_QUERIES`)."""
+        return self.interval.n < FEW_QUERIES
 
     def record(self) -> dict[str, object]:
         """The bin as JSON numbers in percent points (``high`` is null for the open bin)."""
@@ -75,8 +84,8 @@ def paired_by_length(ours: ArrayLike, baseline: ArrayLike, longest_gt_s: ArrayLi
     if not a.shape == b.shape == lengths.shape:
         sizes = f"{a.size}, {b.size} and {lengths.size}"
         raise InputError(f"ours, baseline and longest_gt_s need one value per query, got {sizes}")
-    if lengths.size and lengths.min() <= 0.0:
-        raise InputError(f"longest_gt_s must be positive seconds, got {lengths.min():g}")
+    if lengths.size and lengths.min() < 0.0:  # a zero-length window is valid ground truth
+        raise InputError(f"longest_gt_s must be seconds >= 0, got {lengths.min():g}")
     edges = (0.0, *LENGTH_EDGES_S, math.inf)
     which = np.searchsorted(np.asarray(LENGTH_EDGES_S), lengths, side="left")  # (low, high]
     bins = []

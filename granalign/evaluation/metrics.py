@@ -559,24 +559,34 @@ def _aligned_saliency(saliency: FloatArray, clips: int, where: str) -> FloatArra
 
 
 def saliency_on_official_grid(saliency: Sequence[float], clip_len: float, duration: float) -> list[float]:
-    """A per-clip saliency curve on another clip grid, read on the evaluator's 2-s clips.
+    """A per-clip saliency curve on another clip grid, averaged onto the evaluator's 2-s clips.
 
     The submission format (moment_detr's) has no clip length: ``pred_saliency_scores`` are
     :data:`CLIP_SECONDS`-second clips, ``int(duration / 2)`` of them.  A video captioned every
-    4 s (or 1 s) yields one score per 4-s (1-s) clip; each 2-s clip takes the score of the clip
-    holding its midpoint, so the highlight metrics rank the same moments.
+    4 s (or 1 s) yields one score per 4-s (1-s) clip; each 2-s clip gets the mean of the curve
+    over its own 2 s (each source clip weighted by its overlap), so the highlight metrics rank
+    the same moments and no fine clip is dropped.  On the 2-s grid the list is returned as it
+    is (the graph already gives one score per evaluator clip).
     """
     values = np.asarray(saliency, dtype=np.float64)
-    if values.ndim != 1 or values.size == 0:
-        raise InputError(f"saliency must be a non-empty list of clip scores, got shape {values.shape}")
+    if values.ndim != 1 or values.size == 0 or not np.all(np.isfinite(values)):
+        raise InputError(f"saliency must be a non-empty list of finite clip scores, got {values.size} values")
     if not (math.isfinite(clip_len) and clip_len > 0 and math.isfinite(duration) and duration > 0):
         raise InputError(f"clip_len and duration must be positive seconds, got {clip_len!r} and {duration!r}")
     if clip_len == CLIP_SECONDS:
         return [float(v) for v in values]
-    clips = max(1, int(duration / CLIP_SECONDS))
-    midpoints = (np.arange(clips) + 0.5) * CLIP_SECONDS
-    source = np.minimum((midpoints // clip_len).astype(np.int64), values.size - 1)
-    return [float(v) for v in values[source]]
+    edges = np.arange(max(1, int(duration / CLIP_SECONDS)) + 1, dtype=np.float64) * CLIP_SECONDS
+    means = np.diff(_step_integral(values, clip_len, edges)) / CLIP_SECONDS
+    return [float(v) for v in np.round(means, 9)]  # cumulative sums differ in the last bits: equal means tie
+
+
+def _step_integral(values: FloatArray, clip_len: float, times: FloatArray) -> FloatArray:
+    """∫₀ᵗ of the step curve ``values[i]`` on ``[i·clip_len, (i+1)·clip_len)`` at each time t
+    (the last clip's value continues past the end, as a partial last clip's score would)."""
+    cumulative = np.concatenate(([0.0], np.cumsum(values))) * clip_len
+    index = np.minimum((times // clip_len).astype(np.int64), values.size - 1)
+    area: FloatArray = cumulative[index] + values[index] * (times - index * clip_len)
+    return area
 
 
 def _saliency_average_precision(labels: BoolArray, scores: FloatArray) -> FloatArray:
