@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from granalign.errors import InputError
-from granalign.evaluation.shift import concat_set, crop_set
+from granalign.evaluation.shift import concat_set, crop_set, thin_set
 from granalign.io.captions_import import CaptionedVideo, read_captions_file
 from tools.bench import read_annotations
 from tools.cli import app
@@ -132,7 +132,28 @@ def test_concat_drops_a_short_last_group_and_is_seeded() -> None:
     assert len(members) > 1
 
 
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_thin_keeps_every_kth_caption_on_a_longer_grid_and_the_annotations(k: int) -> None:
+    result = thin_set(QUERIES, VIDEOS, k)
+    assert result.name == f"thin{k}" and not result.dropped
+    by_vid = {line["vid"]: line for line in result.captions}
+    assert len(by_vid) == len(VIDEOS)
+    for record, source in zip(result.annotations, QUERIES, strict=True):
+        line = by_vid[record["vid"]]
+        video = VIDEOS[source["vid"]]
+        assert record["vid"] == f"thin{k}:{source['vid']}" and record["source_vid"] == source["vid"]
+        assert line["clip_len_s"] == k * CLIP and line["duration"] == video.duration_s
+        assert line["captions"] == list(video.captions[::k])
+        # caption i of the thinned grid starts where caption k·i did: same time, same text
+        assert all(line["captions"][i] == video.captions[k * i] for i in range(len(line["captions"])))
+        # GT in seconds and highlight clips on the evaluator's grid: unchanged
+        provenance = {"source_vid": source["vid"], "source_offset_s": 0.0}
+        assert {**record, "vid": source["vid"]} == {**source, **provenance}
+
+
 def test_bad_settings_are_clear_errors() -> None:
+    with pytest.raises(InputError, match="thinning factor"):
+        thin_set(QUERIES, VIDEOS, 0)
     with pytest.raises(InputError, match="not a whole number of 2-s clips"):
         crop_set(QUERIES, VIDEOS, 31.0, seed=0)
     with pytest.raises(InputError, match="concat size"):
@@ -154,12 +175,12 @@ def test_cli_writes_readable_sets_and_a_manifest(tmp_path: Path) -> None:
     )
     out = tmp_path / "shifted"
     args = ["shift", "--annotations", str(ann), "--captions", str(caps), "--out", str(out)]
-    result = CliRunner().invoke(app, [*args, "--crop", "30", "--concat", "2", "--seed", "4"])
+    result = CliRunner().invoke(app, [*args, "--crop", "30", "--concat", "2", "--thin", "2", "--seed", "4"])
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["seed"] == 4 and set(manifest["sets"]) == {"crop30", "concat2"}
-    assert "crop30" in (out / "README.md").read_text()
-    for name in ("crop30", "concat2"):  # the project's own readers accept what was written
+    assert manifest["seed"] == 4 and set(manifest["sets"]) == {"crop30", "concat2", "thin2"}
+    assert "crop30" in (out / "README.md").read_text() and "thin2" in (out / "README.md").read_text()
+    for name in ("crop30", "concat2", "thin2"):  # the project's own readers accept what was written
         anns = read_annotations(out / name / "annotations.jsonl")
         videos = {v.vid: v for v in read_captions_file(out / name / "captions.jsonl")}
         assert {a.vid for a in anns} <= set(videos)

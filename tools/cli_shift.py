@@ -34,6 +34,8 @@ Each set folder holds `annotations.jsonl` and `captions.jsonl` in the input form
   (`concatK:<group>`, its `members` listed in the captions line); each query asks the whole
   recording with its GT shifted by its video's start; the other videos are distractors.
   A last group of fewer than K videos is dropped.
+- `thinK`: every video keeps every K-th caption on a K× longer clip grid (`thinK:<vid>`), as a
+  captioner sampling K times less often would give; durations and annotations are unchanged.
 
 Derived queries keep their qid and carry `source_vid` and `source_offset_s`.
 """
@@ -61,10 +63,14 @@ def shift_cmd(
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for the derived sets (one folder each).")],
     crop: Annotated[str | None, typer.Option(help="Crop lengths in seconds, e.g. 30,60.")] = None,
     concat: Annotated[str | None, typer.Option(help="Videos per concatenation, e.g. 8,24.")] = None,
+    thin: Annotated[
+        str | None, typer.Option(help="Keep every K-th caption on a K× longer clip grid, e.g. 2,3.")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the crop offsets and concat groups.")] = 0,
     split: SplitOpt = None,
 ) -> None:
-    """Duration-shifted sets: cropL (short videos) and concatK (long recordings) with shifted GT."""
+    """Duration-shifted sets: cropL (short videos) and concatK (long recordings) with shifted GT,
+    thinK (coarser caption grids)."""
     from granalign.evaluation.shift import shift_sets
     from granalign.io.captions_import import read_captions_file
     from granalign.io.jsonl import atomic_write_text, write_json, write_jsonl
@@ -72,13 +78,14 @@ def shift_cmd(
 
     crops = _parse_list(crop, "--crop", float)
     concats = _parse_list(concat, "--concat", int)
-    if not crops and not concats:
-        raise InputError("nothing to build: pass --crop and/or --concat")
+    thins = _parse_list(thin, "--thin", int)
+    if not crops and not concats and not thins:
+        raise InputError("nothing to build: pass --crop, --concat and/or --thin")
     check_output_dir(out_dir, "--out")
     anns = [a.raw for a in read_annotations(annotations, split=split)]
     wanted = {a["vid"] for a in anns}
     videos = [v for v in read_captions_file(captions) if v.vid in wanted]
-    sets = shift_sets(anns, videos, crops=crops, concats=concats, seed=seed)
+    sets = shift_sets(anns, videos, crops=crops, concats=concats, thins=thins, seed=seed)
     manifest: dict[str, Any] = {
         "annotations": str(annotations),
         "captions": str(captions),

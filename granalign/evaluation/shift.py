@@ -14,6 +14,11 @@ Two derived sets test the method away from that one length, from captions alone:
   GT and highlight clips shifted by the member's start, and the other K−1 videos act as
   distractors, as the unrelated parts of one long video do.  A remainder of fewer than ``K``
   videos is dropped and counted.  New vid: ``concat<K>:<group>``.
+* ``thinK`` — every video keeps every K-th caption on a K× longer clip grid (a 2-s grid
+  becomes 4 s for K = 2), as a captioner that samples K times less often would give; the
+  video's duration and every annotation (GT windows in seconds, highlight clips on the
+  evaluator's 2-s grid) are unchanged.  It tests what depends on the caption grid, such as
+  length priors counted in clips.  New vid: ``thin<K>:<vid>``.
 
 Derived queries keep their qid (so paraphrase files keyed by qid still apply) and record
 ``source_vid`` and ``source_offset_s`` (a time t in the derived video is t + source_offset_s
@@ -196,16 +201,40 @@ def _add_group(
     )
 
 
+def thin_set(annotations: Sequence[dict[str, Any]], videos: dict[str, CaptionedVideo], k: int) -> ShiftedSet:
+    """``thin<K>``: every K-th caption on a K× longer clip grid (module docstring)."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise InputError(f"thinning factor must be a positive integer, got {k!r}")
+    result = ShiftedSet(f"thin{k}")
+    seen: set[str] = set()
+    for record in annotations:
+        video = videos.get(record["vid"])
+        if video is None:
+            result.drop("no captions for its video")
+            continue
+        vid = _check_vid(f"{result.name}:{video.vid}", f"{result.name} vid")
+        result.annotations.append({**record, "vid": vid, "source_vid": video.vid, "source_offset_s": 0.0})
+        if vid not in seen:
+            seen.add(vid)
+            captions = list(video.captions[: _grid(video)][::k])
+            line = {"vid": vid, "clip_len_s": video.clip_len_s * k, "captions": captions}
+            result.captions.append({**line, "duration": video.duration_s})
+    return result
+
+
 def shift_sets(
     annotations: Iterable[dict[str, Any]],
     videos: Iterable[CaptionedVideo],
     *,
     crops: Sequence[float] = (),
     concats: Sequence[int] = (),
+    thins: Sequence[int] = (),
     seed: int = DEFAULT_SEED,
 ) -> list[ShiftedSet]:
-    """Every requested derived set, crops first, in the order given."""
+    """Every requested derived set, crops first, then concatenations and thinned grids, each
+    in the order given."""
     anns = list(annotations)
     by_vid = {v.vid: v for v in videos}
     sets = [crop_set(anns, by_vid, float(length), seed=seed) for length in crops]
-    return sets + [concat_set(anns, by_vid, k, seed=seed) for k in concats]
+    sets += [concat_set(anns, by_vid, k, seed=seed) for k in concats]
+    return sets + [thin_set(anns, by_vid, k) for k in thins]
