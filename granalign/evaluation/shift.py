@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,17 +103,25 @@ def _shifted_record(
     return out
 
 
+def _with_captions(
+    annotations: Sequence[dict[str, Any]], videos: dict[str, CaptionedVideo], result: ShiftedSet
+) -> Iterator[tuple[dict[str, Any], CaptionedVideo]]:
+    """Each query with its video's captions; a query whose video has none is dropped and counted."""
+    for record in annotations:
+        video = videos.get(record["vid"])
+        if video is None:
+            result.drop("no captions for its video")
+            continue
+        yield record, video
+
+
 def crop_set(
     annotations: Sequence[dict[str, Any]], videos: dict[str, CaptionedVideo], length_s: float, *, seed: int
 ) -> ShiftedSet:
     """``crop<L>``: one L-second cut per query holding all its GT windows (module docstring)."""
     result = ShiftedSet(f"crop{length_s:g}")
     seen: set[str] = set()
-    for record in annotations:
-        video = videos.get(record["vid"])
-        if video is None:
-            result.drop("no captions for its video")
-            continue
+    for record, video in _with_captions(annotations, videos, result):
         clip_len = video.clip_len_s
         cut = _clips_for(length_s, clip_len, f"crop length for video {video.vid}:")
         n = _grid(video)
@@ -207,11 +215,7 @@ def thin_set(annotations: Sequence[dict[str, Any]], videos: dict[str, CaptionedV
         raise InputError(f"thinning factor must be a positive integer, got {k!r}")
     result = ShiftedSet(f"thin{k}")
     seen: set[str] = set()
-    for record in annotations:
-        video = videos.get(record["vid"])
-        if video is None:
-            result.drop("no captions for its video")
-            continue
+    for record, video in _with_captions(annotations, videos, result):
         vid = _check_vid(f"{result.name}:{video.vid}", f"{result.name} vid")
         result.annotations.append({**record, "vid": vid, "source_vid": video.vid, "source_offset_s": 0.0})
         if vid not in seen:
