@@ -187,3 +187,10 @@ def test_cli_writes_readable_sets_and_a_manifest(tmp_path: Path) -> None:
         assert manifest["sets"][name]["queries"] == len(anns)
     bad = CliRunner().invoke(app, args)
     assert bad.exit_code == 2 and "nothing to build" in bad.output
+
+
+def test_queries_without_captions_are_dropped_and_counted() -> None:
+    queries = [*QUERIES, _query(7, "epsilon", [[10, 20]])]  # no captions line for "epsilon"
+    for result in (crop_set(queries, VIDEOS, 60.0, seed=0), thin_set(queries, VIDEOS, 2)):
+        assert result.dropped.get("no captions for its video") == 1, result.name
+        assert 7 not in {a["qid"] for a in result.annotations}
