@@ -105,11 +105,7 @@ def _print_paired(
     for name in PAIRED_METRICS:
         interval = paired_bootstrap(ours.metric(name), theirs.metric(name)[index])
         table.add_row(name, interval.describe())
-        deltas[name] = {
-            "delta": round(100 * interval.mean_diff, 2),
-            "low": round(100 * interval.low, 2),
-            "high": round(100 * interval.high, 2),
-        }
+        deltas[name] = interval.record()
     out.print(table)
     mine, baseline = ours.metric(LENGTH_METRIC), theirs.metric(LENGTH_METRIC)[index]
     bins = paired_by_length(mine, baseline, ours.longest_gt_s)

@@ -49,6 +49,12 @@ class PairedInterval:
         """``+1.23 [-0.45, +2.91]`` with values multiplied by ``scale`` (percent points)."""
         return f"{scale * self.mean_diff:+.2f} [{scale * self.low:+.2f}, {scale * self.high:+.2f}]"
 
+    def record(self) -> dict[str, float]:
+        """``{"delta", "low", "high"}`` in percent points, two decimals as :meth:`describe` prints
+        them: the form a JSON report stores an interval in."""
+        return {key: round(100 * value, 2) for key, value in
+                (("delta", self.mean_diff), ("low", self.low), ("high", self.high))}  # fmt: skip
+
 
 def _check_settings(resamples: object, confidence: object) -> None:
     if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 1:

@@ -65,9 +65,7 @@ class LengthBin:
             "queries": self.interval.n,
             "ours": round(100 * self.ours, 2),
             "baseline": round(100 * self.baseline, 2),
-            "delta": round(100 * self.interval.mean_diff, 2),
-            "low": round(100 * self.interval.low, 2),
-            "high": round(100 * self.interval.high, 2),
+            **self.interval.record(),
         }
 
 
