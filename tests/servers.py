@@ -1,4 +1,5 @@
-"""Start real server processes on loopback for tests (Chroma, langgraph dev) and stop them."""
+"""Servers for tests on loopback, started and stopped by the test: real processes (Chroma,
+langgraph dev) and scripted HTTP stubs."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -168,10 +171,24 @@ class _TokenProxy:
 
 
 @contextlib.contextmanager
+def http_stub(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A scripted HTTP server (``handler`` answers) on a free loopback port, in a thread; yields
+    ``http://127.0.0.1:PORT``.  For tests that need a misbehaving hub or API server: the real
+    ``transformers serve``/``chroma run`` processes cannot be told to fail on cue."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join()
+
+
+@contextlib.contextmanager
 def token_proxy(upstream: str, header: str, value: str) -> Iterator[str]:
     """A :class:`_TokenProxy` to ``upstream`` on a free loopback port (a thread); yields its URL."""
-    import threading
-
     import uvicorn
 
     port = free_port()

@@ -41,8 +41,12 @@ def test_a_bad_saliency_grid_is_named() -> None:
         saliency_on_official_grid([], 4.0, 10.0)
     with pytest.raises(InputError, match="finite clip scores"):
         saliency_on_official_grid([0.5, float("nan")], 4.0, 10.0)
-    with pytest.raises(InputError, match="positive seconds"):
+    with pytest.raises(InputError, match=r"clip_len must be a number of seconds in \[0\.001"):
         saliency_on_official_grid([0.5], 0.0, 10.0)
+    with pytest.raises(InputError, match="duration must be a positive number of seconds, got 'ten'"):
+        saliency_on_official_grid([0.5], 2.0, "ten")  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="duration must be a number of seconds"):
+        saliency_on_official_grid([0.5], 2.0, float("inf"))
 
 
 def test_bench_scores_a_four_second_caption_grid(tmp_path: Path) -> None:

@@ -12,17 +12,16 @@ import json
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 
 from granalign.backends.weights import TRANSFORMERS_FILES, require_hub_model
 from granalign.errors import ConfigError
-from tests.servers import free_port
+from tests.servers import free_port, http_stub
 from tests.test_video import make_video
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,15 +108,8 @@ def counting_hub() -> Iterator[tuple[str, list[str]]]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", seen
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with http_stub(Handler) as url:
+        yield url, seen
 
 
 def test_unusable_hub_is_asked_once_per_model_then_the_same_message(tmp_path):

@@ -18,7 +18,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from graphs.ingest import ingest_video, unfinished_clips
 from graphs.retrieval import graph
 from prompts import load_prompt_pairs
 from tests.conftest import VIDEOS, needs_videos
-from tests.servers import BIN, free_port, server
+from tests.servers import BIN, free_port, http_stub, server
 from tests.test_ingest import build_tiny_vlm_random_weights, model_context
 
 CORE = load_prompt_pairs(["core"])[0]
@@ -110,14 +110,8 @@ def stub() -> Iterator[tuple[Stub, str]]:
                 with state.lock:
                     state.in_flight -= 1
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield state, f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with http_stub(Handler) as url:
+        yield state, f"{url}/v1"
 
 
 def _rewriter(url: str, **kw: Any) -> OpenAIRewriter:

@@ -109,14 +109,13 @@ class MomentSettings:
 
     def __post_init__(self) -> None:
         if self.proposal_mode not in PROPOSAL_MODES:
-            raise ConfigError(
-                f"proposal_mode must be 'pooled', 'fused' or 'vtg-gpt', got {self.proposal_mode!r}"
-            )
-        for name in ("contrast", "contrast_refine"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
+            modes = ", ".join(repr(mode) for mode in PROPOSAL_MODES)
+            raise ConfigError(f"proposal_mode must be one of {modes}, got {self.proposal_mode!r}")
+        if not isinstance(self.contrast, bool):
+            raise ConfigError(f"contrast must be true or false, got {self.contrast!r}")
         for name, bounds in MOMENT_BOUNDS.items():
             check_param(name, getattr(self, name), bounds)
+        _ = self.params  # the proposal fields' own checks (contrast_refine) run at construction
         if self.nms_iou == 0.0:
             raise ConfigError("nms_iou must be in (0, 1]: 0 would suppress every overlapping window")
 
@@ -143,7 +142,12 @@ MAX_SECONDS = 1e7
 """Longest (~115 days): far past any video, and far from where float rounding breaks."""
 
 
-def _positive(name: str, value: object) -> float:
+def positive_seconds(name: str, value: object) -> float:
+    """``value`` as a float number of seconds in [:data:`MIN_SECONDS`, :data:`MAX_SECONDS`].
+
+    Durations and clip lengths arrive from caption files, CLI flags and tool callers; one check
+    names the bad input before numpy turns it into NaN windows or an empty grid.
+    """
     if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
         raise InputError(f"{name} must be a positive number of seconds, got {value!r}")
     number = float(value)
@@ -162,8 +166,8 @@ def clips_to_seconds(windows: ArrayLike, clip_len: float, duration: float) -> Fl
     usually shorter than ``clip_len``.  A window may come out empty (start == end) when its
     clips lie past the duration; ``localize_moments`` drops those.
     """
-    length = _positive("clip_len", clip_len)
-    total = _positive("duration", duration)
+    length = positive_seconds("clip_len", clip_len)
+    total = positive_seconds("duration", duration)
     rows = as_finite_array(windows, "windows")
     if rows.size == 0:
         return np.empty((0, 3))
@@ -233,7 +237,7 @@ def priors_at_clip_length(
     changes.  The keyword defaults of :func:`propose_windows` (the paper's rule) are converted
     too: the paper's constants were also measured on QVHighlights' 2-s clips.
     """
-    scale = PRIOR_CLIP_S / _positive("clip_len", clip_len)
+    scale = PRIOR_CLIP_S / positive_seconds("clip_len", clip_len)
     if scale == 1.0:
         return params, contrast_min_len
 
@@ -329,8 +333,8 @@ def propose_windows(
         raise ConfigError(f"mode must be 'pooled' or 'fused', got {mode!r}")
     if not isinstance(params, ProposalParams):
         raise ConfigError(f"params must be a ProposalParams, got {type(params).__name__}")
-    length = _positive("clip_len", clip_len)
-    total = _positive("duration", duration)
+    length = positive_seconds("clip_len", clip_len)
+    total = positive_seconds("duration", duration)
     curve = as_score_curve(fused, "fused")
     curves = _as_variant_curves(variant_scores, curve.size)
     end_s = _rounded_end(total)
@@ -356,7 +360,7 @@ def select_moments(
     when no generator proposed anything, the whole video (see ``_whole_video``).
     """
     curve = as_score_curve(fused, "fused")
-    end_s = _rounded_end(_positive("duration", duration))
+    end_s = _rounded_end(positive_seconds("duration", duration))
     rows = np.asarray(candidates, dtype=np.float64).reshape(-1, 3)
     kept = temporal_nms(rows, nms_iou, top_n)
     if kept.shape[0] == 0:

@@ -55,7 +55,6 @@ with no query reports NaN (official: ``TypeError``); the IoU of two zero-length 
 
 from __future__ import annotations
 
-import math
 import numbers
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -65,6 +64,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from granalign.core.moments import positive_seconds
 from granalign.errors import InputError
 from granalign.io.jsonl import read_jsonl
 
@@ -571,8 +571,8 @@ def saliency_on_official_grid(saliency: Sequence[float], clip_len: float, durati
     values = np.asarray(saliency, dtype=np.float64)
     if values.ndim != 1 or values.size == 0 or not np.all(np.isfinite(values)):
         raise InputError(f"saliency must be a non-empty list of finite clip scores, got {values.size} values")
-    if not (math.isfinite(clip_len) and clip_len > 0 and math.isfinite(duration) and duration > 0):
-        raise InputError(f"clip_len and duration must be positive seconds, got {clip_len!r} and {duration!r}")
+    clip_len = positive_seconds("clip_len", clip_len)
+    duration = positive_seconds("duration", duration)
     if clip_len == CLIP_SECONDS:
         return [float(v) for v in values]
     edges = np.arange(max(1, int(duration / CLIP_SECONDS)) + 1, dtype=np.float64) * CLIP_SECONDS
