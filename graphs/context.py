@@ -416,6 +416,11 @@ def _coerce(name: str, raw: str, default: Any, source: str | None = None) -> Any
 
 
 def _check_field(name: str, value: Any, annotation: Any, meta: Any) -> None:
+    if annotation in ("bool", bool) and not isinstance(value, bool):
+        # a JSON client's "false" is a truthy string: auto_ingest="false" would ingest
+        raise ConfigError(f"setting {name}={value!r} must be true or false")
+    if annotation in ("str", str) and not isinstance(value, str):
+        raise ConfigError(f"setting {name}={value!r} must be a string")
     choices = _literal_choices(annotation)
     if choices:
         if value not in choices:

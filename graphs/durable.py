@@ -41,6 +41,7 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.checkpoint.sqlite import SqliteSaver
 
 from granalign.errors import BackendError, ConfigError, GranAlignError, InputError
+from granalign.text import clean_query
 from graphs import resources
 from graphs.context import Context
 
@@ -182,12 +183,25 @@ def _start(ctx: Context, graph_input: dict[str, Any], thread_id: str | None) -> 
         return tid, graph_input
     saved = durable_retrieval_graph(ctx).get_state(thread_config(thread_id)).values
     for key in ("video", "query"):
-        if key in graph_input and saved.get(key) not in (None, graph_input[key]):
+        # load_video stores the cleaned query: compare cleaned with cleaned
+        if key in graph_input and _same_input(key, saved.get(key), graph_input[key]) is False:
             raise InputError(
                 f"thread_id {thread_id!r} holds an unfinished run for another {key} "
                 f"({saved.get(key)!r}); use a new thread id or resume with the same {key}"
             )
     return tid, None
+
+
+def _same_input(key: str, saved: Any, given: Any) -> bool | None:
+    """Whether a pending run's ``video``/``query`` equals the new input's (None: nothing saved)."""
+    if saved is None:
+        return None
+    if key == "query":
+        try:
+            return bool(clean_query(saved) == clean_query(given))
+        except InputError:
+            pass
+    return bool(saved == given)
 
 
 def _mark(exc: BaseException, ctx: Context, tid: str) -> None:

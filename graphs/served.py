@@ -7,6 +7,11 @@ silently with the default, while the CLI refuses the same setting.  The server c
 refuse unknown keys there, with the CLI's message (a ``ConfigError``, which the client receives
 as the run's error), and otherwise hand back the compiled graph unchanged.
 
+They also refuse a run whose context moves what the server's environment fixes
+(:data:`OPERATOR_ONLY`: the video roots, the store, the locks, the checkpoints): an API client
+is as untrusted as a tool caller, and ``{"video_roots": "/"}`` would otherwise open every file
+to it.
+
 ``langgraph.json`` points at :func:`retrieval` and :func:`ingest` (and ``agent.served.agent``,
 which checks against the agent's own context); in-process callers keep using
 ``graphs.retrieval.graph`` and ``graphs.ingest.graph``.
@@ -24,7 +29,7 @@ from graphs.context import Context
 if TYPE_CHECKING:
     from langgraph_sdk.runtime import ServerRuntime
 
-__all__ = ["check_context_keys", "checked", "ingest", "retrieval"]
+__all__ = ["OPERATOR_ONLY", "check_context_keys", "check_operator_keys", "checked", "ingest", "retrieval"]
 
 _SERVER_KEYS = frozenset(
     {
@@ -56,12 +61,32 @@ def check_context_keys(context: object, schema: type = Context) -> None:
         raise ConfigError(f"unknown setting(s) {sorted(unknown)}; allowed: {sorted(known)}")
 
 
+OPERATOR_ONLY = ("video_roots", "store_dir", "chroma_url", "lock_dir", "checkpoint_db")
+"""Settings that decide which files and store a run may touch: the server's environment sets
+them; a client that could change them would move the video roots (and the path check) anywhere."""
+
+
+def check_operator_keys(context: object) -> None:
+    """Refuse a served run whose context changes a file-system or store location."""
+    if not isinstance(context, Mapping):
+        return
+    server = Context.from_env()
+    changed = sorted(k for k in OPERATOR_ONLY if k in context and context[k] not in ("", getattr(server, k)))
+    if changed:
+        raise ConfigError(
+            f"setting(s) {changed} are fixed by the server's environment (GRANALIGN_*) and cannot "
+            "be changed per run"
+        )
+
+
 def checked(runtime: ServerRuntime[Any], schema: type = Context) -> None:
     """Refuse the run's unknown context keys (nothing to check when the server only reads
     schemas or state: then there is no execution runtime)."""
     run = runtime.execution_runtime
     if run is not None:
         check_context_keys(run.context, schema)
+        if schema is Context:
+            check_operator_keys(run.context)
 
 
 def retrieval(runtime: ServerRuntime[Context]) -> Any:

@@ -106,6 +106,19 @@ def test_unknown_context_keys_are_refused_as_the_cli_refuses_them(one_query, ser
     asyncio.run(through_configurable())
 
 
+def test_a_client_cannot_move_the_video_roots_or_the_store(served):
+    """Without this, ``context={"video_roots": "/"}`` would let any API client read any file."""
+    moved = (("video_roots", "/"), ("store_dir", "/tmp/elsewhere"), ("checkpoint_db", "/tmp/x.db"))
+    etc = {"video": "/etc/hostname", "query": "a dog"}
+    for graph_id, graph_input in (("retrieval", etc), ("ingest", {"video": "/etc/hostname"})):
+        for key, value in moved:
+            got = _run_error(served, graph_id, graph_input, context={key: value})
+            assert got["error"] == "ConfigError", (graph_id, key, got)
+            assert f"['{key}'] are fixed by the server's environment" in got["message"], got
+    ok = _run_error(served, "retrieval", etc, context={"video_roots": ""})
+    assert "outside the allowed video roots" in ok["message"]  # "" (the default) is still allowed
+
+
 def test_errors_that_reach_api_clients_name_settings_not_cli_flags(served):
     got = _run_error(served, "retrieval", {"video": "/etc/hostname", "query": "a dog"})
     assert "outside the allowed video roots" in got["message"]

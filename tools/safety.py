@@ -41,7 +41,13 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from granalign.errors import InputError
-from granalign.io.video import ENV_VIDEO_ROOTS, VideoNotFound, parse_roots, resolve_video_path
+from granalign.io.video import (
+    ENV_VIDEO_ROOTS,
+    VideoNotFound,
+    looks_like_path,
+    parse_roots,
+    resolve_video_path,
+)
 from granalign.text import MAX_QUERY_CHARS, clean_query, clean_text
 
 __all__ = [
@@ -145,7 +151,10 @@ def check_url(text: str, allowlist: tuple[str, ...]) -> str:
     """``text`` if it is an http(s) URL to an allowed host, else :class:`UnsafeInputError`."""
     if "\\" in text or any(ch.isspace() for ch in text):
         raise UnsafeInputError("video URL refused: it contains a backslash or whitespace")
-    parts = urlsplit(text)
+    try:
+        parts = urlsplit(text)
+    except ValueError:  # e.g. "http://[::1/x": an unbalanced IPv6 bracket
+        raise UnsafeInputError("video URL refused: malformed host or port") from None
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https"):
         raise UnsafeInputError(f"video URL refused: the scheme {scheme or '(none)'!r} is not allowed")
@@ -214,7 +223,9 @@ def parse_video_arg(
     if looks_like_url(text):
         return VideoArg("url", check_url(text, url_allowlist() if allowlist is None else allowlist))
     id_shaped = VIDEO_ID_RE.fullmatch(text) is not None and set(text) != {"."}
-    if id_shaped and is_known_id(text):
+    # a stored id is any printable non-path name (captions_import._check_vid): "vidé", "a b",
+    # 200 characters; list_videos hands those out, so they must be accepted back
+    if (id_shaped or not looks_like_path(text)) and is_known_id(text):
         return VideoArg("id", text)
     try:
         path = resolve_video_path(text, parse_roots() if roots is None else roots)

@@ -1,0 +1,77 @@
+"""Inputs from an agent or an API client: malformed URLs, stored ids of any printable shape,
+wrongly typed settings, resuming with the query as typed, and settings a served run may not
+change (MiniLM is the only model used)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from granalign.errors import ConfigError
+from graphs.context import Context
+from tools.safety import UnsafeInputError, VideoArg, check_url, parse_video_arg
+
+
+@pytest.mark.parametrize("url", ["http://[::1/a.mp4", "https://[bad/x", "http://]x/"])
+def test_malformed_ipv6_urls_are_a_tool_error_not_a_valueerror(url):
+    with pytest.raises(UnsafeInputError, match="malformed"):
+        check_url(url, ("v.example.org",))
+    with pytest.raises(UnsafeInputError):
+        parse_video_arg(url, is_known_id=lambda _: False, roots=(Path.cwd(),), allowlist=())
+
+
+@pytest.mark.parametrize("vid", ["vidé_ü", "sp ace", "x" * 200])
+def test_every_id_list_videos_can_return_is_accepted_back(tmp_path, vid):
+    # captions_import accepts any printable, non-path-like vid; list_videos lists it
+    got = parse_video_arg(vid, is_known_id={vid}.__contains__, roots=(tmp_path,), allowlist=())
+    assert got == VideoArg("id", vid)
+
+
+@pytest.mark.parametrize(
+    "name,value",
+    [("auto_ingest", "false"), ("keep_threads", "no"), ("include_original", 0), ("video_roots", 5)],
+)
+def test_context_refuses_values_of_the_wrong_type(name, value):
+    with pytest.raises(ConfigError, match=name):
+        Context(**{name: value})
+
+
+def test_resume_accepts_the_same_uncleaned_query(tmp_path, monkeypatch):
+    import json
+
+    from granalign.backends.embedder import make_embedder
+    from granalign.io.captions_import import import_captions
+    from granalign.stages import proposals
+    from graphs import durable, resources
+
+    caps = tmp_path / "caps.jsonl"
+    row = {"vid": "kitchen", "clip_len_s": 2, "captions": ["a man chops onions"] * 3 + ["a dog"] * 5}
+    caps.write_text(json.dumps(row) + "\n")
+    ctx = Context(store_dir=str(tmp_path / "store"), checkpoint_db=str(tmp_path / "ck.sqlite"))
+    import_captions(resources.store_for(ctx), make_embedder(ctx.embedder), caps, source="t")
+    real, calls = proposals.propose_windows, []
+
+    def fail_once(*a, **k):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("injected")
+        return real(*a, **k)
+
+    monkeypatch.setattr(proposals, "propose_windows", fail_once)
+    raw = {"video": "kitchen", "query": "a man  chops\tonions "}  # as typed on the CLI
+    with pytest.raises(RuntimeError):
+        list(durable.stream_retrieval(ctx, raw, thread_id="t-raw"))
+    out = [c for m, c in durable.stream_retrieval(ctx, raw, thread_id="t-raw") if m == "values"][-1]
+    assert out["query"] == "a man chops onions" and out["moments"]
+
+
+def test_a_served_run_cannot_move_the_video_roots_or_the_store(monkeypatch, tmp_path):
+    from graphs.served import check_operator_keys
+
+    monkeypatch.setenv("GRANALIGN_VIDEO_ROOTS", str(tmp_path))
+    check_operator_keys({"top_n": 3, "video_roots": "", "answer_profile": "distinct"})
+    check_operator_keys({"video_roots": str(tmp_path)})  # the server's own value: fine
+    for key, value in [("video_roots", "/"), ("store_dir", "/tmp/elsewhere"), ("lock_dir", "/etc")]:
+        with pytest.raises(ConfigError, match=key):
+            check_operator_keys({key: value})
