@@ -58,6 +58,7 @@ from typing_extensions import TypedDict
 from agent.context import AgentContext
 from granalign.errors import InputError
 from granalign.io.video import VIDEO_EXTENSIONS
+from tools.langchain_tool import MAX_CONTAINS_CHARS
 from tools.safety import MAX_QUERY_CHARS, MAX_VIDEO_ARG_CHARS, VIDEO_ID_RE, clean_text
 
 log = logging.getLogger(__name__)
@@ -299,7 +300,9 @@ def _listed(reply: Any, video_id: str) -> bool:
 
 
 def _lookup_call(video_id: str) -> dict[str, Any]:
-    args = {"contains": video_id, "limit": 200}
+    # list_videos filters by at most MAX_CONTAINS_CHARS characters; ids run to 128, and
+    # _listed then looks for the exact id among the rows that share its prefix
+    args = {"contains": video_id[:MAX_CONTAINS_CHARS], "limit": 200}
     return {"type": "tool_call", "id": f"{GROUND_CALL_PREFIX}lookup", "name": LIST_TOOL, "args": args}
 
 

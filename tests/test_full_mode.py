@@ -153,3 +153,36 @@ def test_retrieve_cli_prints_windows_and_plots_random_weights(ctx, tmp_path):
     nope = Path(ctx.store_dir).parent / "nope.mp4"  # inside the video roots, but not there
     missing = CliRunner().invoke(app, ["retrieve", str(nope), Q1], env=env)
     assert missing.exit_code == 2 and "video file not found" in missing.output
+
+
+def test_a_video_url_is_fetched_ingested_and_answered_random_weights(ctx, tmp_path):
+    """What an agent gets for an allowed URL: the tool fetches it (a real HTTP server on
+    loopback), the graph ingests the download like a local file, and a second call with the
+    same URL neither fetches nor ingests again."""
+    from http.server import SimpleHTTPRequestHandler
+
+    from tests.servers import http_stub
+    from tools.langchain_tool import MomentRetriever, ToolSettings
+
+    fetched: list[str] = []
+
+    class Videos(SimpleHTTPRequestHandler):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, directory=str(VIDEOS), **kwargs)
+
+        def do_GET(self) -> None:
+            fetched.append(self.path)
+            super().do_GET()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    settings = ToolSettings(context=ctx, url_allowlist=("127.0.0.1",), download_dir=tmp_path / "dl")
+    retriever = MomentRetriever(settings)
+    with http_stub(Videos) as base:
+        first = retriever.run(f"{base}/bikes.mp4", Q1, 3).artifact
+        again = retriever.run(f"{base}/bikes.mp4", Q1, 3).artifact
+    assert first["video_id"] == content_hash(VIDEOS / "bikes.mp4")  # the same bytes as the fixture
+    assert first["mode"] == "full" and 1 <= len(first["moments"]) <= 3
+    assert all(0 <= s < e <= CLIPS["bikes.mp4"][0] + 1e-6 for s, e, _ in first["moments"])
+    assert again["moments"] == first["moments"] and fetched == ["/bikes.mp4"]

@@ -95,7 +95,9 @@ def test_http_server_lists_tools_with_json_schemas_and_answers(http_server, demo
         schema["properties"]["top_k"]["maximum"] == 20 and schema["properties"]["query"]["maxLength"] == 500
     )
     assert "moments" in tools["retrieve_moments"].outputSchema["properties"]
-    assert tools["retrieve_moments"].annotations.readOnlyHint is True
+    hints = tools["retrieve_moments"].annotations  # may ingest (writes the store), may fetch a URL
+    assert (hints.readOnlyHint, hints.idempotentHint, hints.openWorldHint) == (False, True, True)
+    assert tools["list_videos"].annotations.readOnlyHint is True
 
     assert not ok.isError
     result = ok.structuredContent
@@ -136,6 +138,8 @@ def test_bad_arguments_get_the_langchain_tools_one_line_answer(http_server):
         "empty query": {"video": DOG_VIDEO, "query": ""},
         "top_k=999": {"video": DOG_VIDEO, "query": "a dog", "top_k": 999},
         "top_k text": {"video": DOG_VIDEO, "query": "a dog", "top_k": "many"},
+        "top_k true": {"video": DOG_VIDEO, "query": "a dog", "top_k": True},  # not 1
+        "top_k '5'": {"video": DOG_VIDEO, "query": "a dog", "top_k": "5"},  # as the library refuses it
         "no video": {"query": "a dog"},
     }
 

@@ -240,6 +240,8 @@ def test_progress_is_forwarded_to_the_callers_stream(demo_store):
         ),
         ({"video": DOG_VIDEO, "query": "a dog", "top_k": 2.5}, "top_k"),
         ({"video": DOG_VIDEO, "query": "a dog", "top_k": "many"}, "top_k"),
+        ({"video": DOG_VIDEO, "query": "a dog", "top_k": True}, "top_k: Input should be a valid integer"),
+        ({"video": DOG_VIDEO, "query": "a dog", "top_k": "5"}, "top_k: Input should be a valid integer"),
         ({"video": DOG_VIDEO}, "query: Field required"),
         ({"video": ["x"], "query": "a dog"}, "video: Input should be a valid string"),
     ],

@@ -56,6 +56,7 @@ from tools.safety import (
     MAX_VIDEO_ARG_CHARS,
     VideoArg,
     bounded_int,
+    check_url,
     clean_thread_id,
     parse_video_arg,
     url_allowlist,
@@ -68,6 +69,8 @@ __all__ = [
     "DEFAULT_TOP_K",
     "ENV_GRAPH_ID",
     "ENV_GRAPH_URL",
+    "ENV_URL_MAX_MB",
+    "MAX_CONTAINS_CHARS",
     "MAX_LIST_LIMIT",
     "MAX_TOP_K",
     "ListVideosInput",
@@ -89,6 +92,10 @@ log = logging.getLogger(__name__)
 
 ENV_GRAPH_URL = "GRANALIGN_GRAPH_URL"
 ENV_GRAPH_ID = "GRANALIGN_GRAPH_ID"
+ENV_URL_MAX_MB = "GRANALIGN_URL_MAX_MB"
+#: Largest video a URL may download (MiB) unless ``GRANALIGN_URL_MAX_MB`` says otherwise: an hour
+#: of 1080p H.264 is about 2–4 GiB; an agent's URL must not fill the disk.
+DEFAULT_URL_MAX_MB = 4096
 DEFAULT_TOP_K = 5
 MAX_TOP_K = 20
 MAX_LIST_LIMIT = 200
@@ -149,7 +156,13 @@ class ToolSettings:
     url_allowlist: tuple[str, ...] | None = None
     """Hosts a video URL may name; None = ``GRANALIGN_URL_ALLOWLIST`` at call time."""
     timeout_s: float = 600.0
-    """Limit of one call, sync or async: past it the caller gets RetrievalFailed at once."""
+    """Limit of one call, sync or async: past it the caller gets RetrievalFailed at once (a URL's
+    download has the same limit of its own)."""
+    download_dir: Path | None = None
+    """Where allowed video URLs are fetched to (in-process runs); None = ``downloads`` beside
+    the store (the embedded store's folder, or the user cache with a Chroma server)."""
+    url_max_mb: float | None = None
+    """Largest download in MiB; None = ``GRANALIGN_URL_MAX_MB``, default :data:`DEFAULT_URL_MAX_MB`."""
     remote_headers: Mapping[str, str] = field(default_factory=dict)
     """Extra HTTP headers for the LangGraph server (e.g. an auth proxy's)."""
 
@@ -160,6 +173,8 @@ class ToolSettings:
             raise ConfigError(f"{ENV_GRAPH_ID} must name a graph or assistant id")
         if not 0 < self.timeout_s <= 3600:
             raise ConfigError(f"tool timeout {self.timeout_s} s is out of range; allowed: (0, 3600]")
+        if self.url_max_mb is not None and not 0 < self.url_max_mb <= 1_048_576:
+            raise ConfigError(f"url_max_mb {self.url_max_mb} is out of range; allowed: (0, 1048576]")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ToolSettings:
@@ -172,6 +187,21 @@ class ToolSettings:
     @property
     def remote(self) -> bool:
         return bool(self.graph_url)
+
+
+def _url_max_mb(settings: ToolSettings) -> float:
+    if settings.url_max_mb is not None:
+        return settings.url_max_mb
+    raw = os.environ.get(ENV_URL_MAX_MB, "").strip()
+    if not raw:
+        return float(DEFAULT_URL_MAX_MB)
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= 1_048_576:  # NaN fails too
+        raise ConfigError(f"{ENV_URL_MAX_MB}={raw!r} must be a number of MiB in (0, 1048576]")
+    return value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -417,6 +447,12 @@ class MomentRetriever:
             # the deployment's store decides; an id-shaped name is passed on as an id
             roots = settings.roots if settings.roots is not None else parse_roots()
             arg = parse_video_arg(video, is_known_id=lambda _id: True, roots=roots, allowlist=allow)
+            if arg.kind == "url":  # the deployment reads its own files; it cannot see a download here
+                raise InputError(
+                    f"video URL {arg.value!r} refused: this tool calls a remote deployment "
+                    f"({ENV_GRAPH_URL}), which answers only about videos in its store; "
+                    "ingest the video there, or call list_videos"
+                )
             return _Request(arg, text, k, None)
         ctx = self._context(settings).with_overrides(top_n=k).for_answers()  # distinct windows
         # the same roots the graph checks the path against (one roots parser, one setting)
@@ -428,7 +464,28 @@ class MomentRetriever:
             return record is not None and record.complete
 
         arg = parse_video_arg(video, is_known_id=known, roots=roots, allowlist=allow)
+        if arg.kind == "url":
+            arg, ctx = self._downloaded(arg, ctx, roots, allow, settings)
         return _Request(arg, text, k, ctx)
+
+    def _downloaded(
+        self, arg: VideoArg, ctx: Any, roots: tuple[Path, ...], allow: tuple[str, ...], settings: ToolSettings
+    ) -> tuple[VideoArg, Any]:
+        """The URL fetched into the download folder, and a context whose roots include that folder
+        (the graph reads files only inside its roots; the folder holds nothing a caller named)."""
+        from granalign.io.download import download_video
+        from graphs import resources
+
+        folder = settings.download_dir or resources.local_state_dir(ctx) / "downloads"
+        path = download_video(
+            arg.value,
+            folder,
+            check=lambda url: check_url(url, allow),
+            max_bytes=int(_url_max_mb(settings) * 2**20),
+            timeout_s=settings.timeout_s,
+        )
+        widened = os.pathsep.join(str(root) for root in (*roots, folder.resolve()))
+        return VideoArg("path", str(path)), ctx.with_overrides(video_roots=widened)
 
     def _finish(self, req: _Request, values: Mapping[str, Any] | None, elapsed: float) -> MomentsResult:
         if not values or "moments" not in values:
@@ -643,6 +700,7 @@ class RetrieveMomentsInput(BaseModel):
     )
     top_k: int = Field(
         default=DEFAULT_TOP_K,
+        strict=True,  # as bounded_int: true would be 1 and "5" 5 in pydantic's lax mode
         ge=1,
         le=MAX_TOP_K,
         description=f"How many time windows to return, best first (1-{MAX_TOP_K}).",

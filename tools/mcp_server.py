@@ -145,13 +145,19 @@ class GranAlignMCP(FastMCP):
             raise
 
 
-def _read_only_tool(
-    server: FastMCP, name: str, description: str, title: str
+def _tool(
+    server: FastMCP, name: str, description: str, hints: ToolAnnotations
 ) -> Callable[[AnyFunction], AnyFunction]:
-    """Register a tool that only reads the store and reaches no outside world (both tools do),
-    with a structured result clients can validate."""
-    hints = ToolAnnotations(title=title, readOnlyHint=True, openWorldHint=False)
+    """Register a tool with its behaviour hints and a structured result clients can validate."""
     return server.tool(name=name, description=description, annotations=hints, structured_output=True)
+
+
+#: retrieve_moments may ingest a new file (it writes the store's cache) and fetch an allowed URL
+#: (the open world); asking twice changes nothing more.  list_videos only reads the store.
+RETRIEVE_HINTS = ToolAnnotations(
+    title="Find moments in a video", readOnlyHint=False, idempotentHint=True, openWorldHint=True
+)
+LIST_HINTS = ToolAnnotations(title="List indexed videos", readOnlyHint=True, openWorldHint=False)
 
 
 def build_server(
@@ -161,7 +167,7 @@ def build_server(
     core = retriever or MomentRetriever()
     server: FastMCP = GranAlignMCP("granalign", instructions=INSTRUCTIONS, host=host, port=port)
 
-    @_read_only_tool(server, "retrieve_moments", RETRIEVE_DESCRIPTION, "Find moments in a video")
+    @_tool(server, "retrieve_moments", RETRIEVE_DESCRIPTION, RETRIEVE_HINTS)
     async def retrieve_moments(
         video: Annotated[
             str,
@@ -181,7 +187,13 @@ def build_server(
         ],
         ctx: Context,  # type: ignore[type-arg]
         top_k: Annotated[
-            int, Field(ge=1, le=MAX_TOP_K, description=f"Windows to return, best first (1-{MAX_TOP_K}).")
+            int,
+            Field(
+                strict=True,  # as bounded_int: true would be 1 and "5" 5 in pydantic's lax mode
+                ge=1,
+                le=MAX_TOP_K,
+                description=f"Windows to return, best first (1-{MAX_TOP_K}).",
+            ),
         ] = DEFAULT_TOP_K,
     ) -> MomentsOutput:
         done = 0
@@ -206,7 +218,7 @@ def build_server(
             summary=result.content,
         )
 
-    @_read_only_tool(server, "list_videos", LIST_DESCRIPTION, "List indexed videos")
+    @_tool(server, "list_videos", LIST_DESCRIPTION, LIST_HINTS)
     async def list_videos(
         contains: Annotated[
             str,

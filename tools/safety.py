@@ -9,9 +9,11 @@ caption, a user), so every argument is treated like input from the internet:
   1. a URL: refused unless it is ``http(s)`` and its host is named in
      ``GRANALIGN_URL_ALLOWLIST`` (comma-separated hosts; ``*.example.org`` allows subdomains);
      credentials in the URL, backslashes and other schemes (``file:``, ``data:`` ...) are
-     refused whatever the allowlist says;
-  2. a store video id (``[A-Za-z0-9_.:-]``, at most 128 characters) that the caller's store
-     knows (checked by a callback, so this module needs no store);
+     refused whatever the allowlist says (the tool then fetches it,
+     :mod:`granalign.io.download`, checking every redirect with the same rule);
+  2. a store video id that the caller's store knows (checked by a callback, so this module
+     needs no store): ``[A-Za-z0-9_.:-]``, at most 128 characters, or any other name the
+     caption importer accepts that does not look like a path (``list_videos`` hands those out);
   3. a file path, checked by the library's one validator,
      :func:`granalign.io.video.resolve_video_path` (the graph runs the same check): its real path
      (symbolic links resolved) must be a regular file inside the video roots
