@@ -7,6 +7,7 @@ line; ``recover`` must rebuild the videos from the records the SQLite file still
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from pathlib import Path
@@ -135,7 +136,11 @@ def test_recover_rebuilds_a_segfaulting_store_from_its_records(stores):
     embedder = make_embedder(f"local:{EMBEDDER}")
     with Store(stores["healthy"]) as old, Store(new) as store:
         want = [r for r in old.list_videos() if not r.has_frames]
-        assert store.list_videos() == want
+        got_records = store.list_videos()
+        # recovered by importing their captions again, so they carry the import's content key
+        # (a later import of the same captions skips them); the fixture's records were put as is
+        assert [dataclasses.replace(r, content_key="") for r in got_records] == want
+        assert all(len(r.content_key) == 24 for r in got_records)
         for rec in want:
             texts, vectors = store.get_captions(rec.video_id, source="minigpt", embedder_name=EMBEDDER)
             assert texts == old.get_captions(rec.video_id, source="minigpt", embedder_name=EMBEDDER)[0]

@@ -311,3 +311,16 @@ VIDEOS_COLLECTION = "videos"
 def _write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
+
+
+def test_index_takes_a_relative_folder_under_a_video_root_like_a_relative_file(tmp_path, monkeypatch):
+    """`index sub` from outside the roots finds <root>/sub, as `index sub/x.mp4` finds the file."""
+    root, elsewhere = tmp_path / "root", tmp_path / "elsewhere"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "notes.txt").write_text("no videos here")
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    env = {"GRANALIGN_STORE": str(tmp_path / "store"), "GRANALIGN_VIDEO_ROOTS": str(root)}
+    result = CliRunner().invoke(app, ["index", "sub"], env=env)
+    assert result.exit_code == 2, result.output
+    assert "holds no video files" in result.output and "is a directory" not in result.output

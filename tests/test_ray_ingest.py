@@ -251,3 +251,12 @@ def test_ray_benchmark_row_is_left_out_of_quick_runs_and_reports_rates_shares_an
         "store bytes per clip": (2000.0, "bytes"),
     }
     assert all(r["size"].startswith("ray, 1 node x 1 CPU; 20 clips of a.mp4") for r in got)
+
+
+def test_ray_sources_find_a_relative_folder_under_a_video_root(tmp_path, monkeypatch):
+    root, elsewhere = tmp_path / "root", tmp_path / "elsewhere"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "a.mp4").write_bytes(b"x")
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert list_sources("sub", [root.resolve()]) == [str((root / "sub" / "a.mp4").resolve())]

@@ -180,3 +180,21 @@ def test_a_chroma_server_store_takes_no_folder_lock(tmp_path, monkeypatch):
         one.close()
         two.close()
     assert not (tmp_path / "unused").exists()
+
+
+def test_a_chroma_server_lost_mid_run_is_one_line_naming_it(tmp_path):
+    """The server goes away after the store was opened (restart, crash, network): the next
+    store call says so in one GranAlignError naming the server, not an httpx traceback."""
+    from granalign.errors import GranAlignError
+    from granalign.io.store import StoreUnavailable, VideoRecord
+    from tests.servers import chroma_server
+
+    with chroma_server(tmp_path) as url:
+        store = Store(chroma_url=url)
+        store.put_video(VideoRecord("v", n_clips=1, clip_len_s=2.0, duration_s=2.0, caption_source="t"))
+        assert store.video("v") is not None
+    with pytest.raises(StoreUnavailable, match=f"lost the Chroma server at {url}") as info:
+        store.video("v")
+    assert isinstance(info.value, GranAlignError)
+    with pytest.raises(StoreUnavailable):
+        list(store.collection_names())

@@ -43,7 +43,8 @@ def make_video(
     faststart: bool = False,
     pattern: str = "index",
 ) -> Path:
-    """An H.264 mp4 whose frame i is a flat grey of level (2 i) % 256 (``pattern='index'``) or noise."""
+    """An H.264 mp4 whose frame i is a flat grey of level (2 i) % 256 (``pattern='index'``), a
+    white left half on black (``'halves'``) or noise."""
     import av
 
     options = {"movflags": "faststart"} if faststart else {}
@@ -58,6 +59,9 @@ def make_video(
         for i in range(round(seconds * fps)):
             if pattern == "index":
                 pixels = np.full((size[1], size[0], 3), (i * LEVEL_STEP) % 256, dtype=np.uint8)
+            elif pattern == "halves":  # left half white, right half black: shows which way is up
+                pixels = np.zeros((size[1], size[0], 3), dtype=np.uint8)
+                pixels[:, : size[0] // 2] = 255
             else:
                 pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
             for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
@@ -298,3 +302,64 @@ def test_content_hash_is_streamed_and_cached(tmp_path, monkeypatch):
     assert first.startswith("sha256-") and len(first) == 7 + 24
     assert reads and all(0 < n <= 1 << 20 for n in reads)  # bounded blocks, never read() of all
     assert content_hash(path) == first
+
+
+def _video_with_long_audio(path: Path, video_s: float, audio_s: float) -> Path:
+    """A Matroska file (no per-stream duration) whose audio track outlasts its video track."""
+    import av
+
+    with av.open(str(path), "w", format="matroska") as container:
+        video = container.add_stream("libx264", rate=FPS)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        audio = container.add_stream("aac", rate=16000)
+        audio.layout = "mono"
+        for i in range(round(video_s * FPS)):
+            pixels = np.full((48, 64, 3), (i * LEVEL_STEP) % 256, dtype=np.uint8)
+            for packet in video.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
+                container.mux(packet)
+        for packet in video.encode():
+            container.mux(packet)
+        for i in range(round(audio_s * 16000 / 1024)):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = 16000, i * 1024
+            for packet in audio.encode(frame):
+                container.mux(packet)
+        for packet in audio.encode():
+            container.mux(packet)
+    return path
+
+
+def test_duration_is_the_video_tracks_when_a_longer_audio_track_follows_it(tmp_path):
+    """An .mkv whose audio runs 10 s past its 2-s video is a 2-s video, not a truncated 12-s one."""
+    path = _video_with_long_audio(tmp_path / "talk.mkv", 2.0, 12.0)
+    info = probe_video(path)
+    assert info.duration_s == pytest.approx(2.0, abs=0.1)
+    frames = list(sample_frames(path, clip_times(info.duration_s, 2.0), clip_len=2.0, info=info))
+    assert len(frames) == clip_count(info.duration_s, 2.0) == 1
+
+
+def _rotate_display_matrix(path: Path) -> Path:
+    """Set the mp4 track's display matrix to a 90° rotation (what phones write for portrait video)."""
+    import struct
+
+    data = bytearray(path.read_bytes())
+    at = data.find(b"tkhd")
+    assert at > 0 and data[at + 4] == 0  # a version-0 track header
+    matrix = at + 8 + 20 + 8 + 8  # version/flags, times/ids/duration, reserved, layer..volume
+    data[matrix : matrix + 36] = struct.pack(">9i", 0, 0x10000, 0, -0x10000, 0, 0, 0, 0, 0x40000000)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_frames_of_a_rotated_video_are_upright(tmp_path):
+    """A 64×32 stream with a 90° display matrix is shown 32×64: CLIP and the captioner must see it so.
+
+    The matrix (0, 1, −1, 0) is the one a phone writes for portrait video, which players (and
+    ffmpeg's autorotate) turn 90° clockwise: the stream's left half becomes the top half.
+    """
+    path = _rotate_display_matrix(make_video(tmp_path / "phone.mp4", 1.0, size=(64, 32), pattern="halves"))
+    with FrameSampler(path) as sampler:
+        image = sampler.frame_at(0.5)
+    assert image.size == (32, 64)
+    grey = np.asarray(image.convert("L"), dtype=np.float64)
+    assert grey[:28].mean() > 200 and grey[36:].mean() < 50  # white on top, black below

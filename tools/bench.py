@@ -105,6 +105,7 @@ class BenchResult:
     rewrite_s: float
     passes_s: list[float] = field(default_factory=list)
     resumed: int = 0  # queries of the first pass taken from the journal of an interrupted run
+    resumed_answered: int = 0  # of those, the answered ones (``n`` counts answered queries)
 
     @property
     def n(self) -> int:
@@ -116,7 +117,9 @@ class BenchResult:
         return scored_predictions(self.annotations, self.predictions)
 
     def queries_per_s(self, i: int) -> float:
-        return self.n / self.passes_s[i] if self.passes_s[i] > 0 else float("inf")
+        """Queries this pass ran per second: pass 1 of a resumed run ran only the rest."""
+        ran = self.n - (self.resumed_answered if i == 0 else 0)
+        return ran / self.passes_s[i] if self.passes_s[i] > 0 else float("inf")
 
 
 def _prediction(ann: Annotation, out: dict[str, Any]) -> dict[str, Any]:
@@ -165,6 +168,7 @@ def run_queries(
     chunk: int = 32,
     on_progress: Callable[[int, int], None] | None = None,
     journal: Journal | None = None,
+    unavailable: dict[str, str] | None = None,
 ) -> tuple[list[dict[str, Any]], list[tuple[int | str, str]]]:
     """Send queries through the compiled graph in chunks; per-query errors are collected.
 
@@ -175,6 +179,10 @@ def run_queries(
     done: dict[str, dict[str, Any]] = {}
     if journal is not None:
         done = {json.dumps(r["qid"]): r for r in journal.rows if "qid" in r}
+    for a in annotations:  # videos the run's captions file lacks: misses, never another file's captions
+        why = (unavailable or {}).get(a.vid)
+        if why is not None:
+            done.setdefault(json.dumps(a.qid), {"qid": a.qid, "skipped": why})
     todo = [a for a in annotations if json.dumps(a.qid) not in done]
     config: dict[str, Any] = {"max_concurrency": concurrency}
     finished = len(annotations) - len(todo)
@@ -256,6 +264,10 @@ def run_benchmark(
         only={a.vid for a in annotations},
     )
     import_s = time.perf_counter() - t0
+    source = caption_source or source_name_for(captions_path)
+    vids = sorted({a.vid for a in annotations})
+    have = store.complete_video_ids(vids, source=source, embedder_name=embedder.name)
+    unavailable = {v: f"video {v} has no captions in {captions_path}" for v in vids if v not in have}
     t0 = time.perf_counter()
     resources.warm_rewrites(
         ctx,
@@ -280,18 +292,22 @@ def run_benchmark(
                 concurrency=concurrency,
                 on_progress=_stage_progress(on_progress, f"pass {i + 1}"),
                 journal=journal if i == 0 else None,
+                unavailable=unavailable,
             )
             passes.append(time.perf_counter() - t0)
     finally:
         journal.close()
     resumed = len(journal.rows)
+    resumed_answered = sum(1 for r in journal.rows if "pred" in r)
     if not preds:
         raise InputError(f"no query of {annotations_path} could be answered ({len(skipped)} skipped)")
     if predictions_out is not None:  # saved before scoring: a scoring error loses no work
         write_jsonl(predictions_out, preds)
     metrics = evaluate_submission(scored_predictions(annotations, preds), [a.raw for a in annotations])
     journal.discard()
-    return BenchResult(annotations, preds, metrics, skipped, report, import_s, rewrite_s, passes, resumed)
+    return BenchResult(
+        annotations, preds, metrics, skipped, report, import_s, rewrite_s, passes, resumed, resumed_answered
+    )
 
 
 #: Bumped when the same settings start to give other prediction rows (2: length priors in

@@ -18,6 +18,7 @@ from tools.cli_common import (
     _progress,
     _short_spec,
     app,
+    check_distinct,
     check_output,
     check_output_dir,
     console,
@@ -169,6 +170,7 @@ def bench_cmd(
                                                  (metrics, "--metrics", ".delta.json"))]  # fmt: skip
     for path, option in outputs:
         check_output(path, option)
+    check_distinct(outputs)
     _run_bench(
         annotations, captions, ctx, limit, out_path, metrics, repeat, concurrency, plot, split, peer_ctx
     )

@@ -159,6 +159,20 @@ def check_output(path: Path | None, option: str) -> None:
     _probe_writable(target.parent, f"{option} {path}")
 
 
+def check_distinct(outputs: list[tuple[Path | None, str]]) -> None:
+    """Refuse two outputs of one run that name the same file (the second would replace the first)."""
+    seen: dict[Path, str] = {}
+    for path, option in outputs:
+        if path is None:
+            continue
+        target = Path(path).expanduser().resolve()
+        if target in seen:
+            raise InputError(
+                f"{option} {path}: the same file as {seen[target]}; give each output its own name"
+            )
+        seen[target] = f"{option} {path}"
+
+
 def check_output_dir(path: Path, option: str) -> None:
     """Like :func:`check_output` for a results folder (it may exist; files go inside it)."""
     target = Path(path).expanduser()

@@ -10,6 +10,7 @@ import typer
 from rich.progress import Progress, TaskID
 from rich.table import Table
 
+from granalign.errors import InputError
 from tools.cli_common import (
     SetOpt,
     SplitOpt,
@@ -67,7 +68,13 @@ def experiment_cmd(
         [p.strip() for p in pairs.split(",")] if pairs else None, max_m, ablation, paraphrases
     )
     if only:
-        wanted = {n.strip() for n in only.split(",")}
+        wanted = {n.strip() for n in only.split(",") if n.strip()}
+        unknown = sorted(wanted - {s.name for s in settings})
+        if unknown or not wanted:
+            raise InputError(
+                f"--only {only!r}: no setting named {', '.join(unknown) or '(empty)'}; "
+                f"planned: {', '.join(s.name for s in settings)}"
+            )
         settings = [s for s in settings if s.name in wanted]
     rows = []
     with _progress() as bar:

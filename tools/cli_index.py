@@ -118,15 +118,16 @@ def _bar_updater(bar: Progress, task: TaskID) -> Any:
 
 
 def _ingest_target(ctx: Any, target: str, jobs: int) -> None:
-    from granalign.io.video import display_path, find_videos, resolve_video_folder
+    from granalign.io.video import display_path, find_videos, video_folder
     from graphs import resources
     from graphs.ingest import ingest_video
 
     roots = resources.video_roots(ctx)
-    is_dir = os.path.isdir(os.path.expanduser(target))
-    if not is_dir:
+    folder = video_folder(target, roots)  # a relative folder is looked up under the roots, like a file
+    is_dir = folder is not None
+    if folder is None:
         _check_index_target(ctx, target, roots)
-    files = [str(p) for p in find_videos(resolve_video_folder(target, roots))] if is_dir else [target]
+    files = [str(p) for p in find_videos(folder)] if folder is not None else [target]
     if is_dir and not files:
         raise InputError(f"folder {display_path(target)} holds no video files")
     results: list[tuple[str, dict[str, Any] | None, str]] = []

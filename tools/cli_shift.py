@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -50,8 +51,8 @@ def _parse_list(text: str | None, option: str, kind: type[int] | type[float]) ->
         raise InputError(
             f"{option} {text!r}: expected comma-separated {kind.__name__}s, e.g. 30,60"
         ) from None
-    if any(v <= 0 for v in values):
-        raise InputError(f"{option} {text!r}: every value must be positive")
+    if any(not math.isfinite(v) or v <= 0 for v in values):
+        raise InputError(f"{option} {text!r}: every value must be a positive finite number")
     return values
 
 

@@ -50,7 +50,7 @@ from rich.progress import (
 from rich.text import Text
 
 from granalign.errors import ConfigError, GranAlignError, InputError
-from granalign.io.video import display_path, find_videos, resolve_video_folder
+from granalign.io.video import display_path, find_videos, video_folder
 from granalign.specs import parse_spec
 from graphs import resources
 from graphs.context import Context
@@ -143,8 +143,9 @@ def list_sources(target: str, roots: Sequence[Path]) -> list[str]:
     later, on a worker, by the ingest graph's probe, so one bad entry fails alone.
     """
     expanded = os.path.expanduser(target)
-    if os.path.isdir(expanded):
-        files = [str(p) for p in find_videos(resolve_video_folder(target, roots))]
+    folder = video_folder(target, roots)
+    if folder is not None:
+        files = [str(p) for p in find_videos(folder)]
         if not files:
             raise InputError(f"folder {display_path(target)} holds no video files")
         return files

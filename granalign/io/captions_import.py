@@ -8,6 +8,7 @@ skipped; a video is marked complete only after all its captions are written).
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -16,10 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from granalign.backends.embedder import TextEmbedder
+from granalign.core.moments import positive_seconds
 from granalign.errors import InputError
 from granalign.io.caption_embedding import CHUNK_TEXTS, embedded_chunks
 from granalign.io.jsonl import iter_jsonl
-from granalign.io.store import Store, VideoRecord
+from granalign.io.store import Store, VideoRecord, text_hash
 from granalign.io.video import looks_like_path
 
 IMPORT_PROMPT_HASH = "imported"
@@ -36,6 +38,11 @@ class CaptionedVideo:
     clip_len_s: float
     captions: tuple[str, ...]
     duration_s: float
+
+    @property
+    def content_key(self) -> str:
+        """What the store's copy must match to count as this line (grid, length, captions)."""
+        return text_hash(json.dumps([self.clip_len_s, self.duration_s, list(self.captions)]), 24)
 
 
 @dataclass
@@ -86,6 +93,11 @@ def _validate(obj: dict[str, object], where: str) -> CaptionedVideo:
         or duration <= 0
     ):
         raise InputError(f"{where}: 'duration' must be a positive number (video {vid})")
+    try:  # the range every query of the video is checked against (core.moments.positive_seconds)
+        positive_seconds("'clip_len_s'", clip_len)
+        positive_seconds("'duration'", duration)
+    except InputError as exc:
+        raise InputError(f"{where}: {exc} (video {vid})") from None
     return CaptionedVideo(vid, float(clip_len), tuple(c.strip() for c in caps), float(duration))
 
 
@@ -173,7 +185,10 @@ def _not_yet_complete(
 ) -> Iterator[CaptionedVideo]:
     """The videos not complete in the store, looked up a group at a time."""
     for group in groups:
-        done = store.complete_video_ids([v.vid for v in group], source=source, embedder_name=embedder_name)
+        keys = {v.vid: v.content_key for v in group}
+        done = store.complete_video_ids(
+            list(keys), source=source, embedder_name=embedder_name, content_keys=keys
+        )
         if done:
             report.skipped += len(done)
             if on_progress:
@@ -185,6 +200,8 @@ def _store_video(
     store: Store, embedder_name: str, source: str, video: CaptionedVideo, vectors: dict[str, np.ndarray]
 ) -> None:
     emb = np.stack([vectors[c] for c in video.captions]).astype(np.float32)
+    if store.video(video.vid) is not None:  # stale (other content or source): no clip of it may stay
+        store.delete_video(video.vid)
     store.put_captions(
         video.vid,
         video.captions,
@@ -203,6 +220,7 @@ def _store_video(
             caption_embedder=embedder_name,
             has_frames=False,
             complete=True,
+            content_key=video.content_key,
         )
     )
 

@@ -37,6 +37,7 @@ import re
 import sys
 import threading
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypedDict, Unpack
@@ -45,7 +46,7 @@ from urllib.parse import urlparse
 import numpy as np
 from numpy.typing import NDArray
 
-from granalign.errors import ConfigError, InputError
+from granalign.errors import BackendError, ConfigError, InputError
 from granalign.io.locks import acquire_store_lock, release_store_lock
 
 VIDEOS = "videos"
@@ -91,6 +92,7 @@ class VideoRecord:
     clip_model: str = ""
     caption_prompt: str = ""
     ingest_key: str = ""
+    content_key: str = ""  # imported captions: hash of clip_len_s, duration and the captions
 
     def to_metadata(self) -> dict[str, Any]:
         return asdict(self)
@@ -110,6 +112,7 @@ class VideoRecord:
             clip_model=str(meta.get("clip_model", "")),
             caption_prompt=str(meta.get("caption_prompt", "")),
             ingest_key=str(meta.get("ingest_key", "")),
+            content_key=str(meta.get("content_key", "")),
         )
 
 
@@ -270,6 +273,43 @@ def _embedded_client(path: Path, lock_timeout: float) -> Any:
         raise
 
 
+class StoreUnavailable(BackendError):
+    """The Chroma server stopped answering mid-run (down, restarted, network lost)."""
+
+
+class _ServerCollection:
+    """A server collection whose lost connections become :class:`StoreUnavailable`, one line
+    naming the server, instead of an httpx traceback (finished clips stay in the store)."""
+
+    def __init__(self, collection: Any, location: str) -> None:
+        self._collection, self._location = collection, location
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._collection, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with _server_errors(self._location):
+                return attr(*args, **kwargs)
+
+        return call
+
+
+@contextmanager
+def _server_errors(location: str) -> Iterator[None]:
+    import httpx
+
+    try:
+        yield
+    except httpx.TransportError as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise StoreUnavailable(
+            f"lost the Chroma server at {location} ({type(exc).__name__}: {reason}); "
+            "finished work is kept in the store: re-run once the server answers again"
+        ) from None
+
+
 class Store:
     """Typed access to the project's Chroma collections (thread-safe for our use)."""
 
@@ -323,9 +363,12 @@ class Store:
                 raise RuntimeError(f"store {self.location} was closed")
             col = self._collections.get(name)
             if col is None:
-                col = self._client.get_or_create_collection(
-                    name, embedding_function=None, metadata={"hnsw:space": "cosine"}
-                )
+                with _server_errors(self.location):
+                    col = self._client.get_or_create_collection(
+                        name, embedding_function=None, metadata={"hnsw:space": "cosine"}
+                    )
+                if self.folder is None:  # a Chroma server
+                    col = _ServerCollection(col, self.location)
                 self._collections[name] = col
             return col
 
@@ -393,8 +436,17 @@ class Store:
             VIDEOS, ids=[record.video_id], embeddings=[_PLACEHOLDER], metadatas=[record.to_metadata()]
         )
 
-    def complete_video_ids(self, video_ids: Sequence[str], *, source: str, embedder_name: str) -> set[str]:
-        """Which of ``video_ids`` are fully stored for this caption source and embedder."""
+    def complete_video_ids(
+        self,
+        video_ids: Sequence[str],
+        *,
+        source: str,
+        embedder_name: str,
+        content_keys: dict[str, str] | None = None,
+    ) -> set[str]:
+        """Which of ``video_ids`` are fully stored for this caption source and embedder (and,
+        with ``content_keys``, with exactly this content: an edited file, or another file of the
+        same name and ids, is not "done")."""
         done: set[str] = set()
         for got in self._get_by_ids(VIDEOS, video_ids, ["metadatas"]):
             done.update(
@@ -403,6 +455,7 @@ class Store:
                 if m.get("complete")
                 and m.get("caption_source") == source
                 and m.get("caption_embedder") == embedder_name
+                and (content_keys is None or m.get("content_key") == content_keys.get(i))
             )
         return done
 
@@ -658,7 +711,9 @@ class Store:
         )
 
     def collection_names(self) -> Iterator[str]:
-        for col in self._client.list_collections():
+        with _server_errors(self.location):
+            cols = self._client.list_collections()
+        for col in cols:
             yield col if isinstance(col, str) else col.name
 
 

@@ -56,6 +56,7 @@ __all__ = [
     "resolve_video_folder",
     "resolve_video_path",
     "sample_frames",
+    "video_folder",
 ]
 
 VIDEO_EXTENSIONS: tuple[str, ...] = (
@@ -227,6 +228,17 @@ def resolve_video_folder(raw: str | os.PathLike[str], roots: Sequence[Path]) -> 
     return real
 
 
+def video_folder(raw: str, roots: Sequence[Path]) -> Path | None:
+    """The folder ``raw`` names, looked up like a video file (current folder, then each root),
+    or None when it names no folder (a file, or nothing: the file rules then say why)."""
+    if os.path.isdir(os.path.expanduser(raw)):
+        return resolve_video_folder(raw, roots)  # its refusals ('~', outside the roots) are the answer
+    try:
+        return resolve_video_folder(raw, roots)
+    except InputError:
+        return None
+
+
 def find_videos(folder: Path) -> list[Path]:
     """Video files under ``folder`` (recursive, by extension, sorted; hidden entries skipped)."""
     found: list[Path] = []
@@ -339,17 +351,20 @@ def probe_video(path: Path) -> VideoInfo:
         stream = _video_stream(container, path)
         tb = float(stream.time_base) if stream.time_base else 0.0
         start = float(stream.start_time * tb) if stream.start_time is not None and tb else 0.0
+        whole = float(container.duration) / 1_000_000 - max(start, 0.0) if container.duration else 0.0
         if stream.duration and tb:
             duration = float(stream.duration * tb)
-        elif container.duration:
-            duration = float(container.duration) / 1_000_000 - max(start, 0.0)
-        else:
+        elif len(container.streams) == 1:  # the container's duration is the video's
+            duration = whole
+        else:  # Matroska/WebM: the container's duration may be a longer audio track's
             duration = 0.0
         if not math.isfinite(duration) or duration <= 0:
             try:
                 duration = _scan_duration(container, stream)
             except _av_errors():
                 duration = 0.0
+            if duration <= 0 and math.isfinite(whole):
+                duration = whole
         if duration <= 0:
             raise InputError(f"{display_path(path)} has no video frames (zero-length video)")
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
@@ -483,7 +498,10 @@ class FrameSampler:
 
     def _image(self, frame: Any) -> Any:
         width, height = _fit(frame.width, frame.height, self.max_pixels)
-        return frame.to_image(width=width, height=height)
+        image = frame.to_image(width=width, height=height)
+        # phone videos are stored sideways with a display matrix: show the frame as players do
+        rotation = int(getattr(frame, "rotation", 0) or 0) % 360
+        return image.rotate(rotation, expand=True) if rotation else image
 
 
 def sample_frames(
