@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Annotated, Any, NotRequired, cast
 
+import openai
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import (
     AIMessage,
@@ -55,8 +56,8 @@ from langgraph.graph.message import add_messages
 from langgraph.runtime import Runtime, get_runtime
 from typing_extensions import TypedDict
 
-from agent.context import AgentContext
-from granalign.errors import InputError
+from agent.context import ENV_MODEL, AgentContext
+from granalign.errors import BackendError, InputError
 from granalign.io.video import VIDEO_EXTENSIONS
 from tools.langchain_tool import MAX_CONTAINS_CHARS
 from tools.safety import MAX_QUERY_CHARS, MAX_VIDEO_ARG_CHARS, VIDEO_ID_RE, clean_text
@@ -343,6 +344,15 @@ def _grounding_note(messages: Sequence[AnyMessage]) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+def _model_failed(runtime: Runtime[AgentContext], exc: Exception) -> BackendError:
+    """The chat model's failure as one line naming the endpoint (API clients see the message)."""
+    spec = _context(runtime).model_spec()
+    return BackendError(
+        f"the chat model {spec.model!r} at {spec.target} failed ({type(exc).__name__}: {exc}); "
+        f"check the server, or set the model (context 'model' or ${ENV_MODEL})"
+    )
+
+
 def _model_reply(reply: Any, budget: int, runtime: Runtime[AgentContext]) -> dict[str, Any]:
     if not isinstance(reply, AIMessage):
         reply = AIMessage(content=str(getattr(reply, "content", reply)))
@@ -404,11 +414,19 @@ class _Nodes:
     def call_model(self, state: AgentState) -> dict[str, Any]:
         """Ask the model for the next step; without tools once the budget is spent."""
         runnable, messages, budget, runtime = self._model_request(state)
-        return _model_reply(runnable.invoke(messages), budget, runtime)
+        try:
+            reply = runnable.invoke(messages)
+        except openai.APIError as exc:
+            raise _model_failed(runtime, exc) from exc
+        return _model_reply(reply, budget, runtime)
 
     async def acall_model(self, state: AgentState) -> dict[str, Any]:
         runnable, messages, budget, runtime = self._model_request(state)
-        return _model_reply(await runnable.ainvoke(messages), budget, runtime)
+        try:
+            reply = await runnable.ainvoke(messages)
+        except openai.APIError as exc:
+            raise _model_failed(runtime, exc) from exc
+        return _model_reply(reply, budget, runtime)
 
     def _tool_plan(self, state: AgentState) -> tuple[list[tuple[dict[str, Any], Any]], Runtime[AgentContext]]:
         """(tool call, tool or an error ToolMessage) for every call of the last reply.

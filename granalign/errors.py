@@ -19,5 +19,8 @@ class ConfigError(InputError):
     """A setting (backend spec, hyperparameter) is out of range or unknown."""
 
 
-class BackendError(GranAlignError):
-    """A model server could not answer (down, timed out, HTTP error) after the allowed retries."""
+class BackendError(GranAlignError, RuntimeError):
+    """A model server could not answer (down, timed out, HTTP error) after the allowed retries.
+
+    A RuntimeError too: LangGraph Server passes the message of builtin error types to API
+    clients and replaces any other with "An internal error occurred"."""

@@ -37,7 +37,7 @@ from granalign.errors import InputError
 from granalign.io.store import Store, VideoRecord, default_store_dir, open_store, text_hash
 from granalign.io.store import close_stores as close_open_stores
 from granalign.io.video import content_hash, parse_roots, resolve_video_path
-from granalign.prompt_files import load_prompt_pairs
+from granalign.prompt_files import available_pair_ids, load_prompt_pairs
 from granalign.rewrite import Rewrite, Rewriter, rewrite_queries
 from granalign.specs import parse_spec
 from granalign.stages import aware_captions as stage
@@ -153,7 +153,16 @@ def is_pairless(rewriter: Rewriter) -> bool:
 
 def pairs_for(ctx: Context) -> list[PromptPair]:
     """The prompt pairs named in Context, or the first m of the default order."""
-    ids = [p.strip() for p in ctx.prompt_pairs.split(",") if p.strip()] or list(DEFAULT_PAIRS[: ctx.m])
+    ids = [p.strip() for p in ctx.prompt_pairs.split(",") if p.strip()]
+    if not ids:  # the default order, then every other pair file (a new file is a new pair)
+        avail = available_pair_ids()
+        ordered = [i for i in DEFAULT_PAIRS if i in avail] + [i for i in avail if i not in DEFAULT_PAIRS]
+        if ctx.m > len(ordered):
+            raise InputError(
+                f"m={ctx.m} prompt pairs asked for, but the prompt folder has only {len(ordered)}: "
+                f"{', '.join(ordered)}"
+            )
+        ids = ordered[: ctx.m]
     return load_prompt_pairs(ids)
 
 

@@ -123,6 +123,22 @@ def prompt_hash(pair: PromptPair) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:12]
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``safe_load`` that refuses a field given twice (YAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str):
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"field {key!r} is given twice", key_node.start_mark
+                    )
+                seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def _read_yaml(path: Path) -> Any:
     """Parse ``path`` with ``safe_load``; syntax errors name the file and the 1-based line."""
     try:
@@ -134,7 +150,7 @@ def _read_yaml(path: Path) -> Any:
     except OSError as exc:
         raise PromptError(f"{path}: cannot read prompt pair file ({exc.strerror})") from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
@@ -192,6 +208,11 @@ def load_prompt_pair(path: str | os.PathLike[str]) -> PromptPair:
     """Load and validate one prompt-pair file (errors name the file and the field)."""
     p = Path(path)
     fields = _check_fields(p, _read_yaml(p))
+    if "," in fields["id"] or fields["id"] != fields["id"].strip():
+        raise PromptError(
+            f"{p}: pair id {fields['id']!r} cannot be selected (prompt_pairs and --pairs are "
+            "comma-separated lists); rename the file and its id without commas or edge spaces"
+        )
     if fields["id"] != p.stem:
         raise PromptError(f"{p}: field 'id' is {fields['id']!r} but must equal the file stem {p.stem!r}")
     for field in _TEMPLATES:

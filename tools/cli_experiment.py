@@ -47,7 +47,9 @@ def experiment_cmd(
     ] = None,
     max_m: Annotated[int, typer.Option("--max-m", min=1, max=16, help="Also run m = 2..max_m.")] = 3,
     ablation: Annotated[bool, typer.Option(help="Add the caption-only ablation rows.")] = True,
-    paraphrases: Annotated[Path | None, typer.Option(help="Paraphrase JSONL for an extra row.")] = None,
+    paraphrases: Annotated[
+        Path | None, typer.Option(exists=True, dir_okay=False, help="Paraphrase JSONL for an extra row.")
+    ] = None,
     only: Annotated[str | None, typer.Option(help="Run only these settings (comma-separated names).")] = None,
     limit: LimitOpt = None,
     split: SplitOpt = None,

@@ -25,7 +25,7 @@ from granalign.io.jsonl import Journal, atomic_write_text, write_json, write_jso
 from granalign.prompt_files import available_pair_ids, load_prompt_pairs
 from graphs import resources
 from graphs.context import Context
-from prompts import DEFAULT_PAIRS
+from prompts import DEFAULT_PAIRS, prompt_hash
 from tools.bench import Annotation, journal_key, run_queries, scored_predictions
 
 Side = Literal["both", "simplified", "detailed"]
@@ -177,7 +177,10 @@ def _load_cached(row_dir: Path, setting: Setting, key: str) -> RowResult | None:
 
 
 def _config_key(setting: Setting, base: Context) -> dict[str, Any]:
-    return {"setting": setting.config(), "context": {k: str(v) for k, v in vars(base).items()}}
+    key: dict[str, Any] = {"setting": setting.config(), "context": {k: str(v) for k, v in vars(base).items()}}
+    if setting.pairs:  # the pairs' text, not just their ids: an edited pair is a new row
+        key["prompts"] = {p.id: prompt_hash(p) for p in load_prompt_pairs(list(setting.pairs))}
+    return key
 
 
 def run_setting(
@@ -208,7 +211,8 @@ def run_setting(
         journal.close()
     seconds = time.perf_counter() - t0
     if not preds:
-        raise InputError(f"setting {setting.name}: no query could be answered")
+        why = f" (first: {skipped[0][1]})" if skipped else ""
+        raise InputError(f"setting {setting.name}: no query could be answered{why}")
     write_jsonl(row_dir / "preds.jsonl", preds)  # written before scoring, as bench does
     # every annotation is scored, a failed query as a miss (leaving it out would raise the metrics)
     scored, gt = scored_predictions(annotations, preds), [a.raw for a in annotations]
