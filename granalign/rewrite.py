@@ -563,6 +563,10 @@ class FileRewriter:
             log.warning("%s: no rewrites for query %r (qid %s); using the original", self.path, query, qid)
         return row
 
+    def covers(self, query: str, qid: str | int | None = None) -> bool:
+        """Whether the file has a row for this query (else only the original is used)."""
+        return self._lookup(query, qid) is not None
+
     def variants_for(self, query: str, qid: str | int | None = None) -> list[Rewrite]:
         """Original first, then ``para{i}`` paraphrases, then stored per-pair rewrites."""
         row = self._lookup(query, qid)

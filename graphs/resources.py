@@ -64,10 +64,27 @@ def _served_rewriter(spec: str, timeout_s: float, attempts: int, concurrency: in
     return make_rewriter(spec, timeout_s=timeout_s, attempts=attempts, concurrency=concurrency)
 
 
+@lru_cache(maxsize=8)
+def _file_rewriter(spec: str, version: tuple[int, int]) -> Rewriter:
+    return make_rewriter(spec)
+
+
 def rewriter_for(ctx: Context) -> Rewriter:
-    """The run's rewriter; an ``openai:`` one also carries the Context's request limits."""
-    if parse_spec(ctx.rewriter, role="rewriter").engine == "openai":
+    """The run's rewriter; an ``openai:`` one also carries the Context's request limits.
+
+    A ``file:`` rewriter is cached per file version (modification time and size): a server
+    (``langgraph dev``, MCP) keeps running while a researcher edits the paraphrase file, and
+    must not keep answering from the old content.
+    """
+    parsed = parse_spec(ctx.rewriter, role="rewriter")
+    if parsed.engine == "openai":
         return _served_rewriter(ctx.rewriter, ctx.request_timeout, ctx.request_attempts, ctx.concurrency)
+    if parsed.engine == "file":
+        try:
+            info = os.stat(parsed.target)
+        except OSError:
+            return rewriter_for_spec(ctx.rewriter)  # the rewriter's own error names the file
+        return _file_rewriter(ctx.rewriter, (info.st_mtime_ns, info.st_size))
     return rewriter_for_spec(ctx.rewriter)
 
 

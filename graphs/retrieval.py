@@ -223,6 +223,10 @@ def rewrite(state: RewriteTask, runtime: Runtime[Context]) -> dict[str, Any]:
     except BackendError as exc:
         got = [Rewrite(state["pair_id"] or "original", state["query"], state["query"], True, str(exc))]
     notes = [f"rewrite {r.pair_id} fell back to the original query: {r.reason}" for r in got if r.fallback]
+    covers = getattr(rewriter, "covers", None)
+    if not state["pair_id"] and covers is not None and not covers(state["query"], state.get("qid")):
+        # a paraphrase file without this query: say so, or a typo in the query looks like a result
+        notes.append(f"{rewriter.name} has no rewrites for this query; only the original query was used")
     _progress(runtime, "rewrite", pair=state["pair_id"] or rewriter.name, n=len(got))
     return {"rewrites": [r.to_dict() for r in got], "notes": notes}
 

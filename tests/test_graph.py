@@ -87,6 +87,29 @@ def test_file_rewriter_variants_are_scored(store_dir, tmp_path):
     assert texts[0] == "a dog sleeping" and "a puppy naps on a couch" in texts and len(texts) == 3
 
 
+def test_a_query_the_paraphrase_file_lacks_is_said_in_the_notes(store_dir, tmp_path):
+    para = tmp_path / "para.jsonl"
+    row = {"qid": 1, "query": "a dog sleeping", "rephrased_query": ["a puppy naps"]}
+    para.write_text(json.dumps(row) + "\n")
+    out = _run(store_dir, "a dog sleepnig", rewriter=f"file:{para}")  # a typo: not in the file
+    assert [v["simplified"] for v in out["variants"]] == ["a dog sleepnig"]
+    assert any("has no rewrites for this query; only the original query was used" in n for n in out["notes"])
+    found = _run(store_dir, "a dog sleeping", rewriter=f"file:{para}")
+    assert not any("has no rewrites" in n for n in found["notes"])
+
+
+def test_an_edited_paraphrase_file_is_read_again(store_dir, tmp_path):
+    """A long-running server keeps its rewriters cached; editing the file must not leave it
+    answering from the old content."""
+    para = tmp_path / "para.jsonl"
+    row = {"qid": 1, "query": "a dog sleeping", "rephrased_query": ["a puppy naps"]}
+    para.write_text(json.dumps(row) + "\n")
+    assert len(_run(store_dir, "a dog sleeping", rewriter=f"file:{para}")["variants"]) == 2
+    row["rephrased_query"] = ["a puppy naps on a couch", "a sleeping dog", "a dog rests"]
+    para.write_text(json.dumps(row) + "\n")
+    assert len(_run(store_dir, "a dog sleeping", rewriter=f"file:{para}")["variants"]) == 4
+
+
 def test_streams_custom_progress_events(store_dir):
     ctx = Context(store_dir=str(store_dir))
     stages = [

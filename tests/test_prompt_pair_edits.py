@@ -78,3 +78,14 @@ def test_an_unreachable_agent_model_is_a_backend_error_naming_the_endpoint() -> 
     ctx = AgentContext(model="openai:http://127.0.0.1:9/v1#m", timeout_s=2)
     with pytest.raises(BackendError, match=r"127\.0\.0\.1:9/v1"):
         agent.invoke({"messages": [{"role": "user", "content": "hi"}]}, context=ctx)
+
+
+def test_editing_a_pair_starts_a_new_bench_journal(pair_dir: Path) -> None:
+    """A killed bench resumes from its journal only if nothing changed, the pairs' text included."""
+    from tools.bench import _run_key
+
+    ctx = Context(rewriter="none", prompt_pairs="mine")
+    before = _run_key(ctx, [])
+    assert _run_key(ctx, []) == before
+    (pair_dir / "mine.yaml").write_text(PAIR.replace("Short:", "Translate into French:"), encoding="utf-8")
+    assert _run_key(ctx, []) != before

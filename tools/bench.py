@@ -32,6 +32,7 @@ from granalign.io.store import default_store_dir, text_hash
 from graphs import resources
 from graphs.context import Context
 from graphs.retrieval import graph
+from prompts import prompt_hash
 
 
 @dataclass(frozen=True)
@@ -324,9 +325,11 @@ def journal_key(settings: Any, annotations: Sequence[Annotation]) -> str:
 
 
 def _run_key(ctx: Context, annotations: Sequence[Annotation]) -> str:
-    return journal_key(
-        {k: v for k, v in dataclasses.asdict(ctx).items() if k not in _NOT_IN_KEY}, annotations
-    )
+    """Settings, the prompt pairs' text (an edited pair is another run: its rows must not be
+    resumed) and the queries."""
+    settings: dict[str, Any] = {k: v for k, v in dataclasses.asdict(ctx).items() if k not in _NOT_IN_KEY}
+    settings["prompt_texts"] = {p.id: prompt_hash(p) for p in resources.pairs_for(ctx)}
+    return journal_key(settings, annotations)
 
 
 _NOT_IN_KEY = {"concurrency", "request_timeout", "request_attempts", "keep_threads", "checkpointer"}
