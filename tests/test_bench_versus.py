@@ -160,3 +160,34 @@ def test_a_killed_run_keeps_its_journal_while_a_run_with_other_settings_finishes
     assert finished.resumed == 0
     again = bench.run_benchmark(annotations_file, DEMO.captions, ours, concurrency=1)
     assert again.resumed == len(read_jsonl(annotations_file))  # the killed run's rows were kept
+
+
+def test_a_kill_during_the_peer_pass_does_not_cost_our_pass_again(
+    annotations_file: Path,
+    store_dir: Path,  # noqa: F811  (the imported fixture)
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Our pass's journal stays until the whole ``--versus`` command has finished: the rerun
+    after a kill in the peer's pass resumes our pass from it, and a finished command leaves no
+    journal behind."""
+    real_run_queries = bench.run_queries
+
+    def killed_in_the_peer_pass(annotations: Any, ctx: Any, **kwargs: Any) -> Any:
+        if ctx.proposal_mode == "vtg-gpt":
+            raise KeyboardInterrupt
+        return real_run_queries(annotations, ctx, **kwargs)
+
+    journals = store_dir / "journals"
+    before = set(journals.glob("bench-*.jsonl"))  # other tests' killed runs share this store
+    monkeypatch.setattr(bench, "run_queries", killed_in_the_peer_pass)
+    killed = _bench(annotations_file, store_dir, tmp_path, "--versus", "vtg-gpt")
+    assert killed.exit_code != 0
+    n = len(read_jsonl(annotations_file))
+    kept = [p for p in set(journals.glob("bench-*.jsonl")) - before if len(p.read_text().splitlines()) > n]
+    assert len(kept) == 1  # ours: a header and a row per query, kept for the rerun
+    monkeypatch.setattr(bench, "run_queries", real_run_queries)
+    again = _bench(annotations_file, store_dir, tmp_path, "--versus", "vtg-gpt")
+    assert again.exit_code == 0, again.output
+    assert f"resumed: {n} queries came from an interrupted run's journal" in " ".join(again.output.split())
+    assert set(journals.glob("bench-*.jsonl")) <= before  # the finished command removed both

@@ -89,6 +89,15 @@ def stub() -> Iterator[tuple[Stub, str]]:
                 state.requests.append(body)
                 state.in_flight += 1
                 state.max_in_flight = max(state.max_in_flight, state.in_flight)
+            answered = False
+
+            def done() -> None:  # before the answer goes out: a client that has its answer may
+                nonlocal answered  # send its next request before this thread runs on, and
+                if not answered:  # counting that one too would be this stub's race, not the client's
+                    answered = True
+                    with state.lock:
+                        state.in_flight -= 1
+
             try:
                 kind, value = state.next()
                 time.sleep(state.delay)
@@ -99,6 +108,7 @@ def stub() -> Iterator[tuple[Stub, str]]:
                     payload, code = json.dumps({"error": {"message": f"scripted {value}"}}).encode(), value
                 else:
                     payload, code = _completion(value), 200
+                done()
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))
@@ -107,8 +117,7 @@ def stub() -> Iterator[tuple[Stub, str]]:
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the client gave up (timeout test)
             finally:
-                with state.lock:
-                    state.in_flight -= 1
+                done()
 
     with http_stub(Handler) as url:
         yield state, f"{url}/v1"

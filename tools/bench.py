@@ -107,6 +107,8 @@ class BenchResult:
     passes_s: list[float] = field(default_factory=list)
     resumed: int = 0  # queries of the first pass taken from the journal of an interrupted run
     resumed_answered: int = 0  # of those, the answered ones (``n`` counts answered queries)
+    kept_journal: Path | None = None
+    """The first pass's journal when the caller asked to keep it (see :func:`run_benchmark`)."""
 
     @property
     def n(self) -> int:
@@ -244,13 +246,16 @@ def run_benchmark(
     on_progress: Callable[[str, int, int], None] | None = None,
     journal_path: str | Path | None = None,
     predictions_out: str | Path | None = None,
+    keep_journal: bool = False,
 ) -> BenchResult:
     """Import captions (skipped when present), warm the rewrite cache, run, write
     ``predictions_out`` (if given), evaluate.
 
     Every stage resumes after a crash: the import and the rewrites through the store, the
     first graph pass through a journal (``journal_path``, default under the store folder,
-    keyed by the settings; removed once the run has finished).
+    keyed by the settings; removed once the run has finished, or with ``keep_journal`` left for
+    the caller to remove when its whole command has finished: ``bench --versus`` runs a second
+    pass after this one, and a kill there must not cost this pass again).
     """
     annotations = read_annotations(annotations_path, limit, split)
     store = resources.store_for(ctx)
@@ -305,9 +310,20 @@ def run_benchmark(
     if predictions_out is not None:  # saved before scoring: a scoring error loses no work
         write_jsonl(predictions_out, preds)
     metrics = evaluate_submission(scored_predictions(annotations, preds), [a.raw for a in annotations])
-    journal.discard()
+    if not keep_journal:
+        journal.discard()
     return BenchResult(
-        annotations, preds, metrics, skipped, report, import_s, rewrite_s, passes, resumed, resumed_answered
+        annotations,
+        preds,
+        metrics,
+        skipped,
+        report,
+        import_s,
+        rewrite_s,
+        passes,
+        resumed,
+        resumed_answered,
+        kept_journal=journal.path if keep_journal else None,
     )
 
 

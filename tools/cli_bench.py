@@ -215,7 +215,8 @@ def _run_bench(
     """One benchmark run; with ``peer_ctx`` a second over the same queries and the paired Δ."""
     from granalign.io.jsonl import write_json
 
-    result = _bench_pass(annotations, captions, ctx, limit, split, repeat, concurrency, out_path)
+    keep = peer_ctx is not None  # a kill during the peer's pass must not cost this pass again
+    result = _bench_pass(annotations, captions, ctx, limit, split, repeat, concurrency, out_path, keep)
     _report_bench(result, ctx, split, metrics)
     if out_path:
         console.print(f"wrote {out_path}")
@@ -238,6 +239,8 @@ def _run_bench(
         record = {"ours": ctx.proposal_mode, "baseline": mode, "queries": len(gt), **paired}
         write_json(delta_path, record)
         console.print(f"wrote {delta_path}")
+    if result.kept_journal is not None:  # both passes are saved: the first one's log can go
+        result.kept_journal.unlink(missing_ok=True)
 
 
 def _bench_pass(
@@ -249,6 +252,7 @@ def _bench_pass(
     repeat: int,
     concurrency: int,
     out_path: Path | None,
+    keep_journal: bool = False,
 ) -> Any:
     from tools.bench import run_benchmark
 
@@ -270,6 +274,7 @@ def _bench_pass(
             concurrency=concurrency,
             on_progress=on_progress,
             predictions_out=out_path,
+            keep_journal=keep_journal,
         )
 
 
