@@ -194,3 +194,30 @@ def test_queries_without_captions_are_dropped_and_counted() -> None:
     for result in (crop_set(queries, VIDEOS, 60.0, seed=0), thin_set(queries, VIDEOS, 2)):
         assert result.dropped.get("no captions for its video") == 1, result.name
         assert 7 not in {a["qid"] for a in result.annotations}
+
+
+@pytest.mark.parametrize("clip_len", [1.0, 4.0])
+def test_highlight_clip_ids_shift_on_the_evaluator_grid_whatever_the_caption_grid(clip_len: float) -> None:
+    """relevant_clip_ids are on the evaluator's 2-s grid: a crop or concat on a 1-s or 4-s
+    caption grid must move them by offset_s / 2, not by the offset in caption clips."""
+    n = int(40 / clip_len)
+    videos = {v: CaptionedVideo(v, clip_len, tuple(f"{v} {i}" for i in range(n)), 40.0) for v in ("p", "q")}
+    source = _query(1, "p", [[24, 28]], duration=40.0)  # 2-s clips 12 and 13
+    ratings = dict(zip(source["relevant_clip_ids"], source["saliency_scores"], strict=True))
+
+    def check(record: dict[str, Any]) -> None:
+        shift = record["source_offset_s"] / CLIP
+        assert shift == int(shift)  # the crop/member start lies on the 2-s grid
+        moved = {
+            c + int(shift): r
+            for c, r in zip(record["relevant_clip_ids"], record["saliency_scores"], strict=True)
+        }
+        assert moved == ratings  # every GT clip kept, with its own ratings
+        assert all(0 <= c < int(record["duration"] / CLIP) for c in record["relevant_clip_ids"])
+
+    for seed in range(8):
+        (record,) = crop_set([source], videos, 20.0, seed=seed).annotations
+        check(record)
+    second = {**source, "qid": 2, "vid": "q"}
+    for record in concat_set([source, second], videos, 2, seed=0).annotations:
+        check(record)

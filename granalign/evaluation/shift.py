@@ -33,11 +33,13 @@ import hashlib
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
 
 from granalign.errors import InputError
+from granalign.evaluation.metrics import CLIP_SECONDS
 from granalign.io.captions_import import CaptionedVideo, _check_vid
 
 DEFAULT_SEED = 0
@@ -68,6 +70,12 @@ def _grid(video: CaptionedVideo) -> int:
     return min(len(video.captions), math.floor(video.duration_s / video.clip_len_s + _TOL))
 
 
+def _grid_step(clip_len: float) -> int:
+    """Fewest caption clips spanning a whole number of the evaluator's 2-s clips, so that a
+    shift on the caption grid moves ``relevant_clip_ids`` (2-s grid) by a whole number too."""
+    return (Fraction(clip_len).limit_denominator(10**6) / CLIP_SECONDS).denominator
+
+
 def _clips_for(seconds: float, clip_len: float, name: str) -> int:
     clips = seconds / clip_len
     if abs(clips - round(clips)) > 1e-6:
@@ -83,11 +91,14 @@ def _gt_span(record: dict[str, Any]) -> tuple[float, float]:
 
 
 def _shifted_record(
-    record: dict[str, Any], vid: str, duration: float, offset_clips: int, clip_len: float, n_clips: int
+    record: dict[str, Any], vid: str, duration: float, offset_clips: int, clip_len: float
 ) -> dict[str, Any]:
-    """The annotation line moved by ``offset_clips`` (negative for a crop) into a video of
-    ``n_clips`` clips; highlight clips that fall outside are dropped with their ratings."""
+    """The annotation line moved by ``offset_clips`` caption clips (negative for a crop) into a
+    video of ``duration`` seconds; highlight clips (on the evaluator's 2-s grid) that fall
+    outside are dropped with their ratings."""
     shift_s = offset_clips * clip_len
+    id_shift = round(shift_s / CLIP_SECONDS)  # whole: offsets are multiples of _grid_step
+    n_ids = int(duration / CLIP_SECONDS)
     out = dict(record)
     out.update(vid=vid, duration=duration, source_vid=record["vid"], source_offset_s=0.0 - shift_s)
     out["relevant_windows"] = [
@@ -96,8 +107,8 @@ def _shifted_record(
     ids = record.get("relevant_clip_ids")
     if isinstance(ids, list):
         ratings = record.get("saliency_scores")
-        kept = [i for i, c in enumerate(ids) if 0 <= int(c) + offset_clips < n_clips]
-        out["relevant_clip_ids"] = [int(ids[i]) + offset_clips for i in kept]
+        kept = [i for i, c in enumerate(ids) if 0 <= int(c) + id_shift < n_ids]
+        out["relevant_clip_ids"] = [int(ids[i]) + id_shift for i in kept]
         if isinstance(ratings, list) and len(ratings) == len(ids):
             out["saliency_scores"] = [ratings[i] for i in kept]
     return out
@@ -125,9 +136,11 @@ def crop_set(
         clip_len = video.clip_len_s
         cut = _clips_for(length_s, clip_len, f"crop length for video {video.vid}:")
         n = _grid(video)
+        step = _grid_step(clip_len)
         start, end = _gt_span(record)
         low = max(0, math.ceil((end - length_s) / clip_len - _TOL))
         high = min(math.floor(start / clip_len + _TOL), n - cut)
+        low, high = -(-low // step), high // step  # in steps: offsets stay on the 2-s grid
         if n < cut:
             result.drop("video shorter than the crop")
             continue
@@ -135,9 +148,9 @@ def crop_set(
             result.drop("ground-truth span longer than the crop")
             continue
         rng = np.random.default_rng(_stable_int(seed, "crop", length_s, record["qid"]))
-        offset = int(rng.integers(low, high + 1))
+        offset = step * int(rng.integers(low, high + 1))
         vid = _check_vid(f"crop{length_s:g}:{video.vid}:{offset * clip_len:g}", f"{result.name} vid")
-        result.annotations.append(_shifted_record(record, vid, cut * clip_len, -offset, clip_len, cut))
+        result.annotations.append(_shifted_record(record, vid, cut * clip_len, -offset, clip_len))
         if vid not in seen:
             seen.add(vid)
             result.captions.append(
@@ -187,7 +200,8 @@ def _add_group(
 ) -> None:
     clip_len = videos[group[0]].clip_len_s
     vid = _check_vid(f"{result.name}:{index:05d}", f"{result.name} vid")
-    grids = [_grid(videos[v]) for v in group]
+    step = _grid_step(clip_len)
+    grids = [_grid(videos[v]) // step * step for v in group]  # members start on the 2-s grid
     total = sum(grids)
     captions: list[str] = []
     for member, n in zip(group, grids, strict=True):
@@ -196,7 +210,7 @@ def _add_group(
             if _gt_span(record)[1] > n * clip_len + _TOL:
                 result.drop("ground truth past its video's captions")
                 continue
-            result.annotations.append(_shifted_record(record, vid, total * clip_len, offset, clip_len, total))
+            result.annotations.append(_shifted_record(record, vid, total * clip_len, offset, clip_len))
         captions.extend(videos[member].captions[:n])
     result.captions.append(
         {
