@@ -307,14 +307,14 @@ def fuse(state: RetrievalState, runtime: Runtime[Context]) -> dict[str, Any]:
 def _duration(state: RetrievalState, ctx: Context) -> float:
     given = state.get("duration")
     if given is not None:
-        if (
-            isinstance(given, bool)
-            or not isinstance(given, int | float)
-            or not math.isfinite(given)
-            or given <= 0
-        ):
-            raise InputError(f"duration must be a positive number of seconds, got {given!r}")
-        return float(given)
+        number = isinstance(given, int | float) and not isinstance(given, bool)
+        try:  # an int past float's range (JSON allows any) must be a bad input, not OverflowError
+            seconds = float(given) if number else math.nan
+        except OverflowError:
+            seconds = math.nan
+        if not math.isfinite(seconds) or seconds <= 0:
+            raise InputError(f"duration must be a positive number of seconds, got {repr(given)[:40]}")
+        return seconds
     record = resources.video_captions(ctx, state["video_id"]).record
     return float(record.duration_s)
 

@@ -210,7 +210,10 @@ def _url_max_mb(settings: ToolSettings) -> float:
 
 
 def _fmt_s(x: float) -> str:
-    return f"{x:.1f}"
+    """Seconds as the artifact holds them (4 decimals, trailing zeros dropped, at least one):
+    a 0.25-s grid's 17.25 must not read 17.2 in the text and 17.25 in the artifact."""
+    text = f"{x:.4f}".rstrip("0")
+    return text + "0" if text.endswith(".") else text
 
 
 @dataclass(frozen=True)

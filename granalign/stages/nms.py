@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 
 from granalign.core.moments import rounded_answer, saliency, select_moments
+from granalign.core.nms import temporal_nms
+from granalign.core.peer import VTG_GPT
 from granalign.stages.proposals import ProposalMode
 
 __all__ = ["AnswerSettings", "answer", "saliency_length"]
@@ -54,8 +56,9 @@ def answer(
     """Ranked moments (never none: the whole video when nothing was proposed) and the saliency
     curve of ``n_out`` values (the last clip's value repeated to the end), both rounded.
 
-    The peer (``vtg-gpt``) ranked its own windows: they are cut to top N, and its saliency is
-    S_f as is (no smoothing).
+    The peer (``vtg-gpt``) ranked its own windows: they are cut to top N (after NMS at the
+    answer profile's IoU when it is stricter than the peer's own, e.g. the distinct profile of the
+    tool, CLI and MCP), and its saliency is S_f as is (no smoothing).
     """
     peer = settings.proposal_mode == "vtg-gpt"
     moments = select_moments(
@@ -66,7 +69,10 @@ def answer(
         top_n=settings.top_n,
     )
     if peer and candidates:
-        moments = [list(row) for row in candidates[: settings.top_n]]
+        ranked = np.asarray(candidates, dtype=np.float64).reshape(-1, 3)
+        if settings.nms_iou < VTG_GPT.nms_iou:  # a stricter profile: its windows must differ too
+            ranked = temporal_nms(ranked, settings.nms_iou, settings.top_n)
+        moments = [[float(v) for v in row] for row in ranked[: settings.top_n]]
     curve = saliency(fused, sigma=0.0 if peer else settings.saliency_sigma)
     curve = (curve + [curve[-1]] * n_out)[:n_out]
     return rounded_answer(moments, curve)

@@ -1,0 +1,54 @@
+"""The answer contract: the distinct profile in every proposal mode (the peer's too), a graph
+``duration`` that no float can hold, and tool text that gives the artifact's seconds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from granalign.core.nms import temporal_iou
+from granalign.errors import InputError
+from graphs.context import Context
+from graphs.retrieval import _duration
+from tests.test_peer_vtg_gpt import _nodes, peer_store  # noqa: F401  (fixture)
+
+
+def _overlapping_peer_curves() -> np.ndarray:
+    """Two variants whose peer spans nearly coincide: clips 3–8 and 3–9 (clip-index IoU 0.83,
+    kept by the peer's own NMS at 0.95; in seconds [6, 18] and [6, 20], IoU 0.86)."""
+    curves = np.zeros((2, 30))
+    curves[0, 3:9] = 1.0
+    curves[1, 3:10] = 1.0
+    return curves
+
+
+def test_distinct_profile_holds_in_peer_mode(peer_store: Path) -> None:  # noqa: F811
+    curves = _overlapping_peer_curves()
+    fused = curves.mean(axis=0)
+    bench = _nodes(peer_store, curves, fused, proposal_mode="vtg-gpt", answer_profile="benchmark")
+    assert [m[:2] for m in bench["moments"]] == [[6.0, 18.0], [6.0, 20.0]]  # the peer's published rule, as is
+    out = _nodes(peer_store, curves, fused, proposal_mode="vtg-gpt", answer_profile="distinct")
+    rows = np.asarray(out["moments"])
+    iou = temporal_iou(rows[:, :2], rows[:, :2])
+    np.fill_diagonal(iou, 0.0)
+    assert iou.max(initial=0.0) < 0.5, out["moments"]  # what the tool, CLI and MCP promise
+    assert out["moments"][0] == bench["moments"][0]  # NMS never removes the top window
+
+
+def test_graph_duration_too_large_for_a_float_is_an_input_error() -> None:
+    state = {"video_id": "v", "duration": 10**400}
+    with pytest.raises(InputError, match="duration"):
+        _duration(state, Context())  # type: ignore[arg-type]
+
+
+def test_tool_text_gives_the_artifacts_seconds() -> None:
+    from tools.langchain_tool import MomentsResult
+
+    moments = [[4.75, 5.5, 0.5161], [17.25, 18.5, 0.5056], [0.0, 18.0, 0.5], [1.0001, 2.0, 0.4]]
+    text = MomentsResult({"video_id": "v", "query": "q", "moments": moments, "mode": "full"}).content
+    assert "1. 4.75–5.5 s" in text
+    assert "2. 17.25–18.5 s" in text  # not 17.2 (half to even) beside 4.8 (half up)
+    assert "3. 0.0–18.0 s" in text
+    assert "4. 1.0001–2.0 s" in text
