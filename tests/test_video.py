@@ -75,16 +75,28 @@ def make_audio_only(path: Path) -> Path:
     import av
 
     with av.open(str(path), "w") as container:
-        stream = container.add_stream("aac", rate=16000)
-        stream.layout = "mono"
-        for i in range(20):
-            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-            frame.sample_rate, frame.pts = 16000, i * 1024
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+        _mux_silence(container, _silent_track(container), 20)
     return path
+
+
+def _silent_track(container):
+    """An AAC mono 16-kHz stream (added before anything is muxed, as containers require)."""
+    stream = container.add_stream("aac", rate=16000)
+    stream.layout = "mono"
+    return stream
+
+
+def _mux_silence(container, stream, n_frames: int) -> None:
+    """``n_frames`` silent 1,024-sample frames on ``stream``, then its encoder's tail."""
+    import av
+
+    for i in range(n_frames):
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        frame.sample_rate, frame.pts = 16000, i * 1024
+        for packet in stream.encode(frame):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
 
 
 def frame_index(image) -> int:
@@ -311,21 +323,14 @@ def _video_with_long_audio(path: Path, video_s: float, audio_s: float) -> Path:
     with av.open(str(path), "w", format="matroska") as container:
         video = container.add_stream("libx264", rate=FPS)
         video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
-        audio = container.add_stream("aac", rate=16000)
-        audio.layout = "mono"
+        audio = _silent_track(container)
         for i in range(round(video_s * FPS)):
             pixels = np.full((48, 64, 3), (i * LEVEL_STEP) % 256, dtype=np.uint8)
             for packet in video.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
                 container.mux(packet)
         for packet in video.encode():
             container.mux(packet)
-        for i in range(round(audio_s * 16000 / 1024)):
-            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-            frame.sample_rate, frame.pts = 16000, i * 1024
-            for packet in audio.encode(frame):
-                container.mux(packet)
-        for packet in audio.encode():
-            container.mux(packet)
+        _mux_silence(container, audio, round(audio_s * 16000 / 1024))
     return path
 
 
