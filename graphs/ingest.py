@@ -203,7 +203,13 @@ def _encode_clips(
             done += len(batch)
             total = state["n_clips"]
             _progress(runtime, "ingest", video_id=writer.video_id, done=done, total=total, skipped=skipped)
-    return {"encoded": len(todo), "skipped": skipped, "timings": {k: round(v, 4) for k, v in timings.items()}}
+        damage = sampler.damage.note()
+    return {
+        "encoded": len(todo),
+        "skipped": skipped,
+        "timings": {k: round(v, 4) for k, v in timings.items()},
+        "notes": [damage] if damage else [],
+    }
 
 
 def _encode_batch(w: _ClipWriter, batch: list[int], images: list[Any], timings: dict[str, float]) -> None:

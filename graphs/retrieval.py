@@ -76,14 +76,15 @@ def _stored_record(ctx: Context, video: str) -> VideoRecord | None:
     return record if record is not None and record.complete else None
 
 
-def _ingest(runtime: Runtime[Context], video: str, why: str) -> str:
-    """Ingest a file through the ingest graph, relaying its progress; returns the video id."""
+def _ingest(runtime: Runtime[Context], video: str, why: str) -> tuple[str, list[str]]:
+    """Ingest a file through the ingest graph, relaying its progress: (video id, the ingest's
+    notes about the file, e.g. damaged packets it skipped, which the caller should see)."""
     ctx = runtime.context
     if not ctx.auto_ingest:
         raise InputError(f"video {video!r} {why}; ingest it first (granalign index VIDEO) or set auto_ingest")
     _progress(runtime, "ingest_start", video=display_path(video), reason=why)
     out = ingest_video(ctx, video, on_event=lambda ev: _progress(runtime, ev.pop("stage", "ingest"), **ev))
-    return str(out["video_id"])
+    return str(out["video_id"]), list(out.get("notes") or [])
 
 
 def ingest_mismatch(ctx: Context, record: VideoRecord) -> str:
@@ -113,27 +114,29 @@ REINGEST_ADVICE = (
 )
 
 
-def _reingest(runtime: Runtime[Context], record: VideoRecord, mismatch: str) -> tuple[str, str]:
+def _reingest(runtime: Runtime[Context], record: VideoRecord, mismatch: str) -> tuple[str, str, list[str]]:
     """Ingest a stored video again under the current settings; a failure says what happened."""
     head = f"video {record.video_id!r} was {mismatch}"
     if not runtime.context.auto_ingest:
         raise InputError(f"{head}; auto_ingest is off, so {REINGEST_ADVICE}")
     try:
         path = str(resources.video_file(runtime.context, record))
-        return _ingest(runtime, path, "was ingested with other settings"), path
+        video_id, notes = _ingest(runtime, path, "was ingested with other settings")
+        return video_id, path, notes
     except GranAlignError as exc:
         raise InputError(f"{head}; re-ingesting it failed ({exc}); {REINGEST_ADVICE}") from exc
 
 
-def _resolve_video(runtime: Runtime[Context], video: str) -> tuple[str, str]:
-    """(video id, file path or '') for a store id or a video file, ingesting when needed."""
+def _resolve_video(runtime: Runtime[Context], video: str) -> tuple[str, str, list[str]]:
+    """(video id, file path or '', notes of an ingest it ran) for a store id or a video file,
+    ingesting when needed."""
     ctx = runtime.context
     record = _stored_record(ctx, video)
     if record is not None:
         mismatch = ingest_mismatch(ctx, record)
         if mismatch:
             return _reingest(runtime, record, mismatch)
-        return record.video_id, ""
+        return record.video_id, "", []
     try:
         resolved = resolve_video_path(video, resources.video_roots(ctx))
     except VideoNotFound:
@@ -146,10 +149,11 @@ def _resolve_video(runtime: Runtime[Context], video: str) -> tuple[str, str]:
         ) from None
     video_id = content_hash(resolved)
     record = resources.store_for(ctx).video(video_id)
+    notes: list[str] = []
     if record is None or not record.complete or record.ingest_key != resources.ingest_key(ctx):
         why = "is not in the store" if record is None else "is not fully ingested with these settings"
-        video_id = _ingest(runtime, str(resolved), why)
-    return video_id, str(resolved)
+        video_id, notes = _ingest(runtime, str(resolved), why)
+    return video_id, str(resolved), notes
 
 
 def load_video(state: RetrievalState, runtime: Runtime[Context]) -> dict[str, Any]:
@@ -158,9 +162,8 @@ def load_video(state: RetrievalState, runtime: Runtime[Context]) -> dict[str, An
     video = state.get("video")
     if not isinstance(video, str) or not video.strip():
         raise InputError("video must be a non-empty string (a store video id or a video file path)")
-    video_id, path = _resolve_video(runtime, video.strip())
+    video_id, path, notes = _resolve_video(runtime, video.strip())
     found = resources.video_captions(runtime.context, video_id)
-    notes: list[str] = []
     if not found.record.has_frames:
         notes.append("caption-only mode: no frames, so clip_filter and query-aware captions were skipped")
     elif found.record.duration_s < found.record.clip_len_s:
@@ -181,7 +184,7 @@ def load_video(state: RetrievalState, runtime: Runtime[Context]) -> dict[str, An
         "n_clips": len(found.captions),
         "clip_len_s": float(found.record.clip_len_s),
         "mode": "full" if found.record.has_frames else "caption-only",
-        "notes": notes,
+        "notes": list(dict.fromkeys(notes)),  # an ingest's notes may repeat the ones above
     }
     if path:
         out["video_path"] = path

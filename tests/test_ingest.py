@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -30,7 +31,7 @@ from graphs import resources
 from graphs.context import Context
 from graphs.ingest import ingest_video, unfinished_clips
 from tests.conftest import VIDEOS, needs_videos
-from tests.test_video import make_audio_only, make_video
+from tests.test_video import damaged_copy, make_audio_only, make_video
 from tools.cli import app
 
 pytestmark = needs_videos
@@ -294,6 +295,25 @@ def test_truncated_video_stops_with_a_clear_error_and_keeps_only_whole_clips_ran
     assert resources.store_for(ctx).video(video_id) is None
     assert_no_half_clips(small, video_id, 4)
     assert 0 < len(unfinished_clips(small, video_id, 4)) < 4
+
+
+def test_damaged_packets_do_not_fail_the_ingest_and_are_noted_random_weights(ctx, work):
+    """A video with a damaged stretch mid-file is stored whole, and the ingest's notes (and a
+    retrieval that ingests it) say where packets were skipped."""
+    from graphs.retrieval import graph as retrieval
+
+    path = damaged_copy(work / "damaged_bikes.mp4", at=0.5, nbytes=20000)
+    out = ingest_video(ctx, str(path))
+    assert out["n_clips"] == 5 and out["encoded"] == 5
+    (note,) = [n for n in out["notes"] if "damaged video packets" in n]
+    assert re.match(r"\d+ damaged video packets were skipped \(at 4\.\d-5\.\d s\)", note), note
+    record = resources.store_for(ctx).video(content_hash(path))
+    assert record is not None and record.complete
+    assert_no_half_clips(ctx, record.video_id, 5)
+
+    again = damaged_copy(work / "damaged_bikes_2.mp4", at=0.3, nbytes=2000)
+    state = retrieval.invoke({"video": str(again), "query": "a person rides a bicycle"}, context=ctx)
+    assert state["moments"] and sum("damaged video packets" in n for n in state["notes"]) == 1
 
 
 def test_non_utf8_file_name_ingests_random_weights(ctx, work):

@@ -11,6 +11,7 @@ ingest of the same files writes.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -28,7 +29,7 @@ from graphs import resources
 from graphs.ingest import ingest_video
 from tests.servers import chroma_server
 from tests.test_ingest import build_tiny_vlm_random_weights, model_context
-from tests.test_video import make_video
+from tests.test_video import damaged_copy, make_video
 from tools.cli import app
 from tools.ray_ingest import captioner_replicas, list_sources, ray_context
 
@@ -147,7 +148,7 @@ def _ray_env(ctx, chroma_url: str) -> dict[str, str]:
 def test_ray_ingest_survives_a_killed_worker_node_random_weight_models(tmp_path, monkeypatch):
     """SIGKILL the worker node mid-run: the run finishes, every clip is stored exactly once, and
     the store equals a one-machine ingest of the same files (ids, captions, metadata, embeddings);
-    a broken file fails alone and is listed."""
+    a broken file fails alone and is listed, a damaged one is stored and noted."""
     from ray.cluster_utils import Cluster
 
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
@@ -160,6 +161,7 @@ def test_ray_ingest_survives_a_killed_worker_node_random_weight_models(tmp_path,
     make_video(library / "synthetic_noise.mp4", 5.0, size=(96, 72), pattern="noise")
     make_video(library / "synthetic_short.mp4", 0.8)
     (library / "broken.mp4").write_text("not a video")
+    damaged_copy(library / "damaged.mp4", at=0.5, nbytes=20000)  # skips packets, is stored whole
     vlm = build_tiny_vlm_random_weights(tmp_path / "tiny-qwen25vl-random-weights")
     ctx = model_context(tmp_path / "one-machine", vlm, [library], ingest_batch=2)
     good = sorted(p for p in library.glob("*.mp4") if p.name != "broken.mp4")
@@ -195,6 +197,9 @@ def test_ray_ingest_survives_a_killed_worker_node_random_weight_models(tmp_path,
             output = log.read_text()
             assert proc.returncode == 1, output  # only broken.mp4 failed
             assert "broken.mp4" in output and "not a video FFmpeg can read" in output
+            flat = " ".join(output.split())  # the console wraps long lines
+            skipped = r"note \(damaged\.mp4\): \d+ damaged video packets were skipped \(at 4\.\d-5\.\d s\)"
+            assert re.search(skipped, flat), flat
             ray_records = _collections(open_store(chroma_url=chroma_url))
         finally:
             cluster.shutdown()

@@ -273,6 +273,51 @@ def test_frames_are_shrunk_to_max_pixels():
     assert w * h <= 224 * 224 and abs(w / h - 1280 / 720) < 0.05
 
 
+def damaged_copy(path: Path, *, at: float = 0.3, nbytes: int = 2000) -> Path:
+    """bikes.mp4 (10 s, H.264, index up front) with ``nbytes`` seeded random bytes from ``at`` of
+    its length on: a damaged stretch in the middle of the media data, as a flaky disk or an
+    interrupted copy leaves it.  The decoder rejects the packets there."""
+    import random
+
+    data = bytearray((VIDEOS / "bikes.mp4").read_bytes())
+    rng = random.Random(1)
+    start = int(len(data) * at)
+    data[start : start + nbytes] = bytes(rng.randrange(256) for _ in range(nbytes))
+    path.write_bytes(bytes(data))
+    return path
+
+
+@needs_videos
+@pytest.mark.parametrize(("at", "nbytes"), [(0.3, 2000), (0.5, 20000), (0.7, 50000)])
+def test_damaged_packets_mid_file_are_skipped_and_reported(tmp_path, at, nbytes):
+    """Every clip still gets a frame, and the damage says where it was (it used to fail the file)."""
+    from granalign.io.video import FrameSampler
+
+    path = damaged_copy(tmp_path / "damaged.mp4", at=at, nbytes=nbytes)
+    info = probe_video(path)
+    times = clip_times(info.duration_s, 2.0)
+    with FrameSampler(path, info) as sampler:
+        images = [sampler.frame_at(t, not_before=i * 2.0) for i, t in enumerate(times)]
+        spans = sampler.damage.spans()
+        note = sampler.damage.note()
+    assert [im.size for im in images] == [(640, 272)] * 5
+    assert spans and all(0.0 <= lo <= hi <= info.duration_s for lo, hi in spans)
+    assert note is not None and "damaged video packets were skipped" in note
+    assert f"at {spans[0][0]:.1f}" in note
+
+
+@needs_videos
+def test_an_undamaged_file_reports_no_damage(tmp_path):
+    from granalign.io.video import FrameSampler
+
+    path = VIDEOS / "bikes.mp4"
+    info = probe_video(path)
+    with FrameSampler(path, info) as sampler:
+        for i, t in enumerate(clip_times(info.duration_s, 2.0)):
+            sampler.frame_at(t, not_before=i * 2.0)
+        assert sampler.damage.note() is None and sampler.damage.spans() == []
+
+
 def test_truncated_file_with_index_first_fails_at_the_missing_part(tmp_path):
     """An mp4 with its index up front opens fine; the clips past the cut cannot be decoded."""
     full = make_video(tmp_path / "fast.mp4", 12, size=(160, 120), faststart=True, pattern="noise")

@@ -202,7 +202,7 @@ def _print_ingest_summary(results: list[tuple[str, dict[str, Any] | None, str]],
         console.print(f"[red]failed[/] {escape(name)}: {escape(problem)}", highlight=False, soft_wrap=True)
     for video, got, _ in results:
         for note in (got or {}).get("notes") or []:
-            console.print(f"[dim]note ({Path(display_path(video)).name}): {note}[/]")
+            console.print(f"[dim]note ({escape(Path(display_path(video)).name)}): {escape(note)}[/]")
 
 
 @app.command("retrieve")

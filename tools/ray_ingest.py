@@ -373,6 +373,7 @@ def batch_task(
     timings = dict.fromkeys(STAGES, 0.0)
     with FrameSampler(path, info, max_pixels=ctx.max_pixels) as sampler:
         images, timings["decode"] = _decode(sampler, times, ctx.clip_len, clips)
+        damage = sampler.damage.note()
     have_frame = store.existing_ids(
         store.frames_collection(models.clip_name),
         [frame_id(job.video_id, c, models.clip_name, s_key) for c in clips],
@@ -389,7 +390,7 @@ def batch_task(
         have_frame,
     )
     _encode_batch(writer, clips, images, timings)
-    return {"timings": timings, "peak_rss_mib": peak_rss_mib()}
+    return {"timings": timings, "peak_rss_mib": peak_rss_mib(), "notes": [damage] if damage else []}
 
 
 # -- driver side --------------------------------------------------------------------------------
@@ -404,6 +405,7 @@ class VideoPlan:
     left: int = 0
     problem: str = ""
     timings: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # from the batch tasks (damaged packets)
 
 
 @dataclass
@@ -602,6 +604,7 @@ class _Driver:
             plan.timings[stage] = plan.timings.get(stage, 0.0) + seconds
             self.stage_s[stage] = self.stage_s.get(stage, 0.0) + seconds
         self.peak["batch task"] = max(self.peak.get("batch task", 0.0), float(got["peak_rss_mib"]))
+        plan.notes.extend(got.get("notes") or [])
         plan.left -= 1
         if plan.left == 0 and not plan.problem:
             self._finalize(plan)
@@ -644,7 +647,7 @@ class _Driver:
                 "skipped": got["skipped"],
                 "encoded": len(got["todo"]),
                 "timings": {k: round(v, 4) for k, v in plan.timings.items()},
-                "notes": got.get("notes") or [],
+                "notes": list(dict.fromkeys([*(got.get("notes") or []), *plan.notes])),
             }
             rows.append((video, out, ""))
         return rows

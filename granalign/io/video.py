@@ -18,6 +18,12 @@ Why it is built this way:
   every clip, while with 1-s GOPs a seek skips most frames.
 * **Clear errors.**  Every way a file can be unusable (not a video, audio only, no frames,
   truncated) becomes an :class:`InputError` that names the file.
+* **Damaged packets are skipped, as players skip them.**  A few KB of bad bytes in the middle
+  of an hour-long recording (a flaky disk, an interrupted copy) made the decoder reject one
+  packet, and that used to fail the whole video.  Packets are now decoded one by one; one the
+  decoder rejects is skipped and recorded (:attr:`FrameSampler.damage`), the clips there get
+  the nearest frame that decodes, and the ingest's notes say where.  A file that simply ends
+  early (truncated) still fails: there is no later frame to take.
 
 PyAV is imported lazily: the graph and the CLI import this module before any video is opened.
 """
@@ -32,7 +38,7 @@ import stat
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -43,6 +49,7 @@ __all__ = [
     "ENV_VIDEO_ROOTS",
     "VIDEO_EXTENSIONS",
     "FrameSampler",
+    "PacketDamage",
     "VideoInfo",
     "VideoNotFound",
     "clip_count",
@@ -406,6 +413,41 @@ def _fit(width: int, height: int, max_pixels: int) -> tuple[int, int]:
     return max(2, int(width * scale) // 2 * 2), max(2, int(height * scale) // 2 * 2)
 
 
+@dataclass
+class PacketDamage:
+    """The packets the decoder rejected (skipped), for the ingest's notes.
+
+    Keyed by the packet's time, so a packet decoded twice (after a seek back) counts once.
+    """
+
+    skipped: dict[float, None] = field(default_factory=dict)  # seconds from the video start, in order
+
+    def record(self, seconds: float) -> None:
+        self.skipped[round(seconds, 3)] = None
+
+    def spans(self) -> list[tuple[float, float]]:
+        """The skipped times as spans, merging times at most a second apart."""
+        spans: list[list[float]] = []
+        for t in sorted(self.skipped):
+            if spans and t - spans[-1][1] <= 1.0:
+                spans[-1][1] = t
+            else:
+                spans.append([t, t])
+        return [(lo, hi) for lo, hi in spans]
+
+    def note(self) -> str | None:
+        """One line for the caller (who names the file), or None when every packet decoded."""
+        if not self.skipped:
+            return None
+        spans = self.spans()
+        shown = ", ".join(f"{lo:.1f}" if hi == lo else f"{lo:.1f}-{hi:.1f}" for lo, hi in spans[:6])
+        more = f" and {len(spans) - 6} more places" if len(spans) > 6 else ""
+        return (
+            f"{len(self.skipped)} damaged video packets were skipped "
+            f"(at {shown} s{more}); clips there show the nearest frame that decodes"
+        )
+
+
 class FrameSampler:
     """Decode single frames at given times from one video, seeking or decoding forward as is cheaper.
 
@@ -427,6 +469,7 @@ class FrameSampler:
         self._last: Any = None  # the last decoded frame (for the end of a stream)
         self._last_key: float | None = None
         self._gop = 0.0  # longest keyframe interval seen so far
+        self.damage = PacketDamage()
 
     def __enter__(self) -> FrameSampler:
         return self
@@ -452,9 +495,32 @@ class FrameSampler:
 
     def _seek(self, target: float) -> None:
         self._container.seek(max(0, int(target / self._tb)), stream=self._stream, backward=True)
-        self._frames = iter(self._container.decode(self._stream))
+        self._frames = self._decoded()
         self._pos = None
         self._last = None
+
+    def _decoded(self) -> Iterator[Any]:
+        """Frames in presentation order, packet by packet; a packet the decoder rejects is skipped.
+
+        Only the decoder's "invalid data" is skipped: a read error of the container itself still
+        ends the stream (``frame_at`` turns it into an InputError).
+        """
+        import av
+
+        for packet in self._container.demux(self._stream):
+            try:
+                frames = packet.decode()
+            except av.InvalidDataError:
+                self.damage.record(self._packet_time(packet))
+                continue
+            yield from frames
+
+    def _packet_time(self, packet: Any) -> float:
+        """Seconds from the video start of a packet (its pts or dts, else the last frame's time)."""
+        stamp = packet.pts if packet.pts is not None else packet.dts
+        if stamp is not None:
+            return max(0.0, float(stamp) * self._tb - self.info.start_s)
+        return max(0.0, (self._pos or 0.0) - self.info.start_s)
 
     def _note(self, frame: Any) -> float:
         t = frame.time
