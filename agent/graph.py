@@ -59,6 +59,7 @@ from typing_extensions import TypedDict
 from agent.context import ENV_MODEL, AgentContext
 from granalign.errors import BackendError, InputError
 from granalign.io.video import VIDEO_EXTENSIONS
+from granalign.text import seconds_text
 from tools.langchain_tool import MAX_CONTAINS_CHARS
 from tools.safety import MAX_QUERY_CHARS, MAX_VIDEO_ARG_CHARS, VIDEO_ID_RE, clean_text
 
@@ -187,7 +188,8 @@ def _footer(citations: list[dict[str, Any]], per_video: int = 3) -> str:
         if not cite["moments"]:
             lines.append(f"No matching moment was found in video {cite['video_id']}.")
             continue
-        windows = ", ".join(f"{s:.1f}–{e:.1f} s" for s, e, _ in cite["moments"][:per_video])
+        shown = cite["moments"][:per_video]
+        windows = ", ".join(f"{seconds_text(s)}–{seconds_text(e)} s" for s, e, _ in shown)
         lines.append(f"Retrieved moments in video {cite['video_id']} (best first): {windows}.")
     return "\n".join(lines)
 

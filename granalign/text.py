@@ -19,7 +19,7 @@ import unicodedata
 
 from granalign.errors import InputError
 
-__all__ = ["MAX_QUERY_CHARS", "clean_query", "clean_text"]
+__all__ = ["MAX_QUERY_CHARS", "clean_query", "clean_text", "seconds_text"]
 
 MAX_QUERY_CHARS = 500
 """A moment query is a sentence; 500 characters leave room for a long one, not for a document."""
@@ -53,3 +53,11 @@ def clean_text(value: object, *, name: str, max_chars: int, allow_empty: bool = 
 def clean_query(value: object, *, max_chars: int = MAX_QUERY_CHARS) -> str:
     """A moment query fit to hand on (see the module docstring)."""
     return clean_text(value, name="query", max_chars=max_chars)
+
+
+def seconds_text(x: float) -> str:
+    """Seconds as answers hold them (4 decimals, trailing zeros dropped, at least one), for every
+    front end that prints a window: a 0.25-s grid's 17.25 must not read 17.2 in a table or a
+    citation and 17.25 in the JSON next to it."""
+    text = f"{x:.4f}".rstrip("0")
+    return text + "0" if text.endswith(".") else text

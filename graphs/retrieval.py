@@ -19,7 +19,6 @@ captions fall back to ``aware_missing``, each recorded in ``notes``.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
@@ -29,6 +28,7 @@ from langgraph.types import Send
 
 from granalign.backends.captioner import QueryFocus
 from granalign.backends.weights import weights_notes
+from granalign.core.moments import positive_seconds
 from granalign.errors import BackendError, GranAlignError, InputError
 from granalign.io.store import VideoRecord
 from granalign.io.video import VideoNotFound, content_hash, display_path, looks_like_path, resolve_video_path
@@ -309,15 +309,8 @@ def fuse(state: RetrievalState, runtime: Runtime[Context]) -> dict[str, Any]:
 
 def _duration(state: RetrievalState, ctx: Context) -> float:
     given = state.get("duration")
-    if given is not None:
-        number = isinstance(given, int | float) and not isinstance(given, bool)
-        try:  # an int past float's range (JSON allows any) must be a bad input, not OverflowError
-            seconds = float(given) if number else math.nan
-        except OverflowError:
-            seconds = math.nan
-        if not math.isfinite(seconds) or seconds <= 0:
-            raise InputError(f"duration must be a positive number of seconds, got {repr(given)[:40]}")
-        return seconds
+    if given is not None:  # the same bounds as the proposal stage's, checked before any work
+        return positive_seconds("duration", given)
     record = resources.video_captions(ctx, state["video_id"]).record
     return float(record.duration_s)
 

@@ -26,6 +26,7 @@ from pydantic import Field
 
 from agent.context import AgentContext
 from agent.graph import NO_ANSWER, build_agent
+from granalign.text import seconds_text
 from graphs.context import Context
 from tests.servers import free_port, server
 from tests.test_tool import DOG_VIDEO, demo_store, smollm2_folder  # noqa: F401  (fixtures)
@@ -124,7 +125,8 @@ def test_question_tool_call_answer_with_windows_cited(tools, demo_store, capsys)
     # the answer cites the windows in seconds (appended: the model did not)
     answer = msgs[-1].text
     s, e, _ = moments[0]
-    assert answer.startswith("The friends play with the black dog") and f"{s:.1f}–{e:.1f} s" in answer
+    assert answer.startswith("The friends play with the black dog")
+    assert f"{seconds_text(s)}–{seconds_text(e)} s" in answer
     assert out["citations"] == [
         {"video_id": DOG_VIDEO, "query": "friends play with a black dog", "moments": moments}
     ]
@@ -293,7 +295,8 @@ def test_a_video_named_in_the_question_is_retrieved_when_the_model_does_not(tool
     assert len(model.calls) == 2 and retrieval.text in [m.text for m in model.calls[1]["messages"]]
     s, e, _ = retrieval.artifact["moments"][0]
     answer = out["messages"][-1].text
-    assert answer.startswith("They play with it near the end.") and f"{s:.1f}–{e:.1f} s" in answer
+    assert answer.startswith("They play with it near the end.")
+    assert f"{seconds_text(s)}–{seconds_text(e)} s" in answer
     assert out["citations"][0]["video_id"] == DOG_VIDEO
 
 
@@ -420,7 +423,8 @@ def test_a_real_served_model_answer_carries_the_retrieved_windows(tools, smollm2
         assert retrieval.tool_call_id.startswith("ground-") and trace[1][0] == "ground"
     s, e, _ = retrieval.artifact["moments"][0]
     last = out["messages"][-1]
-    assert isinstance(last, AIMessage) and not last.tool_calls and f"{s:.1f}–{e:.1f} s" in last.text
+    assert isinstance(last, AIMessage) and not last.tool_calls
+    assert f"{seconds_text(s)}–{seconds_text(e)} s" in last.text
     assert out["citations"][0]["video_id"] == DOG_VIDEO
     with capsys.disabled():
         print(
@@ -442,7 +446,7 @@ def test_a_real_model_without_tools_is_grounded_by_the_ground_node(tools, smollm
         "query": "When are the friends playing with the black dog?",
     }
     s, e, _ = retrieval.artifact["moments"][0]
-    assert f"{s:.1f}–{e:.1f} s" in out["messages"][-1].text
+    assert f"{seconds_text(s)}–{seconds_text(e)} s" in out["messages"][-1].text
     assert [c["video_id"] for c in out["citations"]] == [DOG_VIDEO]
 
 

@@ -52,3 +52,36 @@ def test_tool_text_gives_the_artifacts_seconds() -> None:
     assert "2. 17.25–18.5 s" in text  # not 17.2 (half to even) beside 4.8 (half up)
     assert "3. 0.0–18.0 s" in text
     assert "4. 1.0001–2.0 s" in text
+
+
+def test_agent_citations_give_the_artifacts_seconds() -> None:
+    from agent.graph import _footer
+
+    text = _footer([{"video_id": "v", "moments": [[17.25, 18.5, 0.5], [0.0, 30.6973, 0.4]]}])
+    assert "17.25–18.5 s, 0.0–30.6973 s" in text  # the citation's numbers, not 17.2 and 30.7
+
+
+def test_seconds_text_keeps_four_decimals_and_one_at_least() -> None:
+    from granalign.text import seconds_text
+
+    assert [seconds_text(x) for x in (17.25, 4.0, 0.0, 30.69733, 1e-05, 1234.5)] == [
+        "17.25",
+        "4.0",
+        "0.0",
+        "30.6973",
+        "0.0",
+        "1234.5",
+    ]
+
+
+@pytest.mark.parametrize("value", [10**400, -(10**400), 10**7 + 1, 0, 1e-4, float("nan"), True, "5"])
+def test_one_seconds_check_refuses_what_no_window_can_use(value: object) -> None:
+    """The graph's ``duration`` and the proposal stage share one check; an int past float's
+    range is named, not an OverflowError, and a long value is cut in the message."""
+    from granalign.core.moments import positive_seconds
+
+    with pytest.raises(InputError, match="duration must be") as err:
+        positive_seconds("duration", value)
+    assert len(str(err.value)) < 120
+    with pytest.raises(InputError, match="duration must be"):
+        _duration({"duration": value}, Context())  # type: ignore[arg-type, typeddict-item]

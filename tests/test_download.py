@@ -190,3 +190,92 @@ def test_the_size_limit_from_the_environment_is_checked(monkeypatch: pytest.Monk
     monkeypatch.setenv("GRANALIGN_URL_MAX_MB", "12.5")
     assert _url_max_mb(ToolSettings()) == 12.5
     assert _url_max_mb(ToolSettings(url_max_mb=3)) == 3  # an explicit setting wins
+
+
+def test_the_cache_budget_from_the_environment_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tools.langchain_tool import DEFAULT_DOWNLOAD_CACHE_MB, _download_cache_mb
+
+    assert _download_cache_mb(ToolSettings()) == DEFAULT_DOWNLOAD_CACHE_MB
+    monkeypatch.setenv("GRANALIGN_DOWNLOAD_CACHE_MB", "-1")
+    with pytest.raises(Exception, match=r"GRANALIGN_DOWNLOAD_CACHE_MB='-1' must be a number of MiB"):
+        _download_cache_mb(ToolSettings())
+    monkeypatch.setenv("GRANALIGN_DOWNLOAD_CACHE_MB", "64")
+    assert _download_cache_mb(ToolSettings()) == 64
+    with pytest.raises(Exception, match=r"download_cache_mb 0 is out of range"):
+        ToolSettings(download_cache_mb=0)
+
+
+def _aged(path: Path, seconds_ago: float) -> Path:
+    import os
+    import time
+
+    stamp = time.time() - seconds_ago
+    os.utime(path, (stamp, stamp))
+    return path
+
+
+def test_the_least_recently_used_downloads_go_when_the_folder_is_over_budget(
+    site: Routes, tmp_path: Path
+) -> None:
+    """Three old downloads of 1,000 bytes and a budget of 2.5 of them: a new fetch keeps itself
+    and the most recently used old one; a download being read (used within the call limit) and
+    files that are not downloads are never removed."""
+    from granalign.io.download import prune_downloads
+
+    folder = tmp_path / "dl"
+    folder.mkdir()
+    # old[0] least recently used, old[2] most
+    old = [_write_aged(folder / downloaded_name(f"http://h/{i}.mp4"), 1000, 1000 - 100 * i) for i in range(3)]
+    mine = folder / "notes.txt"
+    mine.write_bytes(b"y" * 5000)
+    url = f"{site.base}/bikes.mp4"
+    got = download_video(
+        url,
+        folder,
+        check=lambda u: check_url(u, ("127.0.0.1",)),
+        max_bytes=10 * len(VIDEO),
+        timeout_s=30,
+        cache_bytes=len(VIDEO) + 1500,
+    )
+    assert sorted(p.name for p in folder.iterdir()) == sorted([got.name, old[2].name, "notes.txt"])
+    # a hit marks the file used: it outlives an older one
+    _aged(got, 500)
+    assert download_video(
+        url, folder, check=lambda u: check_url(u, ("127.0.0.1",)), max_bytes=10**9, timeout_s=30
+    ) == got
+    assert prune_downloads(folder, 1000, in_use_s=30) == [old[2]]
+    # nothing used within the last in_use_s seconds goes, whatever the budget
+    assert prune_downloads(folder, 0, in_use_s=30) == [] and got.exists()
+    _aged(got, 60)
+    assert prune_downloads(folder, 0, in_use_s=30) == [got]
+    assert site.hits == ["/bikes.mp4"]
+
+
+def test_a_part_file_left_by_a_killed_download_is_removed_once_past_the_deadline(tmp_path: Path) -> None:
+    from granalign.io.download import prune_downloads
+
+    name = downloaded_name("http://h/a.mp4")
+    live = tmp_path / f".{name}.111.222.part"
+    dead = tmp_path / f".{name}.333.444.part"
+    live.write_bytes(b"a")
+    dead.write_bytes(b"b")
+    _aged(dead, 120)
+    assert prune_downloads(tmp_path, 10**9, in_use_s=60) == [dead]
+    assert live.exists()
+
+
+def test_the_tool_keeps_its_download_folder_within_the_budget(site: Routes, tmp_path: Path) -> None:
+    (tmp_path / "videos").mkdir()
+    folder = tmp_path / "dl"
+    folder.mkdir()
+    stale = _write_aged(folder / downloaded_name("http://h/old.mp4"), len(VIDEO), 7200)
+    retriever = _retriever(tmp_path, download_dir=folder, download_cache_mb=1.5 * len(VIDEO) / 2**20)
+    with pytest.raises(InputError, match="not in the store"):
+        retriever.run(f"{site.base}/bikes.mp4", "people ride bikes")
+    assert not stale.exists()
+    assert [p.name for p in folder.iterdir()] == [downloaded_name(f"{site.base}/bikes.mp4")]
+
+
+def _write_aged(path: Path, size: int, seconds_ago: float) -> Path:
+    path.write_bytes(b"z" * size)
+    return _aged(path, seconds_ago)

@@ -23,6 +23,7 @@ from granalign.backends.embedder import make_embedder
 from granalign.io.captions_import import import_captions
 from granalign.io.store import Store
 from granalign.rewrite import max_words_for
+from granalign.text import seconds_text
 from graphs.context import Context
 from tools.demo_data import DEMO
 from tools.langchain_tool import (
@@ -172,7 +173,7 @@ def test_tool_call_returns_windows_as_text_and_the_result_as_artifact(demo_store
     assert art["video_id"] == DOG_VIDEO and art["mode"] == "caption-only" and art["clip_len_s"] == 2.0
     assert 1 <= len(art["moments"]) <= 3 and len(art["saliency"]) == 75
     s, e, score = art["moments"][0]
-    assert f"1. {s:.1f}–{e:.1f} s (score {score:.2f})" in msg.content
+    assert f"1. {seconds_text(s)}–{seconds_text(e)} s (score {score:.2f})" in msg.content
     assert DOG_VIDEO in msg.content and json.dumps(query) in msg.content
     # the rewrites (model output) stay out of the text the calling model reads
     assert "variants" in art and "pair_id" not in msg.content

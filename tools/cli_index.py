@@ -18,6 +18,7 @@ from rich.table import Table
 from typer.core import TyperCommand
 
 from granalign.errors import GranAlignError, InputError
+from granalign.text import seconds_text
 from tools.cli_common import (
     SetOpt,
     StoreOpt,
@@ -275,7 +276,7 @@ def retrieve_cmd(
         for col in ("rank", "start (s)", "end (s)", "score"):
             table.add_column(col, justify="right")
         for i, (s, e, sc) in enumerate(result["moments"], start=1):
-            table.add_row(str(i), f"{s:.1f}", f"{e:.1f}", f"{sc:.3f}")
+            table.add_row(str(i), seconds_text(s), seconds_text(e), f"{sc:.3f}")
         out.print(table)
         for note in result["notes"]:
             console.print(f"[dim]note: {note}[/]")

@@ -51,7 +51,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from granalign.errors import ConfigError, GranAlignError, InputError
 from granalign.io.video import parse_roots
-from granalign.text import MAX_QUERY_CHARS, clean_query, clean_text
+from granalign.text import MAX_QUERY_CHARS, clean_query, clean_text, seconds_text
 from tools.safety import (
     MAX_VIDEO_ARG_CHARS,
     VideoArg,
@@ -67,6 +67,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_TOP_K",
+    "ENV_DOWNLOAD_CACHE_MB",
     "ENV_GRAPH_ID",
     "ENV_GRAPH_URL",
     "ENV_URL_MAX_MB",
@@ -96,6 +97,10 @@ ENV_URL_MAX_MB = "GRANALIGN_URL_MAX_MB"
 #: Largest video a URL may download (MiB) unless ``GRANALIGN_URL_MAX_MB`` says otherwise: an hour
 #: of 1080p H.264 is about 2–4 GiB; an agent's URL must not fill the disk.
 DEFAULT_URL_MAX_MB = 4096
+ENV_DOWNLOAD_CACHE_MB = "GRANALIGN_DOWNLOAD_CACHE_MB"
+#: Budget of the download folder (MiB) unless ``GRANALIGN_DOWNLOAD_CACHE_MB`` says otherwise: four
+#: downloads of the largest size; older ones are evicted (``granalign.io.download.prune_downloads``).
+DEFAULT_DOWNLOAD_CACHE_MB = 4 * DEFAULT_URL_MAX_MB
 DEFAULT_TOP_K = 5
 MAX_TOP_K = 20
 MAX_LIST_LIMIT = 200
@@ -163,6 +168,9 @@ class ToolSettings:
     the store (the embedded store's folder, or the user cache with a Chroma server)."""
     url_max_mb: float | None = None
     """Largest download in MiB; None = ``GRANALIGN_URL_MAX_MB``, default :data:`DEFAULT_URL_MAX_MB`."""
+    download_cache_mb: float | None = None
+    """Budget of ``download_dir`` in MiB (least recently used downloads go first); None =
+    ``GRANALIGN_DOWNLOAD_CACHE_MB``, default :data:`DEFAULT_DOWNLOAD_CACHE_MB`."""
     remote_headers: Mapping[str, str] = field(default_factory=dict)
     """Extra HTTP headers for the LangGraph server (e.g. an auth proxy's)."""
 
@@ -173,8 +181,10 @@ class ToolSettings:
             raise ConfigError(f"{ENV_GRAPH_ID} must name a graph or assistant id")
         if not 0 < self.timeout_s <= 3600:
             raise ConfigError(f"tool timeout {self.timeout_s} s is out of range; allowed: (0, 3600]")
-        if self.url_max_mb is not None and not 0 < self.url_max_mb <= 1_048_576:
-            raise ConfigError(f"url_max_mb {self.url_max_mb} is out of range; allowed: (0, 1048576]")
+        for name in ("url_max_mb", "download_cache_mb"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value <= _MAX_MIB:  # NaN fails too
+                raise ConfigError(f"{name} {value} is out of range; allowed: (0, {_MAX_MIB}]")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ToolSettings:
@@ -189,31 +199,36 @@ class ToolSettings:
         return bool(self.graph_url)
 
 
-def _url_max_mb(settings: ToolSettings) -> float:
-    if settings.url_max_mb is not None:
-        return settings.url_max_mb
-    raw = os.environ.get(ENV_URL_MAX_MB, "").strip()
+_MAX_MIB = 1_048_576  # 1 TiB
+
+
+def _mib(given: float | None, env: str, default: float) -> float:
+    """A size setting in MiB: the ToolSettings value, else the environment, else the default."""
+    if given is not None:
+        return given
+    raw = os.environ.get(env, "").strip()
     if not raw:
-        return float(DEFAULT_URL_MAX_MB)
+        return float(default)
     try:
         value = float(raw)
     except ValueError:
         value = float("nan")
-    if not 0 < value <= 1_048_576:  # NaN fails too
-        raise ConfigError(f"{ENV_URL_MAX_MB}={raw!r} must be a number of MiB in (0, 1048576]")
+    if not 0 < value <= _MAX_MIB:  # NaN fails too
+        raise ConfigError(f"{env}={raw!r} must be a number of MiB in (0, {_MAX_MIB}]")
     return value
+
+
+def _url_max_mb(settings: ToolSettings) -> float:
+    return _mib(settings.url_max_mb, ENV_URL_MAX_MB, DEFAULT_URL_MAX_MB)
+
+
+def _download_cache_mb(settings: ToolSettings) -> float:
+    return _mib(settings.download_cache_mb, ENV_DOWNLOAD_CACHE_MB, DEFAULT_DOWNLOAD_CACHE_MB)
 
 
 # ---------------------------------------------------------------------------------------------
 # results
 # ---------------------------------------------------------------------------------------------
-
-
-def _fmt_s(x: float) -> str:
-    """Seconds as the artifact holds them (4 decimals, trailing zeros dropped, at least one):
-    a 0.25-s grid's 17.25 must not read 17.2 in the text and 17.25 in the artifact."""
-    text = f"{x:.4f}".rstrip("0")
-    return text + "0" if text.endswith(".") else text
 
 
 @dataclass(frozen=True)
@@ -236,7 +251,7 @@ class MomentsResult:
             return head + "no matching moment found."
         lines = [head + f"{len(moments)} moment(s), best first (seconds from the start of the video):"]
         lines += [
-            f"{i}. {_fmt_s(s)}–{_fmt_s(e)} s (score {score:.2f})"
+            f"{i}. {seconds_text(s)}–{seconds_text(e)} s (score {score:.2f})"
             for i, (s, e, score) in enumerate(moments, start=1)
         ]
         if a.get("mode") == "caption-only":
@@ -486,6 +501,7 @@ class MomentRetriever:
             check=lambda url: check_url(url, allow),
             max_bytes=int(_url_max_mb(settings) * 2**20),
             timeout_s=settings.timeout_s,
+            cache_bytes=int(_download_cache_mb(settings) * 2**20),
         )
         widened = os.pathsep.join(str(root) for root in (*roots, folder.resolve()))
         return VideoArg("path", str(path)), ctx.with_overrides(video_roots=widened)

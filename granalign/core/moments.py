@@ -148,12 +148,16 @@ def positive_seconds(name: str, value: object) -> float:
     Durations and clip lengths arrive from caption files, CLI flags and tool callers; one check
     names the bad input before numpy turns it into NaN windows or an empty grid.
     """
+    shown = repr(value)[:40]  # a caller's 400-digit int must not fill the message
     if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
-        raise InputError(f"{name} must be a positive number of seconds, got {value!r}")
-    number = float(value)
+        raise InputError(f"{name} must be a positive number of seconds, got {shown}")
+    try:  # an int past float's range (JSON allows any) is a bad input, not an OverflowError
+        number = float(value)
+    except OverflowError:
+        number = math.inf
     if not math.isfinite(number) or not MIN_SECONDS <= number <= MAX_SECONDS:
         raise InputError(
-            f"{name} must be a number of seconds in [{MIN_SECONDS:g}, {MAX_SECONDS:g}], got {value}"
+            f"{name} must be a number of seconds in [{MIN_SECONDS:g}, {MAX_SECONDS:g}], got {shown}"
         )
     return number
 

@@ -13,10 +13,17 @@ turned into such a file first.  Why each rule:
   whole one; a later call with the same URL finds the finished file and fetches nothing.
 * **Clear errors**: every failure is an :class:`InputError` naming the URL and what went wrong
   (HTTP status, too large, timed out, unreachable), never an ``httpx`` traceback.
+* **A bounded folder** (:func:`prune_downloads`): agents keep naming new URLs, so after each
+  download the least recently used files go until the folder fits its budget, and ``.part``
+  files a killed process left behind are removed.  Nothing a live call may still read is
+  touched: a file used (or a ``.part`` written) within the last ``timeout_s`` is kept, because
+  no call lasts longer than that.  An evicted video stays searchable by its id (its captions
+  are in the store); its URL is fetched again when named again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -30,7 +37,7 @@ import httpx
 
 from granalign.errors import InputError
 
-__all__ = ["MAX_REDIRECTS", "DownloadError", "download_video", "downloaded_name"]
+__all__ = ["MAX_REDIRECTS", "DownloadError", "download_video", "downloaded_name", "prune_downloads"]
 
 #: Redirect hops followed (each one checked like the first URL); browsers allow about 20, but a
 #: video link that needs more than a few is more likely a loop.
@@ -59,16 +66,19 @@ def download_video(
     check: Callable[[str], str],
     max_bytes: int,
     timeout_s: float,
+    cache_bytes: int | None = None,
 ) -> Path:
     """``url`` as a file in ``folder`` (fetched now, or found from an earlier call).
 
     ``check`` validates every URL the fetch would visit (the first and each redirect target)
     and returns it, raising :class:`InputError` to refuse one.  ``timeout_s`` bounds the whole
-    download, not only each network wait.
+    download, not only each network wait.  ``cache_bytes``: the folder's budget, enforced after
+    a fetch by :func:`prune_downloads` (None = unbounded).
     """
     target = folder / downloaded_name(url)
     if target.is_file() and target.stat().st_size > 0:
-        return target  # a finished download: renamed into place only when complete
+        _touch(target)  # a finished download (renamed into place only when complete), used now
+        return target
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -86,7 +96,71 @@ def download_video(
         raise DownloadError(f"video URL {url!r}: writing the download failed: {exc}") from None
     finally:
         part.unlink(missing_ok=True)
+    if cache_bytes is not None:
+        prune_downloads(folder, cache_bytes, in_use_s=timeout_s, keep=target)
     return target
+
+
+def _touch(path: Path) -> None:
+    """Mark a download as used now (its mtime orders the eviction); a read-only folder is fine."""
+    with contextlib.suppress(OSError):
+        os.utime(path)
+
+
+def prune_downloads(
+    folder: Path, budget_bytes: int, *, in_use_s: float, keep: Path | None = None
+) -> list[Path]:
+    """Remove least recently used downloads until ``folder`` holds at most ``budget_bytes``.
+
+    Files used within the last ``in_use_s`` seconds (a live call may still be reading them) and
+    ``keep`` are never removed, so the folder may stay over budget until they age; ``.part``
+    files older than ``in_use_s`` belong to a download past its deadline (a killed process) and
+    are removed whatever the budget.  Returns the removed paths.  Several processes may prune
+    one folder at once: a file another one removed first is skipped.
+    """
+    now = time.time()
+    removed: list[Path] = []
+    finished: list[tuple[float, int, Path]] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        try:
+            info = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        path = Path(entry.path)
+        if not entry.is_file(follow_symlinks=False):
+            continue
+        if entry.name.startswith(".url-") and entry.name.endswith(".part"):
+            if now - info.st_mtime > in_use_s and _unlink(path):
+                removed.append(path)  # a download past its deadline: its process is gone
+        elif entry.name.startswith("url-"):
+            finished.append((info.st_mtime, info.st_size, path))
+    total = sum(size for _, size, _ in finished)
+    for mtime, size, path in sorted(finished):
+        if total <= budget_bytes:
+            break
+        if path == keep or now - mtime <= in_use_s:
+            continue
+        gone = _unlink(path)
+        if gone is not None:
+            total -= size
+            if gone:
+                removed.append(path)
+    return removed
+
+
+def _unlink(path: Path) -> bool | None:
+    """True: removed here; False: already gone (another process pruned it); None: it stays."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return None
+    return True
 
 
 def _fetch(
