@@ -27,6 +27,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 
 from granalign.backends.captioner import AGNOSTIC_PROMPT
+from granalign.backends.interrupt import stopped
 from granalign.backends.weights import weights_notes
 from granalign.errors import InputError
 from granalign.io.locks import video_lock
@@ -195,6 +196,8 @@ def _encode_clips(
             _decode, sampler, times, ctx.clip_len, batches[0]
         )
         for i, batch in enumerate(batches):
+            if stopped():  # Ctrl-C: the stored batches are whole clips; a re-run resumes after them
+                raise KeyboardInterrupt("ingest stopped by an interrupt (Ctrl-C)")
             images, seconds = pending.result()
             timings["decode"] += seconds
             if i + 1 < len(batches):

@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -344,3 +345,74 @@ def test_index_takes_a_relative_folder_under_a_video_root_like_a_relative_file(t
     result = CliRunner().invoke(app, ["index", "sub"], env=env)
     assert result.exit_code == 2, result.output
     assert "holds no video files" in result.output and "is a directory" not in result.output
+
+
+# -- Ctrl-C ------------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def sigint_raises():
+    """SIGINT as a terminal delivers it (a test run in the background inherits it ignored)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_during_a_folder_index_starts_no_further_video(tmp_path, monkeypatch, sigint_raises):
+    """Ctrl-C while the first of several videos is ingested: the queued videos are not started
+    (before the fix every one of them was ingested before the command exited)."""
+    import graphs.ingest as ingest_module
+
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    for i in range(4):
+        (folder / f"v{i}.mp4").write_bytes(b"stand-in")
+    calls: list[str] = []
+
+    def fake_ingest(ctx, video, on_event=None):
+        calls.append(video)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while this video is ingested
+            time.sleep(0.3)
+        return {"video_id": f"sha256-{len(calls)}", "n_clips": 1, "skipped": 0, "encoded": 1, "notes": []}
+
+    monkeypatch.setattr(ingest_module, "ingest_video", fake_ingest)
+    env = {"GRANALIGN_STORE": str(tmp_path / "store"), "GRANALIGN_VIDEO_ROOTS": str(tmp_path)}
+    result = CliRunner().invoke(app, ["index", str(folder), "--jobs", "1"], env=env)
+    assert result.exit_code == 130, result.output
+    assert "interrupted" in result.output and "Traceback" not in result.output
+    assert len(calls) == 1, calls
+
+
+def test_ctrl_c_stops_an_ingest_after_the_batch_in_hand_and_the_rerun_resumes_random_weights(
+    ctx, work, monkeypatch
+):
+    """Ctrl-C (the CLI's stop flag) ends a running ingest at the next batch boundary: no model
+    is asked for another clip (a served captioner ran to the last clip before the fix, only a
+    local one stopped), the clips stored are whole and the re-run skips them."""
+    import graphs.ingest as ingest_module
+    from granalign.backends import interrupt
+
+    path = make_video(work / "stopped.mp4", 7.5)
+    small = ctx.with_overrides(ingest_batch=1)
+    real = ingest_module._encode_batch
+
+    def batch_then_ctrl_c(*args, **kwargs):
+        real(*args, **kwargs)
+        interrupt._STOP.set()
+
+    monkeypatch.setattr(ingest_module, "_encode_batch", batch_then_ctrl_c)
+    calls = Calls(monkeypatch, small)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            ingest_video(small, str(path))
+    finally:
+        interrupt._STOP.clear()
+    assert (calls.frames, calls.agnostic) == (1, 1)
+    video_id = content_hash(path)
+    assert resources.store_for(ctx).video(video_id) is None
+    assert_no_half_clips(small, video_id, 4)
+    assert unfinished_clips(small, video_id, 4) == [1, 2, 3]
+    monkeypatch.setattr(ingest_module, "_encode_batch", real)
+    again = ingest_video(small, str(path))
+    assert again["skipped"] == 1 and again["encoded"] == 3

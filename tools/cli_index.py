@@ -148,8 +148,14 @@ def _ingest_target(ctx: Any, target: str, jobs: int) -> None:
                 results.append((video, got, problem))
 
         with ThreadPoolExecutor(max_workers=min(jobs, len(files))) as pool:
-            for fut in as_completed([pool.submit(run, f) for f in files]):
-                fut.result()
+            futures = [pool.submit(run, f) for f in files]
+            try:
+                for fut in as_completed(futures):
+                    fut.result()
+            except BaseException:  # Ctrl-C (or a bug): start no queued video; running ones
+                for fut in futures:  # stop at their next batch (graphs.ingest checks the flag)
+                    fut.cancel()
+                raise
     _print_ingest_summary(results, resources.store_for(ctx).location)
     if any(problem for _, _, problem in results):
         raise typer.Exit(1)
