@@ -35,10 +35,12 @@ from granalign.io.store import Store, VideoRecord, caption_id, frame_id
 from granalign.io.video import (
     FrameSampler,
     VideoInfo,
+    check_unchanged,
     clip_count,
     clip_times,
     content_hash,
     display_path,
+    file_stamp,
     probe_video,
     resolve_video_path,
 )
@@ -90,7 +92,9 @@ def probe(state: IngestState, runtime: Runtime[Context]) -> dict[str, Any]:
     """Resolve and hash the file, read its duration, and find the clips still to encode."""
     ctx = runtime.context
     path = resolve_video_path(state["video"], resources.video_roots(ctx))
+    stamp = file_stamp(path)
     video_id = content_hash(path)
+    check_unchanged(path, stamp, video_id)  # not rewritten while it was hashed
     info = probe_video(path)
     n_clips = clip_count(info.duration_s, ctx.clip_len)
     todo = _todo(ctx, video_id, n_clips)
@@ -117,6 +121,7 @@ def probe(state: IngestState, runtime: Runtime[Context]) -> dict[str, Any]:
         "n_clips": n_clips,
         "duration_s": info.duration_s,
         "info": asdict(info),
+        "stamp": stamp,
         "todo": todo,
         "skipped": n_clips - len(todo),
         "notes": notes,
@@ -192,6 +197,7 @@ def _encode_clips(
         FrameSampler(Path(state["path"]), info, max_pixels=ctx.max_pixels) as sampler,
         ThreadPoolExecutor(1) as pool,
     ):
+        check_unchanged(Path(state["path"]), state.get("stamp"), writer.video_id)  # the file opened
         pending: Future[tuple[list[Any], float]] = pool.submit(
             _decode, sampler, times, ctx.clip_len, batches[0]
         )

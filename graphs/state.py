@@ -105,6 +105,7 @@ class IngestState(TypedDict):
     n_clips: NotRequired[int]
     duration_s: NotRequired[float]
     info: NotRequired[dict[str, Any]]
+    stamp: NotRequired[list[int]]
     todo: NotRequired[list[int]]
     skipped: NotRequired[int]
     encoded: NotRequired[int]

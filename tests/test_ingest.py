@@ -416,3 +416,34 @@ def test_ctrl_c_stops_an_ingest_after_the_batch_in_hand_and_the_rerun_resumes_ra
     monkeypatch.setattr(ingest_module, "_encode_batch", real)
     again = ingest_video(small, str(path))
     assert again["skipped"] == 1 and again["encoded"] == 3
+
+
+def test_a_video_replaced_between_probe_and_encode_is_refused_not_stored_under_the_old_id(
+    ctx, work, monkeypatch
+):
+    """The probe hashes the file (its id); if the file is replaced before its frames are read
+    (a copy still arriving, a re-encode, a long wait for the video's lock), the new frames must
+    not be stored under the old content's id.  Before the fix they were, with a video record."""
+    import contextlib
+
+    import graphs.ingest as ingest_module
+
+    path = make_video(work / "replaced.mp4", 3.5)
+    old_id = content_hash(path)
+    real_lock = ingest_module.video_lock
+
+    @contextlib.contextmanager
+    def replace_then_lock(*args, **kwargs):
+        other = make_video(work / "replacement.mp4", 3.5, pattern="noise")
+        os.replace(other, path)
+        with real_lock(*args, **kwargs):
+            yield
+
+    monkeypatch.setattr(ingest_module, "video_lock", replace_then_lock)
+    with pytest.raises(InputError, match="changed since it was probed"):
+        ingest_video(ctx, str(path))
+    assert resources.store_for(ctx).video(old_id) is None
+    assert unfinished_clips(ctx, old_id, 2) == [0, 1]
+    monkeypatch.setattr(ingest_module, "video_lock", real_lock)
+    again = ingest_video(ctx, str(path))  # the re-run ingests the new content under its own id
+    assert again["video_id"] == content_hash(path) != old_id and again["encoded"] == 2

@@ -263,6 +263,22 @@ _HASHES: OrderedDict[tuple[str, int, int, int], str] = OrderedDict()
 _HASHES_LOCK = threading.Lock()
 
 
+def file_stamp(path: Path) -> list[int]:
+    """(size, mtime in ns, inode) of a file: what changes when its bytes are rewritten or replaced."""
+    info = os.stat(path)
+    return [info.st_size, info.st_mtime_ns, info.st_ino]
+
+
+def check_unchanged(path: Path, stamp: Sequence[int] | None, video_id: str) -> None:
+    """Refuse a file that changed since it was hashed into ``video_id`` (its frames would be
+    stored under the old content's id)."""
+    if stamp is not None and file_stamp(path) != list(stamp):
+        raise InputError(
+            f"video {display_path(path)} changed since it was probed (hashed as {video_id}); "
+            "nothing of it was stored under that id: re-run once the file is complete"
+        )
+
+
 def content_hash(path: Path) -> str:
     """``sha256-<24 hex>`` of the file's bytes, streamed; cached per (path, size, mtime, inode)."""
     info = os.stat(path)
