@@ -447,3 +447,38 @@ def test_a_video_replaced_between_probe_and_encode_is_refused_not_stored_under_t
     monkeypatch.setattr(ingest_module, "video_lock", real_lock)
     again = ingest_video(ctx, str(path))  # the re-run ingests the new content under its own id
     assert again["video_id"] == content_hash(path) != old_id and again["encoded"] == 2
+
+
+def test_index_with_stderr_not_a_terminal_reports_each_video_as_it_finishes(tmp_path, monkeypatch):
+    """Piped to a log (nohup, a CI job, a RayJob), rich draws no bars until the very end: the log
+    said nothing for the whole ingest.  Each finished video now gets a plain line at once."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    import graphs.ingest as ingest_module
+    from tools import cli_common, cli_index
+
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"v{i}.mp4").write_bytes(b"stand-in")
+    log = StringIO()
+    piped = Console(file=log, force_terminal=False, width=100)
+    monkeypatch.setattr(cli_common, "console", piped)
+    monkeypatch.setattr(cli_index, "console", piped)
+    seen_before: list[str] = []
+
+    def fake_ingest(ctx, video, on_event=None):
+        seen_before.append(log.getvalue())
+        if video.endswith("v1.mp4"):
+            raise InputError("video 'v1.mp4' is not a video FFmpeg can read")
+        vid = "sha256-" + Path(video).stem
+        return {"video_id": vid, "n_clips": 3, "skipped": 1, "encoded": 2, "notes": []}
+
+    monkeypatch.setattr(ingest_module, "ingest_video", fake_ingest)
+    env = {"GRANALIGN_STORE": str(tmp_path / "store"), "GRANALIGN_VIDEO_ROOTS": str(tmp_path)}
+    result = CliRunner().invoke(app, ["index", str(folder), "--jobs", "1"], env=env)
+    assert result.exit_code == 1, result.output
+    assert "v0.mp4" in seen_before[1] and "v1.mp4" in seen_before[2], seen_before
+    assert "failed" in seen_before[2].split("v1.mp4", 1)[1].splitlines()[0]

@@ -146,6 +146,8 @@ def _ingest_target(ctx: Any, target: str, jobs: int) -> None:
                 got, problem = None, str(exc)
             with lock:
                 results.append((video, got, problem))
+                if not bar.console.is_terminal:  # a log gets no bars until the end: a line each
+                    _log_finished(len(results), len(files), video, got, problem)
 
         with ThreadPoolExecutor(max_workers=min(jobs, len(files))) as pool:
             futures = [pool.submit(run, f) for f in files]
@@ -159,6 +161,19 @@ def _ingest_target(ctx: Any, target: str, jobs: int) -> None:
     _print_ingest_summary(results, resources.store_for(ctx).location)
     if any(problem for _, _, problem in results):
         raise typer.Exit(1)
+
+
+def _log_finished(n: int, total: int, video: str, got: dict[str, Any] | None, problem: str) -> None:
+    """One plain line for a finished video (stderr is not a terminal)."""
+    from granalign.io.video import display_path
+
+    name = escape(Path(display_path(video)).name)
+    if got is None:
+        text = f"[{n}/{total}] {name}: failed: {escape(problem)}"
+    else:
+        counts = f"{got['n_clips']} clips, {got['skipped']} skipped, {got['encoded']} encoded"
+        text = f"[{n}/{total}] {name}: {counts}"
+    console.print(text, highlight=False, soft_wrap=True)
 
 
 def _check_index_target(ctx: Any, target: str, roots: Sequence[Path]) -> None:
