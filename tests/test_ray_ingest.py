@@ -26,6 +26,7 @@ from typer.testing import CliRunner
 from granalign.errors import ConfigError, InputError
 from granalign.io.store import open_store
 from graphs import resources
+from graphs.context import Context
 from graphs.ingest import ingest_video
 from tests.servers import chroma_server
 from tests.test_ingest import build_tiny_vlm_random_weights, model_context
@@ -265,3 +266,57 @@ def test_ray_sources_find_a_relative_folder_under_a_video_root(tmp_path, monkeyp
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     assert list_sources("sub", [root.resolve()]) == [str((root / "sub" / "a.mp4").resolve())]
+
+
+class _StandInRay:
+    """Just what ``_Driver.__init__`` asks of the ``ray`` module; the plan logic runs for real."""
+
+    class _Remote:
+        def options(self, **_: object) -> _StandInRay._Remote:
+            return self
+
+    def remote(self, _fn: object) -> _StandInRay._Remote:
+        return self._Remote()
+
+    class exceptions:  # ray.exceptions: none of its errors reaches a plan here
+        pass
+
+
+def _probe(video_id: str, n: int, todo: list[int]) -> dict[str, Any]:
+    return {
+        "video_id": video_id,
+        "path": f"/v/{video_id}.mp4",
+        "n_clips": n,
+        "duration_s": 2.0 * n,
+        "skipped": n - len(todo),
+        "todo": todo,
+        "notes": [],
+    }
+
+
+def test_the_same_bytes_under_two_names_are_encoded_once_on_ray(tmp_path):
+    """A copy of a video beside it (or a link) has the same content id: the driver queues its
+    batches once, under the name probed first, and lists the other as skipped with a note;
+    if the first one fails, so does its copy, saying why."""
+    from tools.ray_ingest import _Driver
+
+    ctx = Context(store_dir=str(tmp_path / "store"), ingest_batch=2)
+    driver = _Driver(_StandInRay(), ctx, ["a.mp4", "copy_of_a.mp4", "b.mp4"], lambda **_: None)
+    driver._probed("a.mp4", _probe("sha256-a", 5, [0, 1, 2, 3, 4]), 0)
+    driver._probed("copy_of_a.mp4", _probe("sha256-a", 5, [0, 1, 2, 3, 4]), 0)
+    driver._probed("b.mp4", _probe("sha256-b", 2, [0, 1]), 0)
+    assert [(job.video, job.clips) for job in driver.queue] == [
+        ("a.mp4", (0, 1)),
+        ("a.mp4", (2, 3)),
+        ("a.mp4", (4,)),
+        ("b.mp4", (0, 1)),
+    ]
+    assert (driver.total, driver.done) == (12, 5)  # the copy's clips count as settled
+    rows = {video: (got, problem) for video, got, problem in driver.results()}
+    copy, problem = rows["copy_of_a.mp4"]
+    assert problem == "" and copy is not None
+    assert (copy["video_id"], copy["skipped"], copy["encoded"]) == ("sha256-a", 5, 0)
+    assert "same content as a.mp4: encoded once, under that name" in copy["notes"]
+    driver._fail("a.mp4", "the captioner failed", 2)
+    rows = {video: (got, problem) for video, got, problem in driver.results()}
+    assert rows["copy_of_a.mp4"] == (None, "same content as a.mp4, which failed: the captioner failed")

@@ -406,6 +406,7 @@ class VideoPlan:
     problem: str = ""
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # from the batch tasks (damaged packets)
+    same_as: str = ""  # another file of this run with the same bytes: encoded once, under it
 
 
 @dataclass
@@ -582,6 +583,10 @@ class _Driver:
         plan = self.plans[video]
         plan.probe = got
         self.total += int(got["n_clips"])
+        plan.same_as = self._probed_first(got["video_id"], video)
+        if plan.same_as:  # the same bytes under two names (a copy, a link): one id, encoded once
+            self.done += int(got["n_clips"])
+            return
         self.done += int(got["skipped"])
         todo: list[int] = list(got["todo"])
         size = self.ctx.ingest_batch
@@ -595,6 +600,14 @@ class _Driver:
             self.planned += 1
         if not batches:
             self._finalize(plan)
+
+    def _probed_first(self, video_id: str, video: str) -> str:
+        """The file probed earlier in this run with the same content id ('' if none)."""
+        for name, other in self.plans.items():
+            probe = other.probe
+            if name != video and probe is not None and not other.same_as and probe["video_id"] == video_id:
+                return name
+        return ""
 
     def _batch_done(self, video: str, got: dict[str, Any], clips: int) -> None:
         plan = self.plans[video]
@@ -640,15 +653,23 @@ class _Driver:
                 rows.append((video, None, plan.problem or "not probed"))
                 continue
             got = plan.probe
+            if plan.same_as:
+                first = self.plans[plan.same_as]
+                if first.problem:
+                    problem = f"same content as {plan.same_as}, which failed: {first.problem}"
+                    rows.append((video, None, problem))
+                    continue
             out = {
                 "video_id": got["video_id"],
                 "n_clips": got["n_clips"],
                 "duration_s": got["duration_s"],
-                "skipped": got["skipped"],
-                "encoded": len(got["todo"]),
+                "skipped": got["n_clips"] if plan.same_as else got["skipped"],
+                "encoded": 0 if plan.same_as else len(got["todo"]),
                 "timings": {k: round(v, 4) for k, v in plan.timings.items()},
                 "notes": list(dict.fromkeys([*(got.get("notes") or []), *plan.notes])),
             }
+            if plan.same_as:
+                out["notes"].append(f"same content as {plan.same_as}: encoded once, under that name")
             rows.append((video, out, ""))
         return rows
 
