@@ -320,3 +320,36 @@ def test_the_same_bytes_under_two_names_are_encoded_once_on_ray(tmp_path):
     driver._fail("a.mp4", "the captioner failed", 2)
     rows = {video: (got, problem) for video, got, problem in driver.results()}
     assert rows["copy_of_a.mp4"] == (None, "same content as a.mp4, which failed: the captioner failed")
+
+
+def test_index_on_ray_logs_plain_progress_lines_when_stderr_is_not_a_terminal(tmp_path, monkeypatch):
+    """Under nohup or a cluster job rich draws the bar only at the end; plain lines show the run
+    is alive (one per ``LOG_EVERY_S``; 0 here, so one per progress report)."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    from tools import cli_common, ray_ingest
+
+    log = StringIO()
+    monkeypatch.setattr(cli_common, "console", Console(file=log, force_terminal=False, width=100))
+    monkeypatch.setattr(ray_ingest, "LOG_EVERY_S", 0.0)
+    monkeypatch.setattr(ray_ingest, "import_ray", lambda: None)
+    monkeypatch.setattr(ray_ingest, "ray_context", lambda ctx: ctx)
+    monkeypatch.setattr(ray_ingest, "list_sources", lambda target, roots: ["a.mp4", "b.mp4"])
+
+    def fake_ingest(ctx, files, address, on_progress):
+        on_progress(done=0, total=None, failed=0, encoded=0)
+        on_progress(done=3, total=8, failed=0, encoded=3)
+        on_progress(done=8, total=8, failed=1, encoded=5)
+        return ray_ingest.RayIngestReport([], 8, 5, 1.0, {}, {}, 1)
+
+    monkeypatch.setattr(ray_ingest, "ingest_on_ray", fake_ingest)
+    ctx = Context(store_dir=str(tmp_path / "s"), chroma_url="http://127.0.0.1:1")
+    ray_ingest.index_on_ray(ctx, "x", "auto")
+    lines = [line for line in log.getvalue().splitlines() if line.startswith("ray ingest: ")]
+    assert lines == [
+        "ray ingest: 0/? clips, 0 failed videos",
+        "ray ingest: 3/8 clips, 0 failed videos",
+        "ray ingest: 8/8 clips, 1 failed videos",
+    ]

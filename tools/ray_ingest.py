@@ -727,6 +727,11 @@ class _RateColumn(ProgressColumn):
         return Text(f"{rate:.2f} clips/s")
 
 
+LOG_EVERY_S = 30.0
+"""With stderr not a terminal, ``index --ray`` prints a plain progress line this often: rich
+draws its bar only at the end there, and an hour-long job's log must show it is alive."""
+
+
 def index_on_ray(
     ctx: Context, target: str, address: str
 ) -> tuple[list[tuple[str, dict[str, Any] | None, str]], str]:
@@ -755,11 +760,17 @@ def index_on_ray(
         task = bar.add_task("ray", total=None, failed=0, encoded=0)
         started: list[bool] = []
 
+        logged = [time.monotonic()]
+
         def on_progress(done: int, total: int | None, failed: int, encoded: int) -> None:
             if not started:  # the clock (and the rate) starts with the work, not the model loading
                 bar.reset(task)
                 started.append(True)
             bar.update(task, completed=done, total=total, failed=failed, encoded=encoded)
+            if not console.is_terminal and time.monotonic() - logged[0] >= LOG_EVERY_S:
+                logged[0] = time.monotonic()  # a log (nohup, a job) gets no bar until the end
+                line = f"ray ingest: {done}/{total or '?'} clips, {failed} failed videos"
+                console.print(line, highlight=False)
 
         report = ingest_on_ray(ray_ctx, files, address, on_progress)
     console.print(
