@@ -153,3 +153,24 @@ def test_the_shipped_caption_file_states_its_clip_length_and_ids():
     videos = list(read_captions_file(DEMO.captions))
     assert len(videos) == 100 and {v.clip_len_s for v in videos} == {2.0}
     assert any(v.vid.startswith("-") for v in videos)
+
+
+def test_reimport_after_a_kill_before_the_video_record_keeps_no_old_clips(tmp_path, embedder, monkeypatch):
+    """Killed after a video's captions, before its record; the file then shrinks: the re-import
+    must read back the new captions only, not the new ones followed by the old file's tail."""
+    store = Store(tmp_path / "s")
+    old = [f"old {i}" for i in range(6)]
+    path = _write(tmp_path / "caps.jsonl", [{"vid": "v1", "clip_len_s": 2, "captions": old}])
+
+    def killed(record: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(store, "put_video", killed)
+    with pytest.raises(KeyboardInterrupt):
+        import_captions(store, embedder, path, source="caps")
+    monkeypatch.undo()
+    _write(path, [{"vid": "v1", "clip_len_s": 2, "captions": ["new a", "new b"]}])
+    assert import_captions(store, embedder, path, source="caps").imported == 1
+    texts, emb = store.get_captions("v1", source="caps", embedder_name=embedder.name)
+    assert texts == ["new a", "new b"] and emb.shape == (2, 384)
+    assert store.video("v1").n_clips == 2

@@ -200,7 +200,9 @@ def _store_video(
     store: Store, embedder_name: str, source: str, video: CaptionedVideo, vectors: dict[str, np.ndarray]
 ) -> None:
     emb = np.stack([vectors[c] for c in video.captions]).astype(np.float32)
-    if store.video(video.vid) is not None:  # stale (other content or source): no clip of it may stay
+    # stale (other content or source), or clips of a killed import or removal without a record:
+    # no clip of it may stay, or the new captions would be read back with the old ones past them
+    if store.video(video.vid) is not None or store.has_clip_records(video.vid):
         store.delete_video(video.vid)
     store.put_captions(
         video.vid,
