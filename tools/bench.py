@@ -284,7 +284,10 @@ def run_benchmark(
     passes: list[float] = []
     preds: list[dict[str, Any]] = []
     skipped: list[tuple[int | str, str]] = []
-    run_key = _run_key(ctx, annotations)
+    # the captions the answers come from: a journal of another captions file (or an edited one)
+    # must not be resumed
+    stored = store.videos(sorted(have))
+    run_key = _run_key(ctx, annotations, {v: [source, r.content_key] for v, r in stored.items()})
     default_journal = _journal_path(ctx, annotations_path, run_key)
     journal = Journal(journal_path or default_journal, run_key)
     try:
@@ -340,11 +343,15 @@ def journal_key(settings: Any, annotations: Sequence[Annotation]) -> str:
     return text_hash(json.dumps(record, sort_keys=True, default=str))
 
 
-def _run_key(ctx: Context, annotations: Sequence[Annotation]) -> str:
+def _run_key(
+    ctx: Context, annotations: Sequence[Annotation], captions: dict[str, list[str]] | None = None
+) -> str:
     """Settings, the prompt pairs' text (an edited pair is another run: its rows must not be
-    resumed) and the queries."""
+    resumed), the captions answered from (``{vid: [source, content key]}``) and the queries."""
     settings: dict[str, Any] = {k: v for k, v in dataclasses.asdict(ctx).items() if k not in _NOT_IN_KEY}
     settings["prompt_texts"] = {p.id: prompt_hash(p) for p in resources.pairs_for(ctx)}
+    if captions is not None:
+        settings["captions"] = captions
     return journal_key(settings, annotations)
 
 

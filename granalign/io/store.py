@@ -459,6 +459,15 @@ class Store:
             )
         return done
 
+    def videos(self, video_ids: Sequence[str]) -> dict[str, VideoRecord]:
+        """The records of those of ``video_ids`` that the store holds."""
+        out: dict[str, VideoRecord] = {}
+        for got in self._get_by_ids(VIDEOS, video_ids, ["metadatas"]):
+            out.update(
+                (i, VideoRecord.from_metadata(m)) for i, m in zip(got["ids"], got["metadatas"], strict=True)
+            )
+        return out
+
     def list_videos(self) -> list[VideoRecord]:
         got = self._collection(VIDEOS).get(include=["metadatas"])
         return sorted((VideoRecord.from_metadata(m) for m in got["metadatas"]), key=lambda r: r.video_id)
