@@ -98,6 +98,7 @@ def test_import_only_subset(tmp_path, embedder):
         ('{"vid": "~me", "clip_len_s": 2, "captions": ["x"]}', "cannot be a store id"),
         ('{"vid": " a", "clip_len_s": 2, "captions": ["x"]}', "cannot be a store id"),
         ('{"vid": "a\\tb", "clip_len_s": 2, "captions": ["x"]}', "cannot be a store id"),
+        ('{"vid": "a", "clip_len_s": 2, "captions": ["x", "a \\ud800 b"]}', "caption 1 is not valid Unicode"),
         ('{"vid": "a", "captions": ["x"]', "malformed JSON"),
         ("[1, 2]", "JSON object"),
     ],
