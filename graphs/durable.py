@@ -176,10 +176,17 @@ def _start(ctx: Context, graph_input: dict[str, Any], thread_id: str | None) -> 
     """(thread id, input): ``None`` input resumes the thread's unfinished run.
 
     The unfinished run must be for the same video and query: a reused id must not silently
-    answer an older question.
+    answer an older question.  A finished run kept under the id is replaced by the new one.
     """
     tid = thread_id or new_thread_id()
-    if thread_id is None or not pending_run(ctx, thread_id):
+    if thread_id is None:
+        return tid, graph_input
+    if not pending_run(ctx, thread_id):
+        # a finished run kept under this id (keep_threads): a new run there would add its
+        # rewrites and notes to the old run's (their channels accumulate), so it starts fresh
+        saver = checkpointer_for(ctx)
+        if saver is not None and saver.get_tuple(thread_config(thread_id)) is not None:
+            saver.delete_thread(thread_id)
         return tid, graph_input
     saved = durable_retrieval_graph(ctx).get_state(thread_config(thread_id)).values
     for key in ("video", "query"):

@@ -69,8 +69,8 @@ def _nodes(chunks: list) -> list[str]:
     return [name for mode, chunk in chunks if mode == "updates" for name in chunk]
 
 
-def _final(ctx: Context, **kw) -> tuple[dict, list[str]]:
-    chunks = list(durable.stream_retrieval(ctx, INPUT, stream_mode=("updates", "values"), **kw))
+def _final(ctx: Context, input: dict | None = None, **kw) -> tuple[dict, list[str]]:
+    chunks = list(durable.stream_retrieval(ctx, input or INPUT, stream_mode=("updates", "values"), **kw))
     values = [c for m, c in chunks if m == "values"][-1]
     return values, _nodes(chunks)
 
@@ -201,3 +201,15 @@ def test_tool_failure_names_the_thread_and_run_resumes_it(ctx, monkeypatch):
     assert got.artifact["moments"]
     with pytest.raises(InputError, match="thread_id"):
         retriever.run("kitchen", QUERY, thread_id="no spaces allowed")
+
+
+def test_a_kept_thread_reused_for_another_question_starts_fresh(ctx, tmp_path):
+    """keep_threads leaves a finished run's state under its id; a new question under that id is
+    a fresh run: the earlier run's rewrites and notes must not join its variants and notes."""
+    kept = ctx.with_overrides(keep_threads=True, checkpoint_db=str(tmp_path / "kept.sqlite"))
+    other = {"video": "kitchen", "query": "a red car drives away"}
+    _final(kept, thread_id="t-reuse")
+    got, nodes = _final(kept, thread_id="t-reuse", input=other)
+    expected = plain_graph.invoke(other, context=kept)
+    assert nodes[0] == "load_video"
+    assert got["variants"] == expected["variants"] and got["notes"] == expected["notes"]
