@@ -206,17 +206,23 @@ def _evict(cache: OrderedDict[Any, Any], max_items: int, size: Callable[[Any], i
         total -= size(old)
 
 
-def video_captions(ctx: Context, video_id: str) -> VideoCaptions:
-    """Agnostic captions C_agn of a stored video and their embeddings (LRU-cached)."""
+def video_captions(ctx: Context, video_id: str, *, check: bool = False) -> VideoCaptions:
+    """Agnostic captions C_agn of a stored video and their embeddings (LRU-cached).
+
+    ``check``: read the video's record and reload when it changed since it was cached (a
+    re-import of an edited file, a removal, here or in another process sharing the store);
+    the retrieval's first step does, the steps after it reuse what it loaded.
+    """
     store = store_for(ctx)
     embedder = embedder_for(ctx)
     key = (store.location, video_id, embedder.name)
+    fresh = store.video(video_id) if check else None
     with _CAPTIONS_LOCK:
         hit = _CAPTIONS.get(key)
-        if hit is not None:
+        if hit is not None and (not check or hit.record == fresh):
             _CAPTIONS.move_to_end(key)
             return hit
-    record = store.video(video_id)
+    record = fresh if check else store.video(video_id)
     if record is None or not record.complete:
         raise InputError(
             f"video {video_id!r} is not in the store at {store.location}; "

@@ -163,7 +163,7 @@ def load_video(state: RetrievalState, runtime: Runtime[Context]) -> dict[str, An
     if not isinstance(video, str) or not video.strip():
         raise InputError("video must be a non-empty string (a store video id or a video file path)")
     video_id, path, notes = _resolve_video(runtime, video.strip())
-    found = resources.video_captions(runtime.context, video_id)
+    found = resources.video_captions(runtime.context, video_id, check=True)
     if not found.record.has_frames:
         notes.append("caption-only mode: no frames, so clip_filter and query-aware captions were skipped")
     elif found.record.duration_s < found.record.clip_len_s:

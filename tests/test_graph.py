@@ -218,3 +218,18 @@ def test_context_takes_proposal_defaults_and_bounds_from_the_library():
 def test_context_refuses_what_the_proposal_rule_refuses(field, value):
     with pytest.raises(ConfigError, match=field):
         Context(**{field: value})
+
+
+def test_a_reimported_video_is_answered_from_its_new_captions(tmp_path):
+    """The process's caption cache follows the store: after an edited file is imported again (here,
+    or by another process sharing the store), the next query reads the new captions."""
+    caps = tmp_path / "caps.jsonl"
+    ctx = Context(store_dir=str(tmp_path / "store"))
+    store, embedder = resources.store_for(ctx), make_embedder(ctx.embedder)
+    query = {"video": "kitchen", "query": "a red car drives down a street"}
+    for captions in (CAPTIONS, CAPTIONS[::-1]):
+        caps.write_text(json.dumps({"vid": "kitchen", "clip_len_s": 2, "captions": captions}) + "\n")
+        assert import_captions(store, embedder, caps, source="test").imported == 1
+        out = graph.invoke(query, context=ctx)
+    saliency = out["saliency"]
+    assert saliency.index(max(saliency)) in (0, 1)  # the car clips now open the video
