@@ -131,3 +131,29 @@ def test_a_failed_query_counts_as_a_miss_in_an_experiment_row(tmp_path):
     assert answered_only["MR-full-mAP"] > 0
     for key in ("MR-full-mAP", "MR-full-R1@0.5"):
         assert row.metrics["brief"][key] == pytest.approx(answered_only[key] * 9 / 10, abs=0.01), key
+
+
+def test_a_row_of_other_captions_is_run_again_not_loaded(tmp_path):
+    """An experiment row (and its journal) belongs to the captions it was answered from: after
+    the captions file is edited and re-imported, the row is computed again, like a fresh run."""
+    from granalign.io.captions_import import import_captions
+    from granalign.io.jsonl import read_jsonl, write_jsonl
+    from tools.experiment import Setting
+
+    anns = read_annotations(DEMO.annotations, limit=4)
+    caps = {c["vid"]: c for c in read_jsonl(DEMO.captions)}
+    old = [caps[v] for v in dict.fromkeys(a.vid for a in anns)]
+    captions = tmp_path / "caps.jsonl"
+
+    def row_after_import(rows: list[dict], store: str, out: str):
+        write_jsonl(captions, rows)
+        base = Context(store_dir=str(tmp_path / store), rewriter="none")
+        import_captions(resources.store_for(base), resources.embedder_for(base), captions, source="caps")
+        return run_setting(base, Setting("Q_r", "original query"), anns, tmp_path / out)
+
+    assert not row_after_import(old, "store", "out").cached
+    new = [{**c, "captions": list(reversed(c["captions"]))} for c in old]
+    again = row_after_import(new, "store", "out")
+    fresh = row_after_import(new, "fresh", "fresh-out")
+    assert not again.cached
+    assert again.metrics == fresh.metrics

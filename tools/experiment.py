@@ -183,6 +183,13 @@ def _config_key(setting: Setting, base: Context) -> dict[str, Any]:
     return key
 
 
+def _stored_captions(base: Context, annotations: Sequence[Annotation]) -> dict[str, list[str]]:
+    """The captions the queries are answered from (source and content of each video's record):
+    a row or journal of other captions (another or an edited file) is not this row's."""
+    records = resources.store_for(base).videos(sorted({a.vid for a in annotations}))
+    return {v: [r.caption_source, r.content_key] for v, r in records.items()}
+
+
 def run_setting(
     base: Context,
     setting: Setting,
@@ -194,7 +201,9 @@ def run_setting(
 ) -> RowResult:
     """Run one setting (or load its finished result) and save it atomically."""
     row_dir = out_dir / "settings" / setting.name.replace("/", "_").replace(">", "")
-    key = journal_key(_config_key(setting, base), annotations)
+    key = journal_key(
+        {**_config_key(setting, base), "captions": _stored_captions(base, annotations)}, annotations
+    )
     cached = _load_cached(row_dir, setting, key)
     if cached is not None:
         return cached
