@@ -10,7 +10,9 @@ as the run's error), and otherwise hand back the compiled graph unchanged.
 They also refuse a run whose context moves what the server's environment fixes
 (:data:`OPERATOR_ONLY`: the video roots, the store, the locks, the checkpoints): an API client
 is as untrusted as a tool caller, and ``{"video_roots": "/"}`` would otherwise open every file
-to it.
+to it.  Likewise a backend spec may not name a model server the environment does not
+(:data:`ENDPOINT_KEYS`: ``openai:`` requests carry the server's ``$OPENAI_API_KEY``) or a
+``file:`` to read.
 
 ``langgraph.json`` points at :func:`retrieval` and :func:`ingest` (and ``agent.served.agent``,
 which checks against the agent's own context); in-process callers keep using
@@ -29,7 +31,16 @@ from graphs.context import Context
 if TYPE_CHECKING:
     from langgraph_sdk.runtime import ServerRuntime
 
-__all__ = ["OPERATOR_ONLY", "check_context_keys", "check_operator_keys", "checked", "ingest", "retrieval"]
+__all__ = [
+    "ENDPOINT_KEYS",
+    "OPERATOR_ONLY",
+    "check_context_keys",
+    "check_operator_keys",
+    "checked",
+    "fixed_by_server",
+    "ingest",
+    "retrieval",
+]
 
 _SERVER_KEYS = frozenset(
     {
@@ -66,17 +77,46 @@ OPERATOR_ONLY = ("video_roots", "store_dir", "chroma_url", "lock_dir", "checkpoi
 them; a client that could change them would move the video roots (and the path check) anywhere."""
 
 
+ENDPOINT_KEYS = ("rewriter", "captioner", "aware_captioner")
+"""Backend specs that name a server (``openai:<url>``, which gets ``$OPENAI_API_KEY``) or a file
+(``file:<path>``): a run may choose among the server's own endpoints, not name another one."""
+
+
+def _endpoint_moved(value: object, server_value: str, own_urls: set[str]) -> bool:
+    """Whether a run's backend spec sends requests (and the server's API key) to a base URL the
+    server is not configured with, or reads a file the server was not configured with."""
+    if not isinstance(value, str) or value.strip() in ("", server_value):
+        return False  # "" is the default; a wrong type is refused by Context with its own message
+    engine, _, rest = value.strip().partition(":")
+    if engine == "file":
+        return True
+    return engine == "openai" and rest.partition("#")[0] not in own_urls
+
+
+def fixed_by_server(changed: list[str]) -> ConfigError:
+    return ConfigError(
+        f"setting(s) {changed} are fixed by the server's environment (GRANALIGN_*) and cannot "
+        "be changed per run"
+    )
+
+
 def check_operator_keys(context: object) -> None:
-    """Refuse a served run whose context changes a file-system or store location."""
+    """Refuse a served run whose context changes a file-system or store location, or points a
+    model backend at a server (or file) the server's environment does not name."""
     if not isinstance(context, Mapping):
         return
     server = Context.from_env()
-    changed = sorted(k for k in OPERATOR_ONLY if k in context and context[k] not in ("", getattr(server, k)))
+    changed = [k for k in OPERATOR_ONLY if k in context and context[k] not in ("", getattr(server, k))]
+    own_urls = {
+        spec.partition(":")[2].partition("#")[0]
+        for spec in (getattr(server, k) for k in ENDPOINT_KEYS)
+        if spec.startswith("openai:")
+    }
+    changed += [
+        k for k in ENDPOINT_KEYS if k in context and _endpoint_moved(context[k], getattr(server, k), own_urls)
+    ]
     if changed:
-        raise ConfigError(
-            f"setting(s) {changed} are fixed by the server's environment (GRANALIGN_*) and cannot "
-            "be changed per run"
-        )
+        raise fixed_by_server(sorted(changed))
 
 
 def checked(runtime: ServerRuntime[Any], schema: type = Context) -> None:

@@ -75,3 +75,35 @@ def test_a_served_run_cannot_move_the_video_roots_or_the_store(monkeypatch, tmp_
     for key, value in [("video_roots", "/"), ("store_dir", "/tmp/elsewhere"), ("lock_dir", "/etc")]:
         with pytest.raises(ConfigError, match=key):
             check_operator_keys({key: value})
+
+
+def test_a_served_run_cannot_send_the_servers_api_key_to_a_host_it_names(monkeypatch, tmp_path):
+    """A model spec names the host that receives ``$OPENAI_API_KEY``; an API client must not pick it
+    (nor a ``file:`` the server reads), while the server's own endpoints and ``none`` stay allowed."""
+    from graphs.served import check_operator_keys
+
+    monkeypatch.setenv("GRANALIGN_REWRITER", "openai:http://10.0.0.5:8000/v1#llama")
+    check_operator_keys({"rewriter": "none", "captioner": "local:Qwen/Qwen2.5-VL-7B-Instruct"})
+    check_operator_keys({"rewriter": "openai:http://10.0.0.5:8000/v1#other-model"})  # same server
+    for key, value in [
+        ("rewriter", "openai:http://attacker.example:9/v1#x"),
+        ("captioner", "openai:https://attacker.example/v1#x"),
+        ("aware_captioner", "openai:http://attacker.example/v1#x"),
+        ("rewriter", "file:/etc/passwd"),
+    ]:
+        with pytest.raises(ConfigError, match=key):
+            check_operator_keys({key: value})
+
+
+def test_a_served_agent_run_cannot_pick_the_key_variable_or_another_model_host(monkeypatch):
+    from agent.served import check_agent_keys
+
+    monkeypatch.setenv("GRANALIGN_AGENT_MODEL", "openai:http://127.0.0.1:8000/v1#llama")
+    check_agent_keys({"max_tool_calls": 2, "model": "openai:http://127.0.0.1:8000/v1#other"})
+    check_agent_keys({"api_key_env": "OPENAI_API_KEY", "model": ""})
+    for key, value in [
+        ("api_key_env", "GRANALIGN_MCP_TOKEN"),  # any secret of the server, sent as the API key
+        ("model", "openai:http://attacker.example/v1#x"),
+    ]:
+        with pytest.raises(ConfigError, match=key):
+            check_agent_keys({key: value})
