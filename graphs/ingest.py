@@ -25,6 +25,7 @@ from typing import Any
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
+from langgraph.types import Overwrite
 
 from granalign.backends.captioner import AGNOSTIC_PROMPT
 from granalign.backends.interrupt import stopped
@@ -124,7 +125,7 @@ def probe(state: IngestState, runtime: Runtime[Context]) -> dict[str, Any]:
         "stamp": stamp,
         "todo": todo,
         "skipped": n_clips - len(todo),
-        "notes": notes,
+        "notes": Overwrite(notes),  # a server thread kept between runs: not the last run's notes
     }
 
 

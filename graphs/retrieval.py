@@ -24,7 +24,7 @@ from typing import Any
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
-from langgraph.types import Send
+from langgraph.types import Overwrite, Send
 
 from granalign.backends.captioner import QueryFocus
 from granalign.backends.weights import weights_notes
@@ -178,23 +178,29 @@ def load_video(state: RetrievalState, runtime: Runtime[Context]) -> dict[str, An
         used.append(resources.captioner_for(ctx, aware=True))
     notes.extend(weights_notes(*used))  # random or test-only weights: the output says so
     _progress(runtime, "load_video", video_id=found.record.video_id, clips=len(found.captions))
-    out: dict[str, Any] = {
+    # A thread kept between runs (LangGraph Server, Studio) feeds the next run's input into the
+    # last run's state: the accumulating channels start over here, and the optional inputs move
+    # to run_* channels and are cleared, so a run that omits them does not reuse the last run's.
+    return {
         "query": query,
+        "qid": None,
+        "duration": None,
+        "run_qid": state.get("qid"),
+        "run_duration": state.get("duration"),
         "video_id": found.record.video_id,
         "n_clips": len(found.captions),
         "clip_len_s": float(found.record.clip_len_s),
         "mode": "full" if found.record.has_frames else "caption-only",
-        "notes": list(dict.fromkeys(notes)),  # an ingest's notes may repeat the ones above
+        "video_path": path or None,
+        "rewrites": Overwrite([]),
+        "notes": Overwrite(list(dict.fromkeys(notes))),  # an ingest's notes may repeat the ones above
     }
-    if path:
-        out["video_path"] = path
-    return out
 
 
 def plan_rewrites(state: RetrievalState, runtime: Runtime[Context]) -> list[Send]:
     """Fan out: one rewrite task per prompt pair (one for pair-less sources); in full mode also
     the focus extraction and the CLIP filter, which do not depend on the rewrites."""
-    task = {"query": state["query"], "qid": state.get("qid")}
+    task = {"query": state["query"], "qid": state.get("run_qid")}
     rewriter = resources.rewriter_for(runtime.context)
     if resources.is_pairless(rewriter):
         sends = [Send("rewrite", RewriteTask(**task, pair_id=""))]  # type: ignore[typeddict-item]
@@ -308,7 +314,7 @@ def fuse(state: RetrievalState, runtime: Runtime[Context]) -> dict[str, Any]:
 
 
 def _duration(state: RetrievalState, ctx: Context) -> float:
-    given = state.get("duration")
+    given = state.get("run_duration")
     if given is not None:  # the same bounds as the proposal stage's, checked before any work
         return positive_seconds("duration", given)
     record = resources.video_captions(ctx, state["video_id"]).record

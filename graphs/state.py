@@ -61,10 +61,14 @@ class RetrievalState(TypedDict):
     query: str
     qid: NotRequired[int | str | None]
     duration: NotRequired[float | None]
+    run_qid: NotRequired[int | str | None]
+    """This run's ``qid`` (``load_video`` moves it here and clears ``qid``, see there)."""
+    run_duration: NotRequired[float | None]
+    """This run's ``duration`` (moved like ``run_qid``)."""
     video_id: NotRequired[str]
     n_clips: NotRequired[int]
     mode: NotRequired[str]
-    video_path: NotRequired[str]
+    video_path: NotRequired[str | None]
     rewrites: NotRequired[Annotated[list[dict[str, Any]], operator.add]]
     focus: NotRequired[dict[str, Any]]
     key_clips: NotRequired[list[int]]

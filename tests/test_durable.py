@@ -213,3 +213,21 @@ def test_a_kept_thread_reused_for_another_question_starts_fresh(ctx, tmp_path):
     expected = plain_graph.invoke(other, context=kept)
     assert nodes[0] == "load_video"
     assert got["variants"] == expected["variants"] and got["notes"] == expected["notes"]
+
+
+def test_a_server_thread_reused_for_another_question_answers_it_alone(ctx):
+    """LangGraph Server (Studio) keeps a thread's state between runs and feeds the next run's input
+    into it: the earlier run's rewrites, notes and per-run inputs (``duration``, ``qid``) must not
+    leak into the next answer on that thread."""
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    from graphs.retrieval import build_retrieval_graph
+
+    served = build_retrieval_graph(checkpointer=InMemorySaver())  # as the server compiles it
+    config = {"configurable": {"thread_id": "studio-thread"}}
+    served.invoke({**INPUT, "duration": 8.0, "qid": 7}, config, context=ctx)
+    other = {"video": "kitchen", "query": "a dog sleeps on a sofa"}
+    got = served.invoke(other, config, context=ctx)
+    expected = plain_graph.invoke(other, context=ctx)
+    assert got["saliency"] == expected["saliency"] and got["moments"] == expected["moments"]
+    assert got["variants"] == expected["variants"] and got["notes"] == expected["notes"]
