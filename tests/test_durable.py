@@ -231,3 +231,49 @@ def test_a_server_thread_reused_for_another_question_answers_it_alone(ctx):
     expected = plain_graph.invoke(other, context=ctx)
     assert got["saliency"] == expected["saliency"] and got["moments"] == expected["moments"]
     assert got["variants"] == expected["variants"] and got["notes"] == expected["notes"]
+
+
+class Held:
+    """Replaces propose_windows: waits for ``release`` (a slow step), then delegates."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.release = threading.Event()
+        self.real = retrieval_module.propose_windows
+
+    def __call__(self, *args, **kwargs):
+        self.release.wait(30)
+        return self.real(*args, **kwargs)
+
+
+def test_a_timed_out_call_names_its_thread_and_a_cancelled_one_leaves_none(ctx, monkeypatch):
+    """A timeout is a failed run: its checkpoint stays and the error says how to resume it (as
+    every other failure does). A cancelled call is the caller's choice: nothing stays behind."""
+    import time
+
+    held = Held()
+    monkeypatch.setattr(retrieval_module, "propose_windows", held)
+    retriever = MomentRetriever(ToolSettings(context=ctx, roots=(), url_allowlist=(), timeout_s=1.0))
+    with pytest.raises(RetrievalFailed, match=r"longer than 1 s.*resume with thread_id=retrieve-") as info:
+        retriever.run("kitchen", QUERY)
+    held.release.set()
+    time.sleep(1.0)  # the abandoned worker finishes its step and stops
+    tid = info.value.thread_id  # type: ignore[attr-defined]
+    assert retriever.run("kitchen", QUERY, thread_id=tid).artifact["moments"]
+
+    held.release.clear()
+
+    async def cancel_mid_run() -> None:
+        task = asyncio.create_task(retriever.arun("kitchen", QUERY))
+        await asyncio.sleep(0.5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        held.release.set()  # the abandoned step finishes (and may still write) before the check
+
+    asyncio.run(cancel_mid_run())
+    time.sleep(1.0)
+    saver = durable.checkpointer_for(ctx)
+    assert saver is not None and list(saver.list(None)) == []
+    assert retriever.run("kitchen", QUERY).artifact["moments"]

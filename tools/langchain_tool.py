@@ -584,9 +584,24 @@ class MomentRetriever:
                         got = events.notify(payload)
                         if inspect.isawaitable(got):
                             await got
+        except asyncio.CancelledError:
+            if options.get("thread_id") is None:  # an id made here: nobody could resume the run
+                self._forget(req)
+            raise
         except Exception as exc:
             raise self._failed(req, exc, TimeoutError) from exc
         return self._finish(req, events.values, time.perf_counter() - t0)
+
+    def _forget(self, req: _Request) -> None:
+        """Delete the checkpoint thread of a cancelled in-process run (the caller chose to stop)."""
+        if req.context is None or req.thread_id is None:
+            return
+        from graphs.durable import finish_thread
+
+        try:
+            finish_thread(req.context, req.thread_id)
+        except Exception:  # a cancellation must stay a cancellation
+            log.exception("could not delete the checkpoint thread %s", req.thread_id)
 
     async def _stream_async(self, req: _Request) -> Any:
         if self.settings.remote:
@@ -606,12 +621,25 @@ class MomentRetriever:
         """The error a failed run raises: a timeout, a video not indexed, a library error as
         it is (re-raised unchanged), anything else wrapped as a tool failure."""
         if isinstance(exc, overtime):
-            return RetrievalFailed(f"retrieval took longer than {self.settings.timeout_s:.0f} s")
+            return self._overtime(req)
         if isinstance(exc, InputError):
             return self._not_indexed(req, exc)
         if isinstance(exc, GranAlignError):
             raise exc
         return self._wrap_failure(exc)
+
+    def _overtime(self, req: _Request) -> RetrievalFailed:
+        """A timed-out run is a failed run: in-process, its checkpoint is kept and named, so the
+        caller can resume it (as after any other failure) instead of starting over."""
+        text = f"retrieval took longer than {self.settings.timeout_s:g} s"
+        tid = None
+        if req.context is not None and req.thread_id is not None:
+            from graphs.durable import checkpointer_for
+
+            tid = req.thread_id if checkpointer_for(req.context) is not None else None
+        failed = RetrievalFailed(text + (f" (resume with thread_id={tid})" if tid else ""))
+        failed.thread_id = tid  # type: ignore[attr-defined]
+        return failed
 
     def _remote_kwargs(self, req: _Request) -> dict[str, Any]:
         """What a served graph's ``stream``/``astream`` gets besides the input."""
