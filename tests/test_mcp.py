@@ -83,10 +83,12 @@ def test_http_server_lists_tools_with_json_schemas_and_answers(http_server, demo
                     "not_indexed": {"video": "notes.mp4", "query": "a dog"},
                 }.items()
             }
+            lax_limit = await session.call_tool("list_videos", {"limit": True})  # strict: not 1
             still_ok = await session.call_tool("list_videos", {})
-            return listed, ok, videos, bad, still_ok
+            return listed, ok, videos, bad, lax_limit, still_ok
 
-    listed, ok, videos, bad, still_ok = asyncio.run(scenario())
+    listed, ok, videos, bad, lax_limit, still_ok = asyncio.run(scenario())
+    assert lax_limit.isError and "limit: Input should be a valid integer" in lax_limit.content[0].text
     tools = {t.name: t for t in listed.tools}
     assert set(tools) == {"retrieve_moments", "list_videos"}
     schema = tools["retrieve_moments"].inputSchema

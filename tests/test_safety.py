@@ -151,6 +151,7 @@ def test_urls_are_refused_unless_their_host_is_allowed():
         ("ftp://videos.example.org/a.mp4", "scheme 'ftp'"),
         ("https:///a.mp4", "names no host"),
         ("http://videos.example.org:99999/a.mp4", "malformed"),
+        ("http://videos.example.org:0/a.mp4", "port 0"),
     ]:
         with pytest.raises(UnsafeInputError) as err:
             check_url(url, allow)

@@ -328,6 +328,9 @@ def test_list_videos_filters_bounds_and_reports_the_total(demo_store):
     assert first.artifact["truncated"] and "2 indexed video(s), first 1:" in first.content
     assert _call(tool, {"limit": 0}).status == "error"
     assert _call(tool, {"limit": 10_000}).status == "error"
+    for lax in (True, "3", 2.0):  # strict, as top_k: not 1, 3 and 2
+        refused = _call(tool, {"limit": lax})
+        assert refused.status == "error" and "limit: Input should be a valid integer" in refused.content
     assert _call(tool, {"contains": "x" * 65}).status == "error"
 
 

@@ -763,7 +763,11 @@ class ListVideosInput(BaseModel):
         description="Only ids containing this text (case-insensitive); empty lists all.",
     )
     limit: int = Field(
-        default=20, ge=1, le=MAX_LIST_LIMIT, description=f"At most this many ids (1-{MAX_LIST_LIMIT})."
+        default=20,
+        strict=True,  # as top_k: true would be 1 and "3" 3 in pydantic's lax mode
+        ge=1,
+        le=MAX_LIST_LIMIT,
+        description=f"At most this many ids (1-{MAX_LIST_LIMIT}).",
     )
 
 

@@ -224,7 +224,9 @@ def build_server(
             str,
             Field(max_length=MAX_CONTAINS_CHARS, description="Only ids containing this text; empty = all."),
         ] = "",
-        limit: Annotated[int, Field(ge=1, le=MAX_LIST_LIMIT, description="At most this many ids.")] = 20,
+        limit: Annotated[
+            int, Field(strict=True, ge=1, le=MAX_LIST_LIMIT, description="At most this many ids.")
+        ] = 20,
     ) -> VideosOutput:
         import asyncio
 

@@ -164,9 +164,11 @@ def check_url(text: str, allowlist: tuple[str, ...]) -> str:
         raise UnsafeInputError("video URL refused: URLs with credentials (user@host) are not allowed")
     try:
         host = parts.hostname or ""
-        _ = parts.port  # raises ValueError on a malformed port
+        port = parts.port  # raises ValueError on a malformed port
     except ValueError:
         raise UnsafeInputError("video URL refused: malformed host or port") from None
+    if port == 0:  # no server listens there; the OS would pick some other port for a client
+        raise UnsafeInputError("video URL refused: port 0 is not a port a server listens on")
     if not host:
         raise UnsafeInputError("video URL refused: it names no host")
     if not allowlist:
