@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -42,8 +43,47 @@ def _parse_line(line: str, where: str) -> Any:
         raise InputError(f"{where}: unreadable JSON ({reason})") from None
 
 
+#: A JSON escape of a UTF-16 surrogate; a lone one (``"\\ud800"``) is valid JSON but no text.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _lone_surrogate_at(obj: Any, path: str = "") -> str | None:
+    """Where in ``obj`` (``'query'``, ``'rephrased_query'[2]``) a string holds a lone surrogate."""
+    if isinstance(obj, str):
+        try:
+            obj.encode("utf-8")
+        except UnicodeEncodeError:
+            return path or "a value"
+        return None
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
+    for key, value in items:
+        here = f"{path}[{key!r}]" if path else repr(key)
+        if isinstance(key, str) and _lone_surrogate_at(key) is not None:
+            return f"a key of {path}" if path else "a key"
+        found = _lone_surrogate_at(value, here)
+        if found is not None:
+            return found
+    return None
+
+
+def _check_unicode(obj: Any, line: str, where: str) -> None:
+    """JSON's ``\\ud800`` escapes decode to lone surrogates, which no output file, hash, tokenizer
+    or store takes: refused here with the file, line and field, not as a traceback later."""
+    if _SURROGATE_ESCAPE.search(line) is None:
+        return
+    try:
+        field = _lone_surrogate_at(obj)
+    except RecursionError:
+        field = "a value"
+    if field is not None:
+        raise InputError(f"{where}: {field} is not valid Unicode (a lone surrogate escape like \\ud800)")
+
+
 def iter_jsonl(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
-    """Yield one dict per non-empty line; errors name the file and the 1-based line."""
+    """Yield one dict per non-empty line; errors name the file and the 1-based line.
+
+    A string holding a lone surrogate escape (``"\\ud800"``) is refused like malformed JSON.
+    """
     p = _open_checked(Path(path))
     try:
         with p.open("rb") as fh:
@@ -57,6 +97,7 @@ def iter_jsonl(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
                 obj = _parse_line(line, f"{p}:{lineno}")
                 if not isinstance(obj, dict):
                     raise InputError(f"{p}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+                _check_unicode(obj, line, f"{p}:{lineno}")
                 yield obj
     except OSError as exc:
         raise InputError(f"{p}: cannot be read ({exc.strerror or exc})") from None
