@@ -10,8 +10,11 @@ import pytest
 from typer.testing import CliRunner
 
 from granalign.errors import InputError
-from granalign.io.jsonl import read_jsonl
+from granalign.io.jsonl import read_jsonl, write_jsonl
+from granalign.io.store import StoreUnavailable
 from granalign.rewrite import FileRewriter
+from graphs.context import Context
+from tools import bench
 from tools.cli import app
 from tools.demo_data import DEMO
 
@@ -44,3 +47,30 @@ def test_a_paraphrase_file_holding_a_lone_surrogate_is_refused_with_its_line(tmp
     path = _with_lone_surrogate(rows, tmp_path / "para.jsonl")
     with pytest.raises(InputError, match=r"para.jsonl:3: 'rephrased_query'\[1\] is not valid Unicode"):
         FileRewriter(path)
+
+
+def test_a_bench_whose_store_was_lost_answers_every_query_when_re_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Chroma server lost mid-run fails every query with StoreUnavailable ("re-run once the
+    server answers again"); the journal must not keep those failures, or the re-run replays them
+    as its own answers (here: "no query could be answered" again, forever)."""
+    anns = read_jsonl(DEMO.annotations)[:3]
+    annotations = tmp_path / "ann.jsonl"
+    write_jsonl(annotations, anns)
+    caps = {c["vid"]: c for c in read_jsonl(DEMO.captions)}
+    captions = tmp_path / "caps.jsonl"
+    write_jsonl(captions, [caps[v] for v in dict.fromkeys(a["vid"] for a in anns)])
+    ctx = Context(store_dir=str(tmp_path / "store"), rewriter="none")
+    journal = tmp_path / "journal.jsonl"
+    real_batch = bench.graph.batch
+
+    def lost(inputs: list[Any], **kwargs: Any) -> list[Any]:
+        return [StoreUnavailable("lost the Chroma server at http://x (ConnectError)") for _ in inputs]
+
+    monkeypatch.setattr(bench.graph, "batch", lost)
+    with pytest.raises(InputError, match=r"no query .* could be answered"):
+        bench.run_benchmark(annotations, captions, ctx, concurrency=1, journal_path=journal)
+    monkeypatch.setattr(bench.graph, "batch", real_batch)
+    again = bench.run_benchmark(annotations, captions, ctx, concurrency=1, journal_path=journal)
+    assert (again.n, again.skipped, again.resumed) == (3, [], 0)

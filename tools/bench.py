@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from granalign.errors import GranAlignError, InputError
+from granalign.errors import BackendError, GranAlignError, InputError
 from granalign.evaluation.metrics import (
     CLIP_SECONDS,
     _clip_ratings,
@@ -177,7 +177,9 @@ def run_queries(
 
     With a ``journal`` every finished chunk is logged (fsync'd) and queries it already holds
     are not run again, so a killed benchmark resumes where it stopped; the result is in
-    annotation order either way, equal to an uninterrupted run's.
+    annotation order either way, equal to an uninterrupted run's.  A query that failed on a
+    backend (:class:`BackendError`: a model or Chroma server down or timed out) is not logged,
+    so the re-run the error advises asks again instead of replaying the failure.
     """
     done: dict[str, dict[str, Any]] = {}
     if journal is not None:
@@ -196,15 +198,19 @@ def run_queries(
         inputs = [{"video": a.vid, "query": a.query, "qid": a.qid, "duration": a.duration} for a in part]
         outs = graph.batch(inputs, config=config, context=ctx, return_exceptions=True)
         rows: list[dict[str, Any]] = []
+        retry: list[dict[str, Any]] = []  # a server down or timed out: failed now, not for good
         for ann, out in zip(part, outs, strict=True):
-            if isinstance(out, GranAlignError):
+            if isinstance(out, BackendError):
+                retry.append({"qid": ann.qid, "skipped": str(out)})
+            elif isinstance(out, GranAlignError):
                 rows.append({"qid": ann.qid, "skipped": str(out)})
             elif isinstance(out, BaseException):
                 raise out
             else:
                 rows.append({"qid": ann.qid, "pred": _prediction(ann, out)})
-        if journal is not None:
+        if journal is not None:  # a re-run asks the server again for the ``retry`` queries
             journal.append(rows)
+        rows += retry
         done.update((json.dumps(r["qid"]), r) for r in rows)
         finished += len(part)
         if on_progress:
