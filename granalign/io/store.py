@@ -37,7 +37,7 @@ import re
 import sys
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypedDict, Unpack
@@ -214,18 +214,28 @@ def chroma_headers(environ: dict[str, str] | None = None) -> dict[str, str]:
     return {name: f"Bearer {token}" if name.lower() == "authorization" else token}
 
 
-def _refused_status(chroma_url: str, headers: dict[str, str]) -> int | None:
-    """401/403/407 when the server (its proxy) refuses these headers, else None (a probe made
-    only after the client failed: chromadb's error loses the status code)."""
+def _heartbeat_status(chroma_url: str, headers: dict[str, str]) -> tuple[int, bool] | None:
+    """(HTTP status, whether the body is Chroma's heartbeat JSON) of ``/api/v2/heartbeat``, or
+    None when nothing answered (a probe made only after the client failed: chromadb's error
+    loses the status code)."""
     import httpx
 
     try:
-        status = httpx.get(
-            f"{chroma_url.rstrip('/')}/api/v2/heartbeat", headers=headers, timeout=5
-        ).status_code
+        resp = httpx.get(f"{chroma_url.rstrip('/')}/api/v2/heartbeat", headers=headers, timeout=5)
     except httpx.HTTPError:
         return None
-    return status if status in (401, 403, 407) else None
+    try:
+        chroma = "nanosecond heartbeat" in resp.json()
+    except (ValueError, TypeError):
+        chroma = False
+    return resp.status_code, chroma
+
+
+def _server_reason(exc: BaseException) -> str:
+    """The first line of a server's error, without HTML markup, at most 200 characters."""
+    text = re.sub(r"<[^>]*>", " ", str(exc))
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "") or type(exc).__name__
+    return line if len(line) <= 200 else line[:199] + "…"
 
 
 def _http_client(chroma_url: str) -> Any:
@@ -246,14 +256,32 @@ def _http_client(chroma_url: str) -> Any:
             settings=Settings(anonymized_telemetry=False),
         )
     except Exception as exc:
-        status = _refused_status(chroma_url, headers)
-        if status is not None:
+        probe = _heartbeat_status(chroma_url, headers)
+        status = probe[0] if probe else None
+        if status in (401, 403, 407):
             sent = f"the {next(iter(headers))} header it was sent" if headers else "no token"
             raise ConfigError(
                 f"Chroma server at {chroma_url} refused the store client (HTTP {status}, {sent}); "
                 f"set {ENV_CHROMA_TOKEN} or {ENV_CHROMA_TOKEN_FILE} to the token its proxy expects"
             ) from None
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if status is not None and status >= 500:  # a proxy or a server that is (re)starting
+            raise StoreUnavailable(
+                f"Chroma server at {chroma_url} is unavailable: GET /api/v2/heartbeat answered "
+                f"HTTP {status} ({_server_reason(exc)}); try again once it answers"
+            ) from None
+        if probe is not None and not (status == 200 and probe[1]):
+            # something answers on that port, but not Chroma's v2 API: another service, or a
+            # Chroma older than 1.0 (API v1 only)
+            raise ConfigError(
+                f"CHROMA_URL {chroma_url}: GET /api/v2/heartbeat answered HTTP {status} without "
+                f"Chroma's heartbeat: not a Chroma server chromadb {chromadb.__version__} can use "
+                "(another service on that port, or a Chroma without the v2 API)"
+            ) from None
+        reason = _server_reason(exc)
+        if probe is not None:  # a Chroma server that failed the client's setup requests
+            raise StoreUnavailable(
+                f"Chroma server at {chroma_url} answered with an error: {reason}"
+            ) from None
         raise ConfigError(f"Chroma server at {chroma_url} is not reachable: {reason}") from None
 
 
@@ -298,7 +326,15 @@ class _ServerCollection:
 
 @contextmanager
 def _server_errors(location: str) -> Iterator[None]:
+    """Failures of a Chroma server call as one :class:`StoreUnavailable` naming the server.
+
+    chromadb raises ``httpx.TransportError`` when the connection is lost, a ``ChromaError``
+    for Chroma's own JSON errors (HTTP 5xx/4xx), a bare ``Exception`` holding the body of any
+    other HTTP error (a proxy's 502 while the server restarts, a 404 of another service) and a
+    ``JSONDecodeError`` when a 200 body is not JSON (another service on the port).
+    """
     import httpx
+    from chromadb.errors import ChromaError
 
     try:
         yield
@@ -306,6 +342,20 @@ def _server_errors(location: str) -> Iterator[None]:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise StoreUnavailable(
             f"lost the Chroma server at {location} ({type(exc).__name__}: {reason}); "
+            "finished work is kept in the store: re-run once the server answers again"
+        ) from None
+    except (ChromaError, json.JSONDecodeError) as exc:  # orjson's is one
+        what = "an error" if isinstance(exc, ChromaError) else "a body that is not Chroma's JSON"
+        raise StoreUnavailable(
+            f"the Chroma server at {location} answered with {what} "
+            f"({type(exc).__name__}: {_server_reason(exc)}); "
+            "finished work is kept in the store: re-run once the server answers again"
+        ) from None
+    except Exception as exc:
+        if type(exc) is not Exception:  # chromadb's HTTP errors are bare Exceptions; others are bugs
+            raise
+        raise StoreUnavailable(
+            f"the Chroma server at {location} answered with an HTTP error ({_server_reason(exc)}); "
             "finished work is kept in the store: re-run once the server answers again"
         ) from None
 
@@ -357,13 +407,18 @@ class Store:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _errors(self) -> AbstractContextManager[None]:
+        """A Chroma server's failures as one line (:func:`_server_errors`); an embedded store's
+        errors as they are (no server to blame)."""
+        return _server_errors(self.location) if self.folder is None else nullcontext()
+
     def _collection(self, name: str) -> Any:
         with self._lock:
             if self._closed:
                 raise RuntimeError(f"store {self.location} was closed")
             col = self._collections.get(name)
             if col is None:
-                with _server_errors(self.location):
+                with self._errors():
                     col = self._client.get_or_create_collection(
                         name, embedding_function=None, metadata={"hnsw:space": "cosine"}
                     )
@@ -720,7 +775,7 @@ class Store:
         )
 
     def collection_names(self) -> Iterator[str]:
-        with _server_errors(self.location):
+        with self._errors():
             cols = self._client.list_collections()
         for col in cols:
             yield col if isinstance(col, str) else col.name
