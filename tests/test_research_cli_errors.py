@@ -13,6 +13,7 @@ from granalign.errors import InputError
 from granalign.io.jsonl import read_jsonl, write_jsonl
 from granalign.io.store import StoreUnavailable
 from granalign.rewrite import FileRewriter
+from graphs import resources
 from graphs.context import Context
 from tools import bench
 from tools.cli import app
@@ -74,3 +75,59 @@ def test_a_bench_whose_store_was_lost_answers_every_query_when_re_run(
     monkeypatch.setattr(bench.graph, "batch", real_batch)
     again = bench.run_benchmark(annotations, captions, ctx, concurrency=1, journal_path=journal)
     assert (again.n, again.skipped, again.resumed) == (3, [], 0)
+
+
+def _paraphrase_run_inputs(tmp_path: Path) -> tuple[Path, Path, Path, list[dict[str, Any]]]:
+    anns = read_jsonl(DEMO.annotations)[:4]
+    annotations, captions, paraphrases = (
+        tmp_path / "ann.jsonl",
+        tmp_path / "caps.jsonl",
+        tmp_path / "para.jsonl",
+    )
+    write_jsonl(annotations, anns)
+    caps = {c["vid"]: c for c in read_jsonl(DEMO.captions)}
+    write_jsonl(captions, [caps[v] for v in dict.fromkeys(a["vid"] for a in anns)])
+    qids = {a["qid"] for a in anns}
+    return annotations, captions, paraphrases, [p for p in read_jsonl(DEMO.paraphrases) if p["qid"] in qids]
+
+
+def test_a_bench_journal_of_another_paraphrase_file_is_not_resumed(tmp_path: Path) -> None:
+    """Killed with paraphrase file A (its journal kept), re-run after A was edited: the re-run
+    must answer with the new paraphrases, like an uninterrupted run, not replay A's rows."""
+    annotations, captions, paraphrases, paras = _paraphrase_run_inputs(tmp_path)
+    ctx = Context(store_dir=str(tmp_path / "store"), rewriter=f"file:{paraphrases}")
+    journal = tmp_path / "journal.jsonl"
+    write_jsonl(paraphrases, [{**p, "rephrased_query": p["rephrased_query"][:1]} for p in paras])
+    bench.run_benchmark(annotations, captions, ctx, concurrency=1, journal_path=journal, keep_journal=True)
+    write_jsonl(paraphrases, paras)  # edited before the re-run
+    again = bench.run_benchmark(annotations, captions, ctx, concurrency=1, journal_path=journal)
+    fresh_ctx = Context(store_dir=str(tmp_path / "fresh"), rewriter=f"file:{paraphrases}")
+    fresh = bench.run_benchmark(annotations, captions, fresh_ctx, concurrency=1)
+    assert again.resumed == 0
+    assert again.predictions == fresh.predictions
+
+
+def test_an_experiment_paraphrase_row_runs_again_once_its_file_is_fixed_or_edited(tmp_path: Path) -> None:
+    """A broken paraphrase file fails every query of its row; once the file is fixed the re-run
+    must compute the row, not replay the failures from the row's journal (or, after an edit,
+    load the row of the old file as cached)."""
+    from granalign.io.captions_import import import_captions
+    from tools.experiment import ablation_settings, run_setting
+
+    annotations, captions, paraphrases, paras = _paraphrase_run_inputs(tmp_path)
+    anns = bench.read_annotations(annotations)
+    base = Context(store_dir=str(tmp_path / "store"), rewriter="none")
+    import_captions(resources.store_for(base), resources.embedder_for(base), captions, source="caps")
+    setting = next(s for s in ablation_settings(["core"], paraphrases) if "para" in s.name)
+    out = tmp_path / "out"
+    paraphrases.write_text('{"qid": 1, "query": "x", "rephrased_query": [}\n')  # malformed
+    with pytest.raises(InputError, match=r"para\.jsonl:1: malformed JSON"):
+        run_setting(base, setting, anns, out, concurrency=1)
+    write_jsonl(paraphrases, [{**p, "rephrased_query": p["rephrased_query"][:1]} for p in paras])
+    fixed = run_setting(base, setting, anns, out, concurrency=1)
+    assert (fixed.n, fixed.skipped, fixed.cached) == (4, 0, False)
+    write_jsonl(paraphrases, paras)
+    edited = run_setting(base, setting, anns, out, concurrency=1)
+    fresh = run_setting(base, setting, anns, tmp_path / "fresh-out", concurrency=1)
+    assert not edited.cached
+    assert edited.metrics == fresh.metrics

@@ -29,6 +29,7 @@ from granalign.evaluation.split import check_half, split_of
 from granalign.io.captions_import import ImportReport, import_captions, source_name_for
 from granalign.io.jsonl import Journal, iter_jsonl, write_json, write_jsonl
 from granalign.io.store import default_store_dir, text_hash
+from granalign.specs import parse_spec
 from graphs import resources
 from graphs.context import Context
 from graphs.retrieval import graph
@@ -356,9 +357,21 @@ def _run_key(
     resumed), the captions answered from (``{vid: [source, content key]}``) and the queries."""
     settings: dict[str, Any] = {k: v for k, v in dataclasses.asdict(ctx).items() if k not in _NOT_IN_KEY}
     settings["prompt_texts"] = {p.id: prompt_hash(p) for p in resources.pairs_for(ctx)}
+    paraphrases = rewriter_file_key(ctx)
+    if paraphrases is not None:
+        settings["rewriter_file"] = paraphrases
     if captions is not None:
         settings["captions"] = captions
     return journal_key(settings, annotations)
+
+
+def rewriter_file_key(ctx: Context) -> str | None:
+    """A ``file:`` rewriter's name and content digest (reading, and so checking, the file), for
+    the keys of journals and finished rows: answers from another or an edited paraphrase file
+    (or from a broken one, whose every query failed) are not this run's.  None for a model."""
+    if parse_spec(ctx.rewriter, role="rewriter").engine != "file":
+        return None
+    return str(resources.rewriter_for(ctx).name)
 
 
 _NOT_IN_KEY = {"concurrency", "request_timeout", "request_attempts", "keep_threads", "checkpointer"}

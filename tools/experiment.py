@@ -26,7 +26,7 @@ from granalign.prompt_files import available_pair_ids, load_prompt_pairs
 from graphs import resources
 from graphs.context import Context
 from prompts import DEFAULT_PAIRS, prompt_hash
-from tools.bench import Annotation, journal_key, run_queries, scored_predictions
+from tools.bench import Annotation, journal_key, rewriter_file_key, run_queries, scored_predictions
 
 Side = Literal["both", "simplified", "detailed"]
 COLUMNS = (
@@ -180,6 +180,10 @@ def _config_key(setting: Setting, base: Context) -> dict[str, Any]:
     key: dict[str, Any] = {"setting": setting.config(), "context": {k: str(v) for k, v in vars(base).items()}}
     if setting.pairs:  # the pairs' text, not just their ids: an edited pair is a new row
         key["prompts"] = {p.id: prompt_hash(p) for p in load_prompt_pairs(list(setting.pairs))}
+    rewriter = setting.overrides.get("rewriter", base.rewriter)
+    paraphrases = rewriter_file_key(base.with_overrides(rewriter=rewriter))  # the file's content too
+    if paraphrases is not None:
+        key["rewriter_file"] = paraphrases
     return key
 
 
