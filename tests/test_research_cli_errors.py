@@ -131,3 +131,18 @@ def test_an_experiment_paraphrase_row_runs_again_once_its_file_is_fixed_or_edite
     fresh = run_setting(base, setting, anns, tmp_path / "fresh-out", concurrency=1)
     assert not edited.cached
     assert edited.metrics == fresh.metrics
+
+
+def test_a_damaged_experiment_row_is_computed_again(tmp_path: Path) -> None:
+    """row.json cut short (or hand-edited) must not stop the experiment with a JSON traceback."""
+    annotations, captions, _, _ = _paraphrase_run_inputs(tmp_path)
+    out = tmp_path / "out"
+    args = ["experiment", "--annotations", str(annotations), "--captions", str(captions),
+            "--store", str(tmp_path / "store"), "--only", "Q_r->C_agn", "--out-dir", str(out)]  # fmt: skip
+    assert _invoke(*args).exit_code == 0
+    row = out / "settings" / "Q_r-C_agn" / "row.json"
+    good = row.read_text()
+    row.write_text(good[: len(good) // 2])
+    got = _invoke(*args)
+    assert got.exit_code == 0, got.output
+    assert "(cached)" not in got.output and json.loads(row.read_text())["key"] == json.loads(good)["key"]

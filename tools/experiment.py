@@ -168,12 +168,15 @@ def _load_cached(row_dir: Path, setting: Setting, key: str) -> RowResult | None:
     meta = row_dir / "row.json"
     if not meta.exists():
         return None
-    saved = json.loads(meta.read_text())
-    if saved.get("key") != key:
+    try:  # a damaged or hand-edited row is computed again, not a traceback that stops the run
+        saved = json.loads(meta.read_text(encoding="utf-8"))
+        if not isinstance(saved, dict) or saved.get("key") != key:
+            return None
+        return RowResult(
+            setting, saved["metrics"], saved["extra"], saved["n"], saved["seconds"], saved["skipped"], True
+        )
+    except (OSError, ValueError, KeyError):
         return None
-    return RowResult(
-        setting, saved["metrics"], saved["extra"], saved["n"], saved["seconds"], saved["skipped"], True
-    )
 
 
 def _config_key(setting: Setting, base: Context) -> dict[str, Any]:
