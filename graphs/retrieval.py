@@ -200,7 +200,8 @@ def load_video(state: RetrievalState, runtime: Runtime[Context]) -> dict[str, An
 def plan_rewrites(state: RetrievalState, runtime: Runtime[Context]) -> list[Send]:
     """Fan out: one rewrite task per prompt pair (one for pair-less sources); in full mode also
     the focus extraction and the CLIP filter, which do not depend on the rewrites."""
-    task = {"query": state["query"], "qid": state.get("run_qid")}
+    qid = state.get("run_qid")  # as _duration: a node called alone has qid
+    task = {"query": state["query"], "qid": qid if qid is not None else state.get("qid")}
     rewriter = resources.rewriter_for(runtime.context)
     if resources.is_pairless(rewriter):
         sends = [Send("rewrite", RewriteTask(**task, pair_id=""))]  # type: ignore[typeddict-item]
@@ -314,7 +315,10 @@ def fuse(state: RetrievalState, runtime: Runtime[Context]) -> dict[str, Any]:
 
 
 def _duration(state: RetrievalState, ctx: Context) -> float:
+    # this run's duration (load_video moved it to run_duration; a node called alone has duration)
     given = state.get("run_duration")
+    if given is None:
+        given = state.get("duration")
     if given is not None:  # the same bounds as the proposal stage's, checked before any work
         return positive_seconds("duration", given)
     record = resources.video_captions(ctx, state["video_id"]).record

@@ -344,11 +344,16 @@ def _pick_models(model_sets: dict[str, ModelSet], job: BatchJob) -> ModelSet:
 def probe_task(ctx: Context, video: str, env: dict[str, str]) -> dict[str, Any]:
     """The ingest graph's probe node on a worker: hash, duration, clips still to do."""
     from langgraph.runtime import Runtime
+    from langgraph.types import Overwrite
 
     from graphs.ingest import probe
 
     os.environ.update(env)
-    return probe({"video": video}, Runtime(context=ctx))
+    got = probe({"video": video}, Runtime(context=ctx))
+    notes = got.get("notes")
+    if isinstance(notes, Overwrite):  # the graph's reducer bypass: the driver wants the list
+        got["notes"] = list(notes.value)
+    return got
 
 
 def batch_task(
