@@ -106,6 +106,8 @@ def stub() -> Iterator[tuple[Stub, str]]:
                     kind, value = "content", "late"
                 if kind == "status":
                     payload, code = json.dumps({"error": {"message": f"scripted {value}"}}).encode(), value
+                elif kind == "raw":  # a 200 whose body is whatever the script says
+                    payload, code = value, 200
                 else:
                     payload, code = _completion(value), 200
                 done()
@@ -232,6 +234,44 @@ def test_captioner_failure_names_how_many_frames_failed(stub):
     captioner = make_captioner(f"openai:{url}#qwen2.5-vl", attempts=1)
     with pytest.raises(BackendError, match=r"HTTP 400.*\(3 of 3 frames failed\)"):
         captioner.caption([Image.new("RGB", (32, 32))] * 3, ["x"] * 3)
+
+
+NOT_JSON = {
+    "cut-short": b'{"id": "x", "object": "chat.completion", "choices": [{"index": 0, "mess',
+    "html-page": b"<html><body>502 Bad Gateway (nginx)</body></html>",
+}
+
+
+@pytest.mark.parametrize("body", NOT_JSON.values(), ids=NOT_JSON.keys())
+def test_a_200_answer_that_is_not_json_is_a_backend_error_not_a_crash(stub, body):
+    """A proxy's page or a body cut short with HTTP 200 escaped as a bare JSONDecodeError from
+    every openai: backend (a graph run ended in a traceback); now it is a BackendError (retried
+    like a 5xx), which the nodes record as a fallback."""
+    from PIL import Image
+
+    state, url = stub
+    state.script = [("raw", body)]
+    with pytest.raises(BackendError, match=r"HTTP 200 .*not JSON") as err:
+        _rewriter(url, attempts=2).rewrite_batch([QUERY], CORE)
+    assert url in str(err.value) and len(state.requests) == 2
+    with pytest.raises(BackendError, match="not JSON"):
+        _rewriter(url, attempts=1).extract_focus(QUERY)
+    with pytest.raises(BackendError, match=r"not JSON.*\(2 of 2 frames failed\)"):
+        make_captioner(f"openai:{url}#qwen", attempts=1).caption([Image.new("RGB", (32, 32))] * 2, ["x"] * 2)
+    good = json.dumps({"simplified": "A man rides a bike.", "detailed": "A man rides a bike down a street."})
+    state.script = [("raw", body), ("content", good)]  # a passing glitch: the retry gets the answer
+    (got,) = _rewriter(url, attempts=2).rewrite_batch([QUERY], CORE)
+    assert not got.fallback and got.simplified == "A man rides a bike."
+
+
+def test_graph_run_falls_back_when_the_rewriter_answers_a_200_that_is_not_json(stub, tmp_path):
+    state, url = stub
+    state.script = [("raw", NOT_JSON["html-page"])]
+    ctx = _caption_only_store(tmp_path).with_overrides(
+        rewriter=f"openai:{url}#llama", m=1, request_attempts=1
+    )
+    out = graph.invoke({"video": "kitchen", "query": "a man is cutting carrots"}, context=ctx)
+    assert out["moments"] and any("rewrite core fell back" in n and "not JSON" in n for n in out["notes"])
 
 
 # -- graph-level fallbacks with failing servers (local models for the rest) ----------------------

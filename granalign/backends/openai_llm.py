@@ -5,7 +5,8 @@ The API key is ``$OPENAI_API_KEY`` (vLLM's ``--api-key``), ``EMPTY`` when unset.
 
 Rules every network backend here follows (DESIGN.md §3):
 
-* **Explicit retries.**  Only HTTP 5xx answers and timeouts are retried, with exponential
+* **Explicit retries.**  Only HTTP 5xx answers, timeouts and 200 answers whose body is not
+  JSON (a proxy's page, a body cut short) are retried, with exponential
   backoff (:data:`RETRY_ON`); the openai client's own retries are off so the policy is in one
   place.  A 4xx answer is the caller's mistake and a refused connection is a server that is not
   there: retrying either only delays the error.  After the last attempt a
@@ -98,7 +99,9 @@ async def call_with_retries(call: Callable[[], Awaitable[T]], settings: ServerSe
     """Await ``call()``; retry 5xx and timeouts with backoff; turn every failure into BackendError."""
     import openai
 
-    retryable = retry_on()
+    # a 200 whose body is not JSON (a proxy's page, a body cut short) is the server's fault,
+    # like a 5xx: the openai client lets json's error through, so it is caught here
+    retryable: tuple[type[BaseException], ...] = (*retry_on(), json.JSONDecodeError)
     last: BaseException | None = None
     for attempt in range(settings.attempts):
         try:
@@ -118,6 +121,9 @@ async def call_with_retries(call: Callable[[], Awaitable[T]], settings: ServerSe
             ) from None
     if isinstance(last, openai.APITimeoutError):
         kind = f"timed out {settings.attempts} time(s) (timeout {settings.timeout_s:g} s per request)"
+    elif isinstance(last, json.JSONDecodeError):
+        snippet = " ".join(re.sub(r"<[^>]*>", " ", str(last.doc)).split())[:80]
+        kind = f"answered HTTP 200 {settings.attempts} time(s) with a body that is not JSON: {snippet!r}"
     else:
         status = getattr(last, "status_code", "5xx")
         kind = f"failed {settings.attempts} time(s), last with HTTP {status}: {_status_message(last)}"
