@@ -61,7 +61,7 @@ class Stub:
             return self.script.pop(0) if len(self.script) > 1 else self.script[0]
 
 
-def _completion(content: str) -> bytes:
+def _completion(content: str | None) -> bytes:
     return json.dumps(
         {
             "id": "x",
@@ -272,6 +272,35 @@ def test_graph_run_falls_back_when_the_rewriter_answers_a_200_that_is_not_json(s
     )
     out = graph.invoke({"video": "kitchen", "query": "a man is cutting carrots"}, context=ctx)
     assert out["moments"] and any("rewrite core fell back" in n and "not JSON" in n for n in out["notes"])
+
+
+NO_COMPLETION = {
+    "no-choices": json.dumps({"id": "x", "object": "chat.completion", "choices": []}).encode(),
+    "content-null": _completion(None),
+    "choice-without-message": json.dumps({"id": "x", "choices": [{"index": 0}]}).encode(),
+    "error-object": json.dumps({"error": {"message": "model overloaded"}}).encode(),
+}
+
+
+@pytest.mark.parametrize("body", NO_COMPLETION.values(), ids=NO_COMPLETION.keys())
+def test_a_200_answer_without_a_completion_is_a_backend_error_never_an_empty_caption(stub, body):
+    """JSON without a completion's text: the captioner returned "" for every frame (stored at
+    ingest as the clip's caption, cached as its aware caption), and a choice without a message
+    crashed every backend with AttributeError.  Now it is a BackendError, retried like a 5xx."""
+    from PIL import Image
+
+    state, url = stub
+    state.script = [("raw", body)]
+    captioner = make_captioner(f"openai:{url}#qwen", attempts=2)
+    with pytest.raises(BackendError, match=r"HTTP 200 2 time\(s\) without a completion") as err:
+        captioner.caption([Image.new("RGB", (32, 32))] * 2, ["x"] * 2)
+    assert url in str(err.value) and len(state.requests) == 4
+    with pytest.raises(BackendError, match="without a completion"):
+        _rewriter(url, attempts=1).rewrite_batch([QUERY], CORE)
+    with pytest.raises(BackendError, match="without a completion"):
+        _rewriter(url, attempts=1).extract_focus(QUERY)
+    state.script = [("raw", body), ("content", "a man rides a bike")]
+    assert captioner.caption([Image.new("RGB", (32, 32))], ["x"]) == ["a man rides a bike"]
 
 
 # -- graph-level fallbacks with failing servers (local models for the rest) ----------------------

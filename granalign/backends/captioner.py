@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from granalign.backends.model_cache import LoadedModel, ModelCache, generate_greedy, pad_left
-from granalign.backends.openai_llm import Channel, ServerSettings, call_with_retries
+from granalign.backends.openai_llm import Channel, ServerSettings, call_with_retries, completion_text
 from granalign.backends.weights import (
     TRANSFORMERS_FILES,
     declared_test_weights,
@@ -301,19 +301,19 @@ class OpenAICaptioner:
         async def one(url: str, prompt: str) -> str:
             content = [{"type": "text", "text": prompt}, {"type": "image_url", "image_url": {"url": url}}]
 
-            async def call() -> Any:
-                return await client.chat.completions.create(
+            async def call() -> str:
+                response = await client.chat.completions.create(
                     model=self.settings.model,
                     messages=[{"role": "user", "content": content}],
                     temperature=0.0,
                     max_tokens=self.max_tokens,
                 )
+                return completion_text(response)  # none: a failure, never an empty caption
 
             async with gate:
                 what = f"captioner {self.settings.model}"
-                response = await call_with_retries(call, self.settings, what=what)
-            choices = getattr(response, "choices", None) or []
-            return clean_caption(choices[0].message.content if choices else "")
+                text = await call_with_retries(call, self.settings, what=what)
+            return clean_caption(text)
 
         results = await asyncio.gather(
             *(one(u, p) for u, p in zip(urls, prompts, strict=True)), return_exceptions=True

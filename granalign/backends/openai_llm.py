@@ -52,6 +52,7 @@ __all__ = [
     "ServerSettings",
     "backend_loop",
     "call_with_retries",
+    "completion_text",
     "parse_json_object",
     "retry_on",
     "run_sync",
@@ -87,6 +88,27 @@ def retry_on() -> tuple[type[BaseException], ...]:
     return (openai.InternalServerError, openai.APITimeoutError)
 
 
+class NoCompletion(Exception):
+    """A 200 answer that holds no completion's text (no choices, no message, content null)."""
+
+
+def completion_text(response: Any) -> str:
+    """The text of a chat completion's first choice; NoCompletion when the answer has none.
+
+    An empty caption or rewrite taken from such an answer would be stored as a result (an
+    agnostic caption is kept forever), so it is a server failure, retried like a 5xx.
+    """
+    choices = getattr(response, "choices", None)
+    if not isinstance(choices, list) or not choices:
+        error = getattr(response, "error", None)
+        raise NoCompletion(f"no choices{f' ({str(error)[:200]})' if error else ''}")
+    content = getattr(getattr(choices[0], "message", None), "content", None)
+    if not isinstance(content, str):
+        reason = getattr(choices[0], "finish_reason", None)
+        raise NoCompletion(f"no message content (finish_reason {reason!r})")
+    return content
+
+
 def _status_message(exc: Any) -> str:
     body = getattr(exc, "body", None)
     if isinstance(body, dict):
@@ -101,7 +123,8 @@ async def call_with_retries(call: Callable[[], Awaitable[T]], settings: ServerSe
 
     # a 200 whose body is not JSON (a proxy's page, a body cut short) is the server's fault,
     # like a 5xx: the openai client lets json's error through, so it is caught here
-    retryable: tuple[type[BaseException], ...] = (*retry_on(), json.JSONDecodeError)
+    # and so is a 200 without a completion's text (completion_text)
+    retryable: tuple[type[BaseException], ...] = (*retry_on(), json.JSONDecodeError, NoCompletion)
     last: BaseException | None = None
     for attempt in range(settings.attempts):
         try:
@@ -124,6 +147,8 @@ async def call_with_retries(call: Callable[[], Awaitable[T]], settings: ServerSe
     elif isinstance(last, json.JSONDecodeError):
         snippet = " ".join(re.sub(r"<[^>]*>", " ", str(last.doc)).split())[:80]
         kind = f"answered HTTP 200 {settings.attempts} time(s) with a body that is not JSON: {snippet!r}"
+    elif isinstance(last, NoCompletion):
+        kind = f"answered HTTP 200 {settings.attempts} time(s) without a completion: {last}"
     else:
         status = getattr(last, "status_code", "5xx")
         kind = f"failed {settings.attempts} time(s), last with HTTP {status}: {_status_message(last)}"
@@ -325,8 +350,8 @@ class OpenAIRewriter:
             {"role": "user", "content": user}
         ]
 
-        async def call() -> Any:
-            return await client.chat.completions.create(
+        async def call() -> str:
+            response = await client.chat.completions.create(
                 model=self.settings.model,
                 messages=messages,
                 temperature=0.0,
@@ -335,11 +360,9 @@ class OpenAIRewriter:
                 # a server without guided decoding may ramble on after a free-text answer
                 stop=["\n\n"],
             )
+            return completion_text(response)
 
-        response = await call_with_retries(call, self.settings, what=f"rewriter {self.settings.model}")
-        choices = getattr(response, "choices", None) or []
-        content = choices[0].message.content if choices else None
-        return content if isinstance(content, str) else ""
+        return await call_with_retries(call, self.settings, what=f"rewriter {self.settings.model}")
 
     def rewrite_batch(self, queries: list[str], pair: PromptPair) -> list[Rewrite]:
         """One request per query (all in flight at once); a server failure raises BackendError."""
