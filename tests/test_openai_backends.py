@@ -452,6 +452,26 @@ def test_unusable_llm_output_is_never_cached(stub, tmp_path):
     assert len(state.requests) == 4
 
 
+def test_an_edited_focus_prompt_is_asked_again_not_answered_from_the_cache(stub, tmp_path, monkeypatch):
+    """The focus cache key held the rewriter and the query but not the focus prompt: after an
+    edit of prompts/focus/*.txt every query seen before kept its old entities and actions."""
+    from granalign.backends import openai_llm
+
+    state, url = stub
+    ctx = Context(store_dir=str(tmp_path / "store"), rewriter=f"openai:{url}#llama", request_attempts=1)
+    old = {"entities": ["man", "bike"], "actions": ["rides a bike"]}
+    new = {"entities": ["blue shirt", "street"], "actions": ["rides down the street"]}
+    state.script = [("content", json.dumps(old)), ("content", json.dumps(new))]
+    first, cached = (resources.query_focus(ctx, QUERY) for _ in range(2))
+    assert first == cached and first.entities == ("man", "bike") and len(state.requests) == 1
+    monkeypatch.setattr(openai_llm, "FOCUS_TEMPLATE", openai_llm.FOCUS_TEMPLATE + "\nList colours too.")
+    edited = resources.query_focus(ctx, QUERY)
+    assert len(state.requests) == 2 and "List colours too." in state.requests[1]["messages"][-1]["content"]
+    assert edited.entities == ("blue shirt", "street")
+    monkeypatch.undo()  # the old prompt again: its answer is still in the cache
+    assert resources.query_focus(ctx, QUERY) == first and len(state.requests) == 2
+
+
 def test_retries_are_the_backends_and_reach_through_a_graph_run(stub, tmp_path):
     """No node carries a RetryPolicy (it could never fire: backend errors become fallbacks inside
     the node); the backend's own retry is what a graph run gets: HTTP 500, then an answer."""

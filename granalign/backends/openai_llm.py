@@ -28,6 +28,7 @@ the reason recorded (see :func:`granalign.rewrite.rewrite_from_outputs`), never 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import re
@@ -393,6 +394,13 @@ class OpenAIRewriter:
         return rewrite_from_outputs(
             pair.id, query, obj.get("simplified"), obj.get("detailed"), prompts=prompts
         )
+
+    @property
+    def focus_key(self) -> str:
+        """What the focus answers depend on besides the model and the query: the focus prompt's
+        text (``prompts/focus/``), so an edited prompt is asked again (part of the cache key)."""
+        text = json.dumps([FOCUS_SYSTEM, FOCUS_TEMPLATE, self.max_tokens], ensure_ascii=False)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
 
     def extract_focus(self, query: str) -> tuple[list[str], list[str], str]:
         """(entities, actions, problem) of a query; ``problem`` is empty when the answer was usable."""

@@ -2,7 +2,7 @@
 
 Both are cached in the store, so a repeated query costs no LLM and no VLM call:
 
-* the focus (entities and actions) under ``focus:<rewriter>:<hash of the query>``; only a
+* the focus (entities and actions) under ``focus:<rewriter>:<focus prompt hash>:<query hash>``; only a
   usable LLM answer is cached, a keyword fallback never is, so the next run asks again;
 * C_awr per clip under the captioner, the aware prompt settings (``prompt_hash``) and the
   hash of the rendered prompt (which holds the focus), with its embedding.
@@ -39,7 +39,8 @@ def query_focus(rewriter: Rewriter, cache: Store, query: str) -> QueryFocus:
         return focus_from_keywords(
             query, note=f"rewriter {rewriter.name} does not extract entities and actions"
         )
-    key = f"focus:{rewriter.name}:{text_hash(query)}"
+    # the focus prompt's hash too: an edited prompts/focus/ text is asked again
+    key = f"focus:{rewriter.name}:{getattr(rewriter, 'focus_key', '')}:{text_hash(query)}"
     cached = cache.get_rewrite(key)
     if cached is not None:
         return QueryFocus.from_dict(cached)
