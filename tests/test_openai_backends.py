@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import threading
@@ -77,6 +78,13 @@ def _completion(content: str | None) -> bytes:
 
 @pytest.fixture
 def stub() -> Iterator[tuple[Stub, str]]:
+    with stub_server() as served:
+        yield served
+
+
+@contextlib.contextmanager
+def stub_server() -> Iterator[tuple[Stub, str]]:
+    """A scripted stub on a free loopback port; yields its state and its ``/v1`` base URL."""
     state = Stub()
 
     class Handler(BaseHTTPRequestHandler):
@@ -301,6 +309,33 @@ def test_a_200_answer_without_a_completion_is_a_backend_error_never_an_empty_cap
         _rewriter(url, attempts=1).extract_focus(QUERY)
     state.script = [("raw", body), ("content", "a man rides a bike")]
     assert captioner.caption([Image.new("RGB", (32, 32))], ["x"]) == ["a man rides a bike"]
+
+
+def test_captioner_spreads_frames_over_replicas_and_survives_one_that_is_down(stub):
+    """``openai:URL1,URL2#model`` (README's scale-out spec) outside Ray sent every frame to the
+    first host with the path "/v1,http://.../v1/chat/completions" (a 404 on vLLM): an ingest
+    without --ray failed and every query's aware captions fell back.  Frames now go to every
+    replica; a replica that is down or failing hands its frames to the others."""
+    from PIL import Image
+
+    state, url = stub
+    state.script = [("content", "a frame")]
+    images, prompts = [Image.new("RGB", (32, 32))] * 8, ["x"] * 8
+    with stub_server() as (other, url2):
+        other.script = [("content", "a frame")]
+        both = make_captioner(f"openai:{url},{url2}#qwen", attempts=1)
+        assert both.name == make_captioner(f"openai:{url}#qwen").name == "openai:qwen"  # same cache keys
+        assert both.caption(images, prompts) == ["a frame"] * 8
+        assert len(state.requests) == 4 and len(other.requests) == 4
+        other.script = [("status", 500)]  # a replica that fails: its frames go to the healthy one
+        assert both.caption(images, prompts) == ["a frame"] * 8
+        assert len(state.requests) == 12
+    down = f"http://127.0.0.1:{free_port()}/v1"
+    survivor = make_captioner(f"openai:{down},{url}#qwen", attempts=1)
+    assert survivor.caption(images, prompts) == ["a frame"] * 8 and len(state.requests) == 20
+    dead = make_captioner(f"openai:{down},{down.replace('/v1', '/w1')}#qwen", attempts=1)
+    with pytest.raises(BackendError, match=r"not reachable.*2 replicas.*\(8 of 8 frames failed\)"):
+        dead.caption(images, prompts)
 
 
 # -- graph-level fallbacks with failing servers (local models for the rest) ----------------------

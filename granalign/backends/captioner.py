@@ -12,7 +12,8 @@ Specs:
 ``local:<hf-id-or-path>``   a transformers image-text model run here (AutoProcessor +
                             AutoModelForImageTextToText, e.g. Qwen2.5-VL), batched, greedy.
 ``openai:<url>#<model>``    an OpenAI-compatible server (vLLM serving Qwen2.5-VL-7B-Instruct):
-                            frames as base64 JPEG data URLs, many requests in flight.
+                            frames as base64 JPEG data URLs, many requests in flight;
+                            ``openai:<url1>,<url2>#<model>`` spreads them over replicas.
 
 Both shrink frames to at most ``max_pixels`` before captioning (the cost of a VLM grows with
 image tokens; Qwen2.5-VL spends one token per 28×28 pixels).
@@ -23,13 +24,20 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from granalign.backends.model_cache import LoadedModel, ModelCache, generate_greedy, pad_left
-from granalign.backends.openai_llm import Channel, ServerSettings, call_with_retries, completion_text
+from granalign.backends.openai_llm import (
+    Channel,
+    ServerSettings,
+    call_with_retries,
+    completion_text,
+    run_sync,
+)
 from granalign.backends.weights import (
     TRANSFORMERS_FILES,
     declared_test_weights,
@@ -274,17 +282,34 @@ def jpeg_data_url(image: Any, max_pixels: int, quality: int = 90) -> str:
 
 
 class OpenAICaptioner:
-    """Spec ``openai:<url>#<model>``: one chat request per image, ``concurrency`` in flight."""
+    """Spec ``openai:<url>[,<url>...]#<model>``: one chat request per image, ``concurrency`` in
+    flight per server.
+
+    Several base URLs are replicas of one model (one vLLM per GPU): frame ``i`` goes to replica
+    ``i mod n``, and a frame whose replica fails (down, timed out, 5xx after its retries) is
+    asked of the next one; a replica that failed is tried last for :data:`REPLICA_REST_S`
+    seconds.  Captions do not depend on the replica (``name`` holds the model only).
+    """
 
     def __init__(
-        self, settings: ServerSettings, *, max_tokens: int = 64, max_pixels: int = 448 * 448
+        self,
+        settings: ServerSettings | Sequence[ServerSettings],
+        *,
+        max_tokens: int = 64,
+        max_pixels: int = 448 * 448,
     ) -> None:
-        self.settings = settings
+        self.replicas = [settings] if isinstance(settings, ServerSettings) else list(settings)
+        if not self.replicas:
+            raise ConfigError("captioner: no server base URL")
+        self.settings = self.replicas[0]
         self.max_tokens = max_tokens
         self.max_pixels = max_pixels
-        self.name = f"openai:{settings.model}"
+        self.name = f"openai:{self.settings.model}"
         self.weights_note = ""  # a served model's weights are the server's business
-        self.channel = Channel(settings)  # one client and semaphore for every run of the process
+        # one client and semaphore per replica for every run of the process
+        self.channels = [Channel(r) for r in self.replicas]
+        self.channel = self.channels[0]
+        self._resting: dict[int, float] = {}  # replica → until when it is tried last (monotonic)
 
     def caption(self, images: Sequence[Any], prompts: Sequence[str]) -> list[str]:
         if len(images) != len(prompts):
@@ -293,30 +318,51 @@ class OpenAICaptioner:
             return []
         # encode on this thread: PIL work, and the event loop then only waits on the network
         urls = [jpeg_data_url(im, self.max_pixels) for im in images]
-        return self.channel.run(lambda client, gate: self._caption_all(client, gate, urls, list(prompts)))
+        return run_sync(lambda: self._caption_all(urls, list(prompts)))
 
-    async def _caption_all(
-        self, client: Any, gate: asyncio.Semaphore, urls: list[str], prompts: list[str]
-    ) -> list[str]:
-        async def one(url: str, prompt: str) -> str:
-            content = [{"type": "text", "text": prompt}, {"type": "image_url", "image_url": {"url": url}}]
+    def _order(self, first: int) -> list[int]:
+        """Replicas to try for a frame: from ``first`` round the ring, resting ones last."""
+        n = len(self.channels)
+        ring = [(first + k) % n for k in range(n)]
+        now = time.monotonic()
+        return sorted(ring, key=lambda r: self._resting.get(r, 0.0) > now)
 
-            async def call() -> str:
-                response = await client.chat.completions.create(
-                    model=self.settings.model,
-                    messages=[{"role": "user", "content": content}],
-                    temperature=0.0,
-                    max_tokens=self.max_tokens,
-                )
-                return completion_text(response)  # none: a failure, never an empty caption
+    async def _ask(self, replica: int, url: str, prompt: str) -> str:
+        channel = self.channels[replica]
+        client, gate = channel.parts()
+        settings = channel.settings
+        content = [{"type": "text", "text": prompt}, {"type": "image_url", "image_url": {"url": url}}]
 
-            async with gate:
-                what = f"captioner {self.settings.model}"
-                text = await call_with_retries(call, self.settings, what=what)
-            return clean_caption(text)
+        async def call() -> str:
+            response = await client.chat.completions.create(
+                model=settings.model,
+                messages=[{"role": "user", "content": content}],
+                temperature=0.0,
+                max_tokens=self.max_tokens,
+            )
+            return completion_text(response)  # none: a failure, never an empty caption
+
+        async with gate:
+            return await call_with_retries(call, settings, what=f"captioner {settings.model}")
+
+    async def _caption_all(self, urls: list[str], prompts: list[str]) -> list[str]:
+        async def one(i: int, url: str, prompt: str) -> str:
+            order = self._order(i % len(self.channels))
+            for k, replica in enumerate(order):
+                try:
+                    text = await self._ask(replica, url, prompt)
+                except BackendError as exc:
+                    self._resting[replica] = time.monotonic() + REPLICA_REST_S
+                    if k + 1 == len(order):
+                        raise BackendError(f"{exc}; {len(order)} replicas tried") if k else exc from None
+                    continue
+                self._resting.pop(replica, None)
+                return clean_caption(text)
+            raise AssertionError("unreachable")  # pragma: no cover
 
         results = await asyncio.gather(
-            *(one(u, p) for u, p in zip(urls, prompts, strict=True)), return_exceptions=True
+            *(one(i, u, p) for i, (u, p) in enumerate(zip(urls, prompts, strict=True))),
+            return_exceptions=True,
         )
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
@@ -325,6 +371,10 @@ class OpenAICaptioner:
                 raise first
             raise BackendError(f"{first} ({len(errors)} of {len(results)} frames failed)")
         return [r for r in results if isinstance(r, str)]
+
+
+REPLICA_REST_S = 30.0
+"""How long a replica that failed is tried after the others (it is not given up: all may fail)."""
 
 
 def make_captioner(
@@ -340,10 +390,16 @@ def make_captioner(
     """Build the captioner a spec names (``local:`` or ``openai:``)."""
     parsed = parse_spec(spec, role="captioner", allowed=("local", "openai"))
     if parsed.engine == "openai":
-        settings = ServerSettings(
-            parsed.target, parsed.model, timeout_s=timeout_s, attempts=attempts, concurrency=concurrency
-        )
-        return OpenAICaptioner(settings, max_tokens=max_tokens, max_pixels=max_pixels)
+        replicas = []
+        for url in (u.strip() for u in parsed.target.split(",")):
+            if url:  # every replica's URL must be a base URL
+                parse_spec(f"openai:{url}#{parsed.model}", role="captioner", allowed=("openai",))
+                replicas.append(
+                    ServerSettings(
+                        url, parsed.model, timeout_s=timeout_s, attempts=attempts, concurrency=concurrency
+                    )
+                )
+        return OpenAICaptioner(replicas, max_tokens=max_tokens, max_pixels=max_pixels)
     return LocalVLMCaptioner(
         parsed.target, max_new_tokens=max_tokens, max_pixels=max_pixels, batch_size=batch_size
     )

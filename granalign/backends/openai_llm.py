@@ -224,7 +224,8 @@ class Channel:
         self.settings = settings
         self._bound: tuple[asyncio.AbstractEventLoop, Any, asyncio.Semaphore] | None = None
 
-    def _parts(self) -> tuple[Any, asyncio.Semaphore]:
+    def parts(self) -> tuple[Any, asyncio.Semaphore]:
+        """This backend's client and semaphore on the running loop (the backend loop)."""
         loop = asyncio.get_running_loop()
         if self._bound is None or self._bound[0] is not loop:
             self._bound = (loop, async_client(self.settings), asyncio.Semaphore(self.settings.concurrency))
@@ -234,7 +235,7 @@ class Channel:
         """``work(client, gate)`` on the backend loop; the caller's thread waits for its result."""
 
         async def bound() -> T:
-            client, gate = self._parts()
+            client, gate = self.parts()
             return await work(client, gate)
 
         return run_sync(bound)
