@@ -112,6 +112,9 @@ def stub_server() -> Iterator[tuple[Stub, str]]:
                 if kind == "sleep":
                     time.sleep(value)
                     kind, value = "content", "late"
+                headers = {}
+                if kind == "limited":  # HTTP 429 with Retry-After: value (seconds)
+                    kind, value, headers = "status", 429, {"Retry-After": str(value)}
                 if kind == "status":
                     payload, code = json.dumps({"error": {"message": f"scripted {value}"}}).encode(), value
                 elif kind == "raw":  # a 200 whose body is whatever the script says
@@ -121,6 +124,8 @@ def stub_server() -> Iterator[tuple[Stub, str]]:
                 done()
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")
+                for name, header in headers.items():
+                    self.send_header(name, header)
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
                 self.wfile.write(payload)
@@ -174,6 +179,27 @@ def test_retries_5xx_with_backoff_then_succeeds(stub):
     state.script = [("status", 500), ("status", 503), ("content", good)]
     (got,) = _rewriter(url, attempts=3).rewrite_batch([QUERY], CORE)
     assert not got.fallback and len(state.requests) == 3
+
+
+def test_http_429_is_retried_after_the_servers_retry_after(stub):
+    """A rate-limiting gateway in front of vLLM answers 429 with Retry-After: it was taken for
+    the caller's mistake (4xx, never retried), so one busy moment stopped an ingest and made
+    every rewrite fall back.  Now 429 is retried within request_attempts, after Retry-After
+    (capped by the request timeout) when it is longer than the backoff."""
+    from PIL import Image
+
+    state, url = stub
+    good = json.dumps({"simplified": "A man rides a bike.", "detailed": "A man rides a bike down a street."})
+    state.script = [("limited", 1), ("content", good)]
+    start = time.perf_counter()
+    (got,) = _rewriter(url, attempts=2).rewrite_batch([QUERY], CORE)
+    assert not got.fallback and len(state.requests) == 2 and time.perf_counter() - start >= 0.9
+    state.script = [("limited", 0), ("limited", 0), ("content", "a frame")]
+    captioner = make_captioner(f"openai:{url}#qwen", attempts=3)
+    assert captioner.caption([Image.new("RGB", (32, 32))], ["x"]) == ["a frame"]
+    state.script = [("limited", 0)]
+    with pytest.raises(BackendError, match=r"failed 2 time\(s\), last with HTTP 429"):
+        _rewriter(url, attempts=2).rewrite_batch([QUERY], CORE)
 
 
 @pytest.mark.parametrize(

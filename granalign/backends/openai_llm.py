@@ -5,10 +5,11 @@ The API key is ``$OPENAI_API_KEY`` (vLLM's ``--api-key``), ``EMPTY`` when unset.
 
 Rules every network backend here follows (DESIGN.md §3):
 
-* **Explicit retries.**  Only HTTP 5xx answers, timeouts and 200 answers whose body is not
-  JSON (a proxy's page, a body cut short) are retried, with exponential
+* **Explicit retries.**  Only HTTP 5xx answers, 429 (after its ``Retry-After``, at most
+  ``timeout_s``), timeouts and 200 answers without a usable completion (a proxy's page, a body
+  cut short) are retried, with exponential
   backoff (:data:`RETRY_ON`); the openai client's own retries are off so the policy is in one
-  place.  A 4xx answer is the caller's mistake and a refused connection is a server that is not
+  place.  Another 4xx answer is the caller's mistake and a refused connection is a server that is not
   there: retrying either only delays the error.  After the last attempt a
   :class:`BackendError` names the server and what it answered.
 * **A timeout per request** (``timeout_s``), not per batch, so one stuck request cannot hold a
@@ -83,10 +84,29 @@ class ServerSettings:
 
 
 def retry_on() -> tuple[type[BaseException], ...]:
-    """The exceptions worth another attempt: HTTP 5xx and timeouts (never ValueError/OSError)."""
+    """The exceptions worth another attempt: HTTP 5xx, 429 and timeouts (never ValueError/OSError).
+
+    429 is a server (or the gateway in front of it) asking to come back later, not a mistake in
+    the request: it is retried after its ``Retry-After`` (:func:`_retry_after`).
+    """
     import openai
 
-    return (openai.InternalServerError, openai.APITimeoutError)
+    return (openai.InternalServerError, openai.RateLimitError, openai.APITimeoutError)
+
+
+def _retry_after(exc: BaseException, cap_s: float) -> float:
+    """The seconds a 429's ``Retry-After`` (or ``retry-after-ms``) asks for, at most ``cap_s``; 0 if none."""
+    headers = getattr(getattr(exc, "response", None), "headers", None)
+    if headers is None:
+        return 0.0
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        try:
+            seconds = float(headers.get(name, "")) * scale
+        except ValueError:
+            continue  # absent, or an HTTP date: the backoff is used
+        if seconds == seconds:  # not NaN
+            return min(max(seconds, 0.0), cap_s)
+    return 0.0
 
 
 class NoCompletion(Exception):
@@ -119,12 +139,11 @@ def _status_message(exc: Any) -> str:
 
 
 async def call_with_retries(call: Callable[[], Awaitable[T]], settings: ServerSettings, *, what: str) -> T:
-    """Await ``call()``; retry 5xx and timeouts with backoff; turn every failure into BackendError."""
+    """Await ``call()``; retry 5xx, 429 and timeouts with backoff; turn every failure into BackendError."""
     import openai
 
-    # a 200 whose body is not JSON (a proxy's page, a body cut short) is the server's fault,
-    # like a 5xx: the openai client lets json's error through, so it is caught here
-    # and so is a 200 without a completion's text (completion_text)
+    # a 200 whose body is not JSON (a proxy's page, a body cut short; the openai client lets
+    # json's error through) or holds no completion's text is the server's fault, like a 5xx
     retryable: tuple[type[BaseException], ...] = (*retry_on(), json.JSONDecodeError, NoCompletion)
     last: BaseException | None = None
     for attempt in range(settings.attempts):
@@ -133,7 +152,8 @@ async def call_with_retries(call: Callable[[], Awaitable[T]], settings: ServerSe
         except retryable as exc:
             last = exc
             if attempt + 1 < settings.attempts:
-                await asyncio.sleep(settings.backoff_s * (2**attempt))
+                wait = settings.backoff_s * (2**attempt)
+                await asyncio.sleep(max(wait, _retry_after(exc, settings.timeout_s)))
         except openai.APIConnectionError as exc:
             raise BackendError(
                 f"{what}: the server at {settings.base_url} is not reachable ({exc.__cause__ or exc})"
