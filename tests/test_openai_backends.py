@@ -549,3 +549,20 @@ def test_retries_are_the_backends_and_reach_through_a_graph_run(stub, tmp_path):
     out = graph.invoke({"video": "kitchen", "query": "a man is cutting carrots"}, context=ctx)
     assert len(state.requests) == 2 and not any("fell back" in note for note in out["notes"])
     assert answer["detailed"] in {v["detailed"] for v in out["variants"]}
+
+
+def test_errors_never_show_the_password_of_a_server_url(stub):
+    """A base URL may carry credentials (``http://user:pw@host/v1``); its errors reach callers'
+    notes and logs, so they name the server without them."""
+    state, url = stub
+    state.script = [("status", 500)]
+    secret = url.replace("http://", "http://bob:s3cret-pw@")
+    with pytest.raises(BackendError) as err:
+        _rewriter(secret, attempts=2).rewrite_batch([QUERY], CORE)
+    text = str(err.value)
+    assert "s3cret-pw" not in text and "bob" not in text
+    assert "http://***@127.0.0.1:" in text and "HTTP 500" in text
+    down = f"http://bob:s3cret-pw@127.0.0.1:{free_port()}/v1"
+    with pytest.raises(BackendError, match="not reachable") as err:
+        _rewriter(down, attempts=1).rewrite_batch([QUERY], CORE)
+    assert "s3cret-pw" not in str(err.value)

@@ -37,6 +37,7 @@ import threading
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 from granalign.errors import BackendError, ConfigError
 from granalign.prompt_files import prompt_text
@@ -74,10 +75,19 @@ class ServerSettings:
     backoff_s: float = 0.5
     concurrency: int = 8
 
+    @property
+    def shown_url(self) -> str:
+        """``base_url`` without a ``user:password@`` part: errors reach callers' notes and logs."""
+        parts = urlsplit(self.base_url)
+        if parts.username is None and parts.password is None:
+            return self.base_url
+        host = parts.netloc.rpartition("@")[2]
+        return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
+
     def __post_init__(self) -> None:
         if self.timeout_s <= 0 or self.attempts < 1 or self.backoff_s < 0 or self.concurrency < 1:
             raise ConfigError(
-                f"server settings for {self.base_url}: timeout_s > 0, attempts ≥ 1, backoff_s ≥ 0 and "
+                f"server settings for {self.shown_url}: timeout_s > 0, attempts ≥ 1, backoff_s ≥ 0 and "
                 f"concurrency ≥ 1 are required, got {self.timeout_s}, {self.attempts}, {self.backoff_s}, "
                 f"{self.concurrency}"
             )
@@ -156,11 +166,11 @@ async def call_with_retries(call: Callable[[], Awaitable[T]], settings: ServerSe
                 await asyncio.sleep(max(wait, _retry_after(exc, settings.timeout_s)))
         except openai.APIConnectionError as exc:
             raise BackendError(
-                f"{what}: the server at {settings.base_url} is not reachable ({exc.__cause__ or exc})"
+                f"{what}: the server at {settings.shown_url} is not reachable ({exc.__cause__ or exc})"
             ) from None
         except openai.APIStatusError as exc:
             raise BackendError(
-                f"{what}: the server at {settings.base_url} answered HTTP {exc.status_code}: "
+                f"{what}: the server at {settings.shown_url} answered HTTP {exc.status_code}: "
                 f"{_status_message(exc)}"
             ) from None
     if isinstance(last, openai.APITimeoutError):
@@ -173,7 +183,7 @@ async def call_with_retries(call: Callable[[], Awaitable[T]], settings: ServerSe
     else:
         status = getattr(last, "status_code", "5xx")
         kind = f"failed {settings.attempts} time(s), last with HTTP {status}: {_status_message(last)}"
-    raise BackendError(f"{what}: the server at {settings.base_url} {kind}")
+    raise BackendError(f"{what}: the server at {settings.shown_url} {kind}")
 
 
 _LOOP: asyncio.AbstractEventLoop | None = None
