@@ -151,3 +151,28 @@ def test_the_tool_answers_distinct_windows_where_the_graph_keeps_overlaps(
     assert _max_pair_iou(benchmark) >= 0.3  # the graph's own default is the benchmark profile
     assert _max_pair_iou(tool["moments"]) < 0.3  # the tool answers with the distinct profile
     assert tool["moments"][0] == benchmark[0]
+
+
+def test_a_tiny_contrast_step_keeps_the_grid_bounded_on_a_long_video() -> None:
+    """contrast_step accepts any value in (0, 1]: a step of 1e-6 put starts one clip apart at
+    every length, n²/2 windows (162 million, gigabytes and tens of seconds, at 10 h of 2-s
+    clips).  The grid is now thinned to about ``max_candidates``; the moment is still found."""
+    import tracemalloc
+
+    n, start, length = 4_000, 2_345, 40
+    rng = np.random.default_rng(7)
+    scores = 0.1 + 0.01 * rng.random(n)
+    scores[start : start + length] = 0.9
+    tracemalloc.start()
+    try:
+        out = contrast_windows(scores, min_len=10, relative_step=1e-6, short_prior=4.0, refine=True)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 100 * 2**20, f"{peak / 2**20:.0f} MiB for {n} clips"
+    assert _iou(out[0], start, start + length - 1) >= 0.9
+    # the default step's grid is unchanged at 10 h (18,000 clips: 343,785 windows < 500,000)
+    long = np.repeat(scores, 5)[:18_000]
+    kwargs = {"min_len": 10, "relative_step": 0.1, "short_prior": 4.0}
+    unbounded = contrast_windows(long, **kwargs, max_candidates=10**9)
+    np.testing.assert_array_equal(contrast_windows(long, **kwargs), unbounded)

@@ -347,11 +347,18 @@ def _window_grid(n: int, min_len: int, step: int) -> tuple[IntArray, IntArray]:
     return starts, np.repeat(lengths, per_length)
 
 
-def _relative_grid(n: int, min_len: int, max_len: int, step: float) -> tuple[IntArray, IntArray]:
+def _relative_grid(
+    n: int, min_len: int, max_len: int, step: float, budget: int | None = None
+) -> tuple[IntArray, IntArray]:
     """Starts and lengths of a scale-free window grid: lengths grow geometrically (each at
     least ``1 + step`` times the last, at least one clip more) and each length's starts are
     ``max(1, floor(step·length))`` clips apart.  A window of any length is then within a
-    ``step`` share of its length of a grid window, whatever the video's length."""
+    ``step`` share of its length of a grid window, whatever the video's length.
+
+    ``budget``: when the grid would hold more windows than this, every length's starts are
+    spaced the same factor wider, so it holds about ``budget`` (plus one per length).  A small
+    ``step`` puts starts one clip apart for every length below ``1/step`` clips: at ``step``
+    1e-6 a 10-h video (18,000 clips) would have 162 million windows (seconds and gigabytes)."""
     lengths: list[int] = []
     length = min_len
     while length <= max_len:
@@ -360,6 +367,10 @@ def _relative_grid(n: int, min_len: int, max_len: int, step: float) -> tuple[Int
     sizes = np.asarray(lengths, dtype=np.int64)
     strides = np.maximum(1, np.floor(step * sizes).astype(np.int64))
     per_length = (n - sizes) // strides + 1
+    total = int(per_length.sum())
+    if budget is not None and total > budget:
+        strides = strides * math.ceil(total / budget)
+        per_length = (n - sizes) // strides + 1
     first = np.repeat(np.cumsum(per_length) - per_length, per_length)
     starts = (np.arange(int(per_length.sum()), dtype=np.int64) - first) * np.repeat(strides, per_length)
     return starts, np.repeat(sizes, per_length)
@@ -407,10 +418,12 @@ def contrast_windows(
 
     ``relative_step`` > 0 replaces the square grid by the scale-free one of ``_relative_grid``
     (every length from ``min_len`` to n−1, starts a ``relative_step`` share of the length
-    apart; ``stride`` and ``max_candidates`` are then unused): about ``n·(1 + 1/step)/min_len``
-    candidates, fine where windows are short and coarse only where a shift of a few clips
-    cannot matter.  Then only the ``_NMS_POOL`` highest-contrast candidates enter the thinning,
-    which keeps a 10-h recording's cost in milliseconds.
+    apart; ``stride`` is then unused): about ``n·(1 + 1/step)/min_len`` candidates, fine where
+    windows are short and coarse only where a shift of a few clips cannot matter; a grid of
+    more than ``max_candidates`` (a very small step on a long video) has its starts spaced
+    wider to about that many (at step 0.1 that begins past 26,000 clips, 14 h at 2 s/clip).
+    Then only the ``_NMS_POOL`` highest-contrast candidates enter the thinning, which keeps a
+    10-h recording's cost in milliseconds.
 
     ``short_prior`` = L₀ > 0 (with ``relative_step`` > 0) also admits windows from
     :data:`SHORT_WINDOW_CLIPS` clips up to ``min_len`` − 1, each contrast multiplied by
@@ -442,7 +455,7 @@ def contrast_windows(
     if n <= min_len:
         return np.empty((0, 3))
     if relative_step > 0.0:
-        starts, lengths = _relative_grid(n, min_len, n - 1, relative_step)
+        starts, lengths = _relative_grid(n, min_len, n - 1, relative_step, max_candidates)
     else:
         step = max(stride, math.ceil((n - min_len) / math.sqrt(2.0 * max_candidates)))
         starts, lengths = _window_grid(n, min_len, step)
