@@ -104,6 +104,17 @@ def test_windows_are_clamped_to_the_duration() -> None:
     assert vtg_gpt_windows(curve[None, :], clip_len=2.0, duration=19.0) == [[18.0, 19.0, 1.0]]
 
 
+def test_windows_never_end_after_a_duration_with_more_decimals() -> None:
+    """A video of 14.91666 s (a 0.25-s grid, 60 clips): a window ending in the last clip was
+    rounded to 14.9167 s, past the video's end, which the answer's contract forbids."""
+    curve = np.zeros(60)
+    curve[[50, 59]] = [0.9, 1.0]
+    duration = 60 * 0.25 - 0.25 / 3
+    got = vtg_gpt_windows(curve[None, :], clip_len=0.25, duration=duration)
+    assert got and all(0 <= start < end <= duration for start, end, _ in got), got
+    assert max(end for _, end, _ in got) == 14.9166
+
+
 def test_bad_shapes_are_input_errors() -> None:
     with pytest.raises(InputError, match="variant_scores"):
         vtg_gpt_windows(np.zeros(5), clip_len=2.0, duration=10.0)

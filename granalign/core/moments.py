@@ -298,8 +298,9 @@ def _candidate_windows(
     return np.concatenate(pool, axis=0)
 
 
-def _rounded_end(duration: float) -> float:
-    """The latest 4-decimal time not after ``duration``, so rounding never leaves the video."""
+def rounded_end(duration: float) -> float:
+    """The latest 4-decimal time not after ``duration``, so rounding never leaves the video
+    (the end every answer's windows are clamped to, ours and the peer's)."""
     end = float(np.round(duration, _DECIMALS))
     return end if end <= duration else float(np.round(end - 10.0**-_DECIMALS, _DECIMALS))
 
@@ -341,7 +342,7 @@ def propose_windows(
     total = positive_seconds("duration", duration)
     curve = as_score_curve(fused, "fused")
     curves = _as_variant_curves(variant_scores, curve.size)
-    end_s = _rounded_end(total)
+    end_s = rounded_end(total)
     params, contrast_min_len = priors_at_clip_length(params, contrast_min_len, length)
     pool = _candidate_windows(curves, curve, params, mode, contrast, contrast_min_len)
     windows = np.round(clips_to_seconds(pool, length, total), _DECIMALS)
@@ -364,7 +365,7 @@ def select_moments(
     when no generator proposed anything, the whole video (see ``_whole_video``).
     """
     curve = as_score_curve(fused, "fused")
-    end_s = _rounded_end(positive_seconds("duration", duration))
+    end_s = rounded_end(positive_seconds("duration", duration))
     rows = np.asarray(candidates, dtype=np.float64).reshape(-1, 3)
     kept = temporal_nms(rows, nms_iou, top_n)
     if kept.shape[0] == 0:

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from granalign.core.moments import clips_to_seconds
+from granalign.core.moments import clips_to_seconds, rounded_end
 from granalign.core.nms import greedy_nms_indices
 from granalign.core.proposals import as_score_curve
 from granalign.core.similarity import as_finite_array, minmax_normalise
@@ -125,5 +125,7 @@ def vtg_gpt_windows(
     pooled = [vtg_gpt_spans(curve, rule) for curve in minmax_normalise(curves)]
     kept = vtg_gpt_nms(np.concatenate(pooled, axis=0), rule)
     seconds = np.round(clips_to_seconds(kept, clip_len, duration), _DECIMALS)
-    seconds = seconds[seconds[:, 1] > seconds[:, 0]] if seconds.size else seconds
+    if seconds.size:  # a duration with more decimals must not round up past itself
+        seconds[:, :2] = np.minimum(seconds[:, :2], rounded_end(duration))
+        seconds = seconds[seconds[:, 1] > seconds[:, 0]]
     return [[float(a), float(b), float(c)] for a, b, c in seconds[:top_n]]
