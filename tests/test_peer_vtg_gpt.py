@@ -170,3 +170,23 @@ def test_graph_nodes_in_peer_mode_fall_back_to_the_whole_video(peer_store: Path)
     flat = np.zeros((1, 30))
     out = _nodes(peer_store, flat, flat[0], proposal_mode="vtg-gpt")
     assert [m[:2] for m in out["moments"]] == [[0.0, 60.0]]
+
+
+@pytest.mark.parametrize("distinct_nms_iou", [0.95, 1.0])
+def test_distinct_profile_has_no_duplicate_peer_windows_at_any_iou(
+    peer_store: Path, distinct_nms_iou: float
+) -> None:
+    """The peer's NMS never suppresses with a one-clip window, so two variants that both
+    propose clip 9 give the same window twice.  The distinct profile thinned the peer's windows
+    only below its own IoU 0.95: at distinct_nms_iou 0.95 or 1.0 (both allowed) the answer
+    repeated [18, 20].  The benchmark profile keeps the peer's published duplicates."""
+    curves = np.zeros((2, 30))
+    curves[:, 9] = 0.5
+    fused = curves.mean(axis=0)
+    out = _nodes(
+        peer_store, curves, fused, proposal_mode="vtg-gpt",
+        answer_profile="distinct", distinct_nms_iou=distinct_nms_iou,
+    )  # fmt: skip
+    assert out["moments"] == [[18.0, 20.0, 1.0]]
+    bench = _nodes(peer_store, curves, fused, proposal_mode="vtg-gpt", answer_profile="benchmark")
+    assert bench["moments"] == [[18.0, 20.0, 1.0]] * 2

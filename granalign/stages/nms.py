@@ -29,12 +29,16 @@ class AnswerSettings:
     nms_iou: float
     top_n: int
     saliency_sigma: float
+    distinct: bool = False
+    """The distinct answer profile: no two windows may overlap at IoU ≥ ``nms_iou``, the
+    peer's own windows included (its NMS keeps some duplicates, see ``answer``)."""
 
     @classmethod
     def of(cls, settings: Any) -> AnswerSettings:
         """The answer settings of a Context (or any object with the same attributes)."""
         nms_iou = getattr(settings, "answer_nms_iou", settings.nms_iou)  # the answer profile's IoU
-        return cls(settings.proposal_mode, nms_iou, settings.top_n, settings.saliency_sigma)
+        distinct = getattr(settings, "answer_profile", "benchmark") == "distinct"
+        return cls(settings.proposal_mode, nms_iou, settings.top_n, settings.saliency_sigma, distinct)
 
 
 def saliency_length(duration: float, clip_len: float, n_clips: int | None = None) -> int:
@@ -57,8 +61,9 @@ def answer(
     curve of ``n_out`` values (the last clip's value repeated to the end), both rounded.
 
     The peer (``vtg-gpt``) ranked its own windows: they are cut to top N (after NMS at the
-    answer profile's IoU when it is stricter than the peer's own, e.g. the distinct profile of the
-    tool, CLI and MCP), and its saliency is S_f as is (no smoothing).
+    answer profile's IoU when it is stricter than the peer's own or the profile is distinct, as
+    for the tool, CLI and MCP: the peer's NMS never suppresses with a one-clip window, so it
+    keeps identical windows), and its saliency is S_f as is (no smoothing).
     """
     peer = settings.proposal_mode == "vtg-gpt"
     moments = select_moments(
@@ -70,7 +75,7 @@ def answer(
     )
     if peer and candidates:
         ranked = np.asarray(candidates, dtype=np.float64).reshape(-1, 3)
-        if settings.nms_iou < VTG_GPT.nms_iou:  # a stricter profile: its windows must differ too
+        if settings.nms_iou < VTG_GPT.nms_iou or settings.distinct:  # its windows must differ too
             ranked = temporal_nms(ranked, settings.nms_iou, settings.top_n)
         moments = [[float(v) for v in row] for row in ranked[: settings.top_n]]
     curve = saliency(fused, sigma=0.0 if peer else settings.saliency_sigma)
