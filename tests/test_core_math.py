@@ -636,3 +636,29 @@ def test_saliency_sigma() -> None:
     assert len(smoothed) == curve.size and all(type(x) is float for x in smoothed)
     np.testing.assert_allclose(smoothed, gaussian_smooth(curve, 1.0))
     assert all(0.0 <= x <= 1.0 for x in smoothed)
+
+
+def test_one_caption_embedded_in_other_batches_is_a_flat_curve() -> None:
+    """A static shot captioned alike in every clip: the ingest embeds each batch of 16 captions
+    in one call, and the batch's padding moves float32 embeddings by ~1e-7 (MiniLM: 9e-8 for
+    "a man stands in a kitchen" beside a longer caption).  Min–max stretched the 1e-8 cosine
+    differences to [0, 1], so the answer picked batches by float noise with confident scores;
+    such a curve is now flat and the answer is the whole video with the flat score 0."""
+    from granalign.stages.fusion import FusionSettings, fuse
+
+    rng = np.random.default_rng(11)
+    caption = rng.standard_normal(32).astype(np.float32)
+    caption /= np.linalg.norm(caption)
+    noise = (rng.standard_normal((48, 32)) * 1e-7).astype(np.float32)
+    noise[:16] = 0.0  # the first batch as embedded; two more batches with other padding
+    captions = caption[None, :] + noise
+    queries = rng.standard_normal((2, 32)).astype(np.float32)
+    spread = np.ptp(cosine_similarity(queries, captions), axis=1)
+    assert np.all(spread > 1e-9)  # not constant to float64 rounding
+    assert np.all(normalised_similarity(queries, captions) == 0.0)
+    assert np.all(smoothed_similarity(queries, captions, 1.0) == 0.0)
+    settings = FusionSettings(3, 0.5, 1.0, "zero", True, 0.5)
+    scores = fuse(queries, queries, captions, settings)
+    assert set(scores.fused) == {0.0}
+    curves, fused = scores.variant_scores, scores.fused
+    assert localize_moments(curves, fused, clip_len=2.0, duration=96.0, contrast=True) == [[0.0, 96.0, 0.0]]

@@ -22,6 +22,11 @@ FloatArray = NDArray[np.float64]
 # differences come from float rounding (the same caption embedded twice), not from the model
 # preferring one clip, and stretching them to [0, 1] would invent a preference.
 _CONSTANT_RTOL = 1e-12
+#: Cosines of float32 embeddings are good to about 1e-7: the same caption embedded in another
+#: batch (other padding) moves its cosine by ~1e-8.  A curve of cosines whose spread is below
+#: this carries no preference (a static shot captioned alike in every clip), so the min–max of
+#: ``normalised_similarity`` (and of the smoothed and query-aware curves) treats it as constant.
+COSINE_NOISE = 1e-6
 
 
 def as_finite_array(values: ArrayLike, name: str, *, ndim: int | None = None) -> FloatArray:
@@ -104,12 +109,13 @@ def cosine_similarity(queries: ArrayLike, captions: ArrayLike) -> FloatArray:
     return np.clip(sims, -1.0, 1.0)
 
 
-def minmax_normalise(scores: ArrayLike) -> FloatArray:
+def minmax_normalise(scores: ArrayLike, *, noise: float = 0.0) -> FloatArray:
     """Min–max normalise over the last axis (the clips), row by row, into [0, 1].
 
-    A constant row (max == min, up to float rounding) becomes all zeros: no clip is preferred
-    over another, so no clip may look like a perfect match (1.0) and win the proposal stage;
-    zeros also keep such a query variant from lifting any clip in the averaged fusion.
+    A constant row (max == min, up to float rounding, or a spread of at most ``noise``)
+    becomes all zeros: no clip is preferred over another, so no clip may look like a perfect
+    match (1.0) and win the proposal stage; zeros also keep such a query variant from lifting
+    any clip in the averaged fusion.  Cosine curves pass ``noise=COSINE_NOISE``.
     """
     s = as_finite_array(scores, "scores")
     if s.ndim == 0 or s.shape[-1] == 0:
@@ -119,9 +125,9 @@ def minmax_normalise(scores: ArrayLike) -> FloatArray:
     with np.errstate(over="ignore"):
         spread = high - low
     if not np.all(np.isfinite(spread)):  # a row spans more than the float range: halve it first
-        return minmax_normalise(s / 2.0)
+        return minmax_normalise(s / 2.0, noise=noise / 2.0)
     scale = np.maximum(np.abs(high), np.abs(low))
-    constant = spread <= _CONSTANT_RTOL * np.maximum(scale, 1.0)
+    constant = spread <= np.maximum(_CONSTANT_RTOL * np.maximum(scale, 1.0), noise)
     safe = np.where(constant, 1.0, spread)
     out = np.where(constant, 0.0, (s - low) / safe)
     return np.clip(out, 0.0, 1.0)
@@ -129,4 +135,4 @@ def minmax_normalise(scores: ArrayLike) -> FloatArray:
 
 def normalised_similarity(queries: ArrayLike, captions: ArrayLike) -> FloatArray:
     """The paper's g: cosine similarity min–max normalised over the clips of the video, (q, n)."""
-    return minmax_normalise(cosine_similarity(queries, captions))
+    return minmax_normalise(cosine_similarity(queries, captions), noise=COSINE_NOISE)

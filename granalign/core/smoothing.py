@@ -31,7 +31,7 @@ import math
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from granalign.core.similarity import as_finite_array, cosine_similarity, minmax_normalise
+from granalign.core.similarity import COSINE_NOISE, as_finite_array, cosine_similarity, minmax_normalise
 from granalign.errors import ConfigError
 
 FloatArray = NDArray[np.float64]
@@ -104,4 +104,4 @@ def smoothed_similarity(queries: ArrayLike, captions: ArrayLike, sigma: float = 
     histogram threshold of the proposal stage assumes it).  ``sigma = 0`` equals
     ``similarity.normalised_similarity`` exactly.  Captions must be in clip order.
     """
-    return minmax_normalise(gaussian_smooth(cosine_similarity(queries, captions), sigma))
+    return minmax_normalise(gaussian_smooth(cosine_similarity(queries, captions), sigma), noise=COSINE_NOISE)

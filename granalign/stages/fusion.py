@@ -19,7 +19,7 @@ from numpy.typing import NDArray
 
 from granalign.core.feedback import feedback_queries
 from granalign.core.fusion import AwareMissing, fuse_variants, variant_scores
-from granalign.core.similarity import cosine_similarity, minmax_normalise
+from granalign.core.similarity import COSINE_NOISE, cosine_similarity, minmax_normalise
 from granalign.core.smoothing import smoothed_similarity
 from granalign.core.validation import ImitationGuard
 from granalign.stages.aware_captions import AwareCaptions
@@ -78,7 +78,7 @@ def aware_channel(
     g = np.full((q_d.shape[0], n), np.nan)
     if aware is None or not aware.clips:
         return g, mask
-    scores = minmax_normalise(cosine_similarity(q_d, aware.embeddings))
+    scores = minmax_normalise(cosine_similarity(q_d, aware.embeddings), noise=COSINE_NOISE)
     if settings.imitation_guard and agnostic_emb is not None and query_emb is not None:
         guard = ImitationGuard(max_penalty=settings.imitation_max_penalty)
         scores = (
