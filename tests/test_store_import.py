@@ -98,7 +98,10 @@ def test_import_only_subset(tmp_path, embedder):
         ('{"vid": "~me", "clip_len_s": 2, "captions": ["x"]}', "cannot be a store id"),
         ('{"vid": " a", "clip_len_s": 2, "captions": ["x"]}', "cannot be a store id"),
         ('{"vid": "a\\tb", "clip_len_s": 2, "captions": ["x"]}', "cannot be a store id"),
-        ('{"vid": "a", "clip_len_s": 2, "captions": ["x", "a \\ud800 b"]}', "caption 1 is not valid Unicode"),
+        (  # refused by iter_jsonl with the field, before any caption is validated
+            '{"vid": "a", "clip_len_s": 2, "captions": ["x", "a \\ud800 b"]}',
+            "'captions'[1] is not valid Unicode",
+        ),
         ('{"vid": "a", "captions": ["x"]', "malformed JSON"),
         ("[1, 2]", "JSON object"),
     ],
