@@ -566,3 +566,13 @@ def test_errors_never_show_the_password_of_a_server_url(stub):
     with pytest.raises(BackendError, match="not reachable") as err:
         _rewriter(down, attempts=1).rewrite_batch([QUERY], CORE)
     assert "s3cret-pw" not in str(err.value)
+
+
+def test_a_rewriter_spec_with_replicas_is_refused_at_once():
+    """Replicas (``URL1,URL2``) are a captioner feature; a rewriter given them sent every request
+    to one host under a broken path and fell back on every query."""
+    from granalign.backends.rewriter import make_rewriter
+    from granalign.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"one base URL expected.*replicas is for the captioner"):
+        make_rewriter("openai:http://a:8000/v1,http://b:8000/v1#llama")

@@ -7,6 +7,7 @@ import each other.  A backend is imported only when its spec is used (no torch f
 
 from __future__ import annotations
 
+from granalign.errors import ConfigError
 from granalign.rewrite import FileRewriter, IdentityRewriter, Rewriter
 from granalign.specs import parse_spec
 
@@ -29,6 +30,11 @@ def make_rewriter(spec: str, *, timeout_s: float = 60.0, attempts: int = 3, conc
         return LocalLLMRewriter(parsed.target)
     from granalign.backends.openai_llm import OpenAIRewriter, ServerSettings
 
+    if "," in parsed.target:  # otherwise every request goes to a path like /v1,http://.../v1
+        raise ConfigError(
+            f"rewriter {spec!r}: one base URL expected (openai:<url>#<model>); a comma-separated "
+            "list of replicas is for the captioner, a rewriter takes one server (or its load balancer)"
+        )
     settings = ServerSettings(
         parsed.target, parsed.model, timeout_s=timeout_s, attempts=attempts, concurrency=concurrency
     )
