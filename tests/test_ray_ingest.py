@@ -353,3 +353,45 @@ def test_index_on_ray_logs_plain_progress_lines_when_stderr_is_not_a_terminal(tm
         "ray ingest: 3/8 clips, 0 failed videos",
         "ray ingest: 8/8 clips, 1 failed videos",
     ]
+
+
+def test_a_batch_fails_over_to_the_next_captioner_replica_when_its_own_is_down(monkeypatch, caplog):
+    """One vLLM replica down used to fail every batch sent to it (about 1/n of the batches, and
+    their videos); the batch now asks the next replica. The error crosses Ray as a RayTaskError
+    of the actor's class, built here as Ray builds it."""
+    import ray
+
+    from granalign.errors import BackendError
+    from tools.ray_ingest import _RemoteCaptioner
+
+    def task_error(message: str) -> BaseException:
+        cause = BackendError(message)
+        trace = "Traceback (most recent call last): ..."
+        return ray.exceptions.RayTaskError("Cap.caption", trace, cause).as_instanceof_cause()
+
+    class Replica:
+        def __init__(self, up: bool, name: str) -> None:
+            self.up, self.name, self.calls = up, name, 0
+            self.caption = self
+
+        def remote(self, images, prompts):
+            self.calls += 1
+            if not self.up:
+                return task_error(f"captioner m: the server at http://{self.name}/v1 is not reachable")
+            return [f"{self.name}:{len(images)}"]
+
+    def fake_get(ref):
+        if isinstance(ref, BaseException):
+            raise ref
+        return ref
+
+    monkeypatch.setattr(ray, "get", fake_get)
+    a, b, c = Replica(False, "a"), Replica(True, "b"), Replica(True, "c")
+    assert _RemoteCaptioner([a, b, c], 0, "m").caption(["img"], ["p"]) == ["b:1"]
+    assert _RemoteCaptioner([a, b, c], 2, "m").caption(["img"], ["p"]) == ["c:1"]  # its own first
+    assert (a.calls, b.calls, c.calls) == (1, 1, 1)
+    assert "replica 1 of 3 failed" in caplog.text and "Traceback" not in caplog.text
+    with pytest.raises(BackendError) as err:
+        _RemoteCaptioner([a, Replica(False, "d")], 1, "m").caption(["img"], ["p"])
+    tried = "captioner m: the server at http://a/v1 is not reachable (2 captioner replicas tried)"
+    assert str(err.value) == tried

@@ -27,6 +27,7 @@ server (``CHROMA_URL`` or ``--set chroma_url=...``).
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import resource
 import sys
@@ -49,7 +50,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from granalign.errors import ConfigError, GranAlignError, InputError
+from granalign.errors import BackendError, ConfigError, GranAlignError, InputError
 from granalign.io.video import display_path, find_videos, video_folder
 from granalign.specs import parse_spec
 from graphs import resources
@@ -83,6 +84,8 @@ ACTOR_RESTARTS = 4
 """Restarts of a model actor (its node died) before its calls fail; each reloads the model."""
 TASK_RETRIES = 4
 """Retries of a probe or batch task whose worker or node died."""
+
+log = logging.getLogger(__name__)
 
 
 # -- set-up ------------------------------------------------------------------------------------
@@ -293,16 +296,34 @@ class _RemoteClip:
 
 
 class _RemoteCaptioner:
-    """Stands in for a Captioner; picks one replica's actor per batch."""
+    """Stands in for a Captioner: the batch's replica first (batches spread round the ring), then
+    the others in ring order when it fails with a :class:`BackendError` (its vLLM server down,
+    timed out or answering errors), so one replica down slows the run instead of failing
+    about 1/n of the batches and their videos.  All failing raises the last error."""
 
-    def __init__(self, handle: Any, name: str) -> None:
-        self.handle, self.name = handle, name
+    def __init__(self, handles: Sequence[Any], first: int, name: str) -> None:
+        if not handles:
+            raise ConfigError("no captioner replica to send the batch to")
+        n = len(handles)
+        self.handles = [handles[(first + k) % n] for k in range(n)]
+        self.name = name
 
     def caption(self, images: Sequence[Any], prompts: Sequence[str]) -> list[str]:
         import ray
 
-        result: list[str] = ray.get(self.handle.caption.remote(list(images), list(prompts)))
-        return result
+        for k, handle in enumerate(self.handles):
+            try:
+                result: list[str] = ray.get(handle.caption.remote(list(images), list(prompts)))
+            except BackendError as exc:  # a task's error arrives as a RayTaskError of its class
+                cause = getattr(exc, "cause", None)  # the actor's own error, without Ray's traceback
+                why = str(cause if isinstance(cause, BaseException) else exc)
+                n = len(self.handles)
+                if k + 1 == n:
+                    raise BackendError(f"{why} ({n} captioner replicas tried)") from None
+                log.warning("captioner replica %d of %d failed (%s); trying the next", k + 1, n, why)
+                continue
+            return result
+        raise AssertionError("unreachable")  # pragma: no cover
 
 
 class _RemoteEmbedder:
@@ -383,12 +404,11 @@ def batch_task(
         store.frames_collection(models.clip_name),
         [frame_id(job.video_id, c, models.clip_name, s_key) for c in clips],
     )
-    captioner = models.captioners[job.number % len(models.captioners)]
     writer = _ClipWriter(
         job.video_id,
         store,
         _RemoteClip(models.clip, models.clip_name),
-        _RemoteCaptioner(captioner, models.captioner_name),
+        _RemoteCaptioner(models.captioners, job.number, models.captioner_name),
         _RemoteEmbedder(models.embedder, models.embedder_name),
         s_key,
         p_hash,
