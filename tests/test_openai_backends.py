@@ -112,6 +112,18 @@ def stub_server() -> Iterator[tuple[Stub, str]]:
                 if kind == "sleep":
                     time.sleep(value)
                     kind, value = "content", "late"
+                if kind == "trickle":  # the whole answer promised, then one byte every `value` s
+                    body = _completion("slow")
+                    done()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    for i in range(len(body)):
+                        self.wfile.write(body[i : i + 1])
+                        self.wfile.flush()
+                        time.sleep(value)
+                    return
                 headers = {}
                 if kind == "limited":  # HTTP 429 with Retry-After: value (seconds)
                     kind, value, headers = "status", 429, {"Retry-After": str(value)}
@@ -576,3 +588,15 @@ def test_a_rewriter_spec_with_replicas_is_refused_at_once():
 
     with pytest.raises(ConfigError, match=r"one base URL expected.*replicas is for the captioner"):
         make_rewriter("openai:http://a:8000/v1,http://b:8000/v1#llama")
+
+
+def test_a_server_that_trickles_its_answer_times_out_as_a_whole_request(stub):
+    """Each byte arrives well within the client's per-read timeout, but the answer would take
+    minutes: ``request_timeout`` bounds the whole request, as the README says, and it is retried
+    and then a BackendError like any timeout."""
+    state, url = stub
+    state.script = [("trickle", 0.2)]
+    start = time.perf_counter()
+    with pytest.raises(BackendError, match=r"timed out 2 time\(s\) \(timeout 1 s per request\)"):
+        _rewriter(url, timeout_s=1.0, attempts=2).rewrite_batch([QUERY], CORE)
+    assert time.perf_counter() - start < 10

@@ -154,11 +154,18 @@ async def call_with_retries(call: Callable[[], Awaitable[T]], settings: ServerSe
 
     # a 200 whose body is not JSON (a proxy's page, a body cut short; the openai client lets
     # json's error through) or holds no completion's text is the server's fault, like a 5xx
-    retryable: tuple[type[BaseException], ...] = (*retry_on(), json.JSONDecodeError, NoCompletion)
+    # TimeoutError: the whole request past timeout_s.  The client's own timeout bounds each
+    # network wait, so a server that trickles its answer a byte at a time would never end.
+    retryable: tuple[type[BaseException], ...] = (
+        *retry_on(),
+        json.JSONDecodeError,
+        NoCompletion,
+        TimeoutError,
+    )
     last: BaseException | None = None
     for attempt in range(settings.attempts):
         try:
-            return await call()
+            return await asyncio.wait_for(call(), settings.timeout_s)
         except retryable as exc:
             last = exc
             if attempt + 1 < settings.attempts:
@@ -173,7 +180,7 @@ async def call_with_retries(call: Callable[[], Awaitable[T]], settings: ServerSe
                 f"{what}: the server at {settings.shown_url} answered HTTP {exc.status_code}: "
                 f"{_status_message(exc)}"
             ) from None
-    if isinstance(last, openai.APITimeoutError):
+    if isinstance(last, openai.APITimeoutError | TimeoutError):
         kind = f"timed out {settings.attempts} time(s) (timeout {settings.timeout_s:g} s per request)"
     elif isinstance(last, json.JSONDecodeError):
         snippet = " ".join(re.sub(r"<[^>]*>", " ", str(last.doc)).split())[:80]
