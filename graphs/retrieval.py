@@ -200,8 +200,7 @@ def load_video(state: RetrievalState, runtime: Runtime[Context]) -> dict[str, An
 def plan_rewrites(state: RetrievalState, runtime: Runtime[Context]) -> list[Send]:
     """Fan out: one rewrite task per prompt pair (one for pair-less sources); in full mode also
     the focus extraction and the CLIP filter, which do not depend on the rewrites."""
-    qid = state.get("run_qid")  # as _duration: a node called alone has qid
-    task = {"query": state["query"], "qid": qid if qid is not None else state.get("qid")}
+    task = {"query": state["query"], "qid": _run_input(state, "qid")}
     rewriter = resources.rewriter_for(runtime.context)
     if resources.is_pairless(rewriter):
         sends = [Send("rewrite", RewriteTask(**task, pair_id=""))]  # type: ignore[typeddict-item]
@@ -314,11 +313,15 @@ def fuse(state: RetrievalState, runtime: Runtime[Context]) -> dict[str, Any]:
     }
 
 
+def _run_input(state: RetrievalState, key: str) -> Any:
+    """This run's optional input ``qid`` or ``duration``: ``load_video`` moved it to ``run_<key>``
+    (a kept thread must not reuse the last run's); a node called alone finds it under ``key``."""
+    given = state.get(f"run_{key}")
+    return given if given is not None else state.get(key)
+
+
 def _duration(state: RetrievalState, ctx: Context) -> float:
-    # this run's duration (load_video moved it to run_duration; a node called alone has duration)
-    given = state.get("run_duration")
-    if given is None:
-        given = state.get("duration")
+    given = _run_input(state, "duration")
     if given is not None:  # the same bounds as the proposal stage's, checked before any work
         return positive_seconds("duration", given)
     record = resources.video_captions(ctx, state["video_id"]).record
