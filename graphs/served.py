@@ -12,7 +12,9 @@ They also refuse a run whose context moves what the server's environment fixes
 is as untrusted as a tool caller, and ``{"video_roots": "/"}`` would otherwise open every file
 to it.  Likewise a backend spec may not name a model server the environment does not
 (:data:`ENDPOINT_KEYS`: ``openai:`` requests carry the server's ``$OPENAI_API_KEY``) or a
-``file:`` to read.
+``file:`` to read, and a model may not be loaded from a server-side path the environment does
+not name (:data:`MODEL_KEYS`): loading a folder or checkpoint runs its loader on whatever files
+are there, outside the video roots' check.  Model names and hub ids stay a client's choice.
 
 ``langgraph.json`` points at :func:`retrieval` and :func:`ingest` (and ``agent.served.agent``,
 which checks against the agent's own context); in-process callers keep using
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import fields
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from granalign.errors import ConfigError
@@ -33,6 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ENDPOINT_KEYS",
+    "MODEL_KEYS",
     "OPERATOR_ONLY",
     "check_context_keys",
     "check_operator_keys",
@@ -100,9 +104,44 @@ def fixed_by_server(changed: list[str]) -> ConfigError:
     )
 
 
+MODEL_KEYS = ("rewriter", "embedder", "clip_model", "clip_pretrained", "captioner", "aware_captioner")
+"""Settings that may load model weights: a ``local:`` target (or ``clip_pretrained``) that is a
+path on the server must be the server's own value."""
+
+_MODEL_FILE_SUFFIXES = (".bin", ".ckpt", ".gguf", ".onnx", ".pt", ".pth", ".safetensors")
+
+
+def _names_a_path(target: str) -> bool:
+    """Whether a model target reads as a location on the server's disk rather than a model name
+    or hub id (``org/name``, which only looks like a relative path unless it exists here)."""
+    target = target.partition("#")[0].strip()  # local:<model>#onnx-int8
+    if not target:
+        return False
+    if target.startswith(("/", "~", ".", "\\")) or "\\" in target or ":" in target:
+        return True
+    if target.lower().endswith(_MODEL_FILE_SUFFIXES):
+        return True
+    try:
+        return Path(target).exists()
+    except (OSError, ValueError):
+        return True
+
+
+def _model_path_moved(key: str, value: object, server_value: str) -> bool:
+    """Whether a run's model setting loads weights from a server-side path the server's own
+    setting does not name (a hub id or model name is not a path)."""
+    if not isinstance(value, str) or value.strip() in ("", server_value):
+        return False
+    if key == "clip_pretrained":
+        return _names_a_path(value)
+    engine, _, target = value.strip().partition(":")
+    return engine == "local" and _names_a_path(target)
+
+
 def check_operator_keys(context: object) -> None:
-    """Refuse a served run whose context changes a file-system or store location, or points a
-    model backend at a server (or file) the server's environment does not name."""
+    """Refuse a served run whose context changes a file-system or store location, points a
+    model backend at a server (or file) the server's environment does not name, or loads a
+    model from a server-side path it does not name."""
     if not isinstance(context, Mapping):
         return
     server = Context.from_env()
@@ -117,6 +156,12 @@ def check_operator_keys(context: object) -> None:
     ]
     if changed:
         raise fixed_by_server(sorted(changed))
+    paths = [k for k in MODEL_KEYS if k in context and _model_path_moved(k, context[k], getattr(server, k))]
+    if paths:
+        raise ConfigError(
+            f"setting(s) {paths} name a model file or folder on the server; a run may name a model "
+            "or hub id, or the server's own model (set by its environment, GRANALIGN_*)"
+        )
 
 
 def checked(runtime: ServerRuntime[Any], schema: type = Context) -> None:

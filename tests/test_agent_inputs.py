@@ -95,6 +95,39 @@ def test_a_served_run_cannot_send_the_servers_api_key_to_a_host_it_names(monkeyp
             check_operator_keys({key: value})
 
 
+def test_a_served_run_cannot_load_a_model_from_a_server_path_it_does_not_name(monkeypatch, tmp_path):
+    """Loading a folder or checkpoint runs its loader on whatever files are there: an API client
+    may pick a model name or hub id, or the server's own model path, but no other path."""
+    from graphs.served import check_operator_keys
+
+    own = tmp_path / "minilm"
+    own.mkdir()
+    monkeypatch.setenv("GRANALIGN_EMBEDDER", f"local:{own}")
+    monkeypatch.chdir(tmp_path)
+    check_operator_keys(
+        {
+            "embedder": f"local:{own}",  # the server's own: fine
+            "rewriter": "local:smollm2",
+            "captioner": "local:Qwen/Qwen2.5-VL-7B-Instruct",  # a hub id, not a folder here
+            "clip_model": "local:ViT-B-32",
+            "clip_pretrained": "laion2b_s34b_b79k",
+        }
+    )
+    check_operator_keys({"embedder": "local:sentence-transformers/all-MiniLM-L6-v2#onnx"})
+    for key, value in [
+        ("embedder", "local:/srv/other-model"),
+        ("embedder", f"local:{own}#onnx-int8"),  # the server's folder, another loader: not its value
+        ("rewriter", "local:~/models/llm"),
+        ("captioner", "local:../weights"),
+        ("aware_captioner", "local:minilm"),  # exists relative to the server's folder
+        ("clip_model", "local:C:\\models\\clip"),
+        ("clip_pretrained", "/tmp/evil.pt"),
+        ("clip_pretrained", "weights.safetensors"),
+    ]:
+        with pytest.raises(ConfigError, match=rf"\['{key}'\] name a model file or folder"):
+            check_operator_keys({key: value})
+
+
 def test_a_served_agent_run_cannot_pick_the_key_variable_or_another_model_host(monkeypatch):
     from agent.served import check_agent_keys
 
