@@ -146,3 +146,18 @@ def test_a_damaged_experiment_row_is_computed_again(tmp_path: Path) -> None:
     got = _invoke(*args)
     assert got.exit_code == 0, got.output
     assert "(cached)" not in got.output and json.loads(row.read_text())["key"] == json.loads(good)["key"]
+
+
+def test_an_experiment_on_an_empty_captions_file_says_so_before_any_rewrite(tmp_path: Path) -> None:
+    """It used to rewrite every query (minutes with a local LM) and then stop at its first
+    setting with "video ... is not in the store", never naming the empty file."""
+    annotations, _, _, _ = _paraphrase_run_inputs(tmp_path)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    out = tmp_path / "out"
+    args = ["experiment", "--annotations", str(annotations), "--captions", str(empty),
+            "--store", str(tmp_path / "store"), "--out-dir", str(out)]  # fmt: skip
+    got = _invoke(*args)
+    assert got.exit_code != 0
+    assert f"captions file {empty} is empty; no query could be answered" in " ".join(got.output.split())
+    assert not (out / "settings").exists()

@@ -279,7 +279,7 @@ def run_benchmark(
     import_s = time.perf_counter() - t0
     source = caption_source or source_name_for(captions_path)
     vids = sorted({a.vid for a in annotations})
-    have = store.complete_video_ids(vids, source=source, embedder_name=embedder.name)
+    have = captioned_videos(store, embedder.name, source, vids, captions_path, annotations_path)
     unavailable = {v: f"video {v} has no captions in {captions_path}" for v in vids if v not in have}
     t0 = time.perf_counter()
     resources.warm_rewrites(
@@ -316,7 +316,8 @@ def run_benchmark(
     resumed = len(journal.rows)
     resumed_answered = sum(1 for r in journal.rows if "pred" in r)
     if not preds:
-        raise InputError(f"no query of {annotations_path} could be answered ({len(skipped)} skipped)")
+        first = f", the first: {skipped[0][1]}" if skipped else ""
+        raise InputError(f"no query of {annotations_path} could be answered ({len(skipped)} skipped{first})")
     if predictions_out is not None:  # saved before scoring: a scoring error loses no work
         write_jsonl(predictions_out, preds)
     metrics = evaluate_submission(scored_predictions(annotations, preds), [a.raw for a in annotations])
@@ -341,6 +342,31 @@ def run_benchmark(
 #: seconds and saliency on the evaluator's grid), so a run interrupted under an older release
 #: does not resume with rows that a fresh run would not write.
 PREDICTION_FORMAT = 2
+
+
+def captioned_videos(
+    store: Any,
+    embedder_name: str,
+    source: str,
+    vids: Sequence[str],
+    captions_path: str | Path,
+    annotations_path: str | Path,
+) -> set[str]:
+    """The annotations' videos whose captions are in the store; none at all is an error said once,
+    up front, not a run in which every query is skipped for the same reason."""
+    have = set(store.complete_video_ids(list(vids), source=source, embedder_name=embedder_name))
+    if not have:
+        raise InputError(_no_captions_reason(captions_path, annotations_path, len(set(vids))))
+    return have
+
+
+def _no_captions_reason(captions_path: str | Path, annotations_path: str | Path, videos: int) -> str:
+    """Why no query can be answered when none of the annotations' videos has captions: an empty
+    file (a failed export) reads differently from a file of another split."""
+    with Path(captions_path).open(encoding="utf-8", errors="replace") as lines:
+        empty = not any(line.strip() for line in lines)
+    what = "is empty" if empty else f"holds none of the {videos} video(s) of {annotations_path}"
+    return f"captions file {captions_path} {what}; no query could be answered"
 
 
 def journal_key(settings: Any, annotations: Sequence[Annotation]) -> str:

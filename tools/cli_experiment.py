@@ -60,7 +60,7 @@ def experiment_cmd(
     """Compare prompt pairs and ablations; writes results.md, results.csv and results.png."""
     from granalign.io.captions_import import import_captions, source_name_for
     from graphs import resources
-    from tools.bench import read_annotations
+    from tools.bench import captioned_videos, read_annotations
     from tools.experiment import plan_settings, run_setting, write_reports
 
     check_output_dir(out_dir, "--out-dir")
@@ -81,14 +81,17 @@ def experiment_cmd(
     rows = []
     with _progress() as bar:
         imp = bar.add_task("import", total=None)
+        store, embedder = resources.store_for(base), resources.embedder_for(base)
         import_captions(
-            resources.store_for(base),
-            resources.embedder_for(base),
+            store,
+            embedder,
             captions,
             source=source_name_for(captions),
             only={a.vid for a in anns},
             on_progress=lambda d, t: bar.update(imp, completed=d, total=t),
         )
+        vids = sorted({a.vid for a in anns})
+        captioned_videos(store, embedder.name, source_name_for(captions), vids, captions, annotations)
         for setting in settings:
             task = bar.add_task(setting.name[:10], total=len(anns))
             row = run_setting(
