@@ -214,6 +214,42 @@ def test_http_429_is_retried_after_the_servers_retry_after(stub):
         _rewriter(url, attempts=2).rewrite_batch([QUERY], CORE)
 
 
+def test_a_request_waiting_to_retry_gives_its_slot_to_the_others(stub):
+    """The concurrency semaphore was held around all of a request's attempts, so one waiting
+    out a backoff or a 429's Retry-After kept its slot with nothing in flight: with a server
+    that 503s a few requests, the others queued behind sleeps.  Now the slot is held per
+    attempt: with concurrency 1, the second request is answered while the first one waits."""
+    from PIL import Image
+
+    state, url = stub
+    good = json.dumps({"simplified": "A man rides a bike.", "detailed": "A man rides a bike down a street."})
+    state.script = [("status", 503), ("content", good)]
+    queries = [QUERY, "a woman feeds ducks at a pond"]
+    rewriter = _rewriter(url, attempts=2, backoff_s=1.0, concurrency=1)
+    got = rewriter.rewrite_batch(queries, CORE)
+    assert len(got) == 2  # no BackendError
+    asked = [next(q for q in queries if q in body["messages"][-1]["content"]) for body in state.requests]
+    assert len(asked) == 3 and asked[1] != asked[0] and asked[2] == asked[0]  # the other one, then the retry
+
+    state.requests.clear()
+    state.script = [("limited", 1), ("content", "a frame")]
+    captioner = make_captioner(f"openai:{url}#qwen", attempts=2, concurrency=1)
+    assert captioner.caption([Image.new("RGB", (32, 32))] * 2, ["first", "second"]) == ["a frame"] * 2
+    asked = [body["messages"][0]["content"][0]["text"] for body in state.requests]
+    assert len(asked) == 3 and asked[1] != asked[0] and asked[2] == asked[0]
+
+
+def test_time_queued_for_a_slot_does_not_count_against_the_request_timeout(stub):
+    """Each request gets ``timeout_s`` once it is sent: the third of three answered in 0.3 s
+    each, one at a time, waits 0.6 s for its slot and must not time out at 0.5 s."""
+    state, url = stub
+    good = json.dumps({"simplified": "A man rides a bike.", "detailed": "A man rides a bike down a street."})
+    state.script, state.delay = [("content", good)], 0.3
+    queries = [QUERY, "a woman feeds ducks at a pond", "a dog catches a frisbee"]
+    got = _rewriter(url, attempts=1, timeout_s=0.5, concurrency=1).rewrite_batch(queries, CORE)
+    assert len(got) == 3 and state.max_in_flight == 1  # no BackendError: none timed out
+
+
 @pytest.mark.parametrize(
     ("script", "kw", "needle", "requests"),
     [

@@ -342,8 +342,7 @@ class OpenAICaptioner:
             )
             return completion_text(response)  # none: a failure, never an empty caption
 
-        async with gate:
-            return await call_with_retries(call, settings, what=f"captioner {settings.model}")
+        return await call_with_retries(call, settings, what=f"captioner {settings.model}", gate=gate)
 
     async def _caption_all(self, urls: list[str], prompts: list[str]) -> list[str]:
         async def one(i: int, url: str, prompt: str) -> str:

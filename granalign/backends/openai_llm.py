@@ -29,6 +29,7 @@ the reason recorded (see :func:`granalign.rewrite.rewrite_from_outputs`), never 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -148,8 +149,21 @@ def _status_message(exc: Any) -> str:
     return (str(getattr(exc, "message", "")) or str(exc))[:300]
 
 
-async def call_with_retries(call: Callable[[], Awaitable[T]], settings: ServerSettings, *, what: str) -> T:
-    """Await ``call()``; retry 5xx, 429 and timeouts with backoff; turn every failure into BackendError."""
+async def call_with_retries(
+    call: Callable[[], Awaitable[T]],
+    settings: ServerSettings,
+    *,
+    what: str,
+    gate: asyncio.Semaphore | None = None,
+) -> T:
+    """Await ``call()``; retry 5xx, 429 and timeouts with backoff; turn every failure into BackendError.
+
+    ``gate`` (the backend's ``concurrency`` semaphore) is held per attempt, not around the
+    retries: a request waiting out its backoff or a 429's ``Retry-After`` has nothing in
+    flight, and keeping its slot would stall every other request to a server that answers
+    them.  It is taken before the timeout starts: time queued behind our own requests is not
+    a slow server.
+    """
     import openai
 
     # a 200 whose body is not JSON (a proxy's page, a body cut short; the openai client lets
@@ -165,7 +179,8 @@ async def call_with_retries(call: Callable[[], Awaitable[T]], settings: ServerSe
     last: BaseException | None = None
     for attempt in range(settings.attempts):
         try:
-            return await asyncio.wait_for(call(), settings.timeout_s)
+            async with gate if gate is not None else contextlib.nullcontext():
+                return await asyncio.wait_for(call(), settings.timeout_s)
         except retryable as exc:
             last = exc
             if attempt + 1 < settings.attempts:
@@ -383,7 +398,13 @@ class OpenAIRewriter:
         self.name = f"openai:{settings.model}"
 
     async def _chat(
-        self, client: Any, system: str, user: str, schema_name: str, schema: dict[str, Any]
+        self,
+        client: Any,
+        gate: asyncio.Semaphore,
+        system: str,
+        user: str,
+        schema_name: str,
+        schema: dict[str, Any],
     ) -> str:
         messages = ([{"role": "system", "content": system}] if system else []) + [
             {"role": "user", "content": user}
@@ -401,7 +422,7 @@ class OpenAIRewriter:
             )
             return completion_text(response)
 
-        return await call_with_retries(call, self.settings, what=f"rewriter {self.settings.model}")
+        return await call_with_retries(call, self.settings, what=f"rewriter {self.settings.model}", gate=gate)
 
     def rewrite_batch(self, queries: list[str], pair: PromptPair) -> list[Rewrite]:
         """One request per query (all in flight at once); a server failure raises BackendError."""
@@ -415,8 +436,7 @@ class OpenAIRewriter:
         async def one(query: str) -> Rewrite:
             simplify, detail = pair.render_simplify(query), pair.render_detail(query)
             user = _PAIR_TEMPLATE.format(simplify=simplify, detail=detail)
-            async with gate:
-                raw = await self._chat(client, pair.system, user, "rewrite_pair", REWRITE_SCHEMA)
+            raw = await self._chat(client, gate, pair.system, user, "rewrite_pair", REWRITE_SCHEMA)
             return self._to_rewrite(pair, query, raw, (simplify, detail))
 
         return list(await asyncio.gather(*(one(q) for q in queries)))
@@ -454,7 +474,6 @@ class OpenAIRewriter:
         return entities, actions, ""
 
     async def _focus(self, client: Any, gate: asyncio.Semaphore, query: str) -> str:
-        async with gate:
-            return await self._chat(
-                client, FOCUS_SYSTEM, FOCUS_TEMPLATE.format(query=query), "query_focus", FOCUS_SCHEMA
-            )
+        return await self._chat(
+            client, gate, FOCUS_SYSTEM, FOCUS_TEMPLATE.format(query=query), "query_focus", FOCUS_SCHEMA
+        )
