@@ -35,6 +35,29 @@ def _bounds(name: str) -> dict[str, Any]:
     return {"lo": lo, "hi": hi}
 
 
+RUN_ONLY_SETTINGS: frozenset[str] = frozenset(
+    {
+        "concurrency",
+        "request_timeout",
+        "request_attempts",
+        "ingest_batch",
+        "lock_dir",
+        "ingest_lock_timeout",
+        "store_lock_timeout",
+        "checkpointer",
+        "checkpoint_db",
+        "keep_threads",
+        "video_roots",
+        "auto_ingest",
+    }
+)
+"""Settings that decide how a run is carried out, never what it answers: how long and how often
+to wait for a server or a lock, the ingest batch (a resume unit, not a result), where checkpoints
+go, and what a run may read or ingest (a run they forbid fails; it does not answer otherwise).
+Every other field counts for :meth:`Context.answer_settings`, so a new field is answer-relevant
+until someone shows it is not."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class Context:
     """Hyperparameters (paper names in brackets) and backend specs of one retrieval run."""
@@ -376,6 +399,18 @@ class Context:
         """This Context as a front end that answers a person or an agent runs it: an ``auto``
         answer profile becomes ``distinct`` (an explicit profile is kept)."""
         return self.with_overrides(answer_profile="distinct") if self.answer_profile == "auto" else self
+
+    def answer_settings(self) -> dict[str, Any]:
+        """The settings this run's answer depends on (all but :data:`RUN_ONLY_SETTINGS`), so two
+        runs can be told apart by what they would answer, not by how patiently they wait.
+
+        ``auto`` reads as ``benchmark``: the graph treats them alike (front ends turn ``auto``
+        into ``distinct`` before a run starts, see :meth:`for_answers`).
+        """
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in RUN_ONLY_SETTINGS}
+        if values["answer_profile"] == "auto":
+            values["answer_profile"] = "benchmark"
+        return values
 
     def proposal_kwargs(self) -> dict[str, Any]:
         """The :class:`ProposalParams` fields of this Context (it has one of each name)."""

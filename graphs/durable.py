@@ -22,10 +22,11 @@ timeout so several processes can share it.
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import threading
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypedDict, Unpack
 
@@ -175,20 +176,35 @@ def _durability(ctx: Context) -> dict[str, Any]:
 def _start(ctx: Context, graph_input: dict[str, Any], thread_id: str | None) -> tuple[str, Any]:
     """(thread id, input): ``None`` input resumes the thread's unfinished run.
 
-    The unfinished run must be for the same video and query: a reused id must not silently
-    answer an older question.  A finished run kept under the id is replaced by the new one.
+    The unfinished run must be for the same video and query, made with the same answer settings
+    (:meth:`Context.answer_settings`): a reused id must not silently answer an older question,
+    nor finish a run whose done steps (rewrites, key clips, fused curves) followed other settings
+    than its remaining ones: that answer is neither the old settings' nor the new ones'.  A
+    mismatch is refused rather than started afresh: reusing a failed run's id asks to continue
+    it, so quietly redoing its work (or ignoring that a setting or variable changed) would hide
+    the mistake.  A finished run kept under the id is replaced by the new one.
     """
     tid = thread_id or new_thread_id()
     if thread_id is None:
         return tid, graph_input
     if not pending_run(ctx, thread_id):
-        # a finished run kept under this id (keep_threads): a new run there would add its
-        # rewrites and notes to the old run's (their channels accumulate), so it starts fresh
-        saver = checkpointer_for(ctx)
-        if saver is not None and saver.get_tuple(thread_config(thread_id)) is not None:
-            saver.delete_thread(thread_id)
+        _drop_finished(ctx, thread_id)
         return tid, graph_input
-    saved = durable_retrieval_graph(ctx).get_state(thread_config(thread_id)).values
+    snapshot = durable_retrieval_graph(ctx).get_state(thread_config(thread_id))
+    _check_same_input(thread_id, snapshot.values, graph_input)
+    _check_same_settings(thread_id, snapshot.metadata, ctx)
+    return tid, None
+
+
+def _drop_finished(ctx: Context, thread_id: str) -> None:
+    """Delete a finished run kept under ``thread_id`` (keep_threads): a new run there would add
+    its rewrites and notes to the old run's (their channels accumulate), so it starts fresh."""
+    saver = checkpointer_for(ctx)
+    if saver is not None and saver.get_tuple(thread_config(thread_id)) is not None:
+        saver.delete_thread(thread_id)
+
+
+def _check_same_input(thread_id: str, saved: dict[str, Any], graph_input: dict[str, Any]) -> None:
     for key in ("video", "query"):
         # load_video stores the cleaned query: compare cleaned with cleaned
         if key in graph_input and _same_input(key, saved.get(key), graph_input[key]) is False:
@@ -196,7 +212,6 @@ def _start(ctx: Context, graph_input: dict[str, Any], thread_id: str | None) -> 
                 f"thread_id {thread_id!r} holds an unfinished run for another {key} "
                 f"({saved.get(key)!r}); use a new thread id or resume with the same {key}"
             )
-    return tid, None
 
 
 def _same_input(key: str, saved: Any, given: Any) -> bool | None:
@@ -209,6 +224,44 @@ def _same_input(key: str, saved: Any, given: Any) -> bool | None:
         except InputError:
             pass
     return bool(saved == given)
+
+
+SETTINGS_KEY = "granalign_settings"
+"""Checkpoint metadata key of a run's answer settings (JSON).  LangGraph copies a run config's
+``metadata`` into every checkpoint it writes, the input checkpoint included, so the settings are
+on file before any step can fail, without a state channel that every node would carry."""
+
+
+def _settings_json(ctx: Context) -> str:
+    return json.dumps(ctx.answer_settings())
+
+
+def _check_same_settings(thread_id: str, metadata: Mapping[str, Any] | None, ctx: Context) -> None:
+    changed = _settings_change((metadata or {}).get(SETTINGS_KEY), ctx)
+    if changed:
+        raise InputError(
+            f"thread_id {thread_id!r} holds an unfinished run made with other settings ({changed}); "
+            "use a new thread id or resume with the same settings"
+        )
+
+
+def _settings_change(saved: Any, ctx: Context) -> str:
+    """``top_k 10 → 5, rewriter 'none' → 'local:smollm2'`` ('' when equal, or when a run
+    checkpointed by an older version recorded none: it resumes as it did then)."""
+    if not isinstance(saved, str):
+        return ""
+    then = json.loads(saved)
+    now = json.loads(_settings_json(ctx))  # the same JSON round trip as the saved side
+
+    def shown(values: dict[str, Any], name: str) -> str:
+        return repr(values[name]) if name in values else "unrecorded"
+
+    names = [*now, *(name for name in then if name not in now)]
+    return ", ".join(
+        f"{name} {shown(then, name)} → {shown(now, name)}"
+        for name in names
+        if name not in then or name not in now or then[name] != now[name]
+    )
 
 
 def _mark(exc: BaseException, ctx: Context, tid: str) -> None:
@@ -247,7 +300,14 @@ def _stream_call(ctx: Context, tid: str, options: StreamOptions) -> tuple[Any, d
         "stream_mode": list(options.get("stream_mode", ("custom", "values"))),
         **_durability(ctx),
     }
-    return durable_retrieval_graph(ctx), {"config": thread_config(tid, options.get("config")), **kwargs}
+    return durable_retrieval_graph(ctx), {"config": _run_config(ctx, tid, options.get("config")), **kwargs}
+
+
+def _run_config(ctx: Context, tid: str, base: RunnableConfig | None) -> RunnableConfig:
+    """The thread's config, with the run's answer settings for its checkpoints (:data:`SETTINGS_KEY`)."""
+    config = thread_config(tid, base)
+    config["metadata"] = {**config.get("metadata", {}), SETTINGS_KEY: _settings_json(ctx)}
+    return config
 
 
 def stream_retrieval(

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ from granalign.errors import InputError
 from granalign.io.captions_import import import_captions
 from granalign.stages import proposals as retrieval_module  # the propose node's stage
 from graphs import durable, resources
-from graphs.context import Context
+from graphs.context import RUN_ONLY_SETTINGS, Context
 from graphs.retrieval import graph as plain_graph
 from tests.conftest import approx_moments
 from tests.test_graph import CAPTIONS
@@ -91,6 +92,28 @@ def test_failed_run_resumes_by_thread_id_without_redoing_finished_steps(ctx, mon
     assert not durable.pending_run(ctx, "t-1")  # a finished thread is deleted
     again, nodes = _final(ctx, thread_id="t-1")  # same id, nothing pending: a fresh run
     assert nodes[0] == "load_video" and again["moments"] == expected["moments"]
+
+
+def test_a_resume_under_other_answer_settings_is_refused_and_run_only_settings_pass(ctx, monkeypatch):
+    """The failed run's finished steps followed its settings: resuming it under other ones would
+    answer with a mix neither setting gives, so it is refused, naming what changed, and the run
+    stays for a proper resume.  Settings that only bound waiting or bookkeeping do not block it."""
+    assert {f.name for f in fields(Context)} >= RUN_ONLY_SETTINGS  # no stale names
+    expected = plain_graph.invoke(INPUT, context=ctx)
+    monkeypatch.setattr(retrieval_module, "propose_windows", FailOnce())
+    with pytest.raises(RuntimeError, match="injected"):
+        list(durable.stream_retrieval(ctx, INPUT, thread_id="t-set"))
+    changed = ctx.with_overrides(m=2, top_k=ctx.top_k + 1)
+    refused = (
+        rf"thread_id 't-set' holds an unfinished run made with other settings "
+        rf"\(m 3 → 2, top_k {ctx.top_k} → {ctx.top_k + 1}\); use a new thread id"
+    )
+    with pytest.raises(InputError, match=refused):
+        list(durable.stream_retrieval(changed, INPUT, thread_id="t-set"))
+    assert durable.pending_run(ctx, "t-set")
+    patient = ctx.with_overrides(request_timeout=5.0, concurrency=1, answer_profile="benchmark")
+    got, nodes = _final(patient, thread_id="t-set")
+    assert nodes == ["propose", "nms"] and got["moments"] == expected["moments"]
 
 
 def test_async_run_resumes_through_the_same_file(ctx, monkeypatch):
