@@ -15,11 +15,12 @@ Its content is never interpreted: "ignore previous instructions" is just text to
 
 from __future__ import annotations
 
+import re
 import unicodedata
 
 from granalign.errors import InputError
 
-__all__ = ["MAX_QUERY_CHARS", "clean_query", "clean_text", "seconds_text"]
+__all__ = ["MAX_QUERY_CHARS", "clean_query", "clean_text", "seconds_text", "without_markup"]
 
 MAX_QUERY_CHARS = 500
 """A moment query is a sentence; 500 characters leave room for a long one, not for a document."""
@@ -61,3 +62,12 @@ def seconds_text(x: float) -> str:
     citation and 17.25 in the JSON next to it."""
     text = f"{x:.4f}".rstrip("0")
     return text + "0" if text.endswith(".") else text
+
+
+_MARKUP = re.compile(r"<[^>]*>")
+
+
+def without_markup(text: str) -> str:
+    """``text`` with its HTML tags as spaces: a proxy's or server's error page quoted in one of
+    our messages should read as its words, not as ``<html><head><title>``."""
+    return _MARKUP.sub(" ", text)

@@ -43,6 +43,7 @@ from urllib.parse import urlsplit, urlunsplit
 from granalign.errors import BackendError, ConfigError
 from granalign.prompt_files import prompt_text
 from granalign.rewrite import Rewrite, rewrite_from_outputs
+from granalign.text import without_markup
 from granalign.tokens import alnum_words
 from prompts import PromptPair
 
@@ -198,7 +199,7 @@ async def call_with_retries(
     if isinstance(last, openai.APITimeoutError | TimeoutError):
         kind = f"timed out {settings.attempts} time(s) (timeout {settings.timeout_s:g} s per request)"
     elif isinstance(last, json.JSONDecodeError):
-        snippet = " ".join(re.sub(r"<[^>]*>", " ", str(last.doc)).split())[:80]
+        snippet = " ".join(without_markup(str(last.doc)).split())[:80]
         kind = f"answered HTTP 200 {settings.attempts} time(s) with a body that is not JSON: {snippet!r}"
     elif isinstance(last, NoCompletion):
         kind = f"answered HTTP 200 {settings.attempts} time(s) without a completion: {last}"

@@ -48,6 +48,7 @@ from numpy.typing import NDArray
 
 from granalign.errors import BackendError, ConfigError, InputError
 from granalign.io.locks import acquire_store_lock, release_store_lock
+from granalign.text import without_markup
 
 VIDEOS = "videos"
 REWRITES = "rewrites"
@@ -233,7 +234,7 @@ def _heartbeat_status(chroma_url: str, headers: dict[str, str]) -> tuple[int, bo
 
 def _server_reason(exc: BaseException) -> str:
     """The first line of a server's error, without HTML markup, at most 200 characters."""
-    text = re.sub(r"<[^>]*>", " ", str(exc))
+    text = without_markup(str(exc))
     line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "") or type(exc).__name__
     return line if len(line) <= 200 else line[:199] + "…"
 
