@@ -206,17 +206,23 @@ def _evict(cache: OrderedDict[Any, Any], max_items: int, size: Callable[[Any], i
         total -= size(old)
 
 
-def video_captions(ctx: Context, video_id: str, *, check: bool = False) -> VideoCaptions:
+def video_captions(
+    ctx: Context, video_id: str, *, check: bool = False, record: VideoRecord | None = None
+) -> VideoCaptions:
     """Agnostic captions C_agn of a stored video and their embeddings (LRU-cached).
 
     ``check``: read the video's record and reload when it changed since it was cached (a
     re-import of an edited file, a removal, here or in another process sharing the store);
-    the retrieval's first step does, the steps after it reuse what it loaded.
+    the retrieval's first step does, the steps after it reuse what it loaded.  ``record``: the
+    record the caller has just read for this check (one store read per query, one HTTP round
+    trip with a Chroma server, instead of two).
     """
     store = store_for(ctx)
     embedder = embedder_for(ctx)
     key = (store.location, video_id, embedder.name)
-    fresh = store.video(video_id) if check else None
+    fresh = None
+    if check:
+        fresh = record if record is not None and record.video_id == video_id else store.video(video_id)
     with _CAPTIONS_LOCK:
         hit = _CAPTIONS.get(key)
         if hit is not None and (not check or hit.record == fresh):

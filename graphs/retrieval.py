@@ -19,7 +19,7 @@ captions fall back to ``aware_missing``, each recorded in ``notes``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, StateGraph
@@ -127,16 +127,25 @@ def _reingest(runtime: Runtime[Context], record: VideoRecord, mismatch: str) -> 
         raise InputError(f"{head}; re-ingesting it failed ({exc}); {REINGEST_ADVICE}") from exc
 
 
-def _resolve_video(runtime: Runtime[Context], video: str) -> tuple[str, str, list[str]]:
-    """(video id, file path or '', notes of an ingest it ran) for a store id or a video file,
-    ingesting when needed."""
+class _Resolved(NamedTuple):
+    video_id: str
+    path: str
+    """The video file, '' for a store id."""
+    notes: list[str]
+    """Notes of an ingest it ran (damaged packets skipped, ...)."""
+    record: VideoRecord | None
+    """The store record read on the way, when no ingest has replaced it since."""
+
+
+def _resolve_video(runtime: Runtime[Context], video: str) -> _Resolved:
+    """A store id or a video file, ingesting when needed."""
     ctx = runtime.context
     record = _stored_record(ctx, video)
     if record is not None:
         mismatch = ingest_mismatch(ctx, record)
         if mismatch:
-            return _reingest(runtime, record, mismatch)
-        return record.video_id, "", []
+            return _Resolved(*_reingest(runtime, record, mismatch), None)
+        return _Resolved(record.video_id, "", [], record)
     try:
         resolved = resolve_video_path(video, resources.video_roots(ctx))
     except VideoNotFound:
@@ -149,11 +158,11 @@ def _resolve_video(runtime: Runtime[Context], video: str) -> tuple[str, str, lis
         ) from None
     video_id = content_hash(resolved)
     record = resources.store_for(ctx).video(video_id)
-    notes: list[str] = []
     if record is None or not record.complete or record.ingest_key != resources.ingest_key(ctx):
         why = "is not in the store" if record is None else "is not fully ingested with these settings"
         video_id, notes = _ingest(runtime, str(resolved), why)
-    return video_id, str(resolved), notes
+        return _Resolved(video_id, str(resolved), notes, None)
+    return _Resolved(video_id, str(resolved), [], record)
 
 
 def load_video(state: RetrievalState, runtime: Runtime[Context]) -> dict[str, Any]:
@@ -162,8 +171,8 @@ def load_video(state: RetrievalState, runtime: Runtime[Context]) -> dict[str, An
     video = state.get("video")
     if not isinstance(video, str) or not video.strip():
         raise InputError("video must be a non-empty string (a store video id or a video file path)")
-    video_id, path, notes = _resolve_video(runtime, video.strip())
-    found = resources.video_captions(runtime.context, video_id, check=True)
+    video_id, path, notes, record = _resolve_video(runtime, video.strip())
+    found = resources.video_captions(runtime.context, video_id, check=True, record=record)
     if not found.record.has_frames:
         notes.append("caption-only mode: no frames, so clip_filter and query-aware captions were skipped")
     elif found.record.duration_s < found.record.clip_len_s:

@@ -233,3 +233,23 @@ def test_a_reimported_video_is_answered_from_its_new_captions(tmp_path):
         out = graph.invoke(query, context=ctx)
     saliency = out["saliency"]
     assert saliency.index(max(saliency)) in (0, 1)  # the car clips now open the video
+
+
+def test_a_query_on_a_stored_id_reads_its_record_once(store_dir, monkeypatch):
+    """load_video resolved the id (one record read) and then checked the caption cache against a
+    second read of the same record: two HTTP round trips per query with a Chroma server."""
+    from granalign.io.store import Store
+
+    ctx = Context(store_dir=str(store_dir))
+    query = {"video": "kitchen", "query": "a man cuts carrots"}
+    graph.invoke(query, context=ctx)  # captions cached
+    reads: list[str] = []
+    real = Store.video
+
+    def counted(self: Store, video_id: str):  # type: ignore[no-untyped-def]
+        reads.append(video_id)
+        return real(self, video_id)
+
+    monkeypatch.setattr(Store, "video", counted)
+    out = graph.invoke(query, context=ctx)
+    assert out["moments"] and reads == ["kitchen"]
