@@ -120,6 +120,24 @@ def test_python_example_runs_as_written(
         assert "moment(s), best first" in printed or "video_id" in printed, printed
 
 
+@pytest.mark.parametrize("index", range(len(code_blocks("python"))))
+def test_python_example_is_formatted_as_the_project_is(index: int) -> None:
+    """Users paste these blocks: they should look like the code ``ruff format`` keeps."""
+    import subprocess
+    import sys
+
+    _, code = code_blocks("python")[index]
+    ruff = Path(sys.executable).with_name("ruff")
+    done = subprocess.run(
+        [str(ruff), "format", "--diff", "--stdin-filename", "readme_block.py", "-"],
+        input=code + "\n",
+        capture_output=True,
+        text=True,
+        cwd=README.parent,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 def test_the_after_make_run_commands_run_as_written(user_shell: Path) -> None:
     [block] = runnable_blocks()
     commands = granalign_commands(block)
