@@ -81,9 +81,9 @@ def experiment_cmd(
     rows = []
     with _progress() as bar:
         imp = bar.add_task("import", total=None)
-        store, embedder = resources.store_for(base), resources.embedder_for(base)
+        st, embedder = resources.store_for(base), resources.embedder_for(base)
         import_captions(
-            store,
+            st,
             embedder,
             captions,
             source=source_name_for(captions),
@@ -91,7 +91,7 @@ def experiment_cmd(
             on_progress=lambda d, t: bar.update(imp, completed=d, total=t),
         )
         vids = sorted({a.vid for a in anns})
-        captioned_videos(store, embedder.name, source_name_for(captions), vids, captions, annotations)
+        captioned_videos(st, embedder.name, source_name_for(captions), vids, captions, annotations)
         for setting in settings:
             task = bar.add_task(setting.name[:10], total=len(anns))
             row = run_setting(
