@@ -8,7 +8,8 @@ refuse unknown keys there, with the CLI's message (a ``ConfigError``, which the 
 as the run's error), and otherwise hand back the compiled graph unchanged.
 
 They also refuse a run whose context moves what the server's environment fixes
-(:data:`OPERATOR_ONLY`: the video roots, the store, the locks, the checkpoints): an API client
+(:data:`OPERATOR_ONLY`: the video roots, the store, the locks, the checkpoints, the requests
+in flight per model server): an API client
 is as untrusted as a tool caller, and ``{"video_roots": "/"}`` would otherwise open every file
 to it.  Likewise a backend spec may not name a model server the environment does not
 (:data:`ENDPOINT_KEYS`: ``openai:`` requests carry the server's ``$OPENAI_API_KEY``) or a
@@ -76,9 +77,11 @@ def check_context_keys(context: object, schema: type = Context) -> None:
         raise ConfigError(f"unknown setting(s) {sorted(unknown)}; allowed: {sorted(known)}")
 
 
-OPERATOR_ONLY = ("video_roots", "store_dir", "chroma_url", "lock_dir", "checkpoint_db")
-"""Settings that decide which files and store a run may touch: the server's environment sets
-them; a client that could change them would move the video roots (and the path check) anywhere."""
+OPERATOR_ONLY = ("video_roots", "store_dir", "chroma_url", "lock_dir", "checkpoint_db", "concurrency")
+"""Settings that decide which files and store a run may touch, and how many requests at once
+the model servers get: the server's environment sets them; a client that could change them
+would move the video roots (and the path check) anywhere, or send 256 requests at once to a
+vLLM server sized for the operator's limit."""
 
 
 ENDPOINT_KEYS = ("rewriter", "captioner", "aware_captioner")

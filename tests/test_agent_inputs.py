@@ -72,7 +72,13 @@ def test_a_served_run_cannot_move_the_video_roots_or_the_store(monkeypatch, tmp_
     monkeypatch.setenv("GRANALIGN_VIDEO_ROOTS", str(tmp_path))
     check_operator_keys({"top_n": 3, "video_roots": "", "answer_profile": "distinct"})
     check_operator_keys({"video_roots": str(tmp_path)})  # the server's own value: fine
-    for key, value in [("video_roots", "/"), ("store_dir", "/tmp/elsewhere"), ("lock_dir", "/etc")]:
+    check_operator_keys({"concurrency": 8})  # the server's own (default) value
+    for key, value in [
+        ("video_roots", "/"),
+        ("store_dir", "/tmp/elsewhere"),
+        ("lock_dir", "/etc"),
+        ("concurrency", 256),  # every run would add its own 256 requests at once
+    ]:
         with pytest.raises(ConfigError, match=key):
             check_operator_keys({key: value})
 

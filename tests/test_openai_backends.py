@@ -250,6 +250,24 @@ def test_time_queued_for_a_slot_does_not_count_against_the_request_timeout(stub)
     assert len(got) == 3 and state.max_in_flight == 1  # no BackendError: none timed out
 
 
+def test_backends_of_one_server_share_its_concurrency_limit(stub):
+    """Two runs that differ in a timeout get two rewriter objects (and the aware captioner is
+    often the agnostic one's server): each had its own semaphore, so a server configured for
+    ``concurrency`` 1 got one request per object at once.  The limit is now per server."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    state, url = stub
+    good = json.dumps({"simplified": "A man rides a bike.", "detailed": "A man rides a bike down a street."})
+    state.script, state.delay = [("content", good)], 0.3
+    patient = _rewriter(url, attempts=1, timeout_s=5.0, concurrency=1)
+    hasty = _rewriter(url, attempts=1, timeout_s=4.0, concurrency=1)
+    with ThreadPoolExecutor(2) as pool:
+        queries = [QUERY, "a dog catches a frisbee"]
+        runs = [pool.submit(r.rewrite_batch, queries, CORE) for r in (patient, hasty)]
+        assert [len(run.result()) for run in runs] == [2, 2]
+    assert len(state.requests) == 4 and state.max_in_flight == 1
+
+
 @pytest.mark.parametrize(
     ("script", "kw", "needle", "requests"),
     [

@@ -35,6 +35,7 @@ import json
 import os
 import re
 import threading
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -266,8 +267,26 @@ def async_client(settings: ServerSettings) -> Any:
     )
 
 
+_GATES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, int], asyncio.Semaphore]] = (
+    weakref.WeakKeyDictionary()
+)
+"""Per event loop, one ``concurrency`` semaphore per (model server, limit)."""
+
+
+def server_gate(settings: ServerSettings) -> asyncio.Semaphore:
+    """The running loop's semaphore for ``settings``' server and limit, shared by every backend
+    that talks to that server: the rewriter's and the captioners' objects differ whenever a run
+    changes a timeout or the aware captioner is the agnostic one's server, and each with a gate
+    of its own would let ``concurrency`` requests per object, not per server, reach it."""
+    gates = _GATES.setdefault(asyncio.get_running_loop(), {})
+    key = (settings.base_url.rstrip("/"), settings.concurrency)
+    if key not in gates:
+        gates[key] = asyncio.Semaphore(settings.concurrency)
+    return gates[key]
+
+
 class Channel:
-    """One client and one ``concurrency`` semaphore for one backend, shared by every run.
+    """One client for one backend, and its server's ``concurrency`` semaphore (:func:`server_gate`).
 
     Both belong to :func:`backend_loop` and are made there on first use (and again in a
     forked child, whose loop is new).  Only coroutines on that loop touch them, so no lock.
@@ -278,10 +297,10 @@ class Channel:
         self._bound: tuple[asyncio.AbstractEventLoop, Any, asyncio.Semaphore] | None = None
 
     def parts(self) -> tuple[Any, asyncio.Semaphore]:
-        """This backend's client and semaphore on the running loop (the backend loop)."""
+        """This backend's client and its server's semaphore on the running loop (the backend loop)."""
         loop = asyncio.get_running_loop()
         if self._bound is None or self._bound[0] is not loop:
-            self._bound = (loop, async_client(self.settings), asyncio.Semaphore(self.settings.concurrency))
+            self._bound = (loop, async_client(self.settings), server_gate(self.settings))
         return self._bound[1], self._bound[2]
 
     def run(self, work: Callable[[Any, asyncio.Semaphore], Coroutine[Any, Any, T]]) -> T:
