@@ -116,10 +116,21 @@ _MODEL_FILE_SUFFIXES = (".bin", ".ckpt", ".gguf", ".onnx", ".pt", ".pth", ".safe
 
 def _names_a_path(target: str) -> bool:
     """Whether a model target reads as a location on the server's disk rather than a model name
-    or hub id (``org/name``, which only looks like a relative path unless it exists here)."""
-    target = target.partition("#")[0].strip()  # local:<model>#onnx-int8
-    if not target:
+    or hub id (``org/name``, which only looks like a relative path unless it exists here).
+
+    Both readings a loader may make count: the name before ``#`` (the embedder's
+    ``local:<model>#onnx-int8``; an empty name there is the server's current folder, as
+    ``Path('')`` is) and the whole target (the other loaders do not split it)."""
+    whole = target.strip()
+    name = whole.partition("#")[0].strip()
+    if not whole:
         return False
+    if not name:
+        return True  # local:#onnx loads the server's current folder
+    return any(_reads_as_path(t) for t in {name, whole})
+
+
+def _reads_as_path(target: str) -> bool:
     if target.startswith(("/", "~", ".", "\\")) or "\\" in target or ":" in target:
         return True
     if target.lower().endswith(_MODEL_FILE_SUFFIXES):

@@ -134,6 +134,25 @@ def test_a_served_run_cannot_load_a_model_from_a_server_path_it_does_not_name(mo
             check_operator_keys({key: value})
 
 
+def test_a_served_model_path_hidden_behind_a_hash_is_refused(monkeypatch, tmp_path):
+    """The check read only the name before ``#``: ``local:#onnx`` (an empty name) passed, and the
+    embedder's loader read ``Path('')``, the server's current folder; the other loaders take the
+    whole target, so ``local:qwen#vl`` passed while ``qwen#vl`` is a folder there."""
+    from graphs.served import check_operator_keys
+
+    (tmp_path / "qwen#vl").mkdir()
+    monkeypatch.chdir(tmp_path)
+    check_operator_keys({"embedder": "local:sentence-transformers/all-MiniLM-L6-v2#onnx-int8"})
+    for key, value in [
+        ("embedder", "local:#onnx"),
+        ("embedder", "local: #onnx-int8"),
+        ("captioner", "local:qwen#vl"),
+        ("clip_pretrained", "qwen#vl"),
+    ]:
+        with pytest.raises(ConfigError, match=rf"\['{key}'\] name a model file or folder"):
+            check_operator_keys({key: value})
+
+
 def test_a_served_agent_run_cannot_pick_the_key_variable_or_another_model_host(monkeypatch):
     from agent.served import check_agent_keys
 
