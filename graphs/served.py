@@ -170,7 +170,9 @@ def check_operator_keys(context: object) -> None:
     ]
     if changed:
         raise fixed_by_server(sorted(changed))
-    paths = [k for k in MODEL_KEYS if k in context and _model_path_moved(k, context[k], getattr(server, k))]
+    # aware_captioner "" is the captioner: naming the server's captioner there is no other model
+    own = {k: getattr(server, k) for k in MODEL_KEYS} | {"aware_captioner": server.aware_captioner_spec}
+    paths = [k for k in MODEL_KEYS if k in context and _model_path_moved(k, context[k], own[k])]
     if paths:
         raise ConfigError(
             f"setting(s) {paths} name a model file or folder on the server; a run may name a model "

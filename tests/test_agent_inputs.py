@@ -134,6 +134,17 @@ def test_a_served_run_cannot_load_a_model_from_a_server_path_it_does_not_name(mo
             check_operator_keys({key: value})
 
 
+def test_a_served_run_may_name_the_servers_captioner_as_its_aware_captioner(monkeypatch, tmp_path):
+    """An unset aware_captioner is the captioner; naming the server's own captioner folder there
+    loads no other model, yet it was refused as a path the server does not name."""
+    from graphs.served import check_operator_keys
+
+    monkeypatch.setenv("GRANALIGN_CAPTIONER", f"local:{tmp_path}")
+    check_operator_keys({"aware_captioner": f"local:{tmp_path}"})
+    with pytest.raises(ConfigError, match="aware_captioner"):
+        check_operator_keys({"aware_captioner": f"local:{tmp_path / 'other'}"})
+
+
 def test_a_served_model_path_hidden_behind_a_hash_is_refused(monkeypatch, tmp_path):
     """The check read only the name before ``#``: ``local:#onnx`` (an empty name) passed, and the
     embedder's loader read ``Path('')``, the server's current folder; the other loaders take the
