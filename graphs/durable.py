@@ -247,11 +247,13 @@ def _check_same_settings(thread_id: str, metadata: Mapping[str, Any] | None, ctx
 
 def _settings_change(saved: Any, ctx: Context) -> str:
     """``top_k 10 → 5, rewriter 'none' → 'local:smollm2'`` ('' when equal, or when a run
-    checkpointed by an older version recorded none: it resumes as it did then)."""
+    checkpointed by an older version recorded none: it resumes as it did then).  A setting
+    added since the run was checkpointed counts as unchanged at its default: the older version
+    had no other value, and no resume could ever match an unrecorded one."""
     if not isinstance(saved, str):
         return ""
-    then = json.loads(saved)
     now = json.loads(_settings_json(ctx))  # the same JSON round trip as the saved side
+    then = json.loads(_settings_json(Context())) | json.loads(saved)
 
     def shown(values: dict[str, Any], name: str) -> str:
         return repr(values[name]) if name in values else "unrecorded"

@@ -116,6 +116,27 @@ def test_a_resume_under_other_answer_settings_is_refused_and_run_only_settings_p
     assert nodes == ["propose", "nms"] and got["moments"] == expected["moments"]
 
 
+def test_a_run_checkpointed_before_a_setting_existed_resumes_at_its_default(ctx, monkeypatch):
+    """A run recorded by a version without ``feedback_k`` was refused after an upgrade
+    ('feedback_k unrecorded → 3'), and no setting could match 'unrecorded': the run was lost.
+    A new setting at its default is what the older version did; another value is a change."""
+    expected = plain_graph.invoke(INPUT, context=ctx)
+    real = durable._settings_json
+
+    def older(c: Context) -> str:  # what a version without the field recorded
+        return json.dumps({k: v for k, v in json.loads(real(c)).items() if k != "feedback_k"})
+
+    monkeypatch.setattr(durable, "_settings_json", older)
+    monkeypatch.setattr(retrieval_module, "propose_windows", FailOnce())
+    with pytest.raises(RuntimeError, match="injected"):
+        list(durable.stream_retrieval(ctx, INPUT, thread_id="t-new"))
+    monkeypatch.setattr(durable, "_settings_json", real)
+    with pytest.raises(InputError, match=r"other settings \(feedback_k 3 → 0\)"):
+        list(durable.stream_retrieval(ctx.with_overrides(feedback_k=0), INPUT, thread_id="t-new"))
+    got, nodes = _final(ctx, thread_id="t-new")
+    assert nodes == ["propose", "nms"] and got["moments"] == expected["moments"]
+
+
 def test_async_run_resumes_through_the_same_file(ctx, monkeypatch):
     expected = plain_graph.invoke(INPUT, context=ctx)
     monkeypatch.setattr(retrieval_module, "propose_windows", FailOnce())
