@@ -119,7 +119,12 @@ class Context:
     )
     # -- backend limits ------------------------------------------------------------------------
     concurrency: int = field(
-        default=8, metadata=_meta("Requests in flight per OpenAI-compatible backend.", lo=1, hi=256)
+        default=8,
+        metadata=_meta(
+            "Requests in flight per OpenAI-compatible model server (shared by the backends using it).",
+            lo=1,
+            hi=256,
+        ),
     )
     request_timeout: float = field(
         default=60.0, metadata=_meta("Timeout of one model-server request, in seconds.", lo=0.1, hi=3600.0)

@@ -250,6 +250,19 @@ def test_time_queued_for_a_slot_does_not_count_against_the_request_timeout(stub)
     assert len(got) == 3 and state.max_in_flight == 1  # no BackendError: none timed out
 
 
+def test_the_concurrency_setting_says_it_limits_a_server_not_a_backend():
+    """``granalign settings`` showed 'per OpenAI-compatible backend' after the limit became one
+    per model server, shared by the rewriter and both captioners."""
+    from dataclasses import fields
+
+    from graphs.context import Context
+
+    [help_text] = [f.metadata["description"] for f in fields(Context) if f.name == "concurrency"]
+    assert (
+        "per OpenAI-compatible model server" in help_text and "per OpenAI-compatible backend" not in help_text
+    )
+
+
 def test_backends_of_one_server_share_its_concurrency_limit(stub):
     """Two runs that differ in a timeout get two rewriter objects (and the aware captioner is
     often the agnostic one's server): each had its own semaphore, so a server configured for

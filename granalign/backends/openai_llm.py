@@ -14,9 +14,10 @@ Rules every network backend here follows (DESIGN.md §3):
   :class:`BackendError` names the server and what it answered.
 * **A timeout per request** (``timeout_s``), not per batch, so one stuck request cannot hold a
   whole ingest.
-* **Many requests in flight, but at most ``concurrency`` per backend per process**: each backend
-  has one ``AsyncOpenAI`` client and one semaphore (:class:`Channel`), on one event loop that
-  every run shares (:func:`backend_loop`).  vLLM batches concurrent requests on the GPU, so
+* **Many requests in flight, but at most ``concurrency`` per server per process**: each backend
+  has one ``AsyncOpenAI`` client (:class:`Channel`), and every backend that talks to a server
+  shares its one semaphore (:func:`server_gate`), on one event loop that every run shares
+  (:func:`backend_loop`).  vLLM batches concurrent requests on the GPU, so
   sequential calls would waste it; unbounded ones across runs would swamp it.
 
 :class:`OpenAIRewriter` asks for both rewrites of a prompt pair in one request, as JSON
