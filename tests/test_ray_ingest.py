@@ -10,6 +10,7 @@ ingest of the same files writes.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import shutil
@@ -291,6 +292,8 @@ def _probe(video_id: str, n: int, todo: list[int]) -> dict[str, Any]:
         "skipped": n - len(todo),
         "todo": todo,
         "notes": [],
+        "stamp": [1000 * n, 1, 1],
+        "sample": f"sample-{video_id}",
     }
 
 
@@ -395,3 +398,116 @@ def test_a_batch_fails_over_to_the_next_captioner_replica_when_its_own_is_down(m
         _RemoteCaptioner([a, Replica(False, "d")], 1, "m").caption(["img"], ["p"])
     tried = "captioner m: the server at http://a/v1 is not reachable (2 captioner replicas tried)"
     assert str(err.value) == tried
+
+
+# -- a file that is not (or no longer) the one the probe hashed --------------------------------
+
+
+def _job(path: Path, video_id: str = "sha256-x", number: int = 0) -> Any:
+    from granalign.io.video import content_sample
+    from tools.ray_ingest import BatchJob
+
+    return BatchJob(
+        str(path), str(path), video_id, 4.0, (0, 1), number, path.stat().st_size, content_sample(path)
+    )
+
+
+def test_a_batch_accepts_another_hosts_copy_of_the_probed_bytes_and_refuses_other_bytes(tmp_path):
+    """A worker host reads its own copy (its own inode and mtime): the probe's stamp cannot be
+    compared there, the size and the sampled digest can.  A copy of the same bytes passes; a
+    file of another size, one with the same size and other bytes, and a missing one are refused;
+    so is a file whose stamp changes on that host while the batch reads it."""
+    from granalign.io.video import SAMPLE_ENDS, _sample_spans
+    from tools.ray_ingest import _probed_file_here, _unchanged_here
+
+    probed = make_video(tmp_path / "probed.mp4", 3.5, pattern="noise")
+    job = _job(probed, number=3)
+    mirror = tmp_path / "mirror" / "probed.mp4"  # another host's copy: other inode, other mtime
+    mirror.parent.mkdir()
+    shutil.copyfile(probed, mirror)
+    os.utime(mirror, ns=(1, 1))
+    stamp = _probed_file_here(mirror, job)
+    _unchanged_here(mirror, stamp, job)
+
+    data = bytearray(probed.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    mirror.write_bytes(bytes(data))
+    with pytest.raises(InputError) as err:
+        _probed_file_here(mirror, job)
+    assert "probed.mp4 on host" in str(err.value)
+    assert "is not the file the probe hashed (same size, other bytes" in str(err.value)
+    assert "nothing of its batch 3 was stored under sha256-x: re-run the index" in str(err.value)
+    mirror.write_bytes(bytes(data[:-1000]))
+    with pytest.raises(InputError, match=r"is not the file the probe hashed \([\d,]+ bytes here"):
+        _probed_file_here(mirror, job)
+    with pytest.raises(InputError, match="cannot be read on host"):
+        _probed_file_here(tmp_path / "gone.mp4", job)
+
+    stamp = _probed_file_here(probed, job)
+    os.utime(probed, ns=(2, 2))  # rewritten on this host while the batch decoded
+    with pytest.raises(InputError, match=r"changed on host .* while the batch read its frames"):
+        _unchanged_here(probed, stamp, job)
+
+    big = 3_000_000_000  # a multi-GB file: 2.5 MiB read, whatever its size
+    spans = _sample_spans(big)
+    assert sum(n for _, n in spans) == 2 * SAMPLE_ENDS + 8 * 64 * 1024
+    assert spans[0] == (0, SAMPLE_ENDS) and spans[-1] == (big - SAMPLE_ENDS, SAMPLE_ENDS)
+    assert all(a + n <= b for (a, n), (b, _) in itertools.pairwise(spans))
+
+
+def test_a_video_replaced_after_its_probe_fails_alone_on_ray_and_nothing_is_stored_under_the_old_id(
+    tmp_path, monkeypatch
+):
+    """The probe task hashes a file (its id); the file is then replaced by another video of the
+    same name before the batch tasks read it (a re-export while the index runs).  Before the fix
+    the batch tasks stored the new video's frames and captions under the old content's id and the
+    driver wrote its video record; now the video fails with a message saying so, nothing is stored
+    under the old id, and the other video is ingested whole."""
+    from ray._private import ray_constants
+    from ray.cluster_utils import Cluster
+
+    from granalign.io.video import content_hash
+    from graphs.ingest import unfinished_clips
+    from tools import ray_ingest
+
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    library = tmp_path / "library"
+    library.mkdir()
+    replaced = make_video(library / "replaced.mp4", 7.5)
+    kept = make_video(library / "kept.mp4", 3.5, pattern="halves")
+    old_id = content_hash(replaced)
+    vlm = build_tiny_vlm_random_weights(tmp_path / "tiny-qwen25vl-random-weights")
+    real_probed = ray_ingest._Driver._probed
+
+    def replace_then_plan(self: Any, video: str, got: dict[str, Any], clips: int) -> None:
+        if video == str(replaced):  # after the probe hashed it, before any batch task reads it
+            os.replace(make_video(tmp_path / "replacement.mp4", 7.5, pattern="noise"), replaced)
+        real_probed(self, video, got, clips)
+
+    monkeypatch.setattr(ray_ingest._Driver, "_probed", replace_then_plan)
+    with chroma_server(tmp_path) as chroma_url:
+        ctx = model_context(tmp_path / "unused", vlm, [library], ingest_batch=2).with_overrides(
+            store_dir="", chroma_url=chroma_url
+        )
+        cluster = Cluster(
+            initialize_head=True,
+            head_node_args={"num_cpus": 1, "node_ip_address": "127.0.0.1", "include_dashboard": False},
+        )
+        try:
+            # the driver on loopback, as _ray_env keeps the CLI's (read when ray is imported)
+            monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", False)
+            report = ray_ingest.ingest_on_ray(ctx, [str(replaced), str(kept)], cluster.address)
+        finally:
+            cluster.shutdown()
+        rows = {video: (got, problem) for video, got, problem in report.results}
+        assert report.failed == [str(replaced)], rows
+        problem = rows[str(replaced)][1]
+        assert "replaced.mp4 on host" in problem and "is not the file the probe hashed" in problem
+        assert f"stored under {old_id}: re-run the index" in problem
+        store = resources.store_for(ctx)
+        assert store.video(old_id) is None
+        assert unfinished_clips(ctx, old_id, 4) == [0, 1, 2, 3]  # no frame, no caption of it
+        got = rows[str(kept)][0]
+        assert got is not None and got["encoded"] == 2
+        record = store.video(content_hash(kept))
+        assert record is not None and record.complete

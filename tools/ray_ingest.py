@@ -17,6 +17,11 @@ in the CLI's process) plans; Ray runs the work and recovers it when a node dies:
   (:func:`graphs.ingest._encode_batch`) with the actors standing in for the models: CLIP →
   caption → embed → write to the Chroma server.  Ids are deterministic and writes are upserts,
   so a task Ray retries after a node failure rewrites the same records and adds none.
+  Before decoding, a batch task checks that its host's file is the one the probe hashed (the
+  size and a sampled digest, :func:`granalign.io.video.content_sample`: comparable across
+  hosts, unlike a stamp with an inode and mtime); after decoding, that the file did not change
+  on its host meanwhile (its local stamp).  Either failing fails that video alone, nothing of
+  the batch stored.
 * the video record is written by the driver with :func:`graphs.ingest.finalize`, once, after
   the last batch of that video succeeded.  A bad file fails alone and is listed.
 
@@ -30,6 +35,7 @@ import glob
 import logging
 import os
 import resource
+import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -51,7 +57,14 @@ from rich.progress import (
 from rich.text import Text
 
 from granalign.errors import BackendError, ConfigError, GranAlignError, InputError
-from granalign.io.video import display_path, find_videos, video_folder
+from granalign.io.video import (
+    check_unchanged,
+    content_sample,
+    display_path,
+    file_stamp,
+    find_videos,
+    video_folder,
+)
 from granalign.specs import parse_spec
 from graphs import resources
 from graphs.context import Context
@@ -341,7 +354,11 @@ class _RemoteEmbedder:
 
 @dataclass(frozen=True)
 class BatchJob:
-    """One batch of one video: what a batch task needs (paths are the worker's)."""
+    """One batch of one video: what a batch task needs (paths are the worker's).
+
+    ``size`` and ``sample`` (:func:`granalign.io.video.content_sample`) are those of the bytes
+    the probe hashed into ``video_id``: the batch task compares its own host's file with them.
+    """
 
     video: str
     path: str
@@ -349,6 +366,8 @@ class BatchJob:
     duration_s: float
     clips: tuple[int, ...]
     number: int
+    size: int
+    sample: str
 
 
 def _pick_models(model_sets: dict[str, ModelSet], job: BatchJob) -> ModelSet:
@@ -371,6 +390,9 @@ def probe_task(ctx: Context, video: str, env: dict[str, str]) -> dict[str, Any]:
 
     os.environ.update(env)
     got = probe({"video": video}, Runtime(context=ctx))
+    path = Path(got["path"])
+    got["sample"] = content_sample(path)  # what batch tasks on other hosts compare their copy with
+    check_unchanged(path, got["stamp"], got["video_id"])  # the sample is of the bytes hashed
     notes = got.get("notes")
     if isinstance(notes, Overwrite):  # the graph's reducer bypass: the driver wants the list
         got["notes"] = list(notes.value)
@@ -383,7 +405,9 @@ def batch_task(
     """Decode one batch's frames, then CLIP → caption → embed → store through the graph's batch code.
 
     Retried by Ray if its worker or node dies: it looks again at which frames exist and
-    upserts the same ids, so a retry writes nothing twice.
+    upserts the same ids, so a retry writes nothing twice.  Its host's file must be the one the
+    probe hashed, and stay unchanged while the frames are read (:func:`_probed_file_here`,
+    :func:`_unchanged_here`); otherwise an :class:`InputError` fails the video, nothing stored.
     """
     from granalign.io.store import frame_id
     from granalign.io.video import FrameSampler, clip_times, probe_video
@@ -394,12 +418,14 @@ def batch_task(
     store = resources.store_for(ctx)
     s_key, p_hash = resources.sampling_key(ctx), resources.agnostic_prompt_hash(ctx)
     path, clips = Path(job.path), list(job.clips)
+    stamp = _probed_file_here(path, job)
     info = probe_video(path)
     times = clip_times(job.duration_s, ctx.clip_len)
     timings = dict.fromkeys(STAGES, 0.0)
     with FrameSampler(path, info, max_pixels=ctx.max_pixels) as sampler:
         images, timings["decode"] = _decode(sampler, times, ctx.clip_len, clips)
         damage = sampler.damage.note()
+    _unchanged_here(path, stamp, job)  # the frames in hand are of the bytes hashed: store them
     have_frame = store.existing_ids(
         store.frames_collection(models.clip_name),
         [frame_id(job.video_id, c, models.clip_name, s_key) for c in clips],
@@ -416,6 +442,47 @@ def batch_task(
     )
     _encode_batch(writer, clips, images, timings)
     return {"timings": timings, "peak_rss_mib": peak_rss_mib(), "notes": [damage] if damage else []}
+
+
+def _refuse(path: Path, job: BatchJob, what: str) -> InputError:
+    return InputError(
+        f"video {display_path(path)} {what}; nothing of its batch {job.number} was stored under "
+        f"{job.video_id}: re-run the index once the file is complete and the same on every host"
+    )
+
+
+def _probed_file_here(path: Path, job: BatchJob) -> list[int]:
+    """This host's stamp of ``path``, once its size and sampled digest are the probe's.
+
+    The probe may have run on another host, reading that host's copy: a stamp (inode, mtime)
+    cannot be compared across hosts, the size and :func:`content_sample` (2.5 MiB read) can.
+    They refuse a file that is not the bytes hashed into ``job.video_id`` (replaced or
+    re-exported since the probe, a stale or half-copied mirror on this host).
+    """
+    host = socket.gethostname()
+    try:
+        stamp = file_stamp(path)
+        if stamp[0] != job.size:
+            what = f"{stamp[0]:,} bytes here, {job.size:,} when probed"
+            raise _refuse(path, job, f"on host {host} is not the file the probe hashed ({what})")
+        sample = content_sample(path)
+    except OSError as exc:
+        raise _refuse(path, job, f"cannot be read on host {host} ({exc.strerror or exc})") from None
+    if sample != job.sample:
+        what = f"same size, other bytes: sampled digest {sample} here, {job.sample} when probed"
+        raise _refuse(path, job, f"on host {host} is not the file the probe hashed ({what})")
+    return stamp
+
+
+def _unchanged_here(path: Path, stamp: list[int], job: BatchJob) -> None:
+    """Refuse a file whose stamp on this host (size, mtime, inode) changed while the batch read it."""
+    try:
+        changed = file_stamp(path) != stamp
+    except OSError:  # removed meanwhile
+        changed = True
+    if changed:
+        what = f"changed on host {socket.gethostname()} while the batch read its frames"
+        raise _refuse(path, job, what)
 
 
 # -- driver side --------------------------------------------------------------------------------
@@ -619,7 +686,14 @@ class _Driver:
         plan.left = len(batches)
         for batch in batches:
             job = BatchJob(
-                video, got["path"], got["video_id"], float(got["duration_s"]), tuple(batch), self.planned
+                video,
+                got["path"],
+                got["video_id"],
+                float(got["duration_s"]),
+                tuple(batch),
+                self.planned,
+                size=int(got["stamp"][0]),
+                sample=str(got["sample"]),
             )
             self.queue.append(job)
             self.planned += 1
