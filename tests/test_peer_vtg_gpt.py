@@ -190,3 +190,112 @@ def test_distinct_profile_has_no_duplicate_peer_windows_at_any_iou(
     assert out["moments"] == [[18.0, 20.0, 1.0]]
     bench = _nodes(peer_store, curves, fused, proposal_mode="vtg-gpt", answer_profile="benchmark")
     assert bench["moments"] == [[18.0, 20.0, 1.0]] * 2
+
+
+# -- the NMS step against the quadratic loop it replaced ------------------------------------
+
+
+def _reference_nms(spans: np.ndarray, iou_threshold: float = 0.95) -> np.ndarray:
+    """The peer's NMS before it went sub-quadratic, kept verbatim as the reference: a greedy
+    ``argmax`` round per survivor, each masking the windows at IoU ≥ threshold, no ``top_n``."""
+    rows = np.asarray(spans, dtype=np.float64)
+    if rows.size == 0:
+        return np.empty((0, 3))
+    starts, ends = rows[:, 0], rows[:, 1]
+    work = rows[:, 2].copy()
+    kept: list[int] = []
+    while len(kept) < rows.shape[0] and work.size:
+        best = int(np.argmax(work))
+        if work[best] == -np.inf:
+            break
+        kept.append(best)
+        inter = np.clip(np.minimum(ends[best], ends) - np.maximum(starts[best], starts), 0.0, None)
+        union = (ends[best] - starts[best]) + (ends - starts) - inter
+        iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+        work[iou >= iou_threshold] = -np.inf
+        work[best] = -np.inf
+    return rows[np.asarray(kept, dtype=np.int64)]
+
+
+def _random_curves(rng: np.random.Generator, v: int, n: int, kind: str) -> np.ndarray:
+    if kind == "noise":
+        return rng.random((v, n))
+    if kind == "ties":  # few distinct values: equal scores, equal spans across variants
+        return rng.integers(0, 5, size=(v, n)) / 4.0
+    if kind == "flat":
+        return np.full((v, n), 0.3)
+    if kind == "spikes":
+        curves = np.zeros((v, n))
+        for row in curves:
+            row[rng.integers(0, n, size=max(1, n // 20))] = rng.random(max(1, n // 20))
+        return curves
+    if kind == "copies":  # every variant the same curve: every window pooled v times
+        return np.repeat(rng.random((1, n)), v, axis=0)
+    if kind == "steps":  # long plateaus: long runs, nested and shifted windows
+        return np.repeat(rng.random((v, max(1, n // 50))), 50, axis=1)[:, :n]
+    raise AssertionError(kind)
+
+
+def _pooled(curves: np.ndarray) -> np.ndarray:
+    from granalign.core.similarity import minmax_normalise
+
+    return np.concatenate([vtg_gpt_spans(c) for c in minmax_normalise(curves)], axis=0)
+
+
+KINDS = ["noise", "ties", "flat", "spikes", "copies", "steps"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_nms_equals_the_quadratic_reference_on_random_curves(kind: str) -> None:
+    rng = np.random.default_rng(KINDS.index(kind))
+    for n in [1, 2, 3, 7, 9, 30, 31, 200, 1000]:
+        for v in [1, 2, 6, 17]:
+            pooled = _pooled(_random_curves(rng, v, n, kind))
+            np.testing.assert_array_equal(vtg_gpt_nms(pooled), _reference_nms(pooled))
+
+
+@pytest.mark.parametrize(("kind", "v"), [("noise", 6), ("noise", 17), ("ties", 6), ("steps", 6)])
+def test_nms_equals_the_quadratic_reference_on_18000_clip_curves(kind: str, v: int) -> None:
+    curves = _random_curves(np.random.default_rng(v), v, 18_000, kind)
+    pooled = _pooled(curves)
+    assert pooled.shape[0] > 100
+    np.testing.assert_array_equal(vtg_gpt_nms(pooled), _reference_nms(pooled))
+
+
+def test_windows_equal_those_of_the_quadratic_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    import granalign.core.peer as peer
+
+    rng = np.random.default_rng(7)
+    cases = [_random_curves(rng, v, n, kind) for kind in KINDS for v, n in [(1, 1), (6, 500), (17, 3000)]]
+    new = [vtg_gpt_windows(c, clip_len=2.0, duration=2.0 * c.shape[1]) for c in cases]
+    monkeypatch.setattr(peer, "vtg_gpt_nms", lambda spans, rule=peer.VTG_GPT: _reference_nms(spans))
+    old = [vtg_gpt_windows(c, clip_len=2.0, duration=2.0 * c.shape[1]) for c in cases]
+    assert new == old
+
+
+@pytest.mark.parametrize("iou", [0.95, 1.0, 0.5, 0.1, 1e-9, 1e-40])
+def test_nms_equals_the_reference_on_arbitrary_windows(iou: float) -> None:
+    """Windows no curve gives (fractional, tiny, huge, negative, zero-length, near-duplicate)
+    at any threshold: the same survivors, in the same order."""
+    from granalign.core.nms import greedy_nms_all_indices
+
+    rng = np.random.default_rng(int(iou * 1000))
+    for trial in range(60):
+        k = int(rng.integers(1, 400))
+        scale = [1.0, 1e-3, 1e6, 1e-80, 1e80, 1e-200, 1e200][trial % 7]  # the last two: beyond the grid
+        if trial % 3 == 0:  # integer clip indices with many repeats
+            starts = rng.integers(0, 50, size=k).astype(np.float64)
+            lengths = rng.integers(0, 30, size=k).astype(np.float64)
+        elif trial % 3 == 1:  # near-duplicates of a few windows
+            base = rng.random((5, 2)) * [100.0, 40.0]
+            pick = rng.integers(0, 5, size=k)
+            starts = base[pick, 0] + rng.normal(0, 0.3, size=k)
+            lengths = np.abs(base[pick, 1] + rng.normal(0, 0.3, size=k))
+        else:  # lengths over many orders of magnitude
+            starts = rng.normal(0, 100, size=k)
+            lengths = 10.0 ** rng.uniform(-3, 3, size=k) * (rng.random(k) > 0.1)
+        scores = np.round(rng.random(k), int(rng.integers(1, 4)))  # ties
+        spans = np.column_stack([starts * scale, (starts + lengths) * scale, scores])
+        spans = spans[spans[:, 1] >= spans[:, 0]]
+        kept = greedy_nms_all_indices(spans[:, :2], spans[:, 2], iou)
+        np.testing.assert_array_equal(spans[kept], _reference_nms(spans, iou))

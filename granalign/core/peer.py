@@ -35,7 +35,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from granalign.core.moments import clips_to_seconds, rounded_end
-from granalign.core.nms import greedy_nms_indices
+from granalign.core.nms import greedy_nms_all_indices
 from granalign.core.proposals import as_score_curve
 from granalign.core.similarity import as_finite_array, minmax_normalise
 from granalign.errors import InputError
@@ -98,7 +98,7 @@ def vtg_gpt_nms(spans: ArrayLike, rule: VtgGptRule = VTG_GPT) -> FloatArray:
         return np.empty((0, 3))
     if rows.ndim != 2 or rows.shape[1] != 3:
         raise InputError(f"spans must have shape (k, 3) [start_clip, end_clip, score], got {rows.shape}")
-    kept = greedy_nms_indices(rows[:, :2], rows[:, 2], rule.nms_iou, rows.shape[0])
+    kept = greedy_nms_all_indices(rows[:, :2], rows[:, 2], rule.nms_iou)
     return rows[kept]
 
 
