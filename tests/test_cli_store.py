@@ -8,6 +8,7 @@ line; ``recover`` must rebuild the videos from the records the SQLite file still
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 from pathlib import Path
@@ -17,7 +18,8 @@ import pytest
 from typer.testing import CliRunner
 
 from granalign.backends.embedder import make_embedder
-from granalign.io.store import Store, VideoRecord, close_stores, open_store
+from granalign.io.captions_import import import_captions
+from granalign.io.store import Store, VideoRecord, caption_id, close_stores, open_store
 from tools.cli import app
 
 EMBEDDER = "all-MiniLM-L6-v2"
@@ -28,34 +30,38 @@ INGESTED = "sha256-ingested"
 def _fill(folder: Path, vids: list[str], n_clips: int) -> None:
     """Imported-caption videos (random vectors: only the texts are recovered), one ingested video
     with frames and query-aware captions, and one cached rewrite."""
-    rng = np.random.default_rng(0)
     with Store(folder) as store:
-        for vid in vids:
-            texts = [f"{vid} clip {i}: a person does thing {i}" for i in range(n_clips)]
-            vectors = rng.standard_normal((n_clips, 384)).astype(np.float32)
-            store.put_captions(
-                vid, texts, vectors, source="minigpt", prompt_hash="imported", embedder_name=EMBEDDER
-            )
-            store.put_video(VideoRecord(vid, n_clips, 2.0, 2.0 * n_clips, "minigpt", EMBEDDER))
-        vec = rng.standard_normal((2, 384)).astype(np.float32)
-        store.put_frames(INGESTED, [0, 1], vec, clip_model="ViT-B-32", sampling_key="s")
-        store.put_clip_captions(
-            INGESTED, [0, 1], ["a dog", "a cat"], vec, source="qwen", prompt_hash="p", embedder_name=EMBEDDER
+        _fill_store(store, vids, n_clips)
+
+
+def _fill_store(store: Store, vids: list[str], n_clips: int) -> None:
+    rng = np.random.default_rng(0)
+    for vid in vids:
+        texts = [f"{vid} clip {i}: a person does thing {i}" for i in range(n_clips)]
+        vectors = rng.standard_normal((n_clips, 384)).astype(np.float32)
+        store.put_captions(
+            vid, texts, vectors, source="minigpt", prompt_hash="imported", embedder_name=EMBEDDER
         )
-        store.put_aware_captions(
-            INGESTED,
-            [1],
-            ["a cat jumps"],
-            vec[:1],
-            source="qwen",
-            prompt_hash="p",
-            query_hash="q",
-            embedder_name=EMBEDDER,
-        )
-        store.put_video(
-            VideoRecord(INGESTED, 2, 2.0, 4.0, "qwen", EMBEDDER, has_frames=True, path="/videos/a.mp4")
-        )
-        store.put_rewrites({"rw1": {"text": "a person cooks"}}, {"rw1": "someone cooking"})
+        store.put_video(VideoRecord(vid, n_clips, 2.0, 2.0 * n_clips, "minigpt", EMBEDDER))
+    vec = rng.standard_normal((2, 384)).astype(np.float32)
+    store.put_frames(INGESTED, [0, 1], vec, clip_model="ViT-B-32", sampling_key="s")
+    store.put_clip_captions(
+        INGESTED, [0, 1], ["a dog", "a cat"], vec, source="qwen", prompt_hash="p", embedder_name=EMBEDDER
+    )
+    store.put_aware_captions(
+        INGESTED,
+        [1],
+        ["a cat jumps"],
+        vec[:1],
+        source="qwen",
+        prompt_hash="p",
+        query_hash="q",
+        embedder_name=EMBEDDER,
+    )
+    store.put_video(
+        VideoRecord(INGESTED, 2, 2.0, 4.0, "qwen", EMBEDDER, has_frames=True, path="/videos/a.mp4")
+    )
+    store.put_rewrites({"rw1": {"text": "a person cooks"}}, {"rw1": "someone cooking"})
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +83,8 @@ def stores(tmp_path_factory) -> dict[str, Path]:
     return {"healthy": healthy, "broken": broken, "garbled": garbled, "base": base}
 
 
-def _cli(*args: str):
-    return CliRunner().invoke(app, list(args), env={"COLUMNS": "1000"})
+def _cli(*args: str, env: dict[str, str] | None = None):
+    return CliRunner().invoke(app, list(args), env={"COLUMNS": "1000", **(env or {})})
 
 
 def _one_line(output: str) -> str:
@@ -178,3 +184,117 @@ def test_videos_list_and_rm(tmp_path):
     assert unknown.exit_code == 2
     assert "video 'nope' is not in the store" in _one_line(unknown.output)
     close_stores()
+
+
+# -- caption rows that do not match a video's record ---------------------------------------------
+
+
+def _add_caption_rows(
+    store: Store, vid: str, clips: list[int], *, source: str = "minigpt", prompt_hash: str = "imported"
+) -> None:
+    """Caption rows written straight into the Chroma collection, past the import's checks: the
+    old tail a re-import of a shorter file left before such rows were cleared (246422f)."""
+    store._collection(CAPTIONS).upsert(
+        ids=[caption_id(vid, c, source, prompt_hash) for c in clips],
+        embeddings=np.random.default_rng(len(clips)).standard_normal((len(clips), 384)).astype(np.float32),
+        documents=[f"{vid} old clip {c}" for c in clips],
+        metadatas=[{"video_id": vid, "clip": c, "source": source, "prompt_hash": prompt_hash} for c in clips],
+    )
+
+
+def _problems(output: str) -> list[str]:
+    return [x for x in output.splitlines() if x.startswith("problem:")]
+
+
+def _extra(vid: str, have: int, n_clips: int) -> str:
+    return (
+        f"problem: video {vid}: {have} captions in {CAPTIONS} but {n_clips} clips in its record "
+        f"({have - n_clips} extra row{'s' if have - n_clips > 1 else ''} past its last clip); "
+        f"rebuild it: granalign videos rm -- {vid}, then re-run its import or ingest"
+    )
+
+
+def test_check_reports_caption_rows_past_a_videos_last_clip(stores, tmp_path):
+    """The rows are read with the video (503 captions for 500 clips), so the store is not healthy."""
+    folder = tmp_path / "extra"
+    shutil.copytree(stores["healthy"], folder)
+    with Store(folder) as store:
+        _add_caption_rows(store, "vid1", [500, 501, 502])
+        assert len(store.get_captions("vid1", source="minigpt", embedder_name=EMBEDDER)[0]) == 503
+    got = _cli("store", "check", "--store", str(folder))
+    assert got.exit_code == 1, got.output
+    assert _problems(got.output) == [_extra("vid1", 503, 500)]
+
+
+def test_check_counts_only_the_rows_a_video_is_read_with(tmp_path):
+    """Fewer rows are reported as before; rows of another captioner or caption prompt (a
+    re-ingest with other settings) are not read with the video, so they are no problem."""
+    folder = tmp_path / "store"
+    _fill(folder, ["vid0"], 5)
+    with Store(folder) as store:
+        store.put_video(dataclasses.replace(store.video(INGESTED), caption_prompt="p"))
+        store._collection(CAPTIONS).delete(ids=[caption_id("vid0", 4, "minigpt", "imported")])
+        _add_caption_rows(store, INGESTED, [0, 1, 2], source="other", prompt_hash="p")
+        _add_caption_rows(store, INGESTED, [0, 1, 2], source="qwen", prompt_hash="old")
+    rebuild = "rebuild it: granalign videos rm -- vid0, then re-run its import or ingest"
+    got = _cli("store", "check", "--store", str(folder))
+    assert got.exit_code == 1, got.output
+    assert _problems(got.output) == [f"problem: video vid0: 4 of 5 captions in {CAPTIONS}; {rebuild}"]
+    with Store(folder) as store:
+        _add_caption_rows(store, INGESTED, [2], source="qwen", prompt_hash="p")
+    got = _cli("store", "check", "--store", str(folder))
+    assert _problems(got.output) == [
+        _extra(INGESTED, 3, 2),
+        f"problem: video vid0: 4 of 5 captions in {CAPTIONS}; {rebuild}",
+    ]
+
+
+def test_the_rebuild_check_names_leaves_a_healthy_store(tmp_path):
+    folder = tmp_path / "store"
+    _fill(folder, ["vid0"], 5)
+    with Store(folder) as store:
+        _add_caption_rows(store, "vid0", [5, 6])
+    assert _problems(_cli("store", "check", "--store", str(folder)).output) == [_extra("vid0", 7, 5)]
+    assert _cli("videos", "rm", "--store", str(folder), "--", "vid0").exit_code == 0
+    close_stores()
+    texts = [f"clip {i} again" for i in range(5)]
+    caps = tmp_path / "caps.jsonl"
+    caps.write_text(json.dumps({"vid": "vid0", "clip_len_s": 2, "captions": texts}) + "\n")
+    with Store(folder) as store:
+        import_captions(store, make_embedder(f"local:{EMBEDDER}"), caps, source="minigpt")
+        assert store.get_captions("vid0", source="minigpt", embedder_name=EMBEDDER)[0] == texts
+    got = _cli("store", "check", "--store", str(folder))
+    assert got.exit_code == 0 and not _problems(got.output), got.output
+
+
+def test_recover_leaves_out_caption_rows_past_a_videos_last_clip(tmp_path):
+    """Such a video came back as lost ("8 of 5 captions readable"); its 5 clips are all there."""
+    folder, new = tmp_path / "store", tmp_path / "new"
+    _fill(folder, ["vid0", "vid1"], 5)
+    with Store(folder) as store:
+        _add_caption_rows(store, "vid0", [5, 6, 7])
+        want = store.get_captions("vid0", source="minigpt", embedder_name=EMBEDDER)[0][:5]
+    got = _cli("store", "recover", "--store", str(folder), "--to", str(new))
+    close_stores()
+    assert got.exit_code == 0, got.output
+    assert f"recovered into {new}: 2 videos from their captions" in got.output
+    assert "left out: vid0: 3 caption rows past its 5 clips" in got.output
+    assert "not recovered" not in got.output
+    with Store(new) as store:
+        assert store.get_captions("vid0", source="minigpt", embedder_name=EMBEDDER)[0] == want
+    again = _cli("store", "check", "--store", str(new))
+    assert again.exit_code == 0 and not _problems(again.output), again.output
+
+
+def test_check_reports_extra_caption_rows_on_a_chroma_server(tmp_path):
+    from tests.servers import chroma_server
+
+    with chroma_server(tmp_path) as url:
+        store = Store(None, url)
+        _fill_store(store, ["vid0"], 5)
+        _add_caption_rows(store, "vid0", [5])
+        store.close()
+        got = _cli("store", "check", env={"CHROMA_URL": url})
+    assert got.exit_code == 1, got.output
+    assert f"ok: store {url}: 2 videos" in got.output
+    assert _problems(got.output) == [_extra("vid0", 6, 5)]

@@ -51,6 +51,7 @@ app.add_typer(store_app, name="store")
 app.add_typer(videos_app, name="videos")
 
 RECOVER_HINT = "granalign store recover --store {folder} --to NEW_FOLDER"
+REBUILD_HINT = "granalign videos rm -- {video_id}, then re-run its import or ingest"
 
 
 # -- store check (the child process does the Chroma work) ---------------------------------------
@@ -86,7 +87,7 @@ def check_child(folder: str, url: str) -> int:
         _emit(busy=str(exc))
         return 2
     counts: dict[str, int] = {}
-    per_video: dict[str, dict[str, int]] = {}
+    per_video: dict[str, dict[str, dict[tuple[str, str], int]]] = {}
     for name in sorted(store.collection_names()):
         _emit(step=f"count collection {name}")
         counts[name] = store.count(name)
@@ -110,15 +111,36 @@ def check_child(folder: str, url: str) -> int:
     return 0
 
 
-def _record_problem(store: Any, record: VideoRecord, per_video: dict[str, dict[str, int]]) -> str:
-    """Why a complete video record does not match its captions ('' when it does)."""
+def _record_problem(
+    store: Any, record: VideoRecord, per_video: dict[str, dict[str, dict[tuple[str, str], int]]]
+) -> str:
+    """Why a complete video record does not match its captions ('' when it does).
+
+    Counted are the rows a retrieval reads for the record (its source, and its caption prompt
+    when it has one): fewer than its clips leave clips without a caption; more are clip rows
+    past its last clip (left by imports before orphan rows were cleared on re-import), which
+    an imported video's curve reads as extra clips.  A re-run of the import or ingest alone
+    finds such a record complete and current and skips it, so both point to ``videos rm`` first.
+    """
     if not record.complete or not record.caption_embedder:
         return ""
     name = store.captions_collection(record.caption_embedder)
-    have = per_video.get(name, {}).get(record.video_id, 0)
+    have = sum(
+        n
+        for (source, prompt), n in per_video.get(name, {}).get(record.video_id, {}).items()
+        if source == record.caption_source and (not record.caption_prompt or prompt == record.caption_prompt)
+    )
+    if have == record.n_clips:
+        return ""
     if have < record.n_clips:
-        return f"video {record.video_id}: {have} of {record.n_clips} captions in {name}"
-    return ""
+        what = f"{have} of {record.n_clips} captions in {name}"
+    else:
+        extra = have - record.n_clips
+        what = (
+            f"{have} captions in {name} but {record.n_clips} clips in its record "
+            f"({extra} extra row{'s' if extra > 1 else ''} past its last clip)"
+        )
+    return f"video {record.video_id}: {what}; rebuild it: {REBUILD_HINT.format(video_id=record.video_id)}"
 
 
 @dataclass
@@ -191,7 +213,7 @@ def check_cmd(store: StoreOpt = None, sets: SetOpt = None) -> None:
         highlight=False,
     )
     for problem in s["problems"]:
-        console.print(f"[yellow]problem:[/] {problem} (re-run its import or ingest)", highlight=False)
+        console.print(f"[yellow]problem:[/] {problem}", highlight=False)
     if s["problems"]:
         raise typer.Exit(1)
 
@@ -257,10 +279,16 @@ class RecoveryPlan:
     manifests: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
     reingest: list[VideoRecord] = field(default_factory=list)
     lost: list[str] = field(default_factory=list)
+    left_out: list[str] = field(default_factory=list)
 
 
 def plan_recovery(records: StoreRecords) -> RecoveryPlan:
-    """Which videos come back from their caption texts, which need their file, which are lost."""
+    """Which videos come back from their caption texts, which need their file, which are lost.
+
+    A video whose clips 0..n-1 are all there comes back with those n captions, its record's
+    count: caption rows past its last clip (left by imports before orphan rows were cleared,
+    the extra rows ``store check`` reports) are left out, not a reason to lose the video.
+    """
     plan = RecoveryPlan()
     for rec in records.videos:
         if rec.has_frames:
@@ -271,9 +299,13 @@ def plan_recovery(records: StoreRecords) -> RecoveryPlan:
             continue
         name = f"captions.{collection_slug(rec.caption_embedder)}"
         clips = records.captions.get((name, rec.video_id, rec.caption_source), {})
-        if sorted(clips) != list(range(rec.n_clips)):
-            plan.lost.append(f"{rec.video_id} ({len(clips)} of {rec.n_clips} captions readable)")
+        have = sum(c in clips for c in range(rec.n_clips))
+        if have < rec.n_clips:
+            plan.lost.append(f"{rec.video_id} ({have} of {rec.n_clips} captions readable)")
             continue
+        if (extra := len(clips) - rec.n_clips) > 0:
+            rows = "caption rows" if extra > 1 else "caption row"
+            plan.left_out.append(f"{rec.video_id}: {extra} {rows} past its {rec.n_clips} clips")
         line = {
             "vid": rec.video_id,
             "clip_len_s": rec.clip_len_s,
@@ -342,6 +374,8 @@ def recover_cmd(
         console.print(f"[yellow]re-ingest:[/] granalign index {rec.path or '<file of ' + rec.video_id + '>'}")
     for what in plan.lost:
         console.print(f"[yellow]not recovered:[/] {what}", highlight=False)
+    for what in plan.left_out:
+        console.print(f"[yellow]left out:[/] {what}", highlight=False)
 
 
 # -- videos list / rm ---------------------------------------------------------------------------

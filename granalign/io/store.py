@@ -747,16 +747,23 @@ class Store:
         return int(self._collection(name).count())
 
     # -- whole-store reads (store check, videos rm) -------------------------------------------
-    def records_per_video(self, name: str, page: int = 5000) -> dict[str, int]:
-        """Page through every record of collection ``name``: records per ``video_id``."""
+    def records_per_video(self, name: str, page: int = 5000) -> dict[str, dict[tuple[str, str], int]]:
+        """Page through every record of collection ``name``: records per ``video_id``, split by
+        (``source``, ``prompt_hash``) (empty where a record has none, e.g. frames).
+
+        Split because a video's captions are read for its record's source (and prompt): rows of
+        another captioner or caption prompt stay in the store without being read, so only the
+        rows of the record's keys say whether it has as many captions as clips."""
         col = self._collection(name)
-        tally: dict[str, int] = {}
+        tally: dict[str, dict[tuple[str, str], int]] = {}
         offset = 0
         while True:
             got = col.get(include=["metadatas"], limit=page, offset=offset)
             for meta in got["metadatas"]:
-                vid = str((meta or {}).get("video_id", ""))
-                tally[vid] = tally.get(vid, 0) + 1
+                meta = meta or {}
+                keys = (str(meta.get("source", "")), str(meta.get("prompt_hash", "")))
+                per_keys = tally.setdefault(str(meta.get("video_id", "")), {})
+                per_keys[keys] = per_keys.get(keys, 0) + 1
             if len(got["ids"]) < page:
                 return tally
             offset += page
