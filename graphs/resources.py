@@ -243,11 +243,8 @@ def video_captions(
     captions, emb = store.get_captions(
         video_id, source=record.caption_source, embedder_name=embedder.name, prompt_hash=prompt
     )
-    if record.has_frames and len(captions) != record.n_clips:
-        raise InputError(
-            f"video {video_id!r} has {len(captions)} of {record.n_clips} clip captions in the store at "
-            f"{store.location}; re-run granalign index on its file to finish it"
-        )
+    if len(captions) != record.n_clips:
+        raise InputError(_caption_count_problem(record, len(captions), store.location))
     if not captions:
         raise InputError(f"video {video_id!r} has no captions in the store at {store.location}")
     value = VideoCaptions(record, captions, emb)
@@ -255,6 +252,26 @@ def video_captions(
         _CAPTIONS[key] = value
         _evict(_CAPTIONS, _CAPTIONS_MAX, lambda v: int(v.embeddings.nbytes))
     return value
+
+
+def _caption_count_problem(record: VideoRecord, found: int, location: str) -> str:
+    """Why a video's captions cannot be read as its clips, and what fixes it: an ingest cut short
+    is finished by indexing its file again; rows beyond the record's clips (left by an older
+    version's re-import) would be read into the curve, and only a rebuild removes them."""
+    vid = record.video_id
+    if found < record.n_clips and record.has_frames:
+        return (
+            f"video {vid!r} has {found} of {record.n_clips} clip captions in the store at {location}; "
+            "re-run granalign index on its file to finish it"
+        )
+    if found < record.n_clips:
+        what = f"{found} of {record.n_clips} clip captions"
+    else:
+        what = f"{found} caption rows for its {record.n_clips} clips (rows an older version's re-import left)"
+    return (
+        f"video {vid!r} has {what} in the store at {location}; "
+        f"rebuild it: granalign videos rm -- {vid}, then re-run its import or ingest"
+    )
 
 
 def clear_caches(*, close_stores: bool = False) -> None:

@@ -253,3 +253,32 @@ def test_a_query_on_a_stored_id_reads_its_record_once(store_dir, monkeypatch):
     monkeypatch.setattr(Store, "video", counted)
     out = graph.invoke(query, context=ctx)
     assert out["moments"] and reads == ["kitchen"]
+
+
+def test_caption_rows_past_an_imported_videos_clips_are_refused_not_read(tmp_path):
+    """Rows an older version's re-import left past a video's last clip were read into its curve
+    (only ingested videos' counts were checked), so the moments fell past the video's end."""
+    import numpy as np
+
+    from granalign.io.store import caption_id
+
+    caps = tmp_path / "caps.jsonl"
+    caps.write_text(json.dumps({"vid": "kitchen", "clip_len_s": 2, "captions": CAPTIONS}) + "\n")
+    ctx = Context(store_dir=str(tmp_path / "store"))
+    store = resources.store_for(ctx)
+    import_captions(store, make_embedder(ctx.embedder), caps, source="test")
+    record = store.video("kitchen")
+    assert record is not None and record.n_clips == len(CAPTIONS)
+    extra = [len(CAPTIONS), len(CAPTIONS) + 1]
+    store._collection(f"captions.{make_embedder(ctx.embedder).name}").upsert(
+        ids=[caption_id("kitchen", c, "test", "imported") for c in extra],
+        embeddings=np.ones((2, 384), dtype=np.float32),
+        documents=["a red car drives down a street"] * 2,
+        metadatas=[
+            {"video_id": "kitchen", "clip": c, "source": "test", "prompt_hash": "imported"} for c in extra
+        ],
+    )
+    with pytest.raises(InputError) as err:
+        graph.invoke({"video": "kitchen", "query": "a red car"}, context=ctx)
+    assert f"video 'kitchen' has 12 caption rows for its {len(CAPTIONS)} clips" in str(err.value)
+    assert "rebuild it: granalign videos rm -- kitchen, then re-run its import or ingest" in str(err.value)
