@@ -221,3 +221,21 @@ def test_highlight_clip_ids_shift_on_the_evaluator_grid_whatever_the_caption_gri
     second = {**source, "qid": 2, "vid": "q"}
     for record in concat_set([source, second], videos, 2, seed=0).annotations:
         check(record)
+
+
+def test_a_set_built_from_a_shifted_set_keeps_the_original_video_and_offset() -> None:
+    """``shift --thin 2`` on a crop's files (the README's 4-s sets): provenance must still name
+    the original video (``--split`` goes by it) with the offsets added up."""
+    crop = crop_set(QUERIES, VIDEOS, 60.0, seed=2)
+    cropped = {v["vid"]: CaptionedVideo(v["vid"], v["clip_len_s"], tuple(v["captions"]), v["duration"])
+               for v in crop.captions}  # fmt: skip
+    sources = {q["qid"]: q for q in QUERIES}
+    for record in thin_set(crop.annotations, cropped, 2).annotations:
+        first = next(r for r in crop.annotations if r["qid"] == record["qid"])
+        assert record["source_vid"] == sources[record["qid"]]["vid"]
+        assert record["source_offset_s"] == first["source_offset_s"]
+    for record in crop_set(crop.annotations, cropped, 30.0, seed=3).annotations:
+        source = sources[record["qid"]]
+        assert record["source_vid"] == source["vid"]
+        offset = record["source_offset_s"]
+        assert [[a + offset, b + offset] for a, b in record["relevant_windows"]] == source["relevant_windows"]

@@ -73,3 +73,20 @@ def test_cli_bench_and_experiment_take_split() -> None:
     for command in ("bench", "experiment"):
         result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"})
         assert result.exit_code == 0 and "--split" in result.output
+
+
+def test_a_shifted_set_is_split_by_each_query_source_video(tmp_path: Path) -> None:
+    """A derived vid (crop60:<vid>:<offset>) hashes to an unrelated side: ``--split tune`` on a
+    shifted set must not bring in queries of report-half videos (nor drop its own)."""
+    sources = [f"src{i}" for i in range(40)]
+    derived = [f"crop60:{v}:{2 * i}" for i, v in enumerate(sources)]
+    assert any(split_of(d) != split_of(s) for d, s in zip(derived, sources, strict=True))
+    path = _write_annotations(tmp_path / "ann.jsonl", derived)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    for row, source in zip(rows, sources, strict=True):
+        row.update(source_vid=source, source_offset_s=0.0)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for half in ("tune", "report"):
+        kept = read_annotations(path, split=half)
+        expected = [d for d, s in zip(derived, sources, strict=True) if split_of(s) == half]
+        assert [a.vid for a in kept] == expected

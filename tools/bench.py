@@ -55,7 +55,7 @@ def read_annotations(
     Every field the evaluation reads is checked here too (with the evaluator's own rules), so
     a bad ground-truth line stops the run before the first query, not after the last one.
     ``split`` (``tune`` or ``report``) keeps only that half's videos (:mod:`granalign.evaluation.split`),
-    before ``limit`` counts.
+    before ``limit`` counts; a duration-shifted query goes by its ``source_vid``.
     """
     half = check_half(split) if split is not None else None
     out: list[Annotation] = []
@@ -78,7 +78,7 @@ def read_annotations(
             raise InputError(f"{where}: 'duration' must be a positive number (qid {qid})")
         _check_ground_truth(obj, where, qid, seen)
         seen[json.dumps(qid)] = lineno
-        if half is not None and split_of(vid) != half:
+        if half is not None and split_of(_source_vid(obj, vid)) != half:
             continue
         out.append(Annotation(qid, query, vid, float(duration), obj))
         if limit is not None and len(out) >= limit:
@@ -86,6 +86,14 @@ def read_annotations(
     if not out:
         raise InputError(f"{path}: no annotations" + (f" in the {half} half" if half else ""))
     return out
+
+
+def _source_vid(obj: dict[str, Any], vid: str) -> str:
+    """The video whose side of the split a query is on: a duration-shifted query (``granalign
+    shift``) names its source in ``source_vid``; its own vid is a derived one (``crop60:…``,
+    ``concat8:…``) whose hash says nothing about the source video's half."""
+    source = obj.get("source_vid")
+    return source if isinstance(source, str) and source else vid
 
 
 def _check_ground_truth(obj: dict[str, Any], where: str, qid: int | str, seen: dict[str, int]) -> None:

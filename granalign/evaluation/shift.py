@@ -22,9 +22,10 @@ Two derived sets test the method away from that one length, from captions alone:
 
 Derived queries keep their qid (so paraphrase files keyed by qid still apply) and record
 ``source_vid`` and ``source_offset_s`` (a time t in the derived video is t + source_offset_s
-in the source video).  Everything is seeded: a crop's offset comes from
-``(seed, L, qid)`` and the concat grouping from ``(seed, K)``, so adding a set or reordering
-the file does not move the others.  numpy and the standard library only.
+in the source video; a set built from an already derived one keeps the original video and
+adds the offsets, so ``--split`` still finds each query's half).  Everything is seeded: a
+crop's offset comes from ``(seed, L, qid)`` and the concat grouping from ``(seed, K)``, so
+adding a set or reordering the file does not move the others.  numpy and the standard library only.
 """
 
 from __future__ import annotations
@@ -90,6 +91,15 @@ def _gt_span(record: dict[str, Any]) -> tuple[float, float]:
     return min(float(w[0]) for w in windows), max(float(w[1]) for w in windows)
 
 
+def _provenance(record: dict[str, Any]) -> tuple[str, float]:
+    """The original video of a query and the offset of its time 0 there: a set built from an
+    already shifted one (``--thin 2`` on a crop's files) keeps naming the original video."""
+    source = record.get("source_vid")
+    if isinstance(source, str) and source:
+        return source, float(record.get("source_offset_s", 0.0))
+    return str(record["vid"]), 0.0
+
+
 def _shifted_record(
     record: dict[str, Any], vid: str, duration: float, offset_clips: int, clip_len: float
 ) -> dict[str, Any]:
@@ -100,7 +110,8 @@ def _shifted_record(
     id_shift = round(shift_s / CLIP_SECONDS)  # whole: offsets are multiples of _grid_step
     n_ids = int(duration / CLIP_SECONDS)
     out = dict(record)
-    out.update(vid=vid, duration=duration, source_vid=record["vid"], source_offset_s=0.0 - shift_s)
+    source_vid, source_offset = _provenance(record)
+    out.update(vid=vid, duration=duration, source_vid=source_vid, source_offset_s=source_offset - shift_s)
     out["relevant_windows"] = [
         [float(a) + shift_s, float(b) + shift_s] for a, b in record["relevant_windows"]
     ]
@@ -231,7 +242,9 @@ def thin_set(annotations: Sequence[dict[str, Any]], videos: dict[str, CaptionedV
     seen: set[str] = set()
     for record, video in _with_captions(annotations, videos, result):
         vid = _check_vid(f"{result.name}:{video.vid}", f"{result.name} vid")
-        result.annotations.append({**record, "vid": vid, "source_vid": video.vid, "source_offset_s": 0.0})
+        source_vid, source_offset = _provenance(record)
+        provenance = {"source_vid": source_vid, "source_offset_s": source_offset}
+        result.annotations.append({**record, "vid": vid, **provenance})
         if vid not in seen:
             seen.add(vid)
             captions = list(video.captions[: _grid(video)][::k])

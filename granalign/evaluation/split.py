@@ -10,8 +10,9 @@ The side of a video depends only on its id and :data:`SPLIT_SALT`: the first 8 b
 random state, file order or machine enters, so the same video is on the same side in every
 annotation file, on every machine and in every run.  Duration-shifted sets (``granalign
 shift``) have new vids; build them with ``shift --split report`` so that every source video
-is on the report side, instead of splitting their own vids.  Changing the salt re-draws the
-split; never change it without re-tuning every default.
+is on the report side.  A ``--split`` on such a set goes by each query's ``source_vid``, never
+by the derived vid (whose hash would put about half of the other half's queries on this
+side).  Changing the salt re-draws the split; never change it without re-tuning every default.
 """
 
 from __future__ import annotations
