@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -114,3 +115,32 @@ def test_cli_eval_prints_the_paired_difference_against_a_baseline() -> None:
         cells = (label, str(members.sum()), *means, interval.describe())
         row = r"\s*│\s*".join(re.escape(cell) for cell in cells)
         assert re.search(row, result.output), row
+
+
+def test_cli_eval_blames_the_baseline_for_its_own_missing_or_extra_qids(tmp_path: Path) -> None:
+    """A baseline lacking queries is the baseline's fault: the error must name it (not the
+    submission, whose metrics are fine) and must not advise --allow-subset, which fails too."""
+    from typer.testing import CliRunner
+
+    from tools.cli import app
+
+    gt = fixture_path("qvhighlights", "highlight_val_release.jsonl")
+    ours = fixture_path("qvhighlights", "sample_val_preds.jsonl")
+    lines = fixture_path("qvhighlights", "vtg_gpt_val_preds.jsonl").read_text().splitlines()
+    short = tmp_path / "short_baseline.jsonl"
+    short.write_text("\n".join(lines[:-2]) + "\n")
+    missing = [json.loads(line)["qid"] for line in lines[-2:]]
+    args = ["eval", "--submission", str(ours), "--gt", str(gt), "--baseline", str(short)]
+    for extra in ([], ["--allow-subset"]):
+        result = CliRunner().invoke(app, [*args, *extra], env={"COLUMNS": "400"})
+        assert result.exit_code == 2, result.output
+        error = " ".join(result.output[result.output.index("error:") :].split())
+        assert f"--baseline {short}" in error and "allow" not in error, error
+        assert "2 of the submission's qids missing" in error and all(str(q) in error for q in missing)
+    # and a subset submission against a full baseline: the baseline's extra qids are named
+    sub = tmp_path / "sub.jsonl"
+    sub.write_text("\n".join(lines[:-2]) + "\n")
+    args = ["eval", "--submission", str(sub), "--gt", str(gt), "--baseline", str(ours), "--allow-subset"]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "400"})
+    error = " ".join(result.output.split())
+    assert result.exit_code == 2 and "2 qids the submission does not answer" in error, error

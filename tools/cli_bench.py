@@ -65,7 +65,7 @@ def eval_cmd(
     _print_metrics(metrics, extra, title=f"{submission.name}")
     if baseline is not None:
         title = f"{submission.name} − {baseline.name}"
-        _print_paired(preds, read_jsonl(baseline), truth, allow_subset, title)
+        _print_paired(preds, read_jsonl(baseline), truth, allow_subset, title, f"--baseline {baseline}")
     if out_path:
         write_json(out_path, metrics)
         console.print(f"wrote {out_path}")
@@ -82,10 +82,12 @@ def _print_paired(
     truth: list[dict[str, Any]],
     allow_subset: bool,
     title: str,
+    base_label: str = "baseline",
 ) -> dict[str, Any]:
     """Δ R1@0.5 / R1@0.7 / mAP of two submissions on the same queries, paired-bootstrap 95 % CI,
     then Δ R1@0.5 by the length of each query's longest ground-truth window.
 
+    ``base_label`` names the baseline in errors: its qids must be exactly the submission's.
     Returns ``{"delta_pp": {metric: {"delta", "low", "high"}}, "by_longest_gt_window": [...]}``
     in percent points, for a JSON record.
     """
@@ -94,9 +96,9 @@ def _print_paired(
     from granalign.evaluation.metrics import per_query_metrics
 
     ours = per_query_metrics(preds, truth, allow_subset=allow_subset)
-    theirs = per_query_metrics(base, truth, allow_subset=allow_subset)
-    if sorted(map(str, ours.qids)) != sorted(map(str, theirs.qids)):
-        raise InputError(f"{title}: the two submissions must answer exactly the same qids")
+    # the submission's query set is checked above; the baseline's is compared with it below
+    theirs = per_query_metrics(base, truth, allow_subset=True, label=base_label)
+    _check_same_qids(ours.qids, theirs.qids, base_label)
     order = {qid: i for i, qid in enumerate(theirs.qids)}
     index = [order[q] for q in ours.qids]
     table = Table(title=f"{title}: Δ [95 % CI], paired bootstrap over {len(index)} queries")
@@ -112,6 +114,23 @@ def _print_paired(
     bins = paired_by_length(mine, baseline, ours.longest_gt_s)
     _print_by_length(bins, title)
     return {"delta_pp": deltas, "by_longest_gt_window": [row.record() for row in bins]}
+
+
+def _check_same_qids(ours: tuple[Any, ...], theirs: tuple[Any, ...], base_label: str) -> None:
+    """The baseline must answer exactly the submission's qids (a paired Δ needs both on each)."""
+    mine, its = set(ours), set(theirs)
+    missing = [q for q in ours if q not in its]
+    extra = [q for q in theirs if q not in mine]
+    if not missing and not extra:
+        return
+
+    def examples(qids: list[Any]) -> str:
+        return ", ".join(repr(q) for q in qids[:5]) + (", ..." if len(qids) > 5 else "")
+
+    parts = [f"{len(missing)} of the submission's qids missing (e.g. {examples(missing)})"] if missing else []
+    if extra:
+        parts.append(f"{len(extra)} qids the submission does not answer (e.g. {examples(extra)})")
+    raise InputError(f"{base_label}: a paired comparison needs the submission's qids: {'; '.join(parts)}")
 
 
 def _print_by_length(bins: list[LengthBin], title: str) -> None:

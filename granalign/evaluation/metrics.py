@@ -811,13 +811,15 @@ def per_query_metrics(
     ground_truth: Sequence[Mapping[str, Any]],
     *,
     allow_subset: bool = False,
+    label: str = "submission",
 ) -> PerQueryMetrics:
     """The ``full`` moment-retrieval metrics of :func:`evaluate_submission`, one value per query.
 
     Same parsing, validation and matching code as the aggregate (so the means agree with it);
     a confidence interval needs the per-query values, which the official script never exposes.
+    ``label`` names the submission in errors (a baseline file is not "the submission").
     """
-    labels = ("submission", "ground truth")
+    labels = (label, "ground truth")
     predictions, truth = _predictions_and_truth(
         submission, ground_truth, allow_subset=allow_subset, labels=labels
     )
