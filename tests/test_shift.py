@@ -239,3 +239,20 @@ def test_a_set_built_from_a_shifted_set_keeps_the_original_video_and_offset() ->
         assert record["source_vid"] == source["vid"]
         offset = record["source_offset_s"]
         assert [[a + offset, b + offset] for a, b in record["relevant_windows"]] == source["relevant_windows"]
+
+
+def test_concat_drops_highlight_clips_past_the_member_captions() -> None:
+    """A 150-s video captioned for its first 140 s only: a highlight clip at 144 s (GT ends at
+    20 s, so the query is kept) has no caption in the member; shifted by the member's start it
+    would land on the next member's third clip, a highlight of an unrelated video."""
+    short = CaptionedVideo("short", CLIP, tuple(f"short caption {i}" for i in range(70)), 150.0)
+    videos = {"short": short, "alpha": VIDEOS["alpha"]}
+    query = _query(1, "short", [[10, 20]])
+    query["relevant_clip_ids"] = [5, 6, 7, 8, 9, 72]
+    query["saliency_scores"] = [[c % 5, 1, 2] for c in query["relevant_clip_ids"]]
+    for seed in range(6):  # either order of the two members
+        result = concat_set([query, _query(2, "alpha", [[0, 4]])], videos, 2, seed=seed)
+        record = next(r for r in result.annotations if r["qid"] == 1)
+        start = -int(record["source_offset_s"] / CLIP)
+        assert record["relevant_clip_ids"] == [c + start for c in (5, 6, 7, 8, 9)]
+        assert record["saliency_scores"] == query["saliency_scores"][:5]

@@ -101,11 +101,18 @@ def _provenance(record: dict[str, Any]) -> tuple[str, float]:
 
 
 def _shifted_record(
-    record: dict[str, Any], vid: str, duration: float, offset_clips: int, clip_len: float
+    record: dict[str, Any],
+    vid: str,
+    duration: float,
+    offset_clips: int,
+    clip_len: float,
+    source_s: float | None = None,
 ) -> dict[str, Any]:
     """The annotation line moved by ``offset_clips`` caption clips (negative for a crop) into a
     video of ``duration`` seconds; highlight clips (on the evaluator's 2-s grid) that fall
-    outside are dropped with their ratings."""
+    outside are dropped with their ratings, and so are those past ``source_s``, the end of the
+    part of the source that was moved (a concat member's captions: a clip past them would land
+    in the next member)."""
     shift_s = offset_clips * clip_len
     id_shift = round(shift_s / CLIP_SECONDS)  # whole: offsets are multiples of _grid_step
     n_ids = int(duration / CLIP_SECONDS)
@@ -118,7 +125,8 @@ def _shifted_record(
     ids = record.get("relevant_clip_ids")
     if isinstance(ids, list):
         ratings = record.get("saliency_scores")
-        kept = [i for i, c in enumerate(ids) if 0 <= int(c) + id_shift < n_ids]
+        end = n_ids if source_s is None else min(n_ids, round(source_s / CLIP_SECONDS) + id_shift)
+        kept = [i for i, c in enumerate(ids) if 0 <= int(c) + id_shift < end]
         out["relevant_clip_ids"] = [int(ids[i]) + id_shift for i in kept]
         if isinstance(ratings, list) and len(ratings) == len(ids):
             out["saliency_scores"] = [ratings[i] for i in kept]
@@ -221,7 +229,8 @@ def _add_group(
             if _gt_span(record)[1] > n * clip_len + _TOL:
                 result.drop("ground truth past its video's captions")
                 continue
-            result.annotations.append(_shifted_record(record, vid, total * clip_len, offset, clip_len))
+            moved = _shifted_record(record, vid, total * clip_len, offset, clip_len, n * clip_len)
+            result.annotations.append(moved)
         captions.extend(videos[member].captions[:n])
     result.captions.append(
         {
