@@ -256,3 +256,17 @@ def test_concat_drops_highlight_clips_past_the_member_captions() -> None:
         start = -int(record["source_offset_s"] / CLIP)
         assert record["relevant_clip_ids"] == [c + start for c in (5, 6, 7, 8, 9)]
         assert record["saliency_scores"] == query["saliency_scores"][:5]
+
+
+def test_crop_counts_ground_truth_past_the_captions_as_such() -> None:
+    """QVHighlights val qid 8661: GT up to 150 s, captions for 148 s, a 58-s span.  It cannot be
+    cropped, but not because its span is longer than a 60-s crop: the manifest must say why."""
+    videos = {"short": CaptionedVideo("short", CLIP, tuple(f"c{i}" for i in range(74)), 148.0)}
+    query = _query(1, "short", [[92, 124], [138, 150]])
+    for length in (60.0, 90.0):
+        result = crop_set([query], videos, length, seed=0)
+        assert not result.annotations
+        assert result.dropped == {"ground truth past its video's captions": 1}, result.dropped
+    both = {**videos, "alpha": VIDEOS["alpha"]}  # concat already says so
+    concat = concat_set([query, _query(2, "alpha", [[0, 4]])], both, 2, seed=0)
+    assert concat.dropped == {"ground truth past its video's captions": 1}

@@ -163,6 +163,9 @@ def crop_set(
         if n < cut:
             result.drop("video shorter than the crop")
             continue
+        if end > n * clip_len + _TOL:  # no cut on the captions can hold it, whatever its span
+            result.drop("ground truth past its video's captions")
+            continue
         if low > high:
             result.drop("ground-truth span longer than the crop")
             continue
