@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -270,3 +271,18 @@ def test_crop_counts_ground_truth_past_the_captions_as_such() -> None:
     both = {**videos, "alpha": VIDEOS["alpha"]}  # concat already says so
     concat = concat_set([query, _query(2, "alpha", [[0, 4]])], both, 2, seed=0)
     assert concat.dropped == {"ground truth past its video's captions": 1}
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_thin_keeps_the_caption_of_a_partial_last_clip(k: int) -> None:
+    """A 149-s video has 75 2-s clips, the last one 1 s long (as ingest cuts a file).  Thinning
+    must sample from all 75: dropping the last left the video's final second without a caption
+    (thin1 was not the source) and a 4-s grid one clip short of what a 4-s captioner gives."""
+    video = CaptionedVideo("odd", CLIP, tuple(f"odd {i}" for i in range(75)), 149.0)
+    (line,) = thin_set([_query(1, "odd", [[140, 149]], duration=149.0)], {"odd": video}, k).captions
+    assert line["captions"] == list(video.captions[::k])
+    assert len(line["captions"]) == math.ceil(149.0 / (k * CLIP)) and line["duration"] == 149.0
+    # captions past the video's end (more lines than clips) are still left out
+    longer = CaptionedVideo("odd", CLIP, (*video.captions, "past the end"), 149.0)
+    (line,) = thin_set([_query(1, "odd", [[140, 149]], duration=149.0)], {"odd": longer}, k).captions
+    assert line["captions"] == list(video.captions[::k])

@@ -71,6 +71,12 @@ def _grid(video: CaptionedVideo) -> int:
     return min(len(video.captions), math.floor(video.duration_s / video.clip_len_s + _TOL))
 
 
+def _covered(video: CaptionedVideo) -> int:
+    """Captions that start inside the video, a partial last clip included (a 149-s video has 75
+    2-s clips, as ``io.video.clip_count`` cuts a file): what a thinned grid samples from."""
+    return min(len(video.captions), math.ceil(video.duration_s / video.clip_len_s - _TOL))
+
+
 def _grid_step(clip_len: float) -> int:
     """Fewest caption clips spanning a whole number of the evaluator's 2-s clips, so that a
     shift on the caption grid moves ``relevant_clip_ids`` (2-s grid) by a whole number too."""
@@ -259,7 +265,7 @@ def thin_set(annotations: Sequence[dict[str, Any]], videos: dict[str, CaptionedV
         result.annotations.append({**record, "vid": vid, **provenance})
         if vid not in seen:
             seen.add(vid)
-            captions = list(video.captions[: _grid(video)][::k])
+            captions = list(video.captions[: _covered(video)][::k])
             line = {"vid": vid, "clip_len_s": video.clip_len_s * k, "captions": captions}
             result.captions.append({**line, "duration": video.duration_s})
     return result
