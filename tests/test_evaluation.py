@@ -466,6 +466,14 @@ def test_saliency_errors_name_qid() -> None:
         evaluate_submission(mixed, mixed_truth)
 
 
+def test_empty_saliency_is_an_input_error_even_for_a_one_clip_video() -> None:
+    """A 2-3 s video has one evaluator clip, so an empty list is within the length tolerance;
+    it then reached np.argmax and crashed with a bare ValueError instead of naming the query."""
+    truth = [_gt(5, [[0, 2]], duration=3)]
+    with pytest.raises(InputError, match=r"^submission: qid 5: 'pred_saliency_scores' is empty"):
+        evaluate_submission([_pred(5, [[0, 2, 1.0]], [])], truth)
+
+
 def test_ground_truth_errors_name_qid() -> None:
     sub = [_pred(3, [[0, 10, 1.0]], [0.0] * 20)]
     no_windows = {"qid": 3, "duration": 40}

@@ -239,6 +239,8 @@ def _prediction(record: Record, label: str, qid: Qid) -> _Prediction:
     saliency = None
     if "pred_saliency_scores" in record:
         saliency = _number_list(record["pred_saliency_scores"], where, "pred_saliency_scores")
+        if not saliency.size:  # no top clip for Hit@1 (the official np.argmax raises too)
+            raise InputError(f"{where}: 'pred_saliency_scores' is empty")
     return _Prediction(qid=qid, windows=windows, scores=scores, saliency=saliency)
 
 
