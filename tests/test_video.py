@@ -413,3 +413,45 @@ def test_frames_of_a_rotated_video_are_upright(tmp_path):
     assert image.size == (32, 64)
     grey = np.asarray(image.convert("L"), dtype=np.float64)
     assert grey[:28].mean() > 200 and grey[36:].mean() < 50  # white on top, black below
+
+
+def _audio_with_cover(path: Path, *, with_video: bool = False) -> Path:
+    """An mp4 holding AAC silence and a JPEG cover (an attached picture, as music and podcast
+    files carry), and, with ``with_video``, a 1-s video track before them."""
+    import av
+
+    with av.open(str(path), "w", format="mp4") as container:
+        video = None
+        if with_video:
+            video = container.add_stream("libx264", rate=FPS)
+            video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        audio = _silent_track(container)
+        cover = container.add_stream("mjpeg", rate=1)
+        cover.width, cover.height, cover.pix_fmt = 64, 48, "yuvj420p"
+        cover.disposition = av.stream.Disposition.attached_pic
+        picture = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 200, np.uint8), format="rgb24")
+        for packet in [*cover.encode(picture), *cover.encode()]:
+            container.mux(packet)
+        if video is not None:
+            for i in range(FPS):
+                pixels = np.full((48, 64, 3), (i * LEVEL_STEP) % 256, dtype=np.uint8)
+                for packet in video.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
+                    container.mux(packet)
+            for packet in video.encode():
+                container.mux(packet)
+        _mux_silence(container, audio, 100)  # 6.4 s of audio
+    return path
+
+
+def test_an_audio_file_with_cover_art_is_audio_only_and_a_cover_is_never_the_video(tmp_path):
+    """A cover picture is demuxed as a one-packet video stream: it is no video to search (it was
+    probed as a 6-s video at 90,000 fps, and sampling it failed with a raw PermissionError)."""
+    song = _audio_with_cover(tmp_path / "song.m4a")
+    with pytest.raises(InputError, match="has no video stream") as err:
+        probe_video(song)
+    assert "song.m4a" in str(err.value) and "cover picture" in str(err.value)
+    clip = _audio_with_cover(tmp_path / "clip.mp4", with_video=True)
+    info = probe_video(clip)
+    assert (info.codec, info.fps) == ("h264", FPS) and info.duration_s == pytest.approx(1.0, abs=0.05)
+    ((_, image),) = list(sample_frames(clip, clip_times(info.duration_s, 2.0), clip_len=2.0, info=info))
+    assert abs(frame_index(image) - 12) <= 1

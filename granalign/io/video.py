@@ -378,12 +378,21 @@ def _reason(exc: BaseException) -> str:
     return text.splitlines()[0][:200]
 
 
+def _is_cover(stream: Any) -> bool:
+    """A still picture attached to the file (an album cover, a thumbnail), not a video track."""
+    import av
+
+    return bool(stream.disposition & av.stream.Disposition.attached_pic)
+
+
 def _video_stream(container: Any, path: Path) -> Any:
-    streams = list(container.streams.video)
+    """The first video stream that is not an attached picture (an audio file's cover art is
+    demuxed as a one-packet video stream; decoding it as a video gives no usable frames)."""
+    streams = [s for s in container.streams.video if not _is_cover(s)]
     if not streams and not list(container.streams):
         raise InputError(f"{display_path(path)} has no video frames (an empty container: zero-length video)")
     if not streams:
-        kinds = sorted({s.type for s in container.streams})
+        kinds = sorted({"cover picture" if _is_cover(s) else s.type for s in container.streams})
         raise InputError(
             f"{display_path(path)} has no video stream (streams: {', '.join(kinds)}); an audio-only file "
             "cannot be searched for visual moments"
