@@ -455,3 +455,19 @@ def test_an_audio_file_with_cover_art_is_audio_only_and_a_cover_is_never_the_vid
     assert (info.codec, info.fps) == ("h264", FPS) and info.duration_s == pytest.approx(1.0, abs=0.05)
     ((_, image),) = list(sample_frames(clip, clip_times(info.duration_s, 2.0), clip_len=2.0, info=info))
     assert abs(frame_index(image) - 12) <= 1
+
+
+def test_a_video_codec_ffmpeg_cannot_decode_is_refused_in_one_line(tmp_path):
+    """A track in a codec the bundled FFmpeg does not know (here an mp4 whose 'avc1' sample entry
+    is renamed) has no codec context: probing it failed with a raw AttributeError."""
+    data = bytearray(make_video(tmp_path / "plain.mp4", 1.0).read_bytes())
+    at = data.rfind(b"avc1")  # the sample entry (the first is a compatible brand in 'ftyp')
+    assert at > data.find(b"stsd") > 0
+    data[at : at + 4] = b"zzz1"
+    path = tmp_path / "new_codec.mp4"
+    path.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="cannot decode") as err:
+        probe_video(path)
+    assert "new_codec.mp4" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(InputError, match="cannot decode"):
+        FrameSampler(path, probe_video(tmp_path / "plain.mp4"))

@@ -386,8 +386,8 @@ def _is_cover(stream: Any) -> bool:
 
 
 def _video_stream(container: Any, path: Path) -> Any:
-    """The first video stream that is not an attached picture (an audio file's cover art is
-    demuxed as a one-packet video stream; decoding it as a video gives no usable frames)."""
+    """The first decodable video stream that is not an attached picture (an audio file's cover
+    art is demuxed as a one-packet video stream; decoding it as a video gives no usable frames)."""
     streams = [s for s in container.streams.video if not _is_cover(s)]
     if not streams and not list(container.streams):
         raise InputError(f"{display_path(path)} has no video frames (an empty container: zero-length video)")
@@ -397,7 +397,13 @@ def _video_stream(container: Any, path: Path) -> Any:
             f"{display_path(path)} has no video stream (streams: {', '.join(kinds)}); an audio-only file "
             "cannot be searched for visual moments"
         )
-    return streams[0]
+    decodable = [s for s in streams if s.codec_context is not None]  # None: FFmpeg has no decoder for it
+    if not decodable:
+        raise InputError(
+            f"{display_path(path)}: its video stream is in a codec this FFmpeg build (PyAV) cannot decode; "
+            "convert it (e.g. to H.264) first"
+        )
+    return decodable[0]
 
 
 def _scan_duration(container: Any, stream: Any) -> float:
