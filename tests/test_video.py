@@ -471,3 +471,31 @@ def test_a_video_codec_ffmpeg_cannot_decode_is_refused_in_one_line(tmp_path):
     assert "new_codec.mp4" in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(InputError, match="cannot decode"):
         FrameSampler(path, probe_video(tmp_path / "plain.mp4"))
+
+
+@pytest.mark.parametrize("name", ["late.flv", "late.mkv"])
+def test_a_stream_starting_late_in_a_container_without_stream_durations_keeps_its_tail(tmp_path, name):
+    """A 5-s video whose first frame is at 1.5 s (a live recording's dump).  FLV's declared
+    duration already leaves out the 1.5 s, Matroska's counts them: subtracting the start from
+    both probed the FLV as 3.5 s, and its last 2-s clip (4-5 s) was never ingested."""
+    from fractions import Fraction
+
+    import av
+
+    path = tmp_path / name
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("flv" if name.endswith(".flv") else "libx264", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1000)
+        for i in range(5 * FPS):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), i * LEVEL_STEP % 256, np.uint8), "rgb24")
+            frame.pts, frame.time_base = 1500 + i * 1000 // FPS, Fraction(1, 1000)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    info = probe_video(path)
+    assert info.start_s == pytest.approx(1.5) and info.duration_s == pytest.approx(5.0, abs=0.05)
+    times = clip_times(info.duration_s, 2.0)
+    got = [frame_index(image) for _, image in sample_frames(path, times, clip_len=2.0, info=info)]
+    assert len(got) == 3 and all(abs(g - round(t * FPS)) <= 1 for g, t in zip(got, times, strict=True)), got

@@ -428,9 +428,11 @@ def probe_video(path: Path) -> VideoInfo:
         whole = float(container.duration) / 1_000_000 - max(start, 0.0) if container.duration else 0.0
         if stream.duration and tb:
             duration = float(stream.duration * tb)
-        elif len(container.streams) == 1:  # the container's duration is the video's
+        elif len(container.streams) == 1 and start <= 0:  # the container's duration is the video's
             duration = whole
-        else:  # Matroska/WebM: the container's duration may be a longer audio track's
+        else:  # Matroska/WebM: the container's duration may be a longer audio track's; with a
+            # start offset it may or may not count the time before the first frame (Matroska
+            # does, FLV does not): the packets are measured
             duration = 0.0
         if not math.isfinite(duration) or duration <= 0:
             try:
