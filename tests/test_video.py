@@ -499,3 +499,20 @@ def test_a_stream_starting_late_in_a_container_without_stream_durations_keeps_it
     times = clip_times(info.duration_s, 2.0)
     got = [frame_index(image) for _, image in sample_frames(path, times, clip_len=2.0, info=info)]
     assert len(got) == 3 and all(abs(g - round(t * FPS)) <= 1 for g, t in zip(got, times, strict=True)), got
+
+
+@pytest.mark.parametrize("gop", [25, None], ids=["gop-1s", "gop-default-250"])
+def test_frames_of_an_mpeg_ts_file_are_from_their_clip_centres(tmp_path, gop):
+    """MPEG-TS has no index: a seek lands on some packet after the last keyframe, whose frames
+    decode only from the next keyframe.  The sampler took that keyframe (up to a GOP late: 1.0 s
+    for the 0.5-s clip centre) and, in a GOP longer than the video, refused the whole file as
+    'truncated or corrupt'."""
+    path = make_video(tmp_path / "broadcast.ts", 4.0, gop=gop)
+    info = probe_video(path)
+    times = clip_times(info.duration_s, 1.0)
+    with FrameSampler(path, info) as sampler:  # every clip, then seeks back (frames already passed)
+        got = [frame_index(sampler.frame_at(t, not_before=i * 1.0)) for i, t in enumerate(times)]
+        again = [frame_index(sampler.frame_at(t)) for t in (3.5, 0.5, 2.5)]
+    expected = [t * FPS for t in times]  # frame 87 or 88 is shown at 3.5 s, level ±1 after YUV
+    assert len(got) == 4 and all(abs(g - e) <= 2 for g, e in zip(got, expected, strict=True)), (got, expected)
+    assert all(abs(g - e) <= 2 for g, e in zip(again, [87.5, 12.5, 62.5], strict=True)), again

@@ -31,6 +31,7 @@ PyAV is imported lazily: the graph and the CLI import this module before any vid
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import os
 import re
@@ -563,10 +564,28 @@ class FrameSampler:
         return target - self._pos > max(self._gop, since_key, 1.0)
 
     def _seek(self, target: float) -> None:
-        self._container.seek(max(0, int(target / self._tb)), stream=self._stream, backward=True)
-        self._frames = self._decoded()
-        self._pos = None
-        self._last = None
+        """Seek to the keyframe at or before ``target``.
+
+        A container without an index (MPEG-TS, raw streams) may land on any packet past the last
+        keyframe, whose frames decode only from the next keyframe: the first frame would be up to
+        a GOP late, or none at all in a long GOP.  So when the first frame is past ``target`` (or
+        none comes), the seek is redone earlier, the step back doubling from 1 s, until it starts
+        from the beginning of the stream.
+        """
+        back = 0.0
+        first_at = max(self.info.start_s, 0.0)
+        while True:
+            at = target - back
+            self._container.seek(max(0, int(at / self._tb)), stream=self._stream, backward=True)
+            self._pos = None
+            self._last = None
+            frames = self._decoded()
+            first = next(frames, None)
+            late = first is None or (first.time is not None and float(first.time) > target + self._half_frame)
+            if not late or at <= first_at:
+                self._frames = frames if first is None else itertools.chain([first], frames)
+                return
+            back = max(1.0, 2 * back)
 
     def _decoded(self) -> Iterator[Any]:
         """Frames in presentation order, packet by packet; a packet the decoder rejects is skipped.
@@ -608,10 +627,10 @@ class FrameSampler:
         (the clip's start); otherwise the file ended early and an InputError says so.
         """
         target = self.info.start_s + t
-        if self._should_seek(target):
-            self._seek(target)
-        assert self._frames is not None
         try:
+            if self._should_seek(target):
+                self._seek(target)
+            assert self._frames is not None
             for frame in self._frames:
                 ft = self._note(frame)
                 self._last = frame
