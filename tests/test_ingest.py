@@ -259,6 +259,7 @@ def test_index_cli_needs_exactly_one_source(ctx):
         (lambda d: _write(d / "zero.mp4", b""), "is empty"),
         (lambda d: Path("/etc/hostname"), "outside the allowed video roots"),
         (lambda d: "https://example.org/v.mp4", "is a URL"),
+        (lambda d: make_video(d / "sliver.mp4", 0.2, size=(1000, 4)), r"1000x4 pixels, an aspect ratio over"),
     ],
     ids=[
         "missing",
@@ -269,6 +270,7 @@ def test_index_cli_needs_exactly_one_source(ctx):
         "zero-length",
         "outside-roots",
         "url",
+        "sliver-frames",  # was a raw ValueError of the captioner's image processor, mid-encode
     ],
 )
 def test_bad_files_get_clear_errors_and_leave_nothing_behind(ctx, work, make, needle):

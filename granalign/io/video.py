@@ -352,6 +352,12 @@ class VideoInfo:
     codec: str
 
 
+MAX_ASPECT = 100
+"""Frames wider than this many times their height (or the reverse) are refused at probe: vision
+models cannot read such a sliver (Qwen2-VL's processor raises over 200:1; the margin covers
+the rounding of a frame shrunk to ``max_pixels``)."""
+
+
 def _av_errors() -> tuple[type[BaseException], ...]:
     import av
 
@@ -446,11 +452,17 @@ def probe_video(path: Path) -> VideoInfo:
             raise InputError(f"{display_path(path)} has no video frames (zero-length video)")
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         fps = float(rate) if rate else 25.0
+        width, height = int(stream.codec_context.width or 0), int(stream.codec_context.height or 0)
+        if width and height and max(width, height) > MAX_ASPECT * min(width, height):
+            raise InputError(
+                f"{display_path(path)}: its frames are {width}x{height} pixels, an aspect ratio over "
+                f"{MAX_ASPECT}:1 that no captioner reads (Qwen2-VL refuses over 200:1)"
+            )
         return VideoInfo(
             duration_s=duration,
             fps=fps if math.isfinite(fps) and fps > 0 else 25.0,
-            width=int(stream.codec_context.width or 0),
-            height=int(stream.codec_context.height or 0),
+            width=width,
+            height=height,
             start_s=start,
             codec=str(stream.codec_context.name),
         )
