@@ -207,6 +207,7 @@ def _encode_clips(
                 raise KeyboardInterrupt("ingest stopped by an interrupt (Ctrl-C)")
             images, seconds = pending.result()
             timings["decode"] += seconds
+            _check_read_unchanged(sampler, state, writer.video_id, done)
             if i + 1 < len(batches):
                 pending = pool.submit(_decode, sampler, times, ctx.clip_len, batches[i + 1])
             _encode_batch(writer, batch, images, timings)
@@ -220,6 +221,19 @@ def _encode_clips(
         "timings": {k: round(v, 4) for k, v in timings.items()},
         "notes": [damage] if damage else [],
     }
+
+
+def _check_read_unchanged(sampler: FrameSampler, state: IngestState, video_id: str, done: int) -> None:
+    """Refuse frames decoded from bytes other than those hashed into ``video_id``: a file rewritten
+    in place (``cp`` over it, an editor saving) while its batches were read.  Checked after each
+    batch is decoded and before it is stored, so the clips stored before are of the hashed bytes."""
+    stamp = state.get("stamp")
+    if stamp is not None and sampler.file_stamp() != list(stamp):
+        raise InputError(
+            f"video {display_path(state['path'])} changed while its frames were read (hashed as {video_id}); "
+            f"the clips stored before the change ({done} of {state['n_clips']}) are of the hashed file, "
+            "nothing after it was stored: re-run once the file is complete"
+        )
 
 
 def _encode_batch(w: _ClipWriter, batch: list[int], images: list[Any], timings: dict[str, float]) -> None:

@@ -451,6 +451,34 @@ def test_a_video_replaced_between_probe_and_encode_is_refused_not_stored_under_t
     assert again["video_id"] == content_hash(path) != old_id and again["encoded"] == 2
 
 
+def test_a_video_rewritten_in_place_during_its_ingest_stores_nothing_after_the_change(ctx, work, monkeypatch):
+    """``cp`` over a file (or an editor saving it) keeps its inode and rewrites its bytes: the
+    sampler's open file then reads the new bytes.  Only the open was checked, so the later clips
+    were decoded from the new bytes (reported as damaged packets) and stored under the old
+    content's id, with a complete video record."""
+    import graphs.ingest as ingest_module
+
+    path = make_video(work / "rewritten.mp4", 6.0, size=(96, 72), pattern="noise")
+    old_id = content_hash(path)
+    small = ctx.with_overrides(ingest_batch=1)
+    real = ingest_module._encode_batch
+
+    def rewrite_after_the_first_batch(writer, batch, *args, **kwargs):
+        real(writer, batch, *args, **kwargs)
+        if batch == [0]:
+            with open(path, "r+b") as fh:  # same inode, same size, other bytes
+                size = os.fstat(fh.fileno()).st_size
+                fh.seek(size // 2)
+                fh.write(bytes(size // 4))
+
+    monkeypatch.setattr(ingest_module, "_encode_batch", rewrite_after_the_first_batch)
+    with pytest.raises(InputError, match=r"changed while its frames were read .*\(1 of 3\)"):
+        ingest_video(small, str(path))
+    assert resources.store_for(ctx).video(old_id) is None
+    assert_no_half_clips(small, old_id, 3)
+    assert unfinished_clips(small, old_id, 3) == [1, 2]
+
+
 def test_index_with_stderr_not_a_terminal_reports_each_video_as_it_finishes(tmp_path, monkeypatch):
     """Piped to a log (nohup, a CI job, a RayJob), rich draws no bars until the very end: the log
     said nothing for the whole ingest.  Each finished video now gets a plain line at once."""

@@ -561,6 +561,12 @@ class FrameSampler:
     ) -> None:
         self.close()
 
+    def file_stamp(self) -> list[int]:
+        """(size, mtime in ns, inode) of the open file: :func:`file_stamp` of what is being read,
+        even once its path names another file."""
+        info = os.fstat(self._fh.fileno())
+        return [info.st_size, info.st_mtime_ns, info.st_ino]
+
     def close(self) -> None:
         self._frames = None
         self._last = None
