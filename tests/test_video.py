@@ -516,3 +516,23 @@ def test_frames_of_an_mpeg_ts_file_are_from_their_clip_centres(tmp_path, gop):
     expected = [t * FPS for t in times]  # frame 87 or 88 is shown at 3.5 s, level ±1 after YUV
     assert len(got) == 4 and all(abs(g - e) <= 2 for g, e in zip(got, expected, strict=True)), (got, expected)
     assert all(abs(g - e) <= 2 for g, e in zip(again, [87.5, 12.5, 62.5], strict=True)), again
+
+
+def test_a_raw_stream_without_timestamps_is_refused_for_what_it_is(tmp_path):
+    """A raw H.264 stream (a DVR's .h264, renamed .mp4) holds 25 frames with no timestamps: it
+    was refused as 'no video frames (zero-length video)', which it is not."""
+    import av
+
+    path = tmp_path / "camera.mp4"
+    with av.open(str(path), "w", format="h264") as container:
+        stream = container.add_stream("libx264", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(FPS):
+            pixels = np.full((48, 64, 3), i * LEVEL_STEP, dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    with pytest.raises(InputError, match=r"its 25 video packets carry no timestamps \(a raw h264") as err:
+        probe_video(path)
+    assert "camera.mp4" in str(err.value)

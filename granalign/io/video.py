@@ -413,16 +413,20 @@ def _video_stream(container: Any, path: Path) -> Any:
     return decodable[0]
 
 
-def _scan_duration(container: Any, stream: Any) -> float:
-    """Duration from packet timestamps, for containers that do not declare one (demux only, no decode)."""
+def _scan_duration(container: Any, stream: Any) -> tuple[float, int]:
+    """Duration from packet timestamps, for containers that do not declare one (demux only, no
+    decode), and how many packets carry no timestamp."""
     tb = float(stream.time_base)
     start = stream.start_time or 0
     end = None
+    untimed = 0
     for packet in container.demux(stream):
         if packet.pts is not None:
             stop = packet.pts + (packet.duration or 0)
             end = stop if end is None else max(end, stop)
-    return 0.0 if end is None else max(0.0, (end - start) * tb)
+        elif packet.size:
+            untimed += 1
+    return (0.0 if end is None else max(0.0, (end - start) * tb)), untimed
 
 
 def probe_video(path: Path) -> VideoInfo:
@@ -441,13 +445,19 @@ def probe_video(path: Path) -> VideoInfo:
             # start offset it may or may not count the time before the first frame (Matroska
             # does, FLV does not): the packets are measured
             duration = 0.0
+        untimed = 0
         if not math.isfinite(duration) or duration <= 0:
             try:
-                duration = _scan_duration(container, stream)
+                duration, untimed = _scan_duration(container, stream)
             except _av_errors():
                 duration = 0.0
             if duration <= 0 and math.isfinite(whole):
                 duration = whole
+        if duration <= 0 and untimed:
+            raise InputError(
+                f"{display_path(path)}: its {untimed} video packets carry no timestamps (a raw "
+                f"{stream.codec_context.name} stream, in no container); remux it into mp4 or mkv first"
+            )
         if duration <= 0:
             raise InputError(f"{display_path(path)} has no video frames (zero-length video)")
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
