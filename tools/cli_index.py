@@ -293,14 +293,15 @@ def retrieve_cmd(
     if as_json:
         out.print_json(json.dumps(result))
     else:
-        table = Table(title=f"{result['video_id']}: {result['query']}")
+        # the query and a stored id are free text: printed as typed, never read as Rich markup
+        table = Table(title=escape(f"{result['video_id']}: {result['query']}"))
         for col in ("rank", "start (s)", "end (s)", "score"):
             table.add_column(col, justify="right")
         for i, (s, e, sc) in enumerate(result["moments"], start=1):
             table.add_row(str(i), seconds_text(s), seconds_text(e), f"{sc:.3f}")
         out.print(table)
         for note in result["notes"]:
-            console.print(f"[dim]note: {note}[/]")
+            console.print(f"[dim]note: {escape(note)}[/]")
     if plot:
         from tools.plots import timeline_plot
 
@@ -311,7 +312,7 @@ def retrieve_cmd(
             moments=result["moments"],
             title=f"{result['video_id']}: {result['query']}",
         )
-        console.print(f"wrote {plot}")
+        console.print(f"wrote {escape(str(plot))}")
 
 
 def _video_and_query(video: str | None, query: str | None, video_opt: str | None) -> tuple[str, str]:

@@ -1,0 +1,46 @@
+"""``granalign retrieve`` prints what the user typed and what the store holds as plain text.
+
+Real MiniLM, real Chroma; a tiny captions import; the command runs in-process through Typer's
+runner.  Queries and stored ids are free text: brackets (Rich markup) and dollar signs
+(matplotlib mathtext) in them must reach the table, the notes and the plot as they are.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner, Result
+
+from granalign.backends.embedder import make_embedder
+from granalign.io.captions_import import import_captions
+from graphs import resources
+from graphs.context import Context
+from tools.cli import app
+
+ODD_VID = "clip [bold]7"  # any printable non-path name is a store id (captions_import)
+CAPTIONS = ["a man chops onions in a kitchen"] * 3 + ["a dog runs on a beach"] * 5
+
+
+@pytest.fixture(scope="module")
+def store_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("cli_retrieve")
+    caps = path / "caps.jsonl"
+    caps.write_text(json.dumps({"vid": ODD_VID, "clip_len_s": 2, "captions": CAPTIONS}) + "\n")
+    ctx = Context(store_dir=str(path / "store"))
+    import_captions(resources.store_for(ctx), make_embedder(ctx.embedder), caps, source="t")
+    resources.clear_caches(close_stores=True)
+    return path / "store"
+
+
+def _retrieve(store_dir: Path, *args: str) -> Result:
+    return CliRunner().invoke(app, ["retrieve", "--store", str(store_dir), *args], env={"COLUMNS": "1000"})
+
+
+def test_brackets_in_the_query_and_the_id_are_printed_not_read_as_markup(store_dir: Path) -> None:
+    query = "a dog [/][/] runs [bold]on a beach"
+    got = _retrieve(store_dir, "--video", ODD_VID, query)
+    assert got.exception is None or isinstance(got.exception, SystemExit), got.exception
+    assert got.exit_code == 0, got.output
+    assert f"{ODD_VID}: {query}" in " ".join(got.output.split())  # the table's title, as typed
