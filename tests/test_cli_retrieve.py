@@ -44,3 +44,10 @@ def test_brackets_in_the_query_and_the_id_are_printed_not_read_as_markup(store_d
     assert got.exception is None or isinstance(got.exception, SystemExit), got.exception
     assert got.exit_code == 0, got.output
     assert f"{ODD_VID}: {query}" in " ".join(got.output.split())  # the table's title, as typed
+
+
+def test_dollar_signs_in_the_query_do_not_break_the_plot(store_dir: Path, tmp_path: Path) -> None:
+    plot = tmp_path / "t.png"
+    got = _retrieve(store_dir, "--video", ODD_VID, "a sign reading $x^$ on a beach", "--plot", str(plot))
+    assert got.exception is None or isinstance(got.exception, SystemExit), got.exception
+    assert got.exit_code == 0 and plot.is_file(), got.output

@@ -46,7 +46,8 @@ def timeline_plot(
     ax.set_ylim(-0.16 - 0.07 * min(top, len(moments)), 1.05)
     ax.set_xlabel("time (s)")
     ax.set_ylabel("score")
-    ax.set_title(title if len(title) < 110 else title[:107] + "...", fontsize=10)
+    # a query is free text: "$x^$" would be parsed as mathtext and fail at savefig
+    ax.set_title(title if len(title) < 110 else title[:107] + "...", fontsize=10, parse_math=False)
     ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
