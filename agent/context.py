@@ -75,6 +75,12 @@ class AgentContext:
     def __post_init__(self) -> None:
         for f in fields(self):
             value, meta = getattr(self, f.name), f.metadata
+            # a JSON client's "false" is a truthy string (cite_windows="false" would cite), and a
+            # null prompt or key variable would fail deep inside a node instead of here
+            if isinstance(f.default, bool) and not isinstance(value, bool):
+                raise ConfigError(f"agent setting {f.name}={value!r} must be true or false")
+            if isinstance(f.default, str) and not isinstance(value, str):
+                raise ConfigError(f"agent setting {f.name}={value!r} must be a string")
             if "lo" not in meta:
                 continue
             lo, hi = meta["lo"], meta["hi"]

@@ -176,3 +176,24 @@ def test_a_served_agent_run_cannot_pick_the_key_variable_or_another_model_host(m
     ]:
         with pytest.raises(ConfigError, match=key):
             check_agent_keys({key: value})
+
+
+@pytest.mark.parametrize(
+    "name,value",
+    [
+        ("cite_windows", "false"),
+        ("cite_windows", 0),
+        ("system_prompt", None),
+        ("system_prompt", 5),
+        ("api_key_env", None),
+        ("api_key_env", 5),
+        ("model", None),
+    ],
+)
+def test_agent_context_refuses_values_of_the_wrong_type(name, value):
+    """As the retrieval Context does: "false" is not read as true, and a null prompt or key
+    variable is one line naming the setting, not a TypeError inside a node."""
+    from agent.context import AgentContext
+
+    with pytest.raises(ConfigError, match=f"agent setting {name}="):
+        AgentContext(**{name: value})
