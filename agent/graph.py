@@ -266,10 +266,19 @@ def _words_naming_videos(text: str) -> list[_Mention]:
     for raw in text.split():
         word = raw.strip(_EDGE_PUNCT).rstrip(".")
         if word.lower().endswith(VIDEO_EXTENSIONS) and len(word) <= MAX_VIDEO_ARG_CHARS:
-            out.append(_Mention(word, checked=True))
+            if _names_a_file(word):  # ".mp4" or "*.mkv" names a format, not a video
+                out.append(_Mention(word, checked=True))
         elif VIDEO_ID_RE.fullmatch(word) and len(word) >= 4 and re.search(r"[\d_:-]", word):
             out.append(_Mention(word, checked=False))
     return out
+
+
+def _names_a_file(word: str) -> bool:
+    """Whether a word ending in a video extension has a file name before it (``clip.mp4``), not
+    just the extension (``.mp4``, ``*.mkv``, ``videos/.mov``): a question about file formats
+    names no video."""
+    name = re.split(r"[\\/]", word)[-1]
+    return any(c.isalnum() for c in name[: name.rfind(".")])
 
 
 def _grounding_needed(state: AgentState, tools: dict[str, BaseTool]) -> _Grounding | None:

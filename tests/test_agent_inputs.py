@@ -197,3 +197,56 @@ def test_agent_context_refuses_values_of_the_wrong_type(name, value):
 
     with pytest.raises(ConfigError, match=f"agent setting {name}="):
         AgentContext(**{name: value})
+
+
+@pytest.mark.parametrize(
+    "question",
+    [
+        "What's the difference between .mp4 and .mkv files?",
+        "Should I export as *.mov or .webm?",
+        "Why does my phone save videos/.mp4 files?",
+    ],
+)
+def test_a_question_about_file_formats_names_no_video_to_ground(question):
+    """A bare extension is not a video file: the answer is not grounded on a retrieval of
+    '.mp4' (which fails and adds 'No moments could be retrieved' to a correct answer)."""
+    from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+    from langchain_core.tools import StructuredTool
+
+    from agent.graph import build_agent
+    from tests.test_agent import _scripted
+
+    asked: list[str] = []
+
+    def retrieve_moments(video: str, query: str) -> str:
+        """Stand-in that records the video it is asked about."""
+        asked.append(video)
+        return "no moment"
+
+    tool = StructuredTool.from_function(retrieve_moments, name="retrieve_moments")
+    model = _scripted(AIMessage(content="MP4 and MKV are containers."))
+    out = build_agent(model=model, tools=[tool]).invoke({"messages": [HumanMessage(question)]})
+    assert asked == [] and not [m for m in out["messages"] if isinstance(m, ToolMessage)]
+    assert out["messages"][-1].text == "MP4 and MKV are containers."
+
+
+def test_a_named_video_file_is_still_grounded():
+    from langchain_core.messages import AIMessage, HumanMessage
+    from langchain_core.tools import StructuredTool
+
+    from agent.graph import build_agent
+    from tests.test_agent import _scripted
+
+    asked: list[str] = []
+
+    def retrieve_moments(video: str, query: str) -> str:
+        """Stand-in that records the video it is asked about."""
+        asked.append(video)
+        return "no moment"
+
+    tool = StructuredTool.from_function(retrieve_moments, name="retrieve_moments")
+    model = _scripted(AIMessage(content="At the start."), AIMessage(content="At the start."))
+    build_agent(model=model, tools=[tool]).invoke(
+        {"messages": [HumanMessage("When does the dog jump in dogs/park_2.mp4?")]}
+    )
+    assert asked == ["dogs/park_2.mp4"]
