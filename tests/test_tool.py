@@ -321,7 +321,7 @@ def test_list_videos_filters_bounds_and_reports_the_total(demo_store):
         "total": 2,
         "truncated": False,
     }
-    assert f"- {DOG_VIDEO} (150 s, caption-only)" in both.content
+    assert f"- {DOG_VIDEO} (150.0 s, caption-only)" in both.content
     one = _call(tool, {"contains": "EZ8KYP", "limit": 1})
     assert [v["video_id"] for v in one.artifact["videos"]] == [FLIPFLOP_VIDEO]
     first = _call(tool, {"limit": 1})
@@ -332,6 +332,30 @@ def test_list_videos_filters_bounds_and_reports_the_total(demo_store):
         refused = _call(tool, {"limit": lax})
         assert refused.status == "error" and "limit: Input should be a valid integer" in refused.content
     assert _call(tool, {"contains": "x" * 65}).status == "error"
+
+
+def test_list_videos_durations_read_as_the_windows_do(tmp_path):
+    """A 13.1-s video is listed as 13.1 s, not 13 s, so its windows (10.0–13.1 s) are not read as
+    running past its end; a 0.4-s one is not listed as 0 s."""
+    caps = tmp_path / "caps.jsonl"
+    rows = [
+        {"vid": "short_a", "clip_len_s": 2, "captions": ["a dog jumps into a pool"] * 7, "duration": 13.1},
+        {"vid": "tiny", "clip_len_s": 2, "captions": ["a dog jumps into a pool"], "duration": 0.4},
+    ]
+    caps.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    with Store(tmp_path / "store") as store:
+        import_captions(store, make_embedder("local:all-MiniLM-L6-v2"), caps, source="t")
+    retriever = MomentRetriever(_settings(tmp_path / "store"))
+    listed = _call(make_list_videos_tool(retriever), {})
+    assert "- short_a (13.1 s, caption-only)" in listed.content
+    assert "- tiny (0.4 s, caption-only)" in listed.content
+    ends = [
+        e
+        for _, e, _ in _call(
+            make_retrieve_moments_tool(retriever), {"video": "short_a", "query": "a dog"}
+        ).artifact["moments"]
+    ]
+    assert max(ends) == 13.1
 
 
 @pytest.mark.slow

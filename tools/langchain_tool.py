@@ -278,7 +278,9 @@ class VideoList:
             f"{self.total} indexed video(s)"
             + (f", first {len(self.videos)}:" if self.total > len(self.videos) else ":")
         ]
-        lines += [f"- {v['video_id']} ({v['duration_s']:.0f} s, {v['mode']})" for v in self.videos]
+        # durations as windows are printed (seconds_text): "13 s" for a 13.1-s video would make
+        # its last window, 10.0–13.1 s, read as running past the end
+        lines += [f"- {v['video_id']} ({seconds_text(v['duration_s'])} s, {v['mode']})" for v in self.videos]
         return "\n".join(lines)
 
 
