@@ -17,6 +17,7 @@ and relays those events; the retrieval graph uses it for videos the store does n
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -307,8 +308,9 @@ def finalize(state: IngestState, runtime: Runtime[Context]) -> dict[str, Any]:
     return {}
 
 
-def build_ingest_graph() -> Any:
-    """Compile the ingest graph (``langgraph.json``: ``ingest``)."""
+def build_ingest_graph(checkpointer: Any = None) -> Any:
+    """Compile the ingest graph (``langgraph.json``: ``ingest``); ``checkpointer=False`` never
+    checkpoints, not even into a calling graph's thread."""
     builder = StateGraph(
         IngestState, context_schema=Context, input_schema=IngestInput, output_schema=IngestOutput
     )
@@ -319,10 +321,19 @@ def build_ingest_graph() -> Any:
     builder.add_edge("probe", "encode")
     builder.add_edge("encode", "finalize")
     builder.add_edge("finalize", END)
-    return builder.compile(name="granalign-ingest")
+    return builder.compile(name="granalign-ingest", checkpointer=checkpointer)
 
 
 graph = build_ingest_graph()
+_unsaved = build_ingest_graph(checkpointer=False)
+"""What :func:`ingest_video` runs.  Called inside a retrieval step, a graph compiled without a
+checkpointer would borrow the retrieval's and write its steps into that run's thread: after a
+cancelled call had deleted the thread, the ingest (which goes on in its worker thread) wrote
+them back, rows nobody could resume or delete.  An ingest resumes through the store instead:
+a re-run skips every finished clip."""
+warnings.filterwarnings(  # ingest_video's durability="exit" (see there) is deliberate
+    "ignore", message="`durability` has no effect when no checkpointer", category=UserWarning
+)
 
 
 def ingest_video(
@@ -330,7 +341,12 @@ def ingest_video(
 ) -> dict[str, Any]:
     """Run the ingest graph on one file, relaying its progress events; returns its output."""
     result: dict[str, Any] = {}
-    for mode, chunk in graph.stream({"video": video}, context=ctx, stream_mode=["custom", "values"]):
+    # durability: a calling retrieval's "sync" would be inherited, which LangGraph cannot do
+    # without a checkpointer (AttributeError in its loop); "exit" writes nothing here
+    parts = _unsaved.stream(
+        {"video": video}, context=ctx, stream_mode=["custom", "values"], durability="exit"
+    )
+    for mode, chunk in parts:
         if mode == "custom":
             if on_event is not None:
                 on_event(chunk)

@@ -142,7 +142,15 @@ def test_retrieve_cli_prints_windows_and_plots_random_weights(ctx, tmp_path):
     assert as_json.exit_code == 0, as_json.output
     out = json.loads(as_json.stdout)
     assert set(out) == {
-        "video_id", "query", "moments", "saliency", "clip_len_s", "variants", "mode", "notes", "thread_id"
+        "video_id",
+        "query",
+        "moments",
+        "saliency",
+        "clip_len_s",
+        "variants",
+        "mode",
+        "notes",
+        "thread_id",
     }
     assert out["mode"] == "full" and len(out["saliency"]) == 5 and out["clip_len_s"] == 2.0
     assert out["thread_id"]  # printed at the start too, so a killed run can be resumed
@@ -186,3 +194,41 @@ def test_a_video_url_is_fetched_ingested_and_answered_random_weights(ctx, tmp_pa
     assert first["mode"] == "full" and 1 <= len(first["moments"]) <= 3
     assert all(0 <= s < e <= CLIPS["bikes.mp4"][0] + 1e-6 for s, e, _ in first["moments"])
     assert again["moments"] == first["moments"] and fetched == ["/bikes.mp4"]
+
+
+def test_a_call_cancelled_during_an_ingest_leaves_no_checkpoint_random_weights(vlm, tmp_path):
+    """The ingest runs inside the retrieval's load_video step and goes on after its caller
+    cancels (the store keeps its clips). It must not write its steps into the cancelled run's
+    checkpoint thread, which the cancellation deleted: nobody could ever resume or delete them."""
+    import asyncio
+    import time
+
+    from graphs import durable
+    from tests.test_ingest import model_context
+    from tools.langchain_tool import MomentRetriever, ToolSettings
+
+    ctx = model_context(tmp_path / "store", vlm, [VIDEOS], checkpoint_db=str(tmp_path / "ck.sqlite"))
+    retriever = MomentRetriever(ToolSettings(context=ctx, url_allowlist=()))
+    video = str(VIDEOS / "charades_univtg_example.mp4")
+    events: list[dict] = []
+
+    async def cancel_during_the_ingest() -> None:
+        task = asyncio.create_task(retriever.arun(video, Q1, on_progress=events.append))
+        while not any(e["stage"] == "probe" for e in events) and not task.done():
+            await asyncio.sleep(0.02)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(cancel_during_the_ingest())
+    store = resources.store_for(ctx)
+    deadline = time.monotonic() + 120
+    while not ((rec := store.video(content_hash(Path(video)))) and rec.complete):  # the abandoned ingest
+        assert time.monotonic() < deadline, "the abandoned ingest did not finish"
+        time.sleep(0.1)
+    time.sleep(1.0)  # its last step's checkpoint, if any, is written by now
+    saver = durable.checkpointer_for(ctx)
+    assert saver is not None and list(saver.list(None)) == []
+    later = retriever.run(video, Q1)  # a later call answers from the stored ingest
+    _check_contract(later.artifact, *CLIPS["charades_univtg_example.mp4"])
+    assert list(saver.list(None)) == []
