@@ -57,11 +57,11 @@ from langgraph.runtime import Runtime, get_runtime
 from typing_extensions import TypedDict
 
 from agent.context import ENV_MODEL, AgentContext
-from granalign.errors import BackendError, InputError
+from granalign.errors import BackendError
 from granalign.io.video import VIDEO_EXTENSIONS
 from granalign.text import seconds_text
 from tools.langchain_tool import MAX_CONTAINS_CHARS
-from tools.safety import MAX_QUERY_CHARS, MAX_VIDEO_ARG_CHARS, VIDEO_ID_RE, clean_text
+from tools.safety import MAX_QUERY_CHARS, MAX_VIDEO_ARG_CHARS, VIDEO_ID_RE
 
 log = logging.getLogger(__name__)
 
@@ -120,14 +120,18 @@ def _calls_used(messages: Sequence[AnyMessage]) -> int:
 
 
 def _state_video(state: AgentState) -> str:
-    """The input's ``video``, cleaned and bounded; empty when absent or unusable."""
+    """The input's ``video`` as given (stripped); empty when absent or unusable.
+
+    Not normalised as a query is (NFKC, whitespace runs): a stored id may hold characters NFKC
+    folds (``clip²``, ``№``), and ``clip2`` is no video.  One with control, invisible or line
+    characters (which the tool refuses as well) would end up in the system prompt: unusable."""
     raw = state.get("video")
-    if not raw:
+    if not isinstance(raw, str):
         return ""
-    try:
-        return clean_text(raw, name="video", max_chars=MAX_VIDEO_ARG_CHARS)
-    except InputError:
+    text = raw.strip()
+    if not text or len(text) > MAX_VIDEO_ARG_CHARS or not text.isprintable():
         return ""
+    return text
 
 
 def _video_hint(state: AgentState) -> str:
