@@ -81,6 +81,7 @@ def test_http_server_lists_tools_with_json_schemas_and_answers(http_server, demo
                     "long": {"video": DOG_VIDEO, "query": "x" * 5000},
                     "unknown": {"video": "nope", "query": "a dog"},
                     "not_indexed": {"video": "notes.mp4", "query": "a dog"},
+                    "made_up_thread": {"video": DOG_VIDEO, "query": "a dog", "thread_id": "t-nope"},
                 }.items()
             }
             lax_limit = await session.call_tool("list_videos", {"limit": True})  # strict: not 1
@@ -93,6 +94,7 @@ def test_http_server_lists_tools_with_json_schemas_and_answers(http_server, demo
     assert set(tools) == {"retrieve_moments", "list_videos"}
     schema = tools["retrieve_moments"].inputSchema
     assert set(schema["required"]) == {"video", "query"}
+    assert "resume a retrieval that failed" in schema["properties"]["thread_id"]["description"]
     assert (
         schema["properties"]["top_k"]["maximum"] == 20 and schema["properties"]["query"]["maxLength"] == 500
     )
@@ -120,6 +122,7 @@ def test_http_server_lists_tools_with_json_schemas_and_answers(http_server, demo
         "long": "at most 500",
         "unknown": "neither an indexed video id",
         "not_indexed": "is not indexed",
+        "made_up_thread": "thread_id 't-nope' holds no unfinished retrieval to resume",
     }
     for name, res in bad.items():
         assert res.isError, name

@@ -146,7 +146,7 @@ def test_schema_is_one_a_model_can_follow():
     tool = make_retrieve_moments_tool()
     schema = tool.tool_call_schema.model_json_schema()
     props = schema["properties"]
-    assert set(props) == {"video", "query", "top_k"}
+    assert set(props) == {"video", "query", "top_k", "thread_id"}
     assert set(schema["required"]) == {"video", "query"}
     assert all(len(props[k]["description"]) > 30 for k in props)
     assert props["top_k"]["minimum"] == 1 and props["top_k"]["maximum"] == 20
@@ -277,6 +277,37 @@ def test_a_failing_graph_is_a_tool_error_not_a_crash(demo_store, monkeypatch):
     msg = _call(tool, {"video": DOG_VIDEO, "query": "a dog"})
     assert msg.status == "error" and "retrieval failed (RuntimeError): disk on fire" in msg.content
     assert "resume with thread_id=retrieve-" in msg.content
+
+
+def test_a_tool_caller_can_resume_the_failed_run_its_error_named_but_not_make_one_up(demo_store, monkeypatch):
+    """The error said "resume with thread_id=..." but neither tool took a thread_id, so a model
+    could not act on it.  It now may, for a run that failed; an id holding no unfinished run is
+    refused (a new run there would replace a finished run kept under it)."""
+    import re
+
+    from granalign.stages import proposals as retrieval
+
+    real = retrieval.propose_windows
+
+    def broken(*_a: Any, **_k: Any):
+        raise RuntimeError("GPU server restarting")
+
+    store, _ = demo_store
+    tool = make_retrieve_moments_tool(MomentRetriever(_settings(store)))
+    args = {"video": DOG_VIDEO, "query": "a black dog"}
+    monkeypatch.setattr(retrieval, "propose_windows", broken)
+    failed = _call(tool, args)
+    named = re.search(r"resume with thread_id=([\w.:-]+)", failed.content)
+    assert failed.status == "error" and named, failed.content
+    monkeypatch.setattr(retrieval, "propose_windows", real)
+    made_up = _call(tool, {**args, "thread_id": "retrieve-made-up"})
+    assert made_up.status == "error"
+    assert "thread_id 'retrieve-made-up' holds no unfinished retrieval to resume" in made_up.content
+    call = {"type": "tool_call", "id": "c2", "name": tool.name, "args": {**args, "thread_id": named[1]}}
+    resumed = asyncio.run(tool.ainvoke(call))
+    assert resumed.status == "success" and resumed.artifact["moments"], resumed.content
+    again = _call(tool, {**args, "thread_id": named[1]})  # finished: nothing left to resume
+    assert again.status == "error" and "holds no unfinished retrieval" in again.content
 
 
 def test_environment_configured_tools(demo_store, monkeypatch, tmp_path):

@@ -116,11 +116,15 @@ class RunOptions(TypedDict, total=False):
     """Keyword options of :meth:`MomentRetriever.run` and :meth:`MomentRetriever.arun`.
 
     ``on_progress``: a :data:`Progress` sink for the run's events.  ``thread_id``: names the
-    checkpointed run: a failed run under it is resumed (in-process runs only).
+    checkpointed run: a failed run under it is resumed (in-process runs only).  ``resume_only``:
+    a ``thread_id`` that holds no unfinished run is refused instead of starting a new run there
+    (the tools' setting: a model may resume what an error named, but a new run under an id it
+    made up would replace a finished run kept under that id).
     """
 
     on_progress: Progress | None
     thread_id: str | None
+    resume_only: bool
 
 
 _OUTPUT_KEYS = ("video_id", "query", "moments", "saliency", "clip_len_s", "variants", "mode", "notes")
@@ -131,6 +135,10 @@ RETRIEVE_DESCRIPTION = (
     "Returns time windows in seconds from the start of the video, best first, each with a score in "
     "[0, 1]. Use it for questions like 'when does ... happen' or 'what happens around ...'. "
     "Errors come back as text explaining what to fix."
+)
+THREAD_ID_DESCRIPTION = (
+    "Only to resume a retrieval that failed: the thread_id its error named, with the same video "
+    "and query. Omit it otherwise."
 )
 LIST_DESCRIPTION = (
     "List the videos that retrieve_moments can search (their ids, durations and mode). "
@@ -543,7 +551,9 @@ class MomentRetriever:
 
         Options (``on_progress``, ``thread_id``): :class:`RunOptions`.
         """
-        req = self._with_thread(self.prepare(video, query, top_k), options.get("thread_id"))
+        req = self._with_thread(
+            self.prepare(video, query, top_k), options.get("thread_id"), options.get("resume_only", False)
+        )
         events, t0 = _Events(options.get("on_progress")), time.perf_counter()
         try:
             for mode, chunk in _within(self._stream_sync(req), self.settings.timeout_s):
@@ -575,7 +585,11 @@ class MomentRetriever:
 
         # prepare reads the store and the file system: in a thread, off the event loop
         prepared = await asyncio.to_thread(self.prepare, video, query, top_k)
-        req = self._with_thread(prepared, options.get("thread_id"))
+        tid, resume_only = options.get("thread_id"), options.get("resume_only", False)
+        if tid is None:
+            req = self._with_thread(prepared, None)
+        else:  # a resume reads the checkpoint file: in a thread too
+            req = await asyncio.to_thread(self._with_thread, prepared, tid, resume_only)
         events, t0 = _Events(options.get("on_progress")), time.perf_counter()
         try:
             async with asyncio.timeout(self.settings.timeout_s):
@@ -659,14 +673,22 @@ class MomentRetriever:
             settings.graph_id, url=settings.graph_url, headers=dict(settings.remote_headers) or None
         )
 
-    def _with_thread(self, req: _Request, thread_id: str | None) -> _Request:
+    def _with_thread(self, req: _Request, thread_id: str | None, resume_only: bool = False) -> _Request:
         if thread_id is None:  # in-process runs get their id up front: the result carries it
             from graphs.durable import new_thread_id
 
             return req if req.context is None else dataclasses.replace(req, thread_id=new_thread_id())
         if req.context is None:
             raise InputError("thread_id: only in-process runs can be resumed (not a remote graph)")
-        return dataclasses.replace(req, thread_id=clean_thread_id(thread_id))
+        tid = clean_thread_id(thread_id)
+        if resume_only:
+            from graphs.durable import pending_run
+
+            if not pending_run(req.context, tid):
+                raise InputError(
+                    f"thread_id {tid!r} holds no unfinished retrieval to resume; call again without thread_id"
+                )
+        return dataclasses.replace(req, thread_id=tid)
 
     def _wrap_failure(self, exc: Exception) -> GranAlignError:
         from langgraph.pregel.remote import RemoteException
@@ -754,6 +776,11 @@ class RetrieveMomentsInput(BaseModel):
         le=MAX_TOP_K,
         description=f"How many time windows to return, best first (1-{MAX_TOP_K}).",
     )
+    thread_id: str | None = Field(
+        default=None,
+        max_length=128,
+        description=THREAD_ID_DESCRIPTION,
+    )
 
 
 class ListVideosInput(BaseModel):
@@ -797,16 +824,20 @@ def make_retrieve_moments_tool(retriever: MomentRetriever | None = None) -> Base
     """The ``retrieve_moments`` tool over ``retriever`` (default: settings from the environment)."""
     core = retriever or MomentRetriever()
 
-    def run(video: str, query: str, top_k: int = DEFAULT_TOP_K) -> tuple[str, dict[str, Any]]:
+    def run(
+        video: str, query: str, top_k: int = DEFAULT_TOP_K, thread_id: str | None = None
+    ) -> tuple[str, dict[str, Any]]:
         try:
-            result = core.run(video, query, top_k)
+            result = core.run(video, query, top_k, thread_id=thread_id, resume_only=True)
         except GranAlignError as exc:
             raise ToolException(str(exc)) from exc
         return result.content, result.artifact
 
-    async def arun(video: str, query: str, top_k: int = DEFAULT_TOP_K) -> tuple[str, dict[str, Any]]:
+    async def arun(
+        video: str, query: str, top_k: int = DEFAULT_TOP_K, thread_id: str | None = None
+    ) -> tuple[str, dict[str, Any]]:
         try:
-            result = await core.arun(video, query, top_k)
+            result = await core.arun(video, query, top_k, thread_id=thread_id, resume_only=True)
         except GranAlignError as exc:
             raise ToolException(str(exc)) from exc
         return result.content, result.artifact

@@ -48,6 +48,7 @@ from tools.langchain_tool import (
     MAX_LIST_LIMIT,
     MAX_TOP_K,
     RETRIEVE_DESCRIPTION,
+    THREAD_ID_DESCRIPTION,
     MomentRetriever,
     validation_message,
 )
@@ -195,6 +196,7 @@ def build_server(
                 description=f"Windows to return, best first (1-{MAX_TOP_K}).",
             ),
         ] = DEFAULT_TOP_K,
+        thread_id: Annotated[str | None, Field(max_length=128, description=THREAD_ID_DESCRIPTION)] = None,
     ) -> MomentsOutput:
         done = 0
 
@@ -205,7 +207,9 @@ def build_server(
             await ctx.report_progress(done, None, message)
             await ctx.debug(f"retrieve_moments: {message}")
 
-        result = await core.arun(video, query, top_k, on_progress=progress)
+        result = await core.arun(
+            video, query, top_k, on_progress=progress, thread_id=thread_id, resume_only=True
+        )
         a = result.artifact
         return MomentsOutput(
             video_id=a["video_id"],
