@@ -310,6 +310,19 @@ def test_a_tool_caller_can_resume_the_failed_run_its_error_named_but_not_make_on
     assert again.status == "error" and "holds no unfinished retrieval" in again.content
 
 
+def test_list_videos_for_a_remote_graph_does_not_list_this_processs_own_store(tmp_path, monkeypatch):
+    """With GRANALIGN_GRAPH_URL the videos live in the deployment's store; listing the local
+    default store (empty, or another library) told the model the wrong ids."""
+    monkeypatch.delenv("CHROMA_URL", raising=False)
+    remote = ToolSettings(
+        graph_url="http://127.0.0.1:9", context=Context(store_dir=str(tmp_path)), roots=(), url_allowlist=()
+    )
+    msg = _call(make_list_videos_tool(MomentRetriever(remote)), {})
+    assert msg.status == "error"
+    assert "the videos are in the deployment's store" in msg.content and "CHROMA_URL" in msg.content
+    assert not any(tmp_path.iterdir())  # no store opened here
+
+
 def test_environment_configured_tools(demo_store, monkeypatch, tmp_path):
     """The module-level tools read GRANALIGN_* at call time; a bad graph URL is a tool error."""
     from tools import langchain_tool

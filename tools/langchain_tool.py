@@ -710,6 +710,11 @@ class MomentRetriever:
         n = bounded_int("limit", limit, 1, MAX_LIST_LIMIT)
         needle = clean_text(contains, name="contains", max_chars=MAX_CONTAINS_CHARS, allow_empty=True).lower()
         ctx = self._context(self.settings)
+        if self.settings.remote and not (ctx.chroma_url or os.environ.get("CHROMA_URL")):
+            raise ConfigError(
+                f"list_videos: with {ENV_GRAPH_URL} set, the videos are in the deployment's store, not "
+                "this process's; set CHROMA_URL to the deployment's Chroma server (chroma run) to list them"
+            )
         store = self._store(ctx)
         try:
             records = [r for r in store.list_videos() if r.complete and needle in r.video_id.lower()]
