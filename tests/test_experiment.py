@@ -157,3 +157,20 @@ def test_a_row_of_other_captions_is_run_again_not_loaded(tmp_path):
     fresh = row_after_import(new, "fresh", "fresh-out")
     assert not again.cached
     assert again.metrics == fresh.metrics
+
+
+@pytest.mark.parametrize("pairless", ["none", "paraphrases"])
+def test_a_pair_setting_with_a_pairless_rewriter_is_refused(tmp_path, pairless):
+    """``none`` or a paraphrase file gives no rewrite per prompt pair: a 'pair:core' row would
+    score the original query (and the paraphrases) under the pair's name, so it is refused,
+    while the rows without pairs still run with such a rewriter."""
+    from granalign.errors import InputError
+    from tools.experiment import Setting
+
+    spec = "none" if pairless == "none" else f"file:{DEMO.paraphrases}"
+    anns = read_annotations(DEMO.annotations, limit=2)
+    base = Context(rewriter=spec, store_dir=str(tmp_path / "store"))
+    setting = Setting("pair:core", "prompt pair core alone", {"include_original": False}, pairs=("core",))
+    with pytest.raises(InputError, match=r"no rewrites per prompt pair.*setting\(s\) pair:core"):
+        run_setting(base, setting, anns, tmp_path / "out")
+    assert not (tmp_path / "out" / "settings" / "pair:core").exists()

@@ -61,7 +61,7 @@ def experiment_cmd(
     from granalign.io.captions_import import import_captions, source_name_for
     from graphs import resources
     from tools.bench import captioned_videos, read_annotations
-    from tools.experiment import plan_settings, run_setting, write_reports
+    from tools.experiment import check_rewriter, plan_settings, run_setting, write_reports
 
     check_output_dir(out_dir, "--out-dir")
     base = make_context(store, sets, rewriter=rewriter)
@@ -78,6 +78,7 @@ def experiment_cmd(
                 f"planned: {', '.join(s.name for s in settings)}"
             )
         settings = [s for s in settings if s.name in wanted]
+    check_rewriter(base, settings)
     rows = []
     with _progress() as bar:
         imp = bar.add_task("import", total=None)

@@ -197,6 +197,23 @@ def _stored_captions(base: Context, annotations: Sequence[Annotation]) -> dict[s
     return {v: [r.caption_source, r.content_key] for v, r in records.items()}
 
 
+def check_rewriter(base: Context, settings: Sequence[Setting]) -> None:
+    """Refuse prompt-pair settings when the rewriter gives no rewrite per pair.
+
+    ``none`` and a paraphrase file are pair-less: the graph scores the original query (and the
+    paraphrases) whatever the pairs, so a ``pair:core`` or ``m=2`` row would be the original
+    query's result under a prompt pair's name.
+    """
+    with_pairs = [s.name for s in settings if s.pairs]
+    if with_pairs and resources.is_pairless(resources.rewriter_for(base)):
+        raise InputError(
+            f"rewriter {base.rewriter!r} gives no rewrites per prompt pair (it is the original query or "
+            f"paraphrases), so setting(s) {', '.join(with_pairs)} would not measure their pairs; use an "
+            "LLM rewriter (local:smollm2, openai:URL#MODEL) or a file of per-pair rewrites, or --only "
+            "the settings without pairs"
+        )
+
+
 def run_setting(
     base: Context,
     setting: Setting,
@@ -207,6 +224,7 @@ def run_setting(
     on_progress: Callable[[int, int], None] | None = None,
 ) -> RowResult:
     """Run one setting (or load its finished result) and save it atomically."""
+    check_rewriter(base, [setting])
     row_dir = out_dir / "settings" / setting.name.replace("/", "_").replace(">", "")
     key = journal_key(
         {**_config_key(setting, base), "captions": _stored_captions(base, annotations)}, annotations
