@@ -174,3 +174,49 @@ def test_a_pair_setting_with_a_pairless_rewriter_is_refused(tmp_path, pairless):
     with pytest.raises(InputError, match=r"no rewrites per prompt pair.*setting\(s\) pair:core"):
         run_setting(base, setting, anns, tmp_path / "out")
     assert not (tmp_path / "out" / "settings" / "pair:core").exists()
+
+
+def test_a_pair_edited_while_its_row_runs_is_not_saved_under_the_old_text(monkeypatch, tmp_path):
+    """The row's key holds its pairs' text as the row starts, but the graph reads the pair files
+    for every query: an edit during the run (a researcher preparing the next experiment) gave a
+    row of the new text saved under the old text's key, reused as the old text's result once the
+    edit was undone.  Such a row is refused (and its journal dropped), and the re-run computes it."""
+    import shutil
+
+    import prompts
+    from granalign.errors import InputError
+    from granalign.io.captions_import import import_captions
+    from tools.experiment import Setting
+
+    pair_dir = tmp_path / "rewrite"
+    shutil.copytree(prompts.PROMPT_DIR, pair_dir)
+    monkeypatch.setattr(prompts, "PROMPT_DIR", pair_dir)
+    original = (pair_dir / "core.yaml").read_text(encoding="utf-8")
+
+    class EditingRewriter:
+        name, pairless, edit = "editing-stand-in", False, True
+
+        def rewrite_batch(self, queries: list[str], pair: PromptPair) -> list[Rewrite]:
+            if self.edit:  # the researcher saves an edit while the rewrites are being made
+                self.edit = False
+                edited = original.replace("Shorten", "Summarise")
+                (pair_dir / "core.yaml").write_text(edited, encoding="utf-8")
+            verb = pair.simplify.split()[0]
+            return [Rewrite(pair.id, " ".join(q.split()[:4]), f"{q} {verb}") for q in queries]
+
+    fake = EditingRewriter()
+    real = resources.rewriter_for_spec
+    monkeypatch.setattr(resources, "rewriter_for_spec", lambda s: fake if s == "local:editing" else real(s))
+    anns = read_annotations(DEMO.annotations, limit=3)
+    base = Context(rewriter="local:editing", store_dir=str(tmp_path / "store"))
+    import_captions(
+        resources.store_for(base), resources.embedder_for(base), DEMO.captions, source="demo",
+        only={a.vid for a in anns},
+    )  # fmt: skip
+    setting = Setting("pair:core", "core alone", {"include_original": False}, pairs=("core",))
+    out = tmp_path / "exp"
+    with pytest.raises(InputError, match=r"pair:core.*changed while"):
+        run_setting(base, setting, anns, out)
+    assert not (out / "settings" / "pair:core" / "row.json").exists()
+    (pair_dir / "core.yaml").write_text(original, encoding="utf-8")  # the edit is undone
+    assert not run_setting(base, setting, anns, out).cached

@@ -214,6 +214,13 @@ def check_rewriter(base: Context, settings: Sequence[Setting]) -> None:
         )
 
 
+def _row_key(base: Context, setting: Setting, annotations: Sequence[Annotation]) -> str:
+    """What a finished row and its journal belong to (settings, pairs' text, captions, queries)."""
+    return journal_key(
+        {**_config_key(setting, base), "captions": _stored_captions(base, annotations)}, annotations
+    )
+
+
 def run_setting(
     base: Context,
     setting: Setting,
@@ -226,9 +233,7 @@ def run_setting(
     """Run one setting (or load its finished result) and save it atomically."""
     check_rewriter(base, [setting])
     row_dir = out_dir / "settings" / setting.name.replace("/", "_").replace(">", "")
-    key = journal_key(
-        {**_config_key(setting, base), "captions": _stored_captions(base, annotations)}, annotations
-    )
+    key = _row_key(base, setting, annotations)
     cached = _load_cached(row_dir, setting, key)
     if cached is not None:
         return cached
@@ -244,6 +249,12 @@ def run_setting(
     finally:
         journal.close()
     seconds = time.perf_counter() - t0
+    if _row_key(base, setting, annotations) != key:  # the graph reads the pair files per query
+        journal.discard()
+        raise InputError(
+            f"setting {setting.name}: its prompt pair files, rewrite file or captions changed while it "
+            "ran, so its answers mix the old and the new version; nothing was saved, run it again"
+        )
     if not preds:
         why = f" (first: {skipped[0][1]})" if skipped else ""
         raise InputError(f"setting {setting.name}: no query could be answered{why}")
