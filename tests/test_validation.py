@@ -22,6 +22,24 @@ def test_drifted_rewrites_are_flagged():
         rewrite_similarity(q, np.ones((1, 4)))
 
 
+def test_a_side_equal_to_the_query_never_drifts_even_at_threshold_one(monkeypatch):
+    """At the edge ``drift_threshold=1`` the query's cosine with itself can round to 1 - 1e-16
+    (it depends on the BLAS kernel): the original query (and a rewrite identical to it) was then
+    reported as drifted and 'replaced' by itself, and the notes counted those sides as drift."""
+    from granalign.rewrite import Rewrite
+    from granalign.stages import rewrite as stage
+
+    real = stage.rewrite_similarity
+    monkeypatch.setattr(stage, "rewrite_similarity", lambda q, r: real(q, r) - 1e-16)  # the rounding
+    query = "a man cuts vegetables"
+    emb = {query: np.array([0.6, 0.8, 0.0]), "stock prices fell": np.array([0.0, 0.0, 1.0])}
+    variants = [Rewrite.original(query), Rewrite("core", query, "stock prices fell")]
+    out, replaced = stage.replace_drifted(variants, query, emb, 1.0)
+    assert replaced == 1
+    assert out[0] == variants[0]
+    assert (out[1].simplified, out[1].detailed) == (query, query) and "drifted" in out[1].reason
+
+
 def test_copied_word_share_counts_only_unsupported_query_words():
     query = "a woman walks her dog on the beach"
     assert copied_word_share("a woman walks a dog on a beach", "a woman walks a dog on a beach", query) == 0.0

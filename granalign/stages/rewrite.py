@@ -48,6 +48,7 @@ def replace_drifted(
     """
     sides = [t for r in variants for t in (r.simplified, r.detailed)]
     bad = drifted(rewrite_similarity(emb[query], np.stack([emb[t] for t in sides])), threshold)
+    bad &= np.array([t != query for t in sides])  # the query's cosine with itself may round below 1
     if not bad.any():
         return variants, 0
     out = []
