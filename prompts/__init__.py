@@ -142,18 +142,23 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def _read_yaml(path: Path) -> Any:
     """Parse ``path`` with ``safe_load``; syntax errors name the file and the 1-based line."""
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise PromptError(f"{path}: prompt pair file not found") from None
-    except UnicodeDecodeError as exc:
-        raise PromptError(f"{path}: not valid UTF-8 ({exc.reason})") from None
     except OSError as exc:
         raise PromptError(f"{path}: cannot read prompt pair file ({exc.strerror})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise PromptError(f"{path}:{line}: not valid UTF-8 ({exc.reason})") from None
     try:
         return yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
+        if isinstance(exc, yaml.reader.ReaderError):  # a control character: no mark, a position
+            where = f":{text[: exc.position].count(chr(10)) + 1}"
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise PromptError(f"{path}{where}: YAML syntax error ({problem})") from None
 

@@ -141,6 +141,23 @@ def test_yaml_syntax_error_names_file_and_line(tmp_path: Path) -> None:
         load_prompt_pair(path)
 
 
+@pytest.mark.parametrize(
+    ("raw", "problem"),
+    [
+        (b"\xe9", "not valid UTF-8"),  # a Latin-1 accent pasted from another editor
+        (b"\x1b[0m", "YAML syntax error"),  # a terminal colour code pasted with the text
+    ],
+)
+def test_bad_bytes_name_file_and_line(tmp_path: Path, raw: bytes, problem: str) -> None:
+    """A pair file is many lines of prose: a bad byte is reported with its line, as a syntax error is."""
+    text = GOOD.format(id="bytes").encode("utf-8")
+    path = tmp_path / "bytes.yaml"
+    path.write_bytes(text.replace(b"Make it precise", b"Make it pr" + raw + b"cise"))
+    line = text.decode().splitlines().index('detail: |') + 2
+    with pytest.raises(PromptError, match=re.escape(f"{path}:{line}: {problem}")):
+        load_prompt_pair(path)
+
+
 @pytest.mark.parametrize("text", ["", "- a\n- list\n", "just a string\n"])
 def test_not_a_mapping(tmp_path: Path, text: str) -> None:
     path = write_pair(tmp_path, "shape", text)
