@@ -220,3 +220,34 @@ def test_a_pair_edited_while_its_row_runs_is_not_saved_under_the_old_text(monkey
     assert not (out / "settings" / "pair:core" / "row.json").exists()
     (pair_dir / "core.yaml").write_text(original, encoding="utf-8")  # the edit is undone
     assert not run_setting(base, setting, anns, out).cached
+
+
+def test_an_interrupted_ablation_row_keeps_the_rewrites_it_finished(monkeypatch, tmp_path):
+    """A Q_s/Q_d row (``--only Q_s->C_agn`` on a fresh store) asked the LLM for every query of
+    a pair in one call and stored the rewrites only at its end: Ctrl-C after most of an hour of
+    CPU rewriting kept none.  Rewrites are now made and stored in batches first, as for the
+    other rows, so the re-run starts where the interrupt stopped."""
+    from tools.experiment import Setting
+
+    class InterruptedRewriter:
+        name, pairless, made = "interrupted-stand-in", False, 0
+
+        def rewrite_batch(self, queries: list[str], pair: PromptPair) -> list[Rewrite]:
+            self.made += len(queries)
+            if self.made > 64:  # Ctrl-C while rewriting
+                raise KeyboardInterrupt
+            return [Rewrite(pair.id, " ".join(q.split()[:4]), f"{q} ({pair.id})") for q in queries]
+
+    fake = InterruptedRewriter()
+    real = resources.rewriter_for_spec
+    monkeypatch.setattr(resources, "rewriter_for_spec", lambda s: fake if s == "local:stop" else real(s))
+    anns = read_annotations(DEMO.annotations, limit=100)
+    queries = sorted({a.query for a in anns})
+    assert len(queries) > 64
+    base = Context(rewriter="local:stop", store_dir=str(tmp_path / "store"))
+    setting = Setting("Q_s->C_agn", "simplified only", {"include_original": False}, "simplified", ("core",))
+    with pytest.raises(KeyboardInterrupt):
+        run_setting(base, setting, anns, tmp_path / "exp")
+    (core,) = [p for p in resources.pairs_for(base.with_overrides(prompt_pairs="core"))]
+    keys = [resources.rewrite_cache_key(fake, core, q) for q in queries]
+    assert len(resources.store_for(base).get_rewrites(keys)) == 64

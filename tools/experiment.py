@@ -237,9 +237,10 @@ def run_setting(
     cached = _load_cached(row_dir, setting, key)
     if cached is not None:
         return cached
+    if setting.pairs:  # in batches, each stored: an interrupt keeps the rewrites it finished
+        pairs = {"prompt_pairs": ",".join(setting.pairs), "m": len(setting.pairs)}
+        resources.warm_rewrites(base.with_overrides(**pairs), [a.query for a in annotations])
     ctx = _context_for(base, setting, annotations, out_dir)
-    if setting.pairs and setting.sides == "both":
-        resources.warm_rewrites(ctx, [a.query for a in annotations])
     journal = Journal(row_dir / "preds.partial.jsonl", key)
     t0 = time.perf_counter()
     try:
