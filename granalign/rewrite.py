@@ -549,6 +549,8 @@ class FileRewriter:
                 self._by_qid[row.qid] = row
             self._by_query.setdefault(row.query, row)
         self.pairless: bool = not any(row.rewrites for row in rows)
+        self.pair_ids: frozenset[str] = frozenset(r.pair_id for row in rows for r in row.rewrites)
+        """The prompt pairs the file has rewrites of (for any query)."""
         self.name: str = f"file:{self.path.name}@{_file_digest(self.path)}"
 
     def _lookup(self, query: str, qid: str | int | None) -> _Row | None:

@@ -251,3 +251,25 @@ def test_an_interrupted_ablation_row_keeps_the_rewrites_it_finished(monkeypatch,
     (core,) = [p for p in resources.pairs_for(base.with_overrides(prompt_pairs="core"))]
     keys = [resources.rewrite_cache_key(fake, core, q) for q in queries]
     assert len(resources.store_for(base).get_rewrites(keys)) == 64
+
+
+def test_a_pair_missing_from_a_rewrites_file_is_refused(tmp_path):
+    """Rewrites computed elsewhere (``--rewriter file:gpu.jsonl``) for some pairs only: the rows
+    of the other pairs fell back to the original query on every query and were reported as those
+    pairs' results; they are now refused, naming the pairs the file lacks."""
+    from granalign.errors import InputError
+    from granalign.io.jsonl import write_jsonl
+    from tools.experiment import Setting, check_rewriter
+
+    anns = read_annotations(DEMO.annotations, limit=2)
+    path = tmp_path / "gpu.jsonl"
+    write_jsonl(path, [
+        {"qid": a.qid, "query": a.query, "rewrites": [Rewrite("core", a.query, f"{a.query} now").to_dict()]}
+        for a in anns
+    ])  # fmt: skip
+    base = Context(rewriter=f"file:{path}", store_dir=str(tmp_path / "store"))
+    core = Setting("pair:core", "core alone", {"include_original": False}, pairs=("core",))
+    both = Setting("m=2", "core, plain", {"include_original": False}, pairs=("core", "plain"))
+    check_rewriter(base, [core])
+    with pytest.raises(InputError, match=r"gpu\.jsonl.*no rewrites for prompt pair\(s\) plain"):
+        run_setting(base, both, anns, tmp_path / "out")

@@ -23,6 +23,7 @@ from granalign.errors import InputError
 from granalign.evaluation.metrics import evaluate_submission, recall_and_miou
 from granalign.io.jsonl import Journal, atomic_write_text, write_json, write_jsonl
 from granalign.prompt_files import available_pair_ids, load_prompt_pairs
+from granalign.rewrite import FileRewriter
 from graphs import resources
 from graphs.context import Context
 from prompts import DEFAULT_PAIRS, prompt_hash
@@ -202,16 +203,28 @@ def check_rewriter(base: Context, settings: Sequence[Setting]) -> None:
 
     ``none`` and a paraphrase file are pair-less: the graph scores the original query (and the
     paraphrases) whatever the pairs, so a ``pair:core`` or ``m=2`` row would be the original
-    query's result under a prompt pair's name.
+    query's result under a prompt pair's name; so would a row of a pair that a file of
+    per-pair rewrites lacks.
     """
     with_pairs = [s.name for s in settings if s.pairs]
-    if with_pairs and resources.is_pairless(resources.rewriter_for(base)):
+    if not with_pairs:
+        return
+    rewriter = resources.rewriter_for(base)
+    if resources.is_pairless(rewriter):
         raise InputError(
             f"rewriter {base.rewriter!r} gives no rewrites per prompt pair (it is the original query or "
             f"paraphrases), so setting(s) {', '.join(with_pairs)} would not measure their pairs; use an "
             "LLM rewriter (local:smollm2, openai:URL#MODEL) or a file of per-pair rewrites, or --only "
             "the settings without pairs"
         )
+    if isinstance(rewriter, FileRewriter):  # its rows of a pair it lacks: the original query only
+        lacking = sorted({p for s in settings for p in s.pairs} - rewriter.pair_ids)
+        if lacking:
+            raise InputError(
+                f"rewriter {base.rewriter!r} has no rewrites for prompt pair(s) {', '.join(lacking)} "
+                f"(it has {', '.join(sorted(rewriter.pair_ids))}): their rows would score the original "
+                "query; choose the pairs with --pairs or --only"
+            )
 
 
 def _row_key(base: Context, setting: Setting, annotations: Sequence[Annotation]) -> str:
