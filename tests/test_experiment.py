@@ -273,3 +273,24 @@ def test_a_pair_missing_from_a_rewrites_file_is_refused(tmp_path):
     check_rewriter(base, [core])
     with pytest.raises(InputError, match=r"gpu\.jsonl.*no rewrites for prompt pair\(s\) plain"):
         run_setting(base, both, anns, tmp_path / "out")
+
+
+def test_a_run_only_setting_changed_on_resume_keeps_the_finished_rows(tmp_path):
+    """Resuming with a longer request_timeout (after timeouts of a rewriter server) or another
+    concurrency changes how the run waits, not what it answers: the finished rows (hours of
+    rewriting) were computed again and the interrupted row's journal dropped.  An answer setting
+    still makes a new row."""
+    from granalign.io.captions_import import import_captions
+    from tools.experiment import Setting
+
+    anns = read_annotations(DEMO.annotations, limit=2)
+    base = Context(rewriter="none", store_dir=str(tmp_path / "store"))
+    import_captions(
+        resources.store_for(base), resources.embedder_for(base), DEMO.captions, source="demo",
+        only={a.vid for a in anns},
+    )  # fmt: skip
+    setting = Setting("Q_r", "original query")
+    assert not run_setting(base, setting, anns, tmp_path / "out").cached
+    patient = base.with_overrides(request_timeout=300.0, request_attempts=5, concurrency=2)
+    assert run_setting(patient, setting, anns, tmp_path / "out").cached
+    assert not run_setting(base.with_overrides(top_k=5), setting, anns, tmp_path / "out").cached

@@ -181,7 +181,9 @@ def _load_cached(row_dir: Path, setting: Setting, key: str) -> RowResult | None:
 
 
 def _config_key(setting: Setting, base: Context) -> dict[str, Any]:
-    key: dict[str, Any] = {"setting": setting.config(), "context": {k: str(v) for k, v in vars(base).items()}}
+    # what the rows answer, not how patiently the run waits (timeouts, concurrency, locks)
+    context = {k: str(v) for k, v in base.answer_settings().items()}
+    key: dict[str, Any] = {"setting": setting.config(), "context": context}
     if setting.pairs:  # the pairs' text, not just their ids: an edited pair is a new row
         key["prompts"] = {p.id: prompt_hash(p) for p in load_prompt_pairs(list(setting.pairs))}
     rewriter = setting.overrides.get("rewriter", base.rewriter)
