@@ -41,6 +41,7 @@ from granalign.prompt_files import available_pair_ids, load_prompt_pairs
 from granalign.rewrite import Rewrite, Rewriter, rewrite_queries
 from granalign.specs import parse_spec
 from granalign.stages import aware_captions as stage
+from granalign.text import clean_query
 from graphs.context import Context
 from prompts import DEFAULT_PAIRS, PromptPair, prompt_hash
 
@@ -419,6 +420,15 @@ def cached_rewrites(ctx: Context, pair: PromptPair, queries: list[str]) -> list[
     return [Rewrite.from_dict(found[k]) for k in keys]
 
 
+def graph_query(query: str) -> str:
+    """``query`` as the graph rewrites it (cleaned, see :func:`granalign.text.clean_query`), so a
+    rewrite made ahead of a run has the graph's cache key; one the graph refuses is kept as given."""
+    try:
+        return clean_query(query)
+    except InputError:
+        return query
+
+
 def warm_rewrites(
     ctx: Context,
     queries: list[str],
@@ -433,7 +443,7 @@ def warm_rewrites(
     rewriter = rewriter_for(ctx)
     if is_pairless(rewriter):
         return 0
-    unique = sorted(set(queries))
+    unique = sorted({graph_query(q) for q in queries})  # a dataset's "A ship  with ...": cleaned
     pairs = pairs_for(ctx)
     total, done = len(unique) * len(pairs), 0
     for pair in pairs:

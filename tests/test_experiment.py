@@ -242,7 +242,7 @@ def test_an_interrupted_ablation_row_keeps_the_rewrites_it_finished(monkeypatch,
     real = resources.rewriter_for_spec
     monkeypatch.setattr(resources, "rewriter_for_spec", lambda s: fake if s == "local:stop" else real(s))
     anns = read_annotations(DEMO.annotations, limit=100)
-    queries = sorted({a.query for a in anns})
+    queries = sorted({resources.graph_query(a.query) for a in anns})
     assert len(queries) > 64
     base = Context(rewriter="local:stop", store_dir=str(tmp_path / "store"))
     setting = Setting("Q_s->C_agn", "simplified only", {"include_original": False}, "simplified", ("core",))
@@ -294,3 +294,25 @@ def test_a_run_only_setting_changed_on_resume_keeps_the_finished_rows(tmp_path):
     patient = base.with_overrides(request_timeout=300.0, request_attempts=5, concurrency=2)
     assert run_setting(patient, setting, anns, tmp_path / "out").cached
     assert not run_setting(base.with_overrides(top_k=5), setting, anns, tmp_path / "out").cached
+
+
+def test_a_query_with_a_double_space_is_rewritten_once_as_the_graph_asks_it(stand_in, tmp_path):
+    """Dataset queries are raw text ("A large white ship  with ..."), and the graph rewrites the
+    cleaned query: the warm-up before a row (and the Q_s/Q_d rows' rewrites) asked the LLM for
+    the raw text under another cache key, so the graph asked again, one query at a time, and the
+    ablation rows scored rewrites of another prompt than the pair rows."""
+    from granalign.io.captions_import import import_captions
+    from granalign.text import clean_query
+
+    asked: list[str] = []
+    real_batch = stand_in.rewrite_batch
+    stand_in.rewrite_batch = lambda queries, pair: (asked.extend(queries), real_batch(queries, pair))[1]
+    (ann,) = [a for a in read_annotations(DEMO.annotations) if "  " in a.query][:1]
+    base = Context(rewriter="local:stand-in", store_dir=str(tmp_path / "store"))
+    import_captions(
+        resources.store_for(base), resources.embedder_for(base), DEMO.captions, source="demo", only={ann.vid}
+    )
+    settings = {s.name: s for s in plan_settings(["core"], 1, True, None)}
+    for name in ("pair:core", "Q_s->C_agn"):
+        assert run_setting(base, settings[name], [ann], tmp_path / "exp").n == 1
+    assert asked == [clean_query(ann.query)]

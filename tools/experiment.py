@@ -129,7 +129,7 @@ def _derived_rewrite_file(
     base: Context, setting: Setting, annotations: Sequence[Annotation], work: Path
 ) -> Path:
     """Write the setting's rewrites (from the cache) with only the chosen side(s) kept."""
-    queries = [a.query for a in annotations]
+    queries = [resources.graph_query(a.query) for a in annotations]  # the rewrites the graph asks for
     per_pair = {
         p.id: resources.cached_rewrites(base, p, queries) for p in load_prompt_pairs(list(setting.pairs))
     }
