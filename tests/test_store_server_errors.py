@@ -4,6 +4,8 @@ open. Each is one line naming the server (exit 2 in the CLI), never a traceback.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -102,3 +104,40 @@ def test_a_port_that_is_not_a_working_chroma_server_is_named_for_what_it_is(
     assert got.exit_code == 2, got.output
     assert says in got.output and url in got.output
     assert "not reachable" not in got.output and "<html>" not in got.output
+
+
+class _HangingProxy:
+    """Forwards to a real Chroma server until ``hang`` is set, then holds the request unanswered
+    (a stopped or wedged server, a network black hole) until ``release`` is set."""
+
+    upstream: ClassVar[str] = ""
+    hang: ClassVar[threading.Event] = threading.Event()
+    release: ClassVar[threading.Event] = threading.Event()
+
+    @classmethod
+    def answer(cls, req: BaseHTTPRequestHandler, body: bytes) -> Answer:
+        if cls.hang.is_set():
+            cls.release.wait(60)
+        return _Proxy.answer(req, body)
+
+
+def test_a_chroma_server_that_stops_answering_mid_run_is_a_timeout_not_a_hang(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GRANALIGN_CHROMA_TIMEOUT", "1")
+    with chroma_server(tmp_path) as upstream, http_stub(_handler(_HangingProxy.answer)) as url:
+        _Proxy.upstream, _Proxy.failure = upstream, None
+        _HangingProxy.hang.clear()
+        _HangingProxy.release.clear()
+        store = Store(chroma_url=url)
+        try:
+            assert store.videos(["v"]) == {}
+            _HangingProxy.hang.set()
+            start = time.monotonic()
+            with pytest.raises(StoreUnavailable, match=f"lost the Chroma server at {url}"):
+                store.videos(["v"])
+            assert time.monotonic() - start < 10
+        finally:
+            _HangingProxy.hang.clear()
+            _HangingProxy.release.set()
+            store.close()

@@ -174,6 +174,25 @@ def lock_timeout_from_env() -> float:
     return value
 
 
+DEFAULT_SERVER_TIMEOUT_S = 120.0
+"""Seconds one request to a Chroma server may take: chromadb's own client waits forever, so a
+stopped or wedged server, or a lost network path, would hang every caller for good."""
+
+
+def server_timeout_from_env() -> float:
+    """``GRANALIGN_CHROMA_TIMEOUT`` (seconds per request to a Chroma server) or the default."""
+    raw = os.environ.get("GRANALIGN_CHROMA_TIMEOUT", "").strip()
+    if not raw:
+        return DEFAULT_SERVER_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 86400:
+        raise ConfigError(f"GRANALIGN_CHROMA_TIMEOUT={raw!r} must be a number of seconds in (0, 86400]")
+    return value
+
+
 def _say_waiting(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -241,6 +260,7 @@ def _server_reason(exc: BaseException) -> str:
 
 def _http_client(chroma_url: str) -> Any:
     import chromadb
+    import httpx
     from chromadb.config import Settings
 
     parsed = urlparse(chroma_url)
@@ -248,8 +268,9 @@ def _http_client(chroma_url: str) -> Any:
         raise ConfigError(f"CHROMA_URL {chroma_url!r} must look like http://host:port")
     port = parsed.port or (443 if parsed.scheme == "https" else 8000)
     headers = chroma_headers()
+    timeout = server_timeout_from_env()
     try:
-        return chromadb.HttpClient(
+        client = chromadb.HttpClient(
             host=parsed.hostname,
             port=port,
             ssl=parsed.scheme == "https",
@@ -284,6 +305,10 @@ def _http_client(chroma_url: str) -> Any:
                 f"Chroma server at {chroma_url} answered with an error: {reason}"
             ) from None
         raise ConfigError(f"Chroma server at {chroma_url} is not reachable: {reason}") from None
+    session = getattr(getattr(client, "_server", None), "_session", None)
+    if isinstance(session, httpx.Client):  # a request never answered: httpx.ReadTimeout, one line
+        session.timeout = httpx.Timeout(timeout)
+    return client
 
 
 def _embedded_client(path: Path, lock_timeout: float) -> Any:
