@@ -141,3 +141,23 @@ def test_a_chroma_server_that_stops_answering_mid_run_is_a_timeout_not_a_hang(
             _HangingProxy.hang.clear()
             _HangingProxy.release.set()
             store.close()
+
+
+def test_a_chroma_server_that_never_answers_at_open_is_a_timeout_not_a_hang(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("GRANALIGN_CHROMA_TIMEOUT", "1")
+    release = threading.Event()
+
+    def hang(req: BaseHTTPRequestHandler, body: bytes) -> Answer:
+        release.wait(60)
+        return 503, "text/plain", b"late"
+
+    with http_stub(_handler(hang)) as url:
+        start = time.monotonic()
+        try:
+            with pytest.raises(StoreUnavailable, match=f"Chroma server at {url} did not answer"):
+                Store(chroma_url=url)
+        finally:
+            release.set()
+        assert time.monotonic() - start < 10

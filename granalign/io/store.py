@@ -269,6 +269,15 @@ def _http_client(chroma_url: str) -> Any:
     port = parsed.port or (443 if parsed.scheme == "https" else 8000)
     headers = chroma_headers()
     timeout = server_timeout_from_env()
+    try:  # chromadb's client sets itself up with requests that wait forever: ask first, timed
+        httpx.get(f"{chroma_url.rstrip('/')}/api/v2/heartbeat", headers=headers, timeout=timeout)
+    except httpx.TimeoutException:
+        raise StoreUnavailable(
+            f"Chroma server at {chroma_url} did not answer GET /api/v2/heartbeat within {timeout:g} s "
+            "(GRANALIGN_CHROMA_TIMEOUT); try again once it answers"
+        ) from None
+    except httpx.HTTPError:
+        pass  # refused, reset, ...: the client's own error says so below
     try:
         client = chromadb.HttpClient(
             host=parsed.hostname,
