@@ -47,7 +47,10 @@ def clean_text(value: object, *, name: str, max_chars: int, allow_empty: bool = 
     if not text and not allow_empty:
         raise InputError(f"{name} is empty (after removing control characters)")
     if len(text) > max_chars:
-        raise InputError(f"{name} is {len(text)} characters long; at most {max_chars} are allowed")
+        # NFKC expands some characters (U+FDFA is 18 letters): a schema that counted the typed
+        # text let it through, so say why the count differs from what the caller sent
+        grown = " once normalised (NFKC expands some characters)" if len(value) <= max_chars else ""
+        raise InputError(f"{name} is {len(text)} characters long{grown}; at most {max_chars} are allowed")
     return text
 
 

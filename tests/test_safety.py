@@ -200,6 +200,13 @@ def test_queries_lose_control_and_invisible_characters():
     assert len(clean_query("a" * MAX_QUERY_CHARS)) == MAX_QUERY_CHARS
     with pytest.raises(InputError, match="at most 500"):
         clean_query("a" * (MAX_QUERY_CHARS + 1))
+    # 300 typed characters a tool schema accepts, 5,400 after NFKC: the message says why
+    with pytest.raises(InputError) as err:
+        clean_query("\ufdfa" * 300)
+    assert str(err.value) == (
+        "query is 5400 characters long once normalised (NFKC expands some characters); "
+        "at most 500 are allowed"
+    )
     for empty in ("", "   ", "\x00\x01\u200b"):
         with pytest.raises(InputError, match="empty"):
             clean_query(empty)
