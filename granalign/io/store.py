@@ -160,18 +160,25 @@ DEFAULT_LOCK_TIMEOUT_S = 10.0
 holder is usually a long import or a server; the message names it and what to do instead)."""
 
 
-def lock_timeout_from_env() -> float:
-    """``GRANALIGN_STORE_LOCK_TIMEOUT`` (seconds, 0 = fail at once) or the default."""
-    raw = os.environ.get("GRANALIGN_STORE_LOCK_TIMEOUT", "").strip()
+def _seconds_from_env(name: str, default: float, *, zero_ok: bool) -> float:
+    """A number of seconds from ``$name`` (at most a day; 0 only where ``zero_ok``), or ``default``."""
+    raw = os.environ.get(name, "").strip()
     if not raw:
-        return DEFAULT_LOCK_TIMEOUT_S
+        return default
     try:
         value = float(raw)
     except ValueError:
         value = -1.0
-    if not 0 <= value <= 86400:
-        raise ConfigError(f"GRANALIGN_STORE_LOCK_TIMEOUT={raw!r} must be a number of seconds in [0, 86400]")
+    above_floor = value >= 0 if zero_ok else value > 0  # False for NaN too
+    if not (above_floor and value <= 86400):
+        bounds = "[0, 86400]" if zero_ok else "(0, 86400]"
+        raise ConfigError(f"{name}={raw!r} must be a number of seconds in {bounds}")
     return value
+
+
+def lock_timeout_from_env() -> float:
+    """``GRANALIGN_STORE_LOCK_TIMEOUT`` (seconds, 0 = fail at once) or the default."""
+    return _seconds_from_env("GRANALIGN_STORE_LOCK_TIMEOUT", DEFAULT_LOCK_TIMEOUT_S, zero_ok=True)
 
 
 DEFAULT_SERVER_TIMEOUT_S = 120.0
@@ -181,16 +188,7 @@ stopped or wedged server, or a lost network path, would hang every caller for go
 
 def server_timeout_from_env() -> float:
     """``GRANALIGN_CHROMA_TIMEOUT`` (seconds per request to a Chroma server) or the default."""
-    raw = os.environ.get("GRANALIGN_CHROMA_TIMEOUT", "").strip()
-    if not raw:
-        return DEFAULT_SERVER_TIMEOUT_S
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0 < value <= 86400:
-        raise ConfigError(f"GRANALIGN_CHROMA_TIMEOUT={raw!r} must be a number of seconds in (0, 86400]")
-    return value
+    return _seconds_from_env("GRANALIGN_CHROMA_TIMEOUT", DEFAULT_SERVER_TIMEOUT_S, zero_ok=False)
 
 
 def _say_waiting(message: str) -> None:
