@@ -119,13 +119,19 @@ def video_roots(ctx: Context) -> tuple[Path, ...]:
     return parse_roots(ctx.video_roots)
 
 
+def chroma_url(ctx: Context) -> str | None:
+    """The Chroma server a Context's store is on (``chroma_url``, else ``$CHROMA_URL``), or None
+    for an embedded folder: the same rule :func:`granalign.io.store.open_store` applies."""
+    return ctx.chroma_url or os.environ.get("CHROMA_URL") or None
+
+
 def local_state_dir(ctx: Context) -> Path:
     """This host's folder for run state beside the store (locks, checkpoints).
 
     The embedded store's folder; with a Chroma server there is no local store folder, so the
     user cache directory.
     """
-    if ctx.chroma_url or os.environ.get("CHROMA_URL"):
+    if chroma_url(ctx):
         from platformdirs import user_cache_dir
 
         return Path(user_cache_dir("granalign"))

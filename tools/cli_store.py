@@ -59,9 +59,9 @@ REBUILD_HINT = "granalign videos rm -- {video_id}, then re-run its import or ing
 
 def _location(ctx: Any) -> tuple[Path | None, str | None]:
     """(embedded folder, server URL) of a Context: exactly one of them is set."""
-    import os
+    from graphs.resources import chroma_url
 
-    url = ctx.chroma_url or os.environ.get("CHROMA_URL") or None
+    url = chroma_url(ctx)
     if url:
         return None, url
     return (Path(ctx.store_dir).expanduser() if ctx.store_dir else default_store_dir()), None

@@ -709,8 +709,10 @@ class MomentRetriever:
         """Complete videos of the configured store whose id contains ``contains`` (case-insensitive)."""
         n = bounded_int("limit", limit, 1, MAX_LIST_LIMIT)
         needle = clean_text(contains, name="contains", max_chars=MAX_CONTAINS_CHARS, allow_empty=True).lower()
+        from graphs import resources
+
         ctx = self._context(self.settings)
-        if self.settings.remote and not (ctx.chroma_url or os.environ.get("CHROMA_URL")):
+        if self.settings.remote and not resources.chroma_url(ctx):
             raise ConfigError(
                 f"list_videos: with {ENV_GRAPH_URL} set, the videos are in the deployment's store, not "
                 "this process's; set CHROMA_URL to the deployment's Chroma server (chroma run) to list them"
