@@ -459,26 +459,32 @@ def test_a_real_model_asked_about_no_video_is_not_forced_to_retrieve(tools, smol
     assert out["messages"][-1].text
 
 
-def test_a_long_store_id_named_in_the_question_is_grounded(tmp_path):
-    """Ids run to 128 characters while list_videos filters by at most 64: the lookup passes the
-    id's prefix and finds the exact id among the rows (before, the lookup was refused and the
-    question went unanswered from the video)."""
+def kitchen_video_tools(tmp_path: Path, vid: str) -> list[Any]:
+    """The tools over a store of one 20-s video ``vid`` whose man chops onions in its first 8 s."""
     import json
 
     from granalign.backends.embedder import make_embedder
     from granalign.io.captions_import import import_captions
     from granalign.io.store import Store
 
-    vid = "kitchen_" + "0123456789" * 9 + "_take2"  # 104 characters, id-shaped
     caps = tmp_path / "caps.jsonl"
     row = {"vid": vid, "clip_len_s": 2, "captions": ["a man chops onions"] * 4 + ["an empty kitchen"] * 6}
     caps.write_text(json.dumps(row) + "\n")
     with Store(tmp_path / "store") as store:
         import_captions(store, make_embedder("local:all-MiniLM-L6-v2"), caps, source="test")
     settings = ToolSettings(context=Context(store_dir=str(tmp_path / "store")), roots=(), url_allowlist=())
+    return granalign_tools(MomentRetriever(settings))
+
+
+def test_a_long_store_id_named_in_the_question_is_grounded(tmp_path):
+    """Ids run to 128 characters while list_videos filters by at most 64: the lookup passes the
+    id's prefix and finds the exact id among the rows (before, the lookup was refused and the
+    question went unanswered from the video)."""
+    vid = "kitchen_" + "0123456789" * 9 + "_take2"  # 104 characters, id-shaped
+    tools = kitchen_video_tools(tmp_path, vid)
     model = _scripted(AIMessage(content="Probably at the start."), AIMessage(content="Early on."))
     question = {"messages": [HumanMessage(f"When does the man chop onions in {vid}?")]}
-    out, trace = _traced(build_agent(model=model, tools=granalign_tools(MomentRetriever(settings))), question)
+    out, trace = _traced(build_agent(model=model, tools=tools), question)
     assert [node for node, _ in trace] == ["agent", "ground", "tools", "agent", "ground", "answer"]
     (retrieval,) = _retrievals(out["messages"])
     assert retrieval.status == "success" and retrieval.artifact["video_id"] == vid

@@ -257,26 +257,15 @@ def test_the_inputs_video_is_used_as_given_not_normalised(tmp_path, vid):
     """A stored id may hold characters NFKC folds (captions_import accepts any printable name,
     and list_videos hands it out as stored): the agent must retrieve from that id, not from
     'clip2', which no store holds."""
-    import json
-
     from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 
     from agent.graph import build_agent
-    from granalign.backends.embedder import make_embedder
-    from granalign.io.captions_import import import_captions
-    from granalign.io.store import Store
-    from tests.test_agent import _scripted
-    from tools.langchain_tool import MomentRetriever, ToolSettings, granalign_tools
+    from tests.test_agent import _scripted, kitchen_video_tools
 
-    caps = tmp_path / "caps.jsonl"
-    row = {"vid": vid, "clip_len_s": 2, "captions": ["a man chops onions"] * 4 + ["an empty kitchen"] * 6}
-    caps.write_text(json.dumps(row) + "\n")
-    with Store(tmp_path / "store") as store:
-        import_captions(store, make_embedder("local:all-MiniLM-L6-v2"), caps, source="test")
-    settings = ToolSettings(context=Context(store_dir=str(tmp_path / "store")), roots=(), url_allowlist=())
+    tools = kitchen_video_tools(tmp_path, vid)
     model = _scripted(AIMessage(content="Probably at the start."), AIMessage(content="Early on."))
     question = {"messages": [HumanMessage("When does the man chop onions?")], "video": vid}
-    out = build_agent(model=model, tools=granalign_tools(MomentRetriever(settings))).invoke(question)
+    out = build_agent(model=model, tools=tools).invoke(question)
     (retrieval,) = [m for m in out["messages"] if isinstance(m, ToolMessage)]
     assert retrieval.status == "success", retrieval.text
     assert retrieval.artifact["video_id"] == vid and out["citations"][0]["video_id"] == vid
