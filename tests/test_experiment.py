@@ -40,6 +40,14 @@ def stand_in(monkeypatch, tmp_path):
     return fake
 
 
+def _import_demo_captions(base: Context, vids: set[str]) -> None:
+    """The demo captions of ``vids`` in ``base``'s store, as ``experiment`` imports them."""
+    from granalign.io.captions_import import import_captions
+
+    store, embedder = resources.store_for(base), resources.embedder_for(base)
+    import_captions(store, embedder, DEMO.captions, source="demo", only=vids)
+
+
 def test_experiment_rows_reports_and_resume_with_stand_in_rewriter(stand_in, tmp_path):
     anns = read_annotations(DEMO.annotations, limit=4)
     base = Context(rewriter="local:stand-in", store_dir=str(tmp_path / "store"))
@@ -185,7 +193,6 @@ def test_a_pair_edited_while_its_row_runs_is_not_saved_under_the_old_text(monkey
 
     import prompts
     from granalign.errors import InputError
-    from granalign.io.captions_import import import_captions
     from tools.experiment import Setting
 
     pair_dir = tmp_path / "rewrite"
@@ -209,10 +216,7 @@ def test_a_pair_edited_while_its_row_runs_is_not_saved_under_the_old_text(monkey
     monkeypatch.setattr(resources, "rewriter_for_spec", lambda s: fake if s == "local:editing" else real(s))
     anns = read_annotations(DEMO.annotations, limit=3)
     base = Context(rewriter="local:editing", store_dir=str(tmp_path / "store"))
-    import_captions(
-        resources.store_for(base), resources.embedder_for(base), DEMO.captions, source="demo",
-        only={a.vid for a in anns},
-    )  # fmt: skip
+    _import_demo_captions(base, {a.vid for a in anns})
     setting = Setting("pair:core", "core alone", {"include_original": False}, pairs=("core",))
     out = tmp_path / "exp"
     with pytest.raises(InputError, match=r"pair:core.*changed while"):
@@ -280,15 +284,11 @@ def test_a_run_only_setting_changed_on_resume_keeps_the_finished_rows(tmp_path):
     concurrency changes how the run waits, not what it answers: the finished rows (hours of
     rewriting) were computed again and the interrupted row's journal dropped.  An answer setting
     still makes a new row."""
-    from granalign.io.captions_import import import_captions
     from tools.experiment import Setting
 
     anns = read_annotations(DEMO.annotations, limit=2)
     base = Context(rewriter="none", store_dir=str(tmp_path / "store"))
-    import_captions(
-        resources.store_for(base), resources.embedder_for(base), DEMO.captions, source="demo",
-        only={a.vid for a in anns},
-    )  # fmt: skip
+    _import_demo_captions(base, {a.vid for a in anns})
     setting = Setting("Q_r", "original query")
     assert not run_setting(base, setting, anns, tmp_path / "out").cached
     patient = base.with_overrides(request_timeout=300.0, request_attempts=5, concurrency=2)
@@ -301,7 +301,6 @@ def test_a_query_with_a_double_space_is_rewritten_once_as_the_graph_asks_it(stan
     cleaned query: the warm-up before a row (and the Q_s/Q_d rows' rewrites) asked the LLM for
     the raw text under another cache key, so the graph asked again, one query at a time, and the
     ablation rows scored rewrites of another prompt than the pair rows."""
-    from granalign.io.captions_import import import_captions
     from granalign.text import clean_query
 
     asked: list[str] = []
@@ -309,9 +308,7 @@ def test_a_query_with_a_double_space_is_rewritten_once_as_the_graph_asks_it(stan
     stand_in.rewrite_batch = lambda queries, pair: (asked.extend(queries), real_batch(queries, pair))[1]
     (ann,) = [a for a in read_annotations(DEMO.annotations) if "  " in a.query][:1]
     base = Context(rewriter="local:stand-in", store_dir=str(tmp_path / "store"))
-    import_captions(
-        resources.store_for(base), resources.embedder_for(base), DEMO.captions, source="demo", only={ann.vid}
-    )
+    _import_demo_captions(base, {ann.vid})
     settings = {s.name: s for s in plan_settings(["core"], 1, True, None)}
     for name in ("pair:core", "Q_s->C_agn"):
         assert run_setting(base, settings[name], [ann], tmp_path / "exp").n == 1
