@@ -267,7 +267,11 @@ _HASHES_LOCK = threading.Lock()
 
 def file_stamp(path: Path) -> list[int]:
     """(size, mtime in ns, inode) of a file: what changes when its bytes are rewritten or replaced."""
-    info = os.stat(path)
+    return stamp_of(os.stat(path))
+
+
+def stamp_of(info: os.stat_result) -> list[int]:
+    """:func:`file_stamp` of a stat result (a path's, or an open file's ``fstat``)."""
     return [info.st_size, info.st_mtime_ns, info.st_ino]
 
 
@@ -574,8 +578,7 @@ class FrameSampler:
     def file_stamp(self) -> list[int]:
         """(size, mtime in ns, inode) of the open file: :func:`file_stamp` of what is being read,
         even once its path names another file."""
-        info = os.fstat(self._fh.fileno())
-        return [info.st_size, info.st_mtime_ns, info.st_ino]
+        return stamp_of(os.fstat(self._fh.fileno()))
 
     def close(self) -> None:
         self._frames = None
