@@ -117,6 +117,21 @@ def test_unknown_pair_is_a_clear_error():
         plan_settings(["no-such-pair"], 1, False, None)
 
 
+def test_max_m_beyond_the_pairs_is_refused_and_no_max_m_means_up_to_three():
+    """--max-m 5 with two pairs used to run m = 2 only and say nothing."""
+    from granalign.errors import InputError
+
+    with pytest.raises(InputError, match=r"--max-m 5: only 2 prompt pairs \(core, plain\) are chosen"):
+        plan_settings(["core", "plain"], 5, False, None)
+    assert [s.name for s in plan_settings(["core", "plain"], None, False, None)] == [
+        "pair:core",
+        "pair:plain",
+        "m=2",
+    ]
+    names = [s.name for s in plan_settings(None, None, False, None)]
+    assert "m=3" in names and "m=4" not in names
+
+
 def test_a_failed_query_counts_as_a_miss_in_an_experiment_row(tmp_path):
     """As in bench: every annotation is scored, so a query that fails lowers the row, never raises it."""
     from granalign.evaluation.metrics import evaluate_submission

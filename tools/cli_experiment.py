@@ -45,7 +45,10 @@ def experiment_cmd(
     pairs: Annotated[
         str | None, typer.Option(help="Comma-separated pair ids (default: all shipped).")
     ] = None,
-    max_m: Annotated[int, typer.Option("--max-m", min=1, max=16, help="Also run m = 2..max_m.")] = 3,
+    max_m: Annotated[
+        int | None,
+        typer.Option("--max-m", min=1, max=16, help="Also run m = 2..max_m (default 3, at most the pairs)."),
+    ] = None,
     ablation: Annotated[bool, typer.Option(help="Add the caption-only ablation rows.")] = True,
     paraphrases: Annotated[
         Path | None, typer.Option(exists=True, dir_okay=False, help="Paraphrase JSONL for an extra row.")

@@ -369,9 +369,16 @@ def write_reports(rows: Sequence[RowResult], out_dir: Path) -> dict[str, Path]:
     return paths
 
 
+#: The largest m of the m = 2..max_m rows when the caller names none (the default m of a run).
+DEFAULT_MAX_M = 3
+
+
 def plan_settings(
-    pairs: Sequence[str] | None, max_m: int, ablation: bool, paraphrases: Path | None
+    pairs: Sequence[str] | None, max_m: int | None, ablation: bool, paraphrases: Path | None
 ) -> list[Setting]:
+    """The rows of an experiment.  ``max_m`` None: up to :data:`DEFAULT_MAX_M` (fewer with fewer
+    pairs).  A ``max_m`` beyond the pairs is refused rather than silently cut: the results table
+    would lack the rows the caller asked for without saying why."""
     avail = available_pair_ids()
     ids = (
         list(pairs)
@@ -379,6 +386,13 @@ def plan_settings(
         else [p for p in DEFAULT_PAIRS if p in avail] + [p for p in avail if p not in DEFAULT_PAIRS]
     )
     load_prompt_pairs(ids)  # fails early, naming a bad or unknown pair
+    if max_m is not None and max_m > len(ids):
+        raise InputError(
+            f"--max-m {max_m}: only {len(ids)} prompt pair{'s' if len(ids) > 1 else ''} "
+            f"({', '.join(ids)}) {'are' if len(ids) > 1 else 'is'} chosen, so m can "
+            f"be at most {len(ids)}; lower --max-m or add pairs with --pairs"
+        )
+    max_m = min(DEFAULT_MAX_M, len(ids)) if max_m is None else max_m
     rows = pair_settings(ids, max_m)
     if ablation:
         rows += ablation_settings(ids[: max(1, min(max_m, len(ids)))], paraphrases)
