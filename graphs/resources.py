@@ -242,9 +242,15 @@ def video_captions(
             "import its captions first (granalign index --captions FILE)"
         )
     if record.caption_embedder and record.caption_embedder != embedder.name:
+        again = (
+            "ingest it again (granalign index FILE)"
+            if record.has_frames
+            else "re-import its captions (granalign index --captions FILE)"
+        )
         raise InputError(
-            f"video {video_id!r} was indexed with embedder {record.caption_embedder!r}, "
-            f"but this run uses {embedder.name!r}; re-run granalign index with this embedder"
+            f"video {video_id!r} was not imported with this embedder: its caption vectors are "
+            f"{record.caption_embedder!r}'s, this run's embedder is {embedder.name!r}; {again} "
+            "with this embedder, or set embedder to the model it was imported with"
         )
     prompt = record.caption_prompt or None  # ingested videos: only the captions of this prompt
     captions, emb = store.get_captions(

