@@ -43,7 +43,7 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 
 from granalign.errors import BackendError, ConfigError, GranAlignError, InputError
 from granalign.text import clean_query
-from graphs import resources
+from graphs import answer_files, resources
 from graphs.context import Context
 
 _SAVERS: dict[str, BaseCheckpointSaver[Any]] = {}
@@ -173,27 +173,34 @@ def _durability(ctx: Context) -> dict[str, Any]:
     return {"durability": "sync"} if checkpointer_for(ctx) is not None else {}
 
 
-def _start(ctx: Context, graph_input: dict[str, Any], thread_id: str | None) -> tuple[str, Any]:
-    """(thread id, input): ``None`` input resumes the thread's unfinished run.
+def _start(ctx: Context, graph_input: dict[str, Any], thread_id: str | None) -> tuple[str, Any, str]:
+    """(thread id, input, :data:`FILES_KEY` record): ``None`` input resumes the thread's
+    unfinished run.
 
     The unfinished run must be for the same video and query, made with the same answer settings
-    (:meth:`Context.answer_settings`): a reused id must not silently answer an older question,
-    nor finish a run whose done steps (rewrites, key clips, fused curves) followed other settings
-    than its remaining ones: that answer is neither the old settings' nor the new ones'.  A
-    mismatch is refused rather than started afresh: reusing a failed run's id asks to continue
-    it, so quietly redoing its work (or ignoring that a setting or variable changed) would hide
-    the mistake.  A finished run kept under the id is replaced by the new one.
+    (:meth:`Context.answer_settings`) and the same content of the files they name
+    (:mod:`graphs.answer_files`: prompt pairs, a rewrite file, caption prompts): a reused id
+    must not silently answer an older question, nor finish a run whose done steps (rewrites,
+    key clips, fused curves) followed other settings or prompts than its remaining ones: that
+    answer is neither the old settings' nor the new ones'.  A mismatch is refused rather than
+    started afresh: reusing a failed run's id asks to continue it, so quietly redoing its work
+    (or ignoring that a setting, variable or file changed) would hide the mistake.  A finished
+    run kept under the id is replaced by the new one.  The files are hashed here, once, for
+    both the check and the new checkpoints' record.
     """
+    files = answer_files.answer_files(ctx)
+    recorded = answer_files.record(files)
     tid = thread_id or new_thread_id()
     if thread_id is None:
-        return tid, graph_input
+        return tid, graph_input, recorded
     if not pending_run(ctx, thread_id):
         _drop_finished(ctx, thread_id)
-        return tid, graph_input
+        return tid, graph_input, recorded
     snapshot = durable_retrieval_graph(ctx).get_state(thread_config(thread_id))
     _check_same_input(thread_id, snapshot.values, graph_input)
     _check_same_settings(thread_id, snapshot.metadata, ctx)
-    return tid, None
+    answer_files.check_unchanged(thread_id, (snapshot.metadata or {}).get(FILES_KEY), files)
+    return tid, None, recorded
 
 
 def _drop_finished(ctx: Context, thread_id: str) -> None:
@@ -230,6 +237,11 @@ SETTINGS_KEY = "granalign_settings"
 """Checkpoint metadata key of a run's answer settings (JSON).  LangGraph copies a run config's
 ``metadata`` into every checkpoint it writes, the input checkpoint included, so the settings are
 on file before any step can fail, without a state channel that every node would carry."""
+
+
+FILES_KEY = "granalign_files"
+"""Checkpoint metadata key of the digests of the files the run's answers depend on
+(:func:`graphs.answer_files.record`), written beside :data:`SETTINGS_KEY` the same way."""
 
 
 def _settings_json(ctx: Context) -> str:
@@ -291,7 +303,7 @@ class StreamOptions(TypedDict, total=False):
     on_start: Callable[[str], None] | None
 
 
-def _stream_call(ctx: Context, tid: str, options: StreamOptions) -> tuple[Any, dict[str, Any]]:
+def _stream_call(ctx: Context, tid: str, files: str, options: StreamOptions) -> tuple[Any, dict[str, Any]]:
     """Tell ``on_start`` the thread id; the checkpointed graph and the arguments of its
     ``stream``/``astream`` (input aside)."""
     on_start = options.get("on_start")
@@ -302,13 +314,16 @@ def _stream_call(ctx: Context, tid: str, options: StreamOptions) -> tuple[Any, d
         "stream_mode": list(options.get("stream_mode", ("custom", "values"))),
         **_durability(ctx),
     }
-    return durable_retrieval_graph(ctx), {"config": _run_config(ctx, tid, options.get("config")), **kwargs}
+    config = _run_config(ctx, tid, options.get("config"), files)
+    return durable_retrieval_graph(ctx), {"config": config, **kwargs}
 
 
-def _run_config(ctx: Context, tid: str, base: RunnableConfig | None) -> RunnableConfig:
-    """The thread's config, with the run's answer settings for its checkpoints (:data:`SETTINGS_KEY`)."""
+def _run_config(ctx: Context, tid: str, base: RunnableConfig | None, files: str) -> RunnableConfig:
+    """The thread's config, with the run's answer settings and file digests for its
+    checkpoints (:data:`SETTINGS_KEY`, :data:`FILES_KEY`)."""
     config = thread_config(tid, base)
-    config["metadata"] = {**config.get("metadata", {}), SETTINGS_KEY: _settings_json(ctx)}
+    marks = {SETTINGS_KEY: _settings_json(ctx), FILES_KEY: files}
+    config["metadata"] = {**config.get("metadata", {}), **marks}
     return config
 
 
@@ -320,8 +335,8 @@ def stream_retrieval(
     On failure the exception carries ``thread_id`` (and a note saying it); on success the
     thread is deleted (see :func:`finish_thread`).  Options: :class:`StreamOptions`.
     """
-    tid, payload = _start(ctx, graph_input, options.get("thread_id"))
-    graph, kwargs = _stream_call(ctx, tid, options)
+    tid, payload, files = _start(ctx, graph_input, options.get("thread_id"))
+    graph, kwargs = _stream_call(ctx, tid, files, options)
     try:
         yield from graph.stream(payload, **kwargs)
     except Exception as exc:
@@ -335,8 +350,8 @@ async def astream_retrieval(
 ) -> AsyncIterator[tuple[str, Any]]:
     """The async twin of :func:`stream_retrieval`: the same steps (same database, same resume
     rule), with the blocking ones (SQLite reads and deletes) in a thread."""
-    tid, payload = await asyncio.to_thread(_start, ctx, graph_input, options.get("thread_id"))
-    graph, kwargs = _stream_call(ctx, tid, options)
+    tid, payload, files = await asyncio.to_thread(_start, ctx, graph_input, options.get("thread_id"))
+    graph, kwargs = _stream_call(ctx, tid, files, options)
     try:
         async for part in graph.astream(payload, **kwargs):
             yield part

@@ -175,8 +175,9 @@ def is_pairless(rewriter: Rewriter) -> bool:
     return bool(getattr(rewriter, "pairless", False))
 
 
-def pairs_for(ctx: Context) -> list[PromptPair]:
-    """The prompt pairs named in Context, or the first m of the default order."""
+def pair_ids_for(ctx: Context) -> list[str]:
+    """The ids of the prompt pairs named in Context, or the first m of the default order (the
+    files are not read: see :func:`pairs_for`)."""
     ids = [p.strip() for p in ctx.prompt_pairs.split(",") if p.strip()]
     if not ids:  # the default order, then every other pair file (a new file is a new pair)
         avail = available_pair_ids()
@@ -187,7 +188,12 @@ def pairs_for(ctx: Context) -> list[PromptPair]:
                 f"{', '.join(ordered)}"
             )
         ids = ordered[: ctx.m]
-    return load_prompt_pairs(ids)
+    return ids
+
+
+def pairs_for(ctx: Context) -> list[PromptPair]:
+    """The prompt pairs named in Context, or the first m of the default order."""
+    return load_prompt_pairs(pair_ids_for(ctx))
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,9 @@ __all__ = [
     "load_prompt_pair",
     "load_prompt_pairs",
     "load_text",
+    "pair_file",
     "prompt_hash",
+    "text_file",
 ]
 
 PROMPT_DIR: Path = Path(__file__).resolve().parent / "rewrite"
@@ -281,12 +283,23 @@ def load_prompt_pairs(
                 )
     if not selected:
         raise PromptError(f"{d}: no prompt pairs selected (the folder has no *.yaml files)")
-    return sorted((load_prompt_pair(d / f"{i}.yaml") for i in selected), key=lambda p: p.id)
+    return sorted((load_prompt_pair(pair_file(i, d)) for i in selected), key=lambda p: p.id)
+
+
+def pair_file(pair_id: str, directory: str | os.PathLike[str] | None = None) -> Path:
+    """Where pair ``pair_id`` lives in ``directory`` (default: the shipped folder); not checked
+    to exist.  One rule for the loaders and for whoever records which files a run read."""
+    return (PROMPT_DIR if directory is None else Path(directory)) / f"{pair_id}.yaml"
 
 
 def load_all_prompt_pairs(directory: str | os.PathLike[str] | None = None) -> list[PromptPair]:
     """Every pair in ``directory``, sorted by id (for experiments that compare all of them)."""
     return load_prompt_pairs(available_pair_ids(directory), directory)
+
+
+def text_file(name: str) -> Path:
+    """The file of fixed prompt text ``name`` (``captions/agnostic`` → ``prompts/captions/agnostic.txt``)."""
+    return TEXT_DIR / f"{name}.txt"
 
 
 def load_text(name: str) -> str:
@@ -296,7 +309,7 @@ def load_text(name: str) -> str:
     cache keys (the agnostic caption prompt is part of every ingested clip's id), so an edit
     of one is a new key, never a silent reuse of captions made with another prompt.
     """
-    path = TEXT_DIR / f"{name}.txt"
+    path = text_file(name)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:

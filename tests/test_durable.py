@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,13 +22,17 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+import prompts
+from granalign.backends import captioner
 from granalign.backends.embedder import make_embedder
 from granalign.errors import InputError
 from granalign.io.captions_import import import_captions
+from granalign.rewrite import Rewrite
 from granalign.stages import proposals as retrieval_module  # the propose node's stage
 from graphs import durable, resources
 from graphs.context import RUN_ONLY_SETTINGS, Context
 from graphs.retrieval import graph as plain_graph
+from prompts import PromptPair
 from tests.conftest import approx_moments
 from tests.test_graph import CAPTIONS
 from tools.cli import app
@@ -134,6 +140,109 @@ def test_a_run_checkpointed_before_a_setting_existed_resumes_at_its_default(ctx,
     with pytest.raises(InputError, match=r"other settings \(feedback_k 3 → 0\)"):
         list(durable.stream_retrieval(ctx.with_overrides(feedback_k=0), INPUT, thread_id="t-new"))
     got, nodes = _final(ctx, thread_id="t-new")
+    assert nodes == ["propose", "nms"] and got["moments"] == expected["moments"]
+
+
+class TemplateRewriter:
+    """A model rewriter stand-in whose rewrites follow its prompt pair's text, as a model's do."""
+
+    name, pairless = "template-stand-in", False
+
+    def rewrite_batch(self, queries: list[str], pair: PromptPair) -> list[Rewrite]:
+        lead = pair.simplify.split()[0]
+        return [Rewrite(pair.id, f"{lead} {q}", f"{q} {pair.detail.split()[0]}") for q in queries]
+
+
+@pytest.fixture
+def pair_ctx(ctx, tmp_path, monkeypatch) -> Context:
+    """``ctx`` with a model rewriter (the stand-in) and a copy of the prompt-pair folder to edit."""
+    folder = tmp_path / "rewrite"
+    shutil.copytree(prompts.PROMPT_DIR, folder)
+    monkeypatch.setattr(prompts, "PROMPT_DIR", folder)
+    real = resources.rewriter_for_spec
+    fake = TemplateRewriter()
+    monkeypatch.setattr(resources, "rewriter_for_spec", lambda s: fake if s == "local:template" else real(s))
+    return ctx.with_overrides(rewriter="local:template", prompt_pairs="core")
+
+
+def _fail_once(ctx: Context, thread_id: str, monkeypatch) -> None:
+    """Run until the injected fault in propose (rewrites, captions and fusion are done)."""
+    monkeypatch.setattr(retrieval_module, "propose_windows", FailOnce())
+    with pytest.raises(RuntimeError, match="injected"):
+        list(durable.stream_retrieval(ctx, INPUT, thread_id=thread_id))
+    assert durable.pending_run(ctx, thread_id)
+
+
+def test_a_resume_after_its_prompt_pair_file_was_edited_is_refused_naming_the_file(pair_ctx, monkeypatch):
+    """The settings name the pair (``core``), not its text: a resume after the file was edited
+    finished with the old text's rewrites and would count as the new text's answer.  Refused,
+    naming the file; the run stays, and resumes once the file is restored."""
+    core = prompts.PROMPT_DIR / "core.yaml"
+    original = core.read_text(encoding="utf-8")
+    edited = original.replace("Shorten the query", "Summarise the query")
+    expected = plain_graph.invoke(INPUT, context=pair_ctx)
+    _fail_once(pair_ctx, "t-pair", monkeypatch)
+    core.write_text(edited, encoding="utf-8")
+    assert plain_graph.invoke(INPUT, context=pair_ctx)["variants"] != expected["variants"]  # it matters
+    refused = (
+        rf"thread_id 't-pair' holds an unfinished run: prompt_pairs file {re.escape(str(core))} changed "
+        r"since this run started; start a new run or restore the file$"
+    )
+    with pytest.raises(InputError, match=refused):
+        list(durable.stream_retrieval(pair_ctx, INPUT, thread_id="t-pair"))
+    assert durable.pending_run(pair_ctx, "t-pair")
+    core.write_text(original, encoding="utf-8")
+    got, nodes = _final(pair_ctx, thread_id="t-pair")
+    assert nodes == ["propose", "nms"] and got["moments"] == expected["moments"]
+
+
+def test_a_resume_after_its_rewrite_file_was_edited_or_lost_is_refused(ctx, tmp_path, monkeypatch):
+    """``rewriter=file:<path>`` names the paraphrases by path: an edited file is refused like an
+    edited pair, and a file that cannot be read is an error of its own (not 'changed')."""
+    paras = tmp_path / "paras.jsonl"
+    paras.write_text(json.dumps({"query": QUERY, "rephrased_query": ["a man cuts carrots"]}) + "\n")
+    file_ctx = ctx.with_overrides(rewriter=f"file:{paras}")
+    expected = plain_graph.invoke(INPUT, context=file_ctx)
+    _fail_once(file_ctx, "t-file", monkeypatch)
+    original = paras.read_text()
+    paras.write_text(original.replace("carrots", "onions"))
+    with pytest.raises(InputError, match=rf"rewriter file {re.escape(str(paras))} changed since this run"):
+        list(durable.stream_retrieval(file_ctx, INPUT, thread_id="t-file"))
+    paras.unlink()
+    unreadable = rf"its rewriter file {re.escape(str(paras))} cannot be read to check that it is unchanged"
+    with pytest.raises(InputError, match=unreadable):
+        list(durable.stream_retrieval(file_ctx, INPUT, thread_id="t-file"))
+    paras.write_text(original)
+    got, nodes = _final(file_ctx, thread_id="t-file")
+    assert nodes == ["propose", "nms"] and got["moments"] == expected["moments"]
+
+
+def test_a_resume_in_a_process_with_another_caption_prompt_is_refused(ctx, monkeypatch):
+    """The caption prompts are read once per process: a resume in a process that read an edited
+    ``prompts/captions/aware.txt`` would caption the remaining key clips otherwise."""
+    _fail_once(ctx, "t-aware", monkeypatch)
+    monkeypatch.setattr(captioner, "AWARE_PROMPT", captioner.AWARE_PROMPT + " Name colours too.")
+    with pytest.raises(InputError, match=r"aware_captioner file \S+aware\.txt changed since this run"):
+        list(durable.stream_retrieval(ctx, INPUT, thread_id="t-aware"))
+
+
+def test_a_run_checkpointed_without_file_digests_resumes(pair_ctx, monkeypatch):
+    """Checkpoints written before file digests were recorded hold none: only what was recorded
+    is compared, so such a run resumes as it did before the upgrade."""
+    real = durable._run_config
+
+    def older(*args, **kwargs):  # what a version without file digests wrote
+        config = real(*args, **kwargs)
+        del config["metadata"][durable.FILES_KEY]
+        return config
+
+    expected = plain_graph.invoke(INPUT, context=pair_ctx)
+    monkeypatch.setattr(durable, "_run_config", older)
+    _fail_once(pair_ctx, "t-old", monkeypatch)
+    monkeypatch.setattr(durable, "_run_config", real)
+    metadata = durable.durable_retrieval_graph(pair_ctx).get_state(durable.thread_config("t-old")).metadata
+    assert durable.SETTINGS_KEY in metadata and durable.FILES_KEY not in metadata
+    got, nodes = _final(pair_ctx, thread_id="t-old")
     assert nodes == ["propose", "nms"] and got["moments"] == expected["moments"]
 
 
