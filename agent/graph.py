@@ -10,7 +10,9 @@ prebuilt agent, because the behaviour that matters here is in the edges:
   budget is spent the model is called *without* tools and must answer.
 * **Never crashes on a model's mistakes**: an unknown tool name, arguments that are not JSON,
   arguments the tool refuses (the tools validate everything, see :mod:`tools.safety`) and even
-  a tool that raises all come back to the model as ``ToolMessage(status="error")`` it can read.
+  a tool that raises all come back to the model as ``ToolMessage(status="error")`` it can read,
+  never naming this server's folders, lock holders or server addresses (:mod:`tools.redact`,
+  also for tools other than ours; the log keeps the full text).
   A reply with no text gets a plain fallback.
 * **Grounded whatever the model**: small models answer "when …?" from their imagination without
   calling a tool.  When the model answers and this question has no retrieval result yet, but the
@@ -60,7 +62,7 @@ from agent.context import ENV_MODEL, AgentContext
 from granalign.errors import BackendError
 from granalign.io.video import VIDEO_EXTENSIONS
 from granalign.text import seconds_text
-from tools.langchain_tool import MAX_CONTAINS_CHARS
+from tools.langchain_tool import MAX_CONTAINS_CHARS, MomentRetriever
 from tools.safety import MAX_QUERY_CHARS, MAX_VIDEO_ARG_CHARS, VIDEO_ID_RE
 
 log = logging.getLogger(__name__)
@@ -381,11 +383,26 @@ def _model_reply(reply: Any, budget: int, runtime: Runtime[AgentContext]) -> dic
     return {"messages": [reply]}
 
 
+def _model_safe(request: dict[str, Any], message: ToolMessage) -> ToolMessage:
+    """A tool's error as the model may read it: this deployment's folders, addresses and lock
+    holders replaced (our tools do so themselves; an MCP or third-party tool may not)."""
+    if message.status != "error" or not isinstance(message.content, str):
+        return message
+    args = request.get("args")
+    keep = [v for v in args.values() if isinstance(v, str)] if isinstance(args, dict) else []
+    text = MomentRetriever().redactor().text(message.content, keep)  # settings of this process
+    if text == message.content:
+        return message
+    log.warning("tool %s answered: %s", request["name"], message.content)
+    return message.model_copy(update={"content": text})
+
+
 def _tool_reply(request: dict[str, Any], reply: Any, runtime: Runtime[AgentContext]) -> ToolMessage:
-    message = (
+    message = _model_safe(
+        request,
         reply
         if isinstance(reply, ToolMessage)
-        else ToolMessage(content=str(reply), tool_call_id=request["id"], name=request["name"])
+        else ToolMessage(content=str(reply), tool_call_id=request["id"], name=request["name"]),
     )
     _emit(runtime, step="tool_done", name=request["name"], status=message.status)
     return message

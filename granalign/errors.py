@@ -8,7 +8,15 @@ from __future__ import annotations
 
 
 class GranAlignError(Exception):
-    """Base class of every error the CLI reports as a one-line message."""
+    """Base class of every error the CLI reports as a one-line message.
+
+    ``public``: the same error worded for a caller on the far side of a tool (a model), set
+    where the message names what only this host's operator should read (a folder, a process,
+    a server); None when the message itself may go out (the tools still replace this
+    deployment's paths and addresses in it: ``tools.redact``).
+    """
+
+    public: str | None = None
 
 
 class InputError(GranAlignError, ValueError):

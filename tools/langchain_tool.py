@@ -21,10 +21,11 @@ way, and only their error and progress channels differ.
 
 Arguments come from an LLM, so they are validated by :mod:`tools.safety` before anything is
 read (see there); every failure becomes a tool error whose text the model can act on, never an
-exception that ends the agent's run.  Progress events of the graph (``{"stage": ...}``) are
-forwarded to the caller's stream: LangGraph's custom stream when the tool runs inside a graph
-(``stream_mode="custom"``), LangChain custom events (``astream_events``: ``granalign_progress``)
-and, for MCP, progress notifications.
+exception that ends the agent's run, and which names no server internals (folders, lock holders,
+server addresses: :mod:`tools.redact`; the log keeps the full message).  Progress events of the
+graph (``{"stage": ...}``) are forwarded to the caller's stream: LangGraph's custom stream when
+the tool runs inside a graph (``stream_mode="custom"``), LangChain custom events
+(``astream_events``: ``granalign_progress``) and, for MCP, progress notifications.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from pydantic import BaseModel, Field, ValidationError
 from granalign.errors import ConfigError, GranAlignError, InputError
 from granalign.io.video import parse_roots
 from granalign.text import MAX_QUERY_CHARS, clean_query, clean_text, seconds_text
+from tools import redact
 from tools.safety import (
     MAX_VIDEO_ARG_CHARS,
     VideoArg,
@@ -355,22 +357,30 @@ async def _adispatch(event: dict[str, Any]) -> None:
 
 def _remote_error(exc: Exception) -> GranAlignError:
     """A LangGraph server's run error as a message: input errors keep their text."""
-    data = getattr(exc, "args", [None])[0]
+    data, kind = getattr(exc, "args", [None])[0], ""
     if isinstance(data, dict):
         kind, message = str(data.get("error", "")), str(data.get("message", ""))
         if kind in ("InputError", "ConfigError", "UnsafeInputError", "ValueError"):
             return InputError(message)
-        return RetrievalFailed(f"the retrieval server failed ({kind or 'error'}): {message}")
-    return RetrievalFailed(f"the retrieval server failed: {type(exc).__name__}: {exc}")
+        failed = RetrievalFailed(f"the retrieval server failed ({kind or 'error'}): {message}")
+    else:
+        failed = RetrievalFailed(f"the retrieval server failed: {type(exc).__name__}: {exc}")
+    # the server's own folders and addresses are not known here to be replaced: a model gets the
+    # kind of failure only (the front end logs the message)
+    failed.public = f"the retrieval server failed ({kind or type(exc).__name__}); retry later"
+    return failed
 
 
 class _Events:
     """One run's stream: progress events go to the caller's sinks, the last values are kept."""
 
-    def __init__(self, on_progress: Progress | None) -> None:
+    def __init__(
+        self, on_progress: Progress | None, redactor: redact.Redactor, keep: tuple[str, ...]
+    ) -> None:
         self.sinks = _parent_sinks()
         self.on_progress = on_progress
         self.values: Mapping[str, Any] | None = None
+        self.redactor, self.keep = redactor, keep
 
     def take(self, mode: str, chunk: Any) -> dict[str, Any] | None:
         """The progress payload of a ``custom`` chunk (None for others; ``values`` are kept)."""
@@ -378,7 +388,11 @@ class _Events:
             self.values = chunk
         if mode != "custom" or not isinstance(chunk, dict):
             return None
-        payload = {"tool": "retrieve_moments", **chunk}
+        # an ingest's events name the file's real path: the caller sees it under a root's stand-in
+        payload = {
+            "tool": "retrieve_moments",
+            **{k: self.redactor.text(v, self.keep) if isinstance(v, str) else v for k, v in chunk.items()},
+        }
         for sink in self.sinks:
             sink(payload)
         return payload
@@ -554,7 +568,7 @@ class MomentRetriever:
         req = self._with_thread(
             self.prepare(video, query, top_k), options.get("thread_id"), options.get("resume_only", False)
         )
-        events, t0 = _Events(options.get("on_progress")), time.perf_counter()
+        events, t0 = self._events(video, options.get("on_progress")), time.perf_counter()
         try:
             for mode, chunk in _within(self._stream_sync(req), self.settings.timeout_s):
                 payload = events.take(mode, chunk)
@@ -590,7 +604,7 @@ class MomentRetriever:
             req = self._with_thread(prepared, None)
         else:  # a resume reads the checkpoint file: in a thread too
             req = await asyncio.to_thread(self._with_thread, prepared, tid, resume_only)
-        events, t0 = _Events(options.get("on_progress")), time.perf_counter()
+        events, t0 = self._events(video, options.get("on_progress")), time.perf_counter()
         try:
             async with asyncio.timeout(self.settings.timeout_s):
                 async for mode, chunk in self._stream_async(req):
@@ -607,6 +621,9 @@ class MomentRetriever:
         except Exception as exc:
             raise self._failed(req, exc, TimeoutError) from exc
         return self._finish(req, events.values, time.perf_counter() - t0)
+
+    def _events(self, video: object, on_progress: Progress | None) -> _Events:
+        return _Events(on_progress, self.redactor(), (video,) if isinstance(video, str) else ())
 
     def _forget(self, req: _Request) -> None:
         """Delete the checkpoint thread of a cancelled in-process run (the caller chose to stop)."""
@@ -664,6 +681,29 @@ class MomentRetriever:
 
     def _durable_args(self, req: _Request) -> StreamOptions:
         return {"thread_id": req.thread_id, "config": _isolated_config("retrieve_moments")}
+
+    # -- what a calling model may read -----------------------------------------------------------
+    def redactor(self) -> redact.Redactor:
+        """This deployment's folders and addresses, to be kept out of what a model reads.
+
+        Best effort by design: a setting that cannot be read is reported by the call itself, and
+        must not turn the report of another failure into a crash."""
+        pairs: list[tuple[str, str]] = []
+        with contextlib.suppress(Exception):
+            settings = self.settings
+            pairs += redact.server(settings.graph_url, "<retrieval server>")
+            pairs += [p for root in settings.roots or () for p in redact.paths(root, "<video root>")]
+            pairs += redact.paths(settings.download_dir, "<download folder>")
+            pairs += redact.context_values(self._context(settings))
+        with contextlib.suppress(Exception):
+            pairs += [p for root in parse_roots() for p in redact.paths(root, "<video root>")]
+        return redact.Redactor.of(pairs)
+
+    def model_message(self, exc: BaseException, tool: str, args: Mapping[str, object] | None = None) -> str:
+        """``exc`` logged in full, and as the text the model that called ``tool`` may read; text
+        inside its own string arguments ``args`` stays as it passed it."""
+        keep = tuple(v for v in (args or {}).values() if isinstance(v, str))
+        return redact.model_message(exc, self.redactor(), log=log, what=tool, keep=keep)
 
     # -- helpers ----------------------------------------------------------------------------------
     def _remote(self, settings: ToolSettings) -> Any:
@@ -837,7 +877,7 @@ def make_retrieve_moments_tool(retriever: MomentRetriever | None = None) -> Base
         try:
             result = core.run(video, query, top_k, thread_id=thread_id, resume_only=True)
         except GranAlignError as exc:
-            raise ToolException(str(exc)) from exc
+            raise ToolException(core.model_message(exc, "retrieve_moments", {"video": video})) from exc
         return result.content, result.artifact
 
     async def arun(
@@ -846,7 +886,7 @@ def make_retrieve_moments_tool(retriever: MomentRetriever | None = None) -> Base
         try:
             result = await core.arun(video, query, top_k, thread_id=thread_id, resume_only=True)
         except GranAlignError as exc:
-            raise ToolException(str(exc)) from exc
+            raise ToolException(core.model_message(exc, "retrieve_moments", {"video": video})) from exc
         return result.content, result.artifact
 
     return _content_tool("retrieve_moments", RETRIEVE_DESCRIPTION, RetrieveMomentsInput, run, arun)
@@ -876,7 +916,7 @@ def make_list_videos_tool(retriever: MomentRetriever | None = None) -> BaseTool:
         try:
             found = core.list_videos(contains, limit)
         except GranAlignError as exc:
-            raise ToolException(str(exc)) from exc
+            raise ToolException(core.model_message(exc, "list_videos", {"contains": contains})) from exc
         return found.content, found.artifact
 
     async def arun(contains: str = "", limit: int = 20) -> tuple[str, dict[str, Any]]:

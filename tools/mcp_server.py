@@ -12,7 +12,8 @@ MCP specifics:
   text content is the same JSON, for clients that ignore ``structuredContent``);
 * errors come back as tool results with ``isError: true`` and a one-line message the calling
   model can act on (bad arguments are worded as by the LangChain tool, never pydantic's
-  multi-line report); the server process never dies of a bad argument;
+  multi-line report), without server internals (:mod:`tools.redact`: the log keeps them);
+  the server process never dies of a bad argument;
 * the graph's progress events become MCP progress notifications (when the client sent a
   progress token) and log messages;
 * over HTTP the SDK's DNS-rebinding protection is on for loopback hosts, and a bearer token
@@ -126,13 +127,20 @@ def progress_message(event: Mapping[str, Any]) -> str:
 
 
 class GranAlignMCP(FastMCP):
-    """FastMCP whose argument errors are one line, worded like the LangChain tool's.
+    """FastMCP whose tool errors are one line, worded like the LangChain tool's.
 
     FastMCP validates a call's arguments against the tool's signature and answers a bad one
     with pydantic's multi-line report (input values, documentation URLs); a model acts better
     on ``Invalid arguments for retrieve_moments: top_k: Input should be less than or equal
-    to 20``, and a log or a UI shows it on one line.
+    to 20``, and a log or a UI shows it on one line.  A tool that raises is answered with
+    ``str(exc)``, which may name the store folder, the process holding it or a server's
+    address: the calling model gets :meth:`MomentRetriever.model_message` instead, and the log
+    the full message.
     """
+
+    def __init__(self, *args: Any, retriever: MomentRetriever, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.retriever = retriever
 
     async def call_tool(
         self, name: str, arguments: dict[str, Any]
@@ -143,6 +151,9 @@ class GranAlignMCP(FastMCP):
             cause = exc.__cause__
             if isinstance(cause, ValidationError) and cause.title.endswith("Arguments"):
                 raise ToolError(validation_message(name)(cause)) from None
+            if isinstance(cause, Exception):  # raised by the tool itself
+                text = self.retriever.model_message(cause, name, arguments)
+                raise ToolError(f"Error executing tool {name}: {text}") from None
             raise
 
 
@@ -166,7 +177,9 @@ def build_server(
 ) -> FastMCP:
     """A FastMCP server exposing the tools over ``retriever`` (default: environment settings)."""
     core = retriever or MomentRetriever()
-    server: FastMCP = GranAlignMCP("granalign", instructions=INSTRUCTIONS, host=host, port=port)
+    server: FastMCP = GranAlignMCP(
+        "granalign", instructions=INSTRUCTIONS, host=host, port=port, retriever=core
+    )
 
     @_tool(server, "retrieve_moments", RETRIEVE_DESCRIPTION, RETRIEVE_HINTS)
     async def retrieve_moments(

@@ -115,7 +115,29 @@ _STORE_REGISTRY = threading.Lock()
 
 
 class StoreBusyError(InputError):
-    """Another process holds the embedded store folder."""
+    """Another process holds the embedded store folder.
+
+    The message names the folder and the holder (pid, host, command line) for the operator;
+    ``public`` says the same without them, for a caller outside this host (a model, through a
+    tool), which can only wait and retry.
+    """
+
+    def __init__(self, store_dir: Path, holder: str, waited_s: float) -> None:
+        self.store_dir, self.holder, self.waited_s = store_dir, holder, waited_s
+        waited = f" (waited {waited_s:g} s, store_lock_timeout)" if waited_s > 0 else ""
+        super().__init__(
+            f"store {store_dir} is in use by {holder}{waited}; an embedded store serves one "
+            f"process at a time: wait for it, or serve the folder with `chroma run --path {store_dir}` "
+            "and set CHROMA_URL for several processes"
+        )
+        waited = f" (waited {waited_s:g} s)" if waited_s > 0 else ""
+        self.public = (
+            f"the video store is in use by another process{waited} and serves one process at a "
+            "time; retry later"
+        )
+
+    def __reduce__(self) -> tuple[type[StoreBusyError], tuple[Path, str, float]]:
+        return type(self), (self.store_dir, self.holder, self.waited_s)
 
 
 def store_holder(store_dir: Path) -> str:
@@ -135,12 +157,7 @@ def _write_holder(store_dir: Path) -> None:
 
 
 def _busy_store(store_dir: Path, waited_s: float) -> StoreBusyError:
-    waited = f" (waited {waited_s:g} s, store_lock_timeout)" if waited_s > 0 else ""
-    return StoreBusyError(
-        f"store {store_dir} is in use by {store_holder(store_dir)}{waited}; an embedded store "
-        "serves one process at a time: wait for it, or serve the folder with `chroma run --path "
-        f"{store_dir}` and set CHROMA_URL for several processes"
-    )
+    return StoreBusyError(store_dir, store_holder(store_dir), waited_s)
 
 
 def acquire_store_lock(

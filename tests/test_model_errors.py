@@ -1,0 +1,257 @@
+"""Errors a calling model reads name no server internals; the server's log keeps them all.
+
+The LangChain tools, the MCP server and the agent hand error text to a model, which may be
+steered by untrusted content and may repeat anything to its user.  The library's messages are
+written for an operator: "store /srv/.../store is in use by pid 4242 on gpu-07 (granalign index
+...)".  A real second process holds the store here (it takes the store's lock and waits), so the
+message each front end would have passed on is the one a deployment produces.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+from langchain_core.tools import StructuredTool, ToolException
+
+from agent.graph import build_agent
+from granalign.io.locks import StoreBusyError
+from graphs.context import Context
+from tests.test_agent import _scripted
+from tools.langchain_tool import (
+    MomentRetriever,
+    RetrievalFailed,
+    ToolSettings,
+    _remote_error,
+    granalign_tools,
+)
+from tools.mcp_server import build_server
+from tools.redact import Redactor, paths, server
+
+ROOT = Path(__file__).resolve().parents[1]
+MARKER = "--holder-cmdline-marker"
+HOLDER = (
+    "import sys, time, pathlib\n"
+    "from granalign.io.locks import acquire_store_lock\n"
+    "acquire_store_lock(pathlib.Path(sys.argv[1]), 0)\n"
+    "print('held', flush=True)\n"
+    "time.sleep(300)\n"
+)
+
+
+@pytest.fixture
+def busy_store(tmp_path: Path) -> Iterator[tuple[Path, int]]:
+    """An embedded store folder held by another process (pid returned), as a running
+    ``granalign index`` would hold it."""
+    store = tmp_path / "private-store"
+    store.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(store), MARKER], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+        yield store, proc.pid
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _settings(store: Path, root: Path | None = None) -> ToolSettings:
+    ctx = Context(store_dir=str(store), store_lock_timeout=0.0)
+    return ToolSettings(context=ctx, roots=(root,) if root else (), url_allowlist=())
+
+
+def _internals(store: Path, pid: int) -> list[str]:
+    return [str(store), f"pid {pid}", socket.gethostname(), MARKER]
+
+
+def _assert_clean(text: str, store: Path, pid: int) -> None:
+    leaked = [x for x in _internals(store, pid) if x in text]
+    assert not leaked, (leaked, text)
+
+
+def _assert_logged(caplog: pytest.LogCaptureFixture, store: Path, pid: int) -> None:
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert all(x in logged for x in _internals(store, pid)), logged
+
+
+# -- the redactor ------------------------------------------------------------------------------
+
+
+def test_the_redactor_replaces_known_folders_servers_home_and_lock_holders(tmp_path):
+    store, root = tmp_path / "store", tmp_path / "videos"
+    red = Redactor.of(
+        [*paths(store, "<store>"), *paths(root, "<video root>"), *server("http://10.1.2.3:8000/", "<Chroma>")]
+    )
+    text = (
+        f"store {store} is in use by pid 4242 on gpu-07 (python -m tools.cli index (x)); serve it with "
+        f"`chroma run --path {store}`; {root}/a.mp4 is damaged; {store}2 stays; "
+        f"lost http://10.1.2.3:8000/api and 10.1.2.3:8000; file {Path.home()}/notes.mp4"
+    )
+    assert red.text(text) == (
+        "store <store> is in use by another process; serve it with `chroma run --path <store>`; "
+        f"<video root>/a.mp4 is damaged; {store}2 stays; lost <Chroma>/api and <Chroma>; file ~/notes.mp4"
+    )
+
+
+def test_the_redactor_leaves_the_callers_own_argument_but_not_a_value_it_merely_overlaps(tmp_path):
+    root = tmp_path / "videos"
+    red = Redactor.of(paths(root, "<video root>"))
+    own = f"{root}/a.mp4"
+    assert red.text(f"video {own!r} is empty", keep=[own]) == f"video {own!r} is empty"
+    # a model passing "v" must not shield the root from being replaced
+    assert red.text(f"video 'v' is not under {root}", keep=["v"]) == "video 'v' is not under <video root>"
+
+
+def test_a_busy_store_error_keeps_the_holder_for_the_operator_and_a_public_text_without_it(tmp_path):
+    import pickle
+
+    err = StoreBusyError(tmp_path, "pid 7 on gpu-07 (granalign index x)", 2.0)
+    assert str(tmp_path) in str(err) and "pid 7 on gpu-07" in str(err)  # the CLI prints this
+    assert err.public == (
+        "the video store is in use by another process (waited 2 s) and serves one process at a time; "
+        "retry later"
+    )
+    assert pickle.loads(pickle.dumps(err)).public == err.public  # crosses process pools whole
+
+
+def test_a_remote_servers_internal_failure_reaches_a_model_as_its_kind_only():
+    exc = Exception({"error": "StoreBusyError", "message": "store /srv/s is in use by pid 9 on h (c)"})
+    failed = _remote_error(exc)
+    assert isinstance(failed, RetrievalFailed) and "/srv/s" in str(failed)  # logged in full
+    assert failed.public == "the retrieval server failed (StoreBusyError); retry later"
+
+
+# -- the front ends ----------------------------------------------------------------------------
+
+
+def _tool_call(tool: Any, args: dict[str, Any]) -> ToolMessage:
+    msg = tool.invoke({"type": "tool_call", "id": "c1", "name": tool.name, "args": args})
+    assert isinstance(msg, ToolMessage)
+    return msg
+
+
+def test_langchain_tools_on_a_busy_store_tell_the_model_to_retry_and_log_the_holder(busy_store, caplog):
+    store, pid = busy_store
+    retrieve, listing = granalign_tools(MomentRetriever(_settings(store)))
+    with caplog.at_level(logging.WARNING, logger="tools.langchain_tool"):
+        for tool, args in ((retrieve, {"video": "some_video_1", "query": "a dog"}), (listing, {})):
+            msg = _tool_call(tool, args)
+            assert msg.status == "error" and "in use by another process" in msg.content, msg.content
+            assert "retry later" in msg.content
+            _assert_clean(msg.content, store, pid)
+    _assert_logged(caplog, store, pid)
+
+
+def test_the_mcp_server_on_a_busy_store_answers_without_internals_and_logs_them(busy_store, caplog):
+    from mcp.shared.memory import create_connected_server_and_client_session
+
+    store, pid = busy_store
+    mcp = build_server(MomentRetriever(_settings(store)))
+
+    async def call() -> Any:
+        async with create_connected_server_and_client_session(mcp) as session:
+            return await session.call_tool("retrieve_moments", {"video": "some_video_1", "query": "a dog"})
+
+    with caplog.at_level(logging.WARNING, logger="tools.langchain_tool"):
+        res = asyncio.run(call())
+    text = res.content[0].text
+    assert res.isError and "in use by another process" in text, text
+    _assert_clean(text, store, pid)
+    _assert_logged(caplog, store, pid)
+
+
+def test_the_mcp_server_replaces_folders_in_an_unforeseen_error(tmp_path, monkeypatch, caplog):
+    """Not only the library's errors: FastMCP would answer any exception with its text."""
+    from mcp.shared.memory import create_connected_server_and_client_session
+
+    store = tmp_path / "private-store"
+    core = MomentRetriever(_settings(store))
+
+    def broken(*_a: object) -> None:
+        raise PermissionError(13, "Permission denied", str(store / "chroma.sqlite3"))
+
+    monkeypatch.setattr(core, "list_videos", broken)
+
+    async def call() -> Any:
+        async with create_connected_server_and_client_session(build_server(core)) as session:
+            return await session.call_tool("list_videos", {})
+
+    with caplog.at_level(logging.WARNING, logger="tools.langchain_tool"):
+        res = asyncio.run(call())
+    text = res.content[0].text
+    assert res.isError and text == (
+        "Error executing tool list_videos: PermissionError: [Errno 13] Permission denied: "
+        "'<store>/chroma.sqlite3'"
+    )
+    assert str(store) in "\n".join(r.getMessage() for r in caplog.records)
+
+
+def test_the_agent_on_a_busy_store_gives_the_model_no_internals(busy_store, caplog):
+    store, pid = busy_store
+    args = {"video": "some_video_1", "query": "a dog"}
+    model = _scripted(
+        AIMessage(content="", tool_calls=[{"id": "m1", "name": "retrieve_moments", "args": args}]),
+        AIMessage(content="The store is busy."),
+    )
+    agent = build_agent(model=model, tools=granalign_tools(MomentRetriever(_settings(store))))
+    with caplog.at_level(logging.WARNING):
+        out = agent.invoke({"messages": [HumanMessage("when does the dog jump in some_video_1?")]})
+    (msg,) = [m for m in out["messages"] if isinstance(m, ToolMessage)]
+    assert msg.status == "error" and "in use by another process" in msg.text, msg.text
+    seen = json.dumps([m.content for m in model.calls[-1]["messages"]])  # all the model was sent
+    _assert_clean(seen, store, pid)
+    _assert_logged(caplog, store, pid)
+
+
+def test_the_agent_replaces_internals_in_another_tools_error(tmp_path, monkeypatch, caplog):
+    """An MCP or third-party tool may pass the library's operator message on as it is."""
+    store = tmp_path / "private-store"
+    monkeypatch.setenv("GRANALIGN_STORE", str(store))
+    monkeypatch.delenv("CHROMA_URL", raising=False)
+    told = f"store {store} is in use by pid 4242 on gpu-07 (granalign index {MARKER}); retry"
+
+    def lookup(video: str) -> str:
+        raise ToolException(told)
+
+    tool = StructuredTool.from_function(lookup, name="lookup", description="d", handle_tool_error=True)
+    model = _scripted(
+        AIMessage(content="", tool_calls=[{"id": "m1", "name": "lookup", "args": {"video": "v1"}}]),
+        AIMessage(content="Busy."),
+    )
+    with caplog.at_level(logging.WARNING, logger="agent.graph"):
+        out = build_agent(model=model, tools=[tool]).invoke({"messages": [HumanMessage("hi")]})
+    (msg,) = [m for m in out["messages"] if isinstance(m, ToolMessage)]
+    assert msg.status == "error" and msg.text == "store <store> is in use by another process; retry"
+    assert told in "\n".join(r.getMessage() for r in caplog.records)
+
+
+def test_progress_events_name_an_ingested_file_under_its_roots_stand_in(tmp_path, monkeypatch):
+    """An ingest's events carry the file's real path; a caller that passed a relative name sees
+    it under ``<video root>``, not the server's folder."""
+    import graphs.durable
+
+    root = tmp_path / "private-videos"
+    root.mkdir()
+    (root / "a.mp4").write_bytes(b"\x00" * 64)
+
+    def stream(_ctx: Any, inputs: dict[str, Any], **_k: Any) -> Iterator[tuple[str, Any]]:
+        yield "custom", {"stage": "ingest_start", "video": inputs["video"], "clips": 3}
+        yield "values", {"video_id": "a", "query": "q", "moments": [], "saliency": []}
+
+    monkeypatch.setattr(graphs.durable, "stream_retrieval", stream)
+    events: list[dict[str, Any]] = []
+    core = MomentRetriever(_settings(tmp_path / "store", root))
+    core.run("a.mp4", "a dog", on_progress=events.append)
+    (event,) = events
+    assert event["video"] == f"<video root>{os.sep}a.mp4" and event["clips"] == 3
