@@ -74,6 +74,7 @@ class PromptError(ValueError):
     library that imports it; ``granalign.prompt_files`` turns it into an InputError.
     """
 
+
 DEFAULT_PAIRS: tuple[str, ...] = ("core", "plain", "event", "caption_style", "visual")
 """Preference order of the shipped pairs; the default selection is its first ``DEFAULT_M``.
 
