@@ -113,6 +113,22 @@ def test_the_redactor_leaves_the_callers_own_argument_but_not_a_value_it_merely_
     assert red.text(f"video 'v' is not under {root}", keep=["v"]) == "video 'v' is not under <video root>"
 
 
+def test_a_store_given_as_a_relative_name_is_replaced_as_a_path_not_as_a_word(tmp_path, monkeypatch):
+    """``store_dir=store`` (relative, as many deployments set it) hides the word ``store``:
+    the busy store's public text and any prose must keep it; the folder in a path must not."""
+    monkeypatch.chdir(tmp_path)
+    red = Redactor.of(paths("store", "<store>"))
+    public = StoreBusyError(Path("store"), "pid 7 on gpu-07 (x)", 0.0).public
+    assert public is not None and red.text(public) == public
+    assert red.text("store/chroma.sqlite3 is locked; 'store' is busy; a store") == (
+        "<store>/chroma.sqlite3 is locked; '<store>' is busy; a store"
+    )
+    # an absolute folder is a folder only at a path boundary, not inside another path
+    red = Redactor.of(paths(tmp_path / "store", "<store>"))
+    text = f"/data{tmp_path}/store/x and {tmp_path}/store/x"
+    assert red.text(text) == f"/data{tmp_path}/store/x and <store>/x"
+
+
 def test_a_busy_store_error_keeps_the_holder_for_the_operator_and_a_public_text_without_it(tmp_path):
     import pickle
 

@@ -43,6 +43,20 @@ hold parentheses; the holder ends where the lock messages go on)."""
 ANOTHER_PROCESS = "another process"
 _END = r"(?![\w-]|\.\w)"
 """A hidden value ends at a path or name boundary: ``/srv/store`` is not ``/srv/store2``."""
+_START = r"(?<![\w.-])"
+"""And starts at one: ``/srv/store`` inside ``/data/srv/store`` is another folder."""
+_WORD = re.compile(r"[\w.-]+")
+"""A value that is one name (a relative folder ``store``, a bare host): a word of prose as well."""
+
+
+def _value_pattern(value: str) -> str:
+    """Where ``value`` counts as written: at name boundaries; a one-name value (``store``: a
+    store folder given relative) only as a path's first part (``store/x``) or quoted
+    (``'store'``), so "the video store is in use" keeps its words."""
+    v = re.escape(value)
+    if _WORD.fullmatch(value):
+        return rf"{_START}{v}(?=[/\\])|(?<=['\"`]){v}(?=['\"`])"
+    return _START + v + _END
 
 
 @dataclass(frozen=True)
@@ -60,7 +74,7 @@ class Redactor:
 
     @cached_property
     def _pattern(self) -> re.Pattern[str]:
-        values = [re.escape(v) + _END for v, _ in self.hidden]
+        values = [_value_pattern(v) for v, _ in self.hidden]
         return re.compile("|".join([HOLDER.pattern, *values]), re.DOTALL)
 
     def text(self, text: str, keep: Iterable[str] = ()) -> str:
