@@ -36,7 +36,7 @@ from tools.langchain_tool import (
     granalign_tools,
 )
 from tools.mcp_server import build_server
-from tools.redact import Redactor, paths, server
+from tools.redact import Redactor, paths, server, spec
 
 ROOT = Path(__file__).resolve().parents[1]
 MARKER = "--holder-cmdline-marker"
@@ -127,6 +127,13 @@ def test_a_store_given_as_a_relative_name_is_replaced_as_a_path_not_as_a_word(tm
     red = Redactor.of(paths(tmp_path / "store", "<store>"))
     text = f"/data{tmp_path}/store/x and {tmp_path}/store/x"
     assert red.text(text) == f"/data{tmp_path}/store/x and <store>/x"
+
+
+def test_every_replica_of_a_captioner_spec_is_replaced():
+    """``openai:URL1,URL2#model`` spreads captions over replicas; a failure names one of them."""
+    red = Redactor.of(spec("openai:http://10.0.0.1:8000/v1, http://10.0.0.2:8001/v1#qwen", "<captioner>"))
+    text = "http://10.0.0.2:8001/v1/chat/completions failed: 10.0.0.2:8001 refused; 10.0.0.1:8000 too"
+    assert red.text(text) == "<captioner>/chat/completions failed: <captioner> refused; <captioner> too"
 
 
 def test_a_busy_store_error_keeps_the_holder_for_the_operator_and_a_public_text_without_it(tmp_path):

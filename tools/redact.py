@@ -123,12 +123,13 @@ def server(url: str | None, stand_in: str) -> list[tuple[str, str]]:
 
 
 def spec(text: str, stand_in: str) -> list[tuple[str, str]]:
-    """A backend spec's address (``openai:URL#model``) or local path (``local:/models/x``);
-    a hub id (``local:smollm2``) is no secret and stays."""
+    """A backend spec's addresses (``openai:URL#model``; a captioner's replicas
+    ``openai:URL1,URL2#model`` each) or local path (``local:/models/x``); a hub id
+    (``local:smollm2``) is no secret and stays."""
     _, _, target = text.partition(":")
     target = target.split("#", 1)[0].strip()
     if target.startswith(("http://", "https://")):
-        return server(target, stand_in)
+        return [p for url in target.split(",") for p in server(url.strip(), stand_in)]
     if target.startswith(("/", "~")) or os.sep in target:
         return paths(target, stand_in)
     return []
