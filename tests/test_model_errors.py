@@ -136,6 +136,16 @@ def test_every_replica_of_a_captioner_spec_is_replaced():
     assert red.text(text) == "<captioner>/chat/completions failed: <captioner> refused; <captioner> too"
 
 
+def test_a_server_url_with_credentials_is_replaced_as_clients_write_it():
+    """Client libraries name ``host:port`` or the URL without its user:password."""
+    red = Redactor.of(server("http://admin:s3cret@chroma.internal:8000/", "<Chroma>"))
+    text = (
+        "cannot connect to chroma.internal:8000 (http://chroma.internal:8000/api/v2); "
+        "http://admin:s3cret@chroma.internal:8000 refused admin:s3cret"
+    )
+    assert red.text(text) == "cannot connect to <Chroma> (<Chroma>/api/v2); <Chroma> refused <credentials>"
+
+
 def test_a_busy_store_error_keeps_the_holder_for_the_operator_and_a_public_text_without_it(tmp_path):
     import pickle
 

@@ -111,15 +111,22 @@ def paths(path: str | os.PathLike[str] | None, stand_in: str) -> list[tuple[str,
 
 
 def server(url: str | None, stand_in: str) -> list[tuple[str, str]]:
-    """A server address: the URL (without a trailing ``/``), and its ``host:port``."""
+    """A server address: the URL (without a trailing ``/``), and its ``host:port``; for a URL
+    with credentials (``http://user:key@host:8000``) also both without them, as client
+    libraries write an address, and the credentials themselves."""
     if not url:
         return []
     out = [(url.rstrip("/"), stand_in)]
     try:
-        netloc = urlsplit(url).netloc
+        parts = urlsplit(url)
     except ValueError:
-        netloc = ""
-    return out + ([(netloc, stand_in)] if netloc else [])
+        return out
+    userinfo, at, host = parts.netloc.rpartition("@")
+    out += [(parts.netloc, stand_in)] if parts.netloc else []
+    if at:
+        bare = parts._replace(netloc=host).geturl().rstrip("/")
+        out += [(bare, stand_in), (host, stand_in), (userinfo, "<credentials>")]
+    return out
 
 
 def spec(text: str, stand_in: str) -> list[tuple[str, str]]:
