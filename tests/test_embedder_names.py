@@ -127,6 +127,21 @@ def test_a_changed_span_one_sampling_stride_long_changes_the_digest(tmp_path, wh
     assert model_digest(folder) != before
 
 
+def test_a_linked_subfolder_is_read_through(tmp_path):
+    """A folder assembled from links (``0_Transformer -> /shared/<model>``) loads the linked
+    files: two such folders of one basename over other weights get other names, and a link
+    back up the tree ends the walk."""
+    names = []
+    for seed in (0, 1):
+        shared = tiny_model(tmp_path / "shared" / str(seed), seed=seed)
+        folder = tmp_path / f"view{seed}" / "tiny"
+        folder.mkdir(parents=True)
+        (folder / "weights").symlink_to(shared, target_is_directory=True)
+        (folder / "weights" / "loop").symlink_to(shared, target_is_directory=True)
+        names.append(resolve_model(str(folder))[0])
+    assert names[0] != names[1]
+
+
 def test_an_unreadable_file_in_the_folder_is_one_line(tmp_path):
     folder = tiny_model(tmp_path / "tiny", seed=0)
     (folder / "extra.bin").symlink_to(tmp_path / "gone")

@@ -58,8 +58,16 @@ def _model_files(folder: Path) -> Iterator[tuple[str, Path]]:
     """(relative posix name, path) of the files a loader may read, in a fixed order.
 
     Hidden entries (``.git``, ``.cache``, ``.gitattributes``) and model cards (``*.md``) are
-    left out: editing or adding them does not change a single vector."""
-    for root, dirs, files in os.walk(folder):
+    left out: editing or adding them does not change a single vector.  A linked subfolder
+    (``0_Transformer -> /shared/bert``) is read through, as the loader reads it; one whose
+    target was already read (a link back up the tree) is not entered again."""
+    seen: set[str] = set()
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
             if not name.startswith(".") and not name.lower().endswith(".md"):
