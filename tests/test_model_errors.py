@@ -146,6 +146,15 @@ def test_a_server_url_with_credentials_is_replaced_as_clients_write_it():
     assert red.text(text) == "cannot connect to <Chroma> (<Chroma>/api/v2); <Chroma> refused <credentials>"
 
 
+def test_a_hub_id_in_a_model_spec_stays_and_a_model_folder_is_replaced(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models" / "qwen").mkdir(parents=True)
+    assert spec("local:Qwen/Qwen2.5-VL-7B-Instruct", "<captioner model>") == []  # no secret
+    red = Redactor.of(spec("local:models/qwen", "<captioner model>"))
+    text = f"cannot load {tmp_path}/models/qwen/config.json"
+    assert red.text(text) == "cannot load <captioner model>/config.json"
+
+
 def test_a_busy_store_error_keeps_the_holder_for_the_operator_and_a_public_text_without_it(tmp_path):
     import pickle
 

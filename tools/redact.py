@@ -137,9 +137,20 @@ def spec(text: str, stand_in: str) -> list[tuple[str, str]]:
     target = target.split("#", 1)[0].strip()
     if target.startswith(("http://", "https://")):
         return [p for url in target.split(",") for p in server(url.strip(), stand_in)]
-    if target.startswith(("/", "~")) or os.sep in target:
+    if _reads_as_path(target):
         return paths(target, stand_in)
     return []
+
+
+def _reads_as_path(target: str) -> bool:
+    """A location on this host, not a hub id: ``org/name`` holds a ``/`` as a relative path
+    does, so it is a path only where one exists (the loaders read it so)."""
+    if target.startswith(("/", "~", ".")) or "\\" in target:
+        return True
+    try:
+        return Path(target).exists()
+    except (OSError, ValueError):
+        return True
 
 
 def context_values(ctx: Any) -> list[tuple[str, str]]:
