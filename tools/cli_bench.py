@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from granalign.errors import InputError
 from tools.cli_common import (
@@ -360,7 +361,8 @@ def settings_cmd() -> None:
     table.add_column("default")
     table.add_column("meaning")
     for name, default, text in describe():
-        table.add_row(name, repr(default), text)
+        # plain text, not console markup: "[m] number of prompt pairs" would lose its "[m]"
+        table.add_row(Text(name), Text(repr(default)), Text(text))
     out.print(table)
 
 

@@ -1,0 +1,38 @@
+"""Help and settings text a newcomer reads first: what it names must exist and read as written.
+
+No store and no models: `granalign settings` and `--help` only, through Typer's runner.
+"""
+
+from __future__ import annotations
+
+import re
+from io import StringIO
+
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner
+
+from graphs.context import describe
+from tools import cli_bench
+from tools.cli import app
+
+
+def _flat(text: str) -> str:
+    """Table and panel text on one line: box characters and runs of whitespace become one space."""
+    return re.sub(r"[\s│┃║|]+", " ", text)
+
+
+def test_settings_shows_every_meaning_whole_brackets_included(monkeypatch: pytest.MonkeyPatch) -> None:
+    # "[m] number of prompt pairs" and "[rewrite validation] A rewrite side ..." lost their
+    # brackets: the table read the descriptions as console markup
+    buf = StringIO()
+    monkeypatch.setattr(cli_bench, "out", Console(file=buf, width=2000, color_system=None))
+    result = CliRunner().invoke(app, ["settings"])
+    assert result.exit_code == 0, result.output
+    shown = _flat(buf.getvalue())
+    bracketed = [text for _, _, text in describe() if "[" in text]
+    assert bracketed  # [m], [K %], [τ], [n %], [λ], [rewrite validation], ...
+    for name, default, text in describe():
+        assert f" {name} " in shown
+        assert _flat(text) in shown, (name, text)
+        assert _flat(repr(default)) in shown, (name, default)
