@@ -13,7 +13,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from graphs.context import describe
-from tools import cli_bench
+from tools import benchmark_suite, cli_bench
 from tools.cli import app
 
 
@@ -36,3 +36,14 @@ def test_settings_shows_every_meaning_whole_brackets_included(monkeypatch: pytes
         assert f" {name} " in shown
         assert _flat(text) in shown, (name, text)
         assert _flat(repr(default)) in shown, (name, default)
+
+
+def test_benchmark_help_names_every_benchmark() -> None:
+    # --only listed six of the seven names (not ray_ingest), and --quick named only long_video
+    result = CliRunner().invoke(app, ["benchmark", "--help"], env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    shown = _flat(result.output)
+    for name in benchmark_suite.BENCHMARKS:
+        assert name in shown, name
+    for name in benchmark_suite.SLOW:
+        assert re.search(rf"{name}[^.]*left out of --quick|no [^.]*{name}", shown), name

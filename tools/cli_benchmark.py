@@ -73,11 +73,12 @@ def benchmark_cmd(
         str | None,
         typer.Option(
             help="Comma-separated benchmarks: core_math, graph_overhead, caption_import, warm_queries, "
-            "ingest, long_video (default: all; long_video is left out of --quick)."
+            "ingest, long_video, ray_ingest (default: all; long_video and ray_ingest are left out of "
+            "--quick unless named here)."
         ),
     ] = None,
     quick: Annotated[
-        bool, typer.Option(help="Fewer repeats and queries, no long_video (a smoke run).")
+        bool, typer.Option(help="Fewer repeats and queries, no long_video or ray_ingest (a smoke run).")
     ] = False,
     out_path: Annotated[
         Path, typer.Option("--out", help="Write the rows and the machine's description here (JSON).")
