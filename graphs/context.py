@@ -132,7 +132,10 @@ class Context:
     request_attempts: int = field(
         default=3,
         metadata=_meta(
-            "Attempts per model-server request (only HTTP 5xx and timeouts are retried).", lo=1, hi=10
+            "Attempts per model-server request (only HTTP 5xx, 429 after its Retry-After, timeouts and "
+            "a 200 without a usable completion are retried).",
+            lo=1,
+            hi=10,
         ),
     )
     max_pixels: int = field(

@@ -47,3 +47,15 @@ def test_benchmark_help_names_every_benchmark() -> None:
         assert name in shown, name
     for name in benchmark_suite.SLOW:
         assert re.search(rf"{name}[^.]*left out of --quick|no [^.]*{name}", shown), name
+
+
+def test_request_attempts_says_what_is_retried() -> None:
+    # it said "only HTTP 5xx and timeouts are retried"; 429s and unusable 200s are retried too
+    import openai
+
+    from granalign.backends.openai_llm import retry_on
+
+    meaning = {name: text for name, _, text in describe()}["request_attempts"]
+    assert openai.RateLimitError in retry_on()
+    for retried in ("5xx", "429", "timeouts", "200 without a usable completion"):
+        assert retried in meaning, retried
