@@ -19,6 +19,7 @@ from typing import Any
 
 from granalign.errors import ConfigError
 from granalign.specs import BackendSpec, parse_spec
+from graphs.context import value_kind
 
 ENV_MODEL = "GRANALIGN_AGENT_MODEL"
 DEFAULT_MODEL = "openai:http://127.0.0.1:8000/v1#meta-llama/Meta-Llama-3-8B-Instruct"
@@ -78,7 +79,10 @@ class AgentContext:
             # a JSON client's "false" is a truthy string (cite_windows="false" would cite), and a
             # null prompt or key variable would fail deep inside a node instead of here
             if isinstance(f.default, bool) and not isinstance(value, bool):
-                raise ConfigError(f"agent setting {f.name}={value!r} must be true or false")
+                raise ConfigError(
+                    f"agent setting {f.name}={value!r} must be a boolean (JSON true or false), "
+                    f"not {value_kind(value)}"
+                )
             if isinstance(f.default, str) and not isinstance(value, str):
                 raise ConfigError(f"agent setting {f.name}={value!r} must be a string")
             if "lo" not in meta:

@@ -461,7 +461,9 @@ def _coerce(name: str, raw: str, default: Any, source: str | None = None) -> Any
 def _check_field(name: str, value: Any, annotation: Any, meta: Any) -> None:
     if annotation in ("bool", bool) and not isinstance(value, bool):
         # a JSON client's "false" is a truthy string: auto_ingest="false" would ingest
-        raise ConfigError(f"setting {name}={value!r} must be true or false")
+        raise ConfigError(
+            f"setting {name}={value!r} must be a boolean (JSON true or false), not {value_kind(value)}"
+        )
     if annotation in ("str", str) and not isinstance(value, str):
         raise ConfigError(f"setting {name}={value!r} must be a string")
     choices = _literal_choices(annotation)
@@ -477,6 +479,12 @@ def _check_field(name: str, value: Any, annotation: Any, meta: Any) -> None:
             raise ConfigError(f"setting {name}={value!r} must be an integer in [{lo}, {hi}]")
         if not lo <= value <= hi:
             raise ConfigError(f"setting {name}={value!r} is out of range; allowed: [{lo}, {hi}]")
+
+
+def value_kind(value: Any) -> str:
+    """How a wrongly typed value reads in an error: ``auto_ingest='false'`` is "a string"."""
+    kinds = {str: "a string", int: "a number", float: "a number", list: "a list", dict: "an object"}
+    return "null" if value is None else kinds.get(type(value), f"a {type(value).__name__}")
 
 
 def _literal_choices(annotation: Any) -> tuple[Any, ...]:

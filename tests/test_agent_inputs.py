@@ -37,6 +37,19 @@ def test_context_refuses_values_of_the_wrong_type(name, value):
         Context(**{name: value})
 
 
+def test_a_string_for_a_boolean_is_named_as_such():
+    # "setting auto_ingest='false' must be true or false" read as if 'false' were not false
+    with pytest.raises(ConfigError) as err:
+        Context(auto_ingest="false")  # type: ignore[arg-type]
+    assert str(err.value) == (
+        "setting auto_ingest='false' must be a boolean (JSON true or false), not a string"
+    )
+    from agent.context import AgentContext
+
+    with pytest.raises(ConfigError, match=r"cite_windows='no' must be a boolean .*, not a string"):
+        AgentContext(cite_windows="no")  # type: ignore[arg-type]
+
+
 def test_resume_accepts_the_same_uncleaned_query(tmp_path, monkeypatch):
     import json
 
