@@ -8,6 +8,7 @@ exactly what a separate ``--set proposal_mode=vtg-gpt`` run gives, and the Δ mu
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,9 @@ def test_versus_runs_the_peer_on_the_same_queries_and_reports_the_paired_delta(
     alone.mkdir()
     got = _bench(annotations_file, store_dir, both, "--versus", "vtg-gpt")
     assert got.exit_code == 0, got.output
+    unwrapped = re.sub(r"\s+", "", got.output)
+    for name in ("preds.jsonl", "metrics.json", "preds.vtg-gpt.jsonl", "metrics.vtg-gpt.json"):
+        assert f"wrote{both / name}" in unwrapped, name  # our --metrics went unannounced
     assert "ours (pooled) − vtg-gpt" in got.output and "proposal_mode vtg-gpt" in got.output
     peer_got = _bench(annotations_file, store_dir, alone, "--set", "proposal_mode=vtg-gpt")
     assert peer_got.exit_code == 0, peer_got.output

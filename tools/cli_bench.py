@@ -238,8 +238,9 @@ def _run_bench(
     keep = peer_ctx is not None  # a kill during the peer's pass must not cost this pass again
     result = _bench_pass(annotations, captions, ctx, limit, split, repeat, concurrency, out_path, keep)
     _report_bench(result, ctx, split, metrics)
-    if out_path:
-        console.print(f"wrote {out_path}")
+    for path in (out_path, metrics):  # as the peer's pair below, --metrics is announced too
+        if path:
+            console.print(f"wrote {path}")
     if plot and result.predictions:
         _plot_first(result, plot)
     if peer_ctx is None:
