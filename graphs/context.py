@@ -10,6 +10,7 @@ model is loaded, with the allowed range in the message.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any, Literal, get_args
 
@@ -19,6 +20,27 @@ from granalign.errors import ConfigError
 from granalign.specs import parse_spec
 
 ENV_PREFIX = "GRANALIGN_"
+
+
+def misspelt_setting_variables(environ: Mapping[str, str]) -> list[tuple[str, str]]:
+    """``(variable, setting variable it resembles)`` for each ``GRANALIGN_*`` name that is no
+    setting but nearly one (``GRANALIGN_NMS_IUO`` → ``GRANALIGN_NMS_IOU``).
+
+    ``--set nms_iuo=0.5`` is refused, but a misspelt variable is simply never read; the CLI
+    warns about these.  Only near misses are named: other ``GRANALIGN_*`` variables (the
+    store, tokens, server addresses, ...) are not settings and are left alone.
+    """
+    import difflib
+
+    wanted = [ENV_PREFIX + f.name.upper() for f in fields(Context)]
+    found = []
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX) or name in wanted:
+            continue
+        close = difflib.get_close_matches(name, wanted, n=1, cutoff=0.85)
+        if close and not any(name.startswith(w + "_") or w.startswith(name + "_") for w in wanted):
+            found.append((name, close[0]))
+    return found
 
 
 def _meta(description: str, **bounds: Any) -> dict[str, Any]:

@@ -59,3 +59,26 @@ def test_request_attempts_says_what_is_retried() -> None:
     assert openai.RateLimitError in retry_on()
     for retried in ("5xx", "429", "timeouts", "200 without a usable completion"):
         assert retried in meaning, retried
+
+
+def test_a_misspelt_setting_variable_is_warned_about(monkeypatch: pytest.MonkeyPatch) -> None:
+    # --set nms_iuo=0.5 is refused, but GRANALIGN_NMS_IUO=0.5 was ignored without a word
+    from graphs.context import misspelt_setting_variables
+    from tools import cli_common
+
+    others = "STORE GRAPH_URL GRAPH_ID MCP_TOKEN URL_ALLOWLIST URL_MAX_MB DOWNLOAD_CACHE_MB CHROMA_TIMEOUT"
+    others += " CHROMA_TOKEN CHROMA_TOKEN_FILE CHROMA_AUTH_HEADER AGENT_MODEL ONNX_CACHE SHARED_DATA"
+    assert misspelt_setting_variables({f"GRANALIGN_{n}": "x" for n in others.split()}) == []
+    assert misspelt_setting_variables({"GRANALIGN_NMS_IOU": "0.5", "GRANALIGN_TOPK": "5"}) == [
+        ("GRANALIGN_TOPK", "GRANALIGN_TOP_K")
+    ]
+
+    buf = StringIO()
+    monkeypatch.setattr(cli_common, "console", Console(file=buf, width=300, color_system=None))
+    monkeypatch.setenv("GRANALIGN_NMS_IUO", "0.5")
+    ctx = cli_common.make_context(None, ["top_n=3"])
+    assert ctx.nms_iou == 0.95 and ctx.top_n == 3  # still not read: a warning, not an error
+    assert buf.getvalue().strip() == (
+        "warning: GRANALIGN_NMS_IUO is not a setting and is not read; did you mean GRANALIGN_NMS_IOU? "
+        "(granalign settings lists them)"
+    )

@@ -128,7 +128,7 @@ def make_context(store: Path | None, sets: list[str] | None, **explicit: Any) ->
     (``--set clip_len=abc: expected a number``), and the environment variable it replaces
     is not read at all.
     """
-    from graphs.context import ENV_PREFIX, Context, _coerce, _default_of
+    from graphs.context import ENV_PREFIX, Context, _coerce, _default_of, misspelt_setting_variables
 
     by_name = {f.name: f for f in fields(Context)}
     overrides: dict[str, Any] = {}
@@ -142,6 +142,12 @@ def make_context(store: Path | None, sets: list[str] | None, **explicit: Any) ->
     if store is not None:
         explicit["store_dir"] = str(store)
     overrides.update({k: v for k, v in explicit.items() if v is not None})
+    for name, meant in misspelt_setting_variables(os.environ):
+        console.print(
+            f"[yellow]warning:[/] {name} is not a setting and is not read; did you mean {meant}? "
+            "(granalign settings lists them)",
+            highlight=False,
+        )
     return Context.from_env(env, **overrides)
 
 
