@@ -82,3 +82,17 @@ def test_a_misspelt_setting_variable_is_warned_about(monkeypatch: pytest.MonkeyP
         "warning: GRANALIGN_NMS_IUO is not a setting and is not read; did you mean GRANALIGN_NMS_IOU? "
         "(granalign settings lists them)"
     )
+
+
+def test_a_dash_id_hint_fits_the_command() -> None:
+    # `videos rm -dB_...` was told to use --video (an option it does not have) and shown a
+    # retrieve command; `bench -l 5` was told about video ids
+    vid = "-dB_W38mCRM_210.0_360.0"
+    rm = CliRunner().invoke(app, ["videos", "rm", vid], env={"COLUMNS": "300"})
+    assert rm.exit_code == 2
+    assert f"go after '--': granalign videos rm -- {vid}" in _flat(rm.output)
+    assert "--video" not in rm.output and "retrieve" not in rm.output
+    retrieve = CliRunner().invoke(app, ["retrieve", vid, "a query"], env={"COLUMNS": "300"})
+    assert retrieve.exit_code == 2 and "--video ID" in retrieve.output
+    typo = CliRunner().invoke(app, ["bench", "-l", "5"], env={"COLUMNS": "300"})
+    assert typo.exit_code == 2 and "No such option: -l" in typo.output and "video id" not in typo.output

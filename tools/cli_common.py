@@ -34,6 +34,12 @@ DASH_HINT = (
     "a video id that begins with '-' goes in --video ID or after '--': "
     'granalign retrieve -- -dB_W38mCRM_210.0_360.0 "a query"'
 )
+#: The hint for the commands that take video ids as arguments (others get none: ``bench -l 5``
+#: is a mistyped option, not an id).
+DASH_HINTS = {
+    "retrieve": DASH_HINT,
+    "rm": "video ids that begin with '-' go after '--': granalign videos rm -- -dB_W38mCRM_210.0_360.0",
+}
 
 
 class _Commands(TyperGroup):
@@ -47,10 +53,11 @@ class _Commands(TyperGroup):
         try:
             return super().invoke(ctx)
         except NoSuchOption as exc:
-            if exc.option_name.startswith("--"):
+            hint = DASH_HINTS.get(exc.ctx.info_name or "") if exc.ctx is not None else None
+            if exc.option_name.startswith("--") or hint is None:
                 raise
             raise NoSuchOption(
-                exc.option_name, f"{exc.message} ({DASH_HINT})", exc.possibilities, exc.ctx
+                exc.option_name, f"{exc.message} ({hint})", exc.possibilities, exc.ctx
             ) from None
 
 
