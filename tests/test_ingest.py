@@ -240,6 +240,44 @@ def test_index_cli_ingests_a_folder_with_bounded_concurrency_random_weights(ctx,
     assert "│       1 │       0" in again.output  # 1 clip skipped, 0 encoded
 
 
+def test_a_model_that_cannot_load_stops_a_folder_index_with_one_error(tmp_path, monkeypatch):
+    """A CLIP checkpoint that is not there: the first video that needs the model ends the folder
+    run with one message saying how many videos were not attempted (before, every video loaded
+    the model again and printed the same failure); an unreadable file before it still only fails
+    itself."""
+    from granalign.backends.clip import OpenClipEncoder
+
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    (folder / "a_broken.mp4").write_text("not a video")
+    for name in ("b.mp4", "c.mp4", "d.mp4"):
+        make_video(folder / name, 1.5)
+    builds: list[str] = []
+    real_build = OpenClipEncoder._build
+
+    def counted_build(self):
+        builds.append(self.pretrained)
+        return real_build(self)
+
+    monkeypatch.setattr(OpenClipEncoder, "_build", counted_build)
+    missing = tmp_path / "missing" / "open_clip_model.safetensors"
+    env = {
+        "GRANALIGN_STORE": str(tmp_path / "store"),
+        "GRANALIGN_VIDEO_ROOTS": str(tmp_path),
+        "GRANALIGN_CLIP_MODEL": "local:ViT-S-32",
+        "GRANALIGN_CLIP_PRETRAINED": str(missing),
+    }
+    result = CliRunner().invoke(app, ["index", str(folder), "--jobs", "1"], env=env)
+    assert result.exit_code == 2, result.output
+    assert builds == [str(missing)], builds  # the model was tried once, not once per video
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.output
+    assert "CLIP model 'ViT-S-32'" in result.output and "could not be loaded" in result.output
+    assert "2 of 4 videos not attempted" in " ".join(result.output.split()), result.output
+    assert "a_broken.mp4" in result.output and "not a video FFmpeg can read" in result.output
+    assert "failed b.mp4" not in result.output and "c.mp4" not in result.output
+
+
 def test_index_cli_needs_exactly_one_source(ctx):
     result = CliRunner().invoke(app, ["index"], env={"GRANALIGN_STORE": ctx.store_dir})
     assert result.exit_code == 2 and "give a video file or folder, or --captions FILE" in result.output

@@ -297,3 +297,28 @@ def test_progress_events_name_an_ingested_file_under_its_roots_stand_in(tmp_path
     core.run("a.mp4", "a dog", on_progress=events.append)
     (event,) = events
     assert event["video"] == f"<video root>{os.sep}a.mp4" and event["clips"] == 3
+
+
+def test_a_folder_index_on_a_store_another_process_holds_stops_at_the_first_video(busy_store, tmp_path):
+    """A store folder held elsewhere is the deployment's failure, not a video's: the folder run
+    says so once and attempts no further video (each used to wait for the lock and fail alike)."""
+    from typer.testing import CliRunner
+
+    from tests.test_video import make_video
+    from tools.cli import app
+
+    store, _ = busy_store
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    for name in ("a.mp4", "b.mp4", "c.mp4"):
+        make_video(folder / name, 1.0)
+    env = {
+        "GRANALIGN_STORE": str(store),
+        "GRANALIGN_VIDEO_ROOTS": str(tmp_path),
+        "GRANALIGN_STORE_LOCK_TIMEOUT": "0",
+    }
+    result = CliRunner().invoke(app, ["index", str(folder), "--jobs", "1"], env=env)
+    assert result.exit_code == 2, result.output
+    flat = " ".join(result.output.split())
+    assert flat.count("error:") == 1 and "failed" not in flat, result.output
+    assert "2 of 3 videos not attempted" in flat, result.output

@@ -121,46 +121,103 @@ def _bar_updater(bar: Progress, task: TaskID) -> Any:
 def _ingest_target(ctx: Any, target: str, jobs: int) -> None:
     from granalign.io.video import display_path, find_videos, video_folder
     from graphs import resources
-    from graphs.ingest import ingest_video
 
     roots = resources.video_roots(ctx)
     folder = video_folder(target, roots)  # a relative folder is looked up under the roots, like a file
-    is_dir = folder is not None
     if folder is None:
         _check_index_target(ctx, target, roots)
     files = [str(p) for p in find_videos(folder)] if folder is not None else [target]
-    if is_dir and not files:
+    if folder is not None and not files:
         raise InputError(f"folder {display_path(target)} holds no video files")
-    results: list[tuple[str, dict[str, Any] | None, str]] = []
-    lock = threading.Lock()
-    with _progress() as bar:
+    run = _FolderRun(ctx, files, is_dir=folder is not None)
+    try:
+        run.ingest_all(jobs)
+    except GranAlignError as exc:
+        if folder is None or not is_deployment_failure(exc):
+            raise
+        if run.results:  # videos finished before the failure: shown, they are in the store
+            _print_ingest_summary(run.results, resources.store_for(ctx).location)
+        raise GranAlignError(
+            f"{exc}; stopped indexing folder {display_path(target)}: "
+            f"{len(files) - run.started} of {len(files)} videos not attempted"
+        ) from exc
+    _print_ingest_summary(run.results, resources.store_for(ctx).location)
+    if any(problem for _, _, problem in run.results):
+        raise typer.Exit(1)
 
-        def run(video: str) -> None:
-            task = bar.add_task(Path(display_path(video)).name[:30], total=None)
-            try:
-                got: dict[str, Any] | None = ingest_video(ctx, video, on_event=_bar_updater(bar, task))
-                problem = ""
-            except GranAlignError as exc:
-                if not is_dir:
-                    raise
-                got, problem = None, str(exc)
-            with lock:
-                results.append((video, got, problem))
-                if not bar.console.is_terminal:  # a log gets no bars until the end: a line each
-                    _log_finished(len(results), len(files), video, got, problem)
 
-        with ThreadPoolExecutor(max_workers=min(jobs, len(files))) as pool:
-            futures = [pool.submit(run, f) for f in files]
+def is_deployment_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is about this deployment rather than one video: a model or setting that
+    cannot load (ConfigError), a store folder another process holds, a Chroma server that is
+    gone.  Every later video of a folder would fail the same way (and try to load the missing
+    model again), so a folder ingest stops at the first one instead of skipping video by video;
+    an undecodable or changed file (InputError) or a captioner server's answer for one batch
+    (BackendError) stays the failure of that video."""
+    from granalign.errors import ConfigError
+    from granalign.io.locks import StoreBusyError
+    from granalign.io.store import StoreUnavailable
+
+    return isinstance(exc, ConfigError | StoreBusyError | StoreUnavailable)
+
+
+class _FolderRun:
+    """The videos of one ``index`` call, ingested ``jobs`` at a time behind progress bars.
+
+    ``results``: (video, output or None, problem) of each video that finished or failed on its
+    own; ``started``: how many were begun.  A deployment failure (:func:`is_deployment_failure`)
+    is raised instead of recorded, and no further video is started after it.
+    """
+
+    def __init__(self, ctx: Any, files: list[str], *, is_dir: bool) -> None:
+        self.ctx, self.files, self.is_dir = ctx, files, is_dir
+        self.results: list[tuple[str, dict[str, Any] | None, str]] = []
+        self.started = 0
+        self._stop = False
+        self._lock = threading.Lock()
+
+    def ingest_all(self, jobs: int) -> None:
+        """Every video, ``jobs`` at once; the first error that is not one video's own ends the run."""
+        with _progress() as bar, ThreadPoolExecutor(max_workers=min(jobs, len(self.files))) as pool:
+            futures = [pool.submit(self._one, bar, f) for f in self.files]
             try:
                 for fut in as_completed(futures):
                     fut.result()
-            except BaseException:  # Ctrl-C (or a bug): start no queued video; running ones
-                for fut in futures:  # stop at their next batch (graphs.ingest checks the flag)
+            except BaseException:  # Ctrl-C, a deployment failure (or a bug): start no queued
+                with self._lock:  # video; running ones stop at their next batch (graphs.ingest
+                    self._stop = True  # checks the interrupt flag) or fail alike
+                for fut in futures:
                     fut.cancel()
                 raise
-    _print_ingest_summary(results, resources.store_for(ctx).location)
-    if any(problem for _, _, problem in results):
-        raise typer.Exit(1)
+
+    def _begin(self) -> bool:
+        """Count a video as started, unless the run is stopping (a worker may pick up a queued
+        video between a failure and the cancelling of the queue)."""
+        with self._lock:
+            if self._stop:
+                return False
+            self.started += 1
+            return True
+
+    def _one(self, bar: Progress, video: str) -> None:
+        from granalign.io.video import display_path
+        from graphs.ingest import ingest_video
+
+        if not self._begin():
+            return
+        task = bar.add_task(Path(display_path(video)).name[:30], total=None)
+        try:
+            got: dict[str, Any] | None = ingest_video(self.ctx, video, on_event=_bar_updater(bar, task))
+            problem = ""
+        except GranAlignError as exc:
+            if not self.is_dir or is_deployment_failure(exc):
+                with self._lock:
+                    self._stop = True
+                raise
+            got, problem = None, str(exc)
+        with self._lock:
+            self.results.append((video, got, problem))
+            if not bar.console.is_terminal:  # a log gets no bars until the end: a line each
+                _log_finished(len(self.results), len(self.files), video, got, problem)
 
 
 def _log_finished(n: int, total: int, video: str, got: dict[str, Any] | None, problem: str) -> None:
