@@ -26,12 +26,17 @@ if TYPE_CHECKING:
 
 __all__ = ["agent", "check_agent_keys"]
 
+_FIXED = ("api_key_env",)
+"""Agent settings a run may not change (only to the server's own value): left out of the
+settings an unknown key's message offers.  ``model`` stays offered: a run may pick another model
+on the server's endpoint."""
+
 
 def agent(runtime: ServerRuntime[AgentContext]) -> Any:
     """The agent graph for one server call; refuses unknown context keys of a run."""
     from agent.graph import graph
 
-    checked(runtime, AgentContext)
+    checked(runtime, AgentContext, fixed=_FIXED)
     run = runtime.execution_runtime
     if run is not None:
         check_agent_keys(run.context)

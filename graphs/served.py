@@ -4,8 +4,9 @@ LangGraph Server drops every context key that its graph's context schema does no
 the graph runs (``langgraph_api.stream``), so a client's typo (``{"nms_iuo": 0.5}``) would run
 silently with the default, while the CLI refuses the same setting.  The server calls a graph
 *factory* with the run's context as the client sent it, before that filtering; these factories
-refuse unknown keys there, with the CLI's message (a ``ConfigError``, which the client receives
-as the run's error), and otherwise hand back the compiled graph unchanged.
+refuse unknown keys there, in the CLI's words (a ``ConfigError``, which the client receives as
+the run's error; the settings it offers are only those a client may set, not
+:data:`OPERATOR_ONLY`), and otherwise hand back the compiled graph unchanged.
 
 They also refuse a run whose context moves what the server's environment fixes
 (:data:`OPERATOR_ONLY`: the video roots, the store, the locks, the checkpoints, the requests
@@ -24,7 +25,7 @@ which checks against the agent's own context); in-process callers keep using
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -67,14 +68,19 @@ def _is_server_key(key: str) -> bool:
     return key in _SERVER_KEYS or key.startswith(("__", "langgraph_"))
 
 
-def check_context_keys(context: object, schema: type = Context) -> None:
-    """Refuse a run context that names a setting ``schema`` (a dataclass) does not have."""
+def check_context_keys(context: object, schema: type = Context, fixed: Collection[str] = ()) -> None:
+    """Refuse a run context that names a setting ``schema`` (a dataclass) does not have.
+
+    The message lists the settings a client may set: ``fixed`` (the server's environment sets
+    them, :data:`OPERATOR_ONLY` for :class:`Context`) are known but left out, since offering them
+    would only lead the client to a second refusal."""
     if not isinstance(context, Mapping):
         return
     known = {f.name for f in fields(schema)}
     unknown = {str(k) for k in context if str(k) not in known and not _is_server_key(str(k))}
     if unknown:
-        raise ConfigError(f"unknown setting(s) {sorted(unknown)}; allowed: {sorted(known)}")
+        allowed = sorted(known - set(fixed))
+        raise ConfigError(f"unknown setting(s) {sorted(unknown)}; allowed: {allowed}")
 
 
 OPERATOR_ONLY = ("video_roots", "store_dir", "chroma_url", "lock_dir", "checkpoint_db", "concurrency")
@@ -180,12 +186,13 @@ def check_operator_keys(context: object) -> None:
         )
 
 
-def checked(runtime: ServerRuntime[Any], schema: type = Context) -> None:
+def checked(runtime: ServerRuntime[Any], schema: type = Context, fixed: Collection[str] = ()) -> None:
     """Refuse the run's unknown context keys (nothing to check when the server only reads
-    schemas or state: then there is no execution runtime)."""
+    schemas or state: then there is no execution runtime).  ``fixed``: ``schema``'s settings a
+    client may not change (:data:`OPERATOR_ONLY` when ``schema`` is :class:`Context`)."""
     run = runtime.execution_runtime
     if run is not None:
-        check_context_keys(run.context, schema)
+        check_context_keys(run.context, schema, OPERATOR_ONLY if schema is Context else fixed)
         if schema is Context:
             check_operator_keys(run.context)
 

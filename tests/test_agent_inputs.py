@@ -96,6 +96,33 @@ def test_a_served_run_cannot_move_the_video_roots_or_the_store(monkeypatch, tmp_
             check_operator_keys({key: value})
 
 
+def _server_run(context: dict) -> object:
+    """The runtime LangGraph Server hands a graph factory for a run with this context."""
+    from langgraph_sdk.runtime import _ExecutionRuntime
+
+    return _ExecutionRuntime(access_context="threads.create_run", store=None, context=context)
+
+
+def test_a_served_runs_unknown_setting_lists_only_what_a_client_may_set():
+    """The list named the operator's settings too (video_roots, store_dir, ...), each of which
+    the same server then refuses: a client offered them only met a second error."""
+    from dataclasses import fields
+
+    from agent.context import AgentContext
+    from agent.served import agent
+    from graphs.served import OPERATOR_ONLY, ingest, retrieval
+
+    client_keys = sorted({f.name for f in fields(Context)} - set(OPERATOR_ONLY))
+    for factory in (retrieval, ingest):
+        with pytest.raises(ConfigError) as err:
+            factory(_server_run({"nms_iuo": 0.5}))
+        assert str(err.value) == f"unknown setting(s) ['nms_iuo']; allowed: {client_keys}"
+    agent_keys = sorted(f.name for f in fields(AgentContext) if f.name != "api_key_env")
+    with pytest.raises(ConfigError) as err:
+        agent(_server_run({"max_tool_cals": 9}))
+    assert str(err.value) == f"unknown setting(s) ['max_tool_cals']; allowed: {agent_keys}"
+
+
 def test_a_served_run_cannot_send_the_servers_api_key_to_a_host_it_names(monkeypatch, tmp_path):
     """A model spec names the host that receives ``$OPENAI_API_KEY``; an API client must not pick it
     (nor a ``file:`` the server reads), while the server's own endpoints and ``none`` stay allowed."""
