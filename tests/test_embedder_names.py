@@ -10,6 +10,7 @@ fine-tuned copy of a model does) with other weights.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,3 +188,21 @@ def test_spec_for_name_inverts_what_the_name_tells():
     assert spec_for_name("all-MiniLM-L6-v2#onnx-int8") == "local:all-MiniLM-L6-v2#onnx-int8"
     assert spec_for_name("BAAI--bge-small-en-v1.5") == "local:BAAI/bge-small-en-v1.5"
     assert spec_for_name("tiny-3f9a1c2b").startswith("local:/path/to/tiny (the folder")
+
+
+def test_spec_for_name_reads_a_hub_id_ending_in_8_hex_digits_as_the_hub_id(tmp_path):
+    """``org/model-20240101`` is named ``org--model-20240101``, which was read as the digest name
+    of a folder ``org--model`` alone; the hub id now comes first, and that folder (a basename may
+    hold ``--``) second.  A name that cannot be a hub id is still the folder's alone."""
+    hub_name, _ = resolve_model("org/model-20240101")
+    assert hub_name == "org--model-20240101"
+    spec = spec_for_name(hub_name + "#onnx")
+    assert spec.startswith("local:org/model-20240101#onnx (or, if 'org--model-20240101' names a local folder")
+    assert "local:/path/to/org--model#onnx" in spec
+    for basename in ("org--model", "models--BAAI--bge-small"):
+        (tmp_path / basename).mkdir()
+        (tmp_path / basename / "config.json").write_text("{}")
+        folder_name, _ = resolve_model(str(tmp_path / basename))
+        assert re.search(f"local:/path/to/{basename}[ ,]", spec_for_name(folder_name)), folder_name
+    assert spec_for_name(folder_name).startswith("local:/path/to/models--BAAI--bge-small (the folder")
+    assert spec_for_name(resolve_model("org/model")[0]) == "local:org/model"

@@ -154,13 +154,56 @@ def resolve_model(target: str) -> tuple[str, str]:
 def spec_for_name(name: str) -> str:
     """The ``embedder=`` setting that gives the embedder named ``name`` (for advice in messages).
 
-    The inverse of :func:`resolve_model` where the name tells: MiniLM, a hub id (``--`` back to
-    ``/``); a local folder's name (``minilm-3f9a1c2b``) tells only the folder's basename."""
+    The inverse of :func:`resolve_model` where the name tells, for the names it gives an
+    embedder that loaded (a stored vector's name):
+
+    * ``all-MiniLM-L6-v2``: itself;
+    * a name with ``--``: a hub id with its ``/`` written as ``--`` (:func:`_hub_name`; a hub id
+      holds no ``--`` of its own), e.g. ``org--model-20240101`` for ``org/model-20240101``.
+      A local folder whose basename has ``--`` gives such a name too (``org--model`` and its
+      digest ``20240101``): where the name ends in ``-`` and 8 hex digits it reads both ways,
+      so the advice names the hub id and then that folder; a name that cannot be a hub id
+      (``--`` twice, a part that begins or ends with ``-``) is the folder's alone;
+    * a name without ``--`` that ends in ``-`` and 8 hex digits: a local folder's basename and
+      digest (``minilm-3f9a1c2b``), which tells only the basename.  A hub id without an
+      organisation that ends so would read as a folder too; the hub's unprefixed models
+      (``bert-base-uncased``) have no such name;
+    * anything else: a hub id without an organisation (``all-mpnet-base-v2``).
+
+    (An id with characters a collection name cannot hold is named with a digest of the id,
+    which nothing inverts; the hub holds no such id, so no such embedder loads.)
+    """
     model, sep, variant = name.partition("#")
     suffix = f"#{variant}" if sep else ""
-    if model != MINILM_NAME and (folder := re.fullmatch(r"(.+)-[0-9a-f]{8}", model)):
-        return f"local:/path/to/{folder.group(1)}{suffix} (the folder whose files {model!r} digests)"
-    return f"local:{model.replace('--', '/')}{suffix}"
+    hub = _hub_reading(model)
+    folder = _folder_reading(model) if model != MINILM_NAME else None
+    if folder is None:
+        return f"local:{hub or model.replace('--', '/')}{suffix}"
+    folder_spec = f"local:/path/to/{folder}{suffix}"
+    if hub is None or "/" not in hub:
+        return f"{folder_spec} (the folder whose files {model!r} digests)"
+    return (
+        f"local:{hub}{suffix} (or, if {model!r} names a local folder, {folder_spec}, the folder it digests)"
+    )
+
+
+def _hub_reading(model: str) -> str | None:
+    """The hub id that :func:`_hub_name` writes as ``model``, or None when none does: an id is
+    ``name`` or ``org/name``, and neither part is empty, holds ``--`` or begins or ends with
+    ``-`` (the hub refuses such ids)."""
+    parts = model.split("--")
+    if len(parts) > 2 or not _SAFE_NAME.fullmatch(model):
+        return None
+    if any(not p or p.startswith("-") or p.endswith("-") for p in parts):
+        return None
+    return "/".join(parts)
+
+
+def _folder_reading(model: str) -> str | None:
+    """The folder basename of a local model's name (``minilm-3f9a1c2b`` -> ``minilm``), or None
+    when ``model`` does not end in ``-`` and the 8 hex digits of :func:`model_digest`."""
+    found = re.fullmatch(r"(.+)-[0-9a-f]{8}", model)
+    return found.group(1) if found else None
 
 
 class SentenceTransformerEmbedder:
