@@ -10,6 +10,7 @@ message each front end would have passed on is the one a deployment produces.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -34,6 +35,7 @@ from tools.langchain_tool import (
     ToolSettings,
     _remote_error,
     granalign_tools,
+    make_retrieve_moments_tool,
 )
 from tools.mcp_server import build_server
 from tools.redact import Redactor, paths, server, spec
@@ -322,3 +324,110 @@ def test_a_folder_index_on_a_store_another_process_holds_stops_at_the_first_vide
     flat = " ".join(result.output.split())
     assert flat.count("error:") == 1 and "failed" not in flat, result.output
     assert "2 of 3 videos not attempted" in flat, result.output
+
+
+# -- failures that are not the library's, and a remote server's words ---------------------------
+
+
+def _corrupt_checkpoint(path: Path) -> None:
+    """A checkpoint file whose tables are not the saver's (a file another program wrote, or a
+    half-migrated one): it opens, and the first read fails in sqlite."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("CREATE TABLE checkpoints (x)")
+        conn.execute("CREATE TABLE writes (x)")
+        conn.commit()
+
+
+def _tool_node_call(tool: Any, args: dict[str, Any], *, run_async: bool = False) -> ToolMessage:
+    """``tool`` called by LangGraph's own ToolNode (not our agent), as any LangGraph app would."""
+    from langgraph.graph import START, MessagesState, StateGraph
+    from langgraph.prebuilt import ToolNode
+
+    builder = StateGraph(MessagesState)
+    builder.add_node("tools", ToolNode([tool]))
+    builder.add_edge(START, "tools")
+    app = builder.compile()
+    call = AIMessage(content="", tool_calls=[{"id": "c1", "name": tool.name, "args": args}])
+    state = {"messages": [call]}
+    out = asyncio.run(app.ainvoke(state)) if run_async else app.invoke(state)
+    out = {"messages": out["messages"][1:]}
+    (msg,) = out["messages"]
+    assert isinstance(msg, ToolMessage)
+    return msg
+
+
+def _logged_error(caplog: pytest.LogCaptureFixture, tool: str, detail: str) -> None:
+    """The operator's log has the failure with its traceback."""
+    hits = [r for r in caplog.records if r.getMessage().startswith(f"{tool} failed") and r.exc_info]
+    assert hits and detail in hits[0].getMessage(), [r.getMessage() for r in caplog.records]
+
+
+@pytest.mark.parametrize("run_async", [False, True], ids=["sync", "async"])
+def test_a_corrupt_checkpoint_file_is_a_tool_error_not_an_exception_out_of_a_tool_node(
+    tmp_path, caplog, run_async
+):
+    """Resuming reads the checkpoint file while the arguments are checked; sqlite's error used to
+    leave the tool raw and end the ToolNode's run."""
+    root = tmp_path / "videos"
+    root.mkdir()
+    (root / "a.mp4").write_bytes(b"\x00" * 64)
+    ck = tmp_path / "private-state" / "checkpoints.sqlite"
+    ck.parent.mkdir()
+    _corrupt_checkpoint(ck)
+    ctx = Context(store_dir=str(tmp_path / "store"), checkpoint_db=str(ck))
+    tool = make_retrieve_moments_tool(
+        MomentRetriever(ToolSettings(context=ctx, roots=(root,), url_allowlist=()))
+    )
+    args = {"video": "a.mp4", "query": "a dog", "thread_id": "retrieve-0123"}
+    with caplog.at_level(logging.WARNING, logger="tools.langchain_tool"):
+        msg = _tool_node_call(tool, args, run_async=run_async)
+    assert msg.status == "error" and msg.content == "Error: OperationalError: no such column: thread_id"
+    _logged_error(caplog, "retrieve_moments", "no such column: thread_id")
+
+
+def test_a_corrupt_chroma_store_is_a_tool_error_for_both_tools(tmp_path, caplog):
+    """Opening the store happens while the arguments are checked (is the video an indexed id?);
+    chromadb's errors are not the library's and used to leave the tools raw."""
+    store = tmp_path / "private-store"
+    store.mkdir()
+    (store / "chroma.sqlite3").write_bytes(b"not a database " * 512)
+    retrieve, listing = granalign_tools(MomentRetriever(_settings(store)))
+    with caplog.at_level(logging.WARNING, logger="tools.langchain_tool"):
+        msg = _tool_node_call(retrieve, {"video": "some_video_1", "query": "a dog"})
+        assert msg.status == "error" and msg.content == (
+            "Error: InternalError: error returned from database: (code: 26) file is not a database"
+        )
+        _logged_error(caplog, "retrieve_moments", "file is not a database")
+        listed = _tool_node_call(listing, {}, run_async=True)
+    assert listed.status == "error" and listed.content.startswith("Error: "), listed.content
+    assert "\n" not in listed.content and str(store) not in listed.content
+    _logged_error(caplog, "list_videos", "")
+
+
+def test_cancelling_a_tool_call_still_cancels(tmp_path, monkeypatch):
+    """The tool turns failures into messages, not a cancellation into one."""
+    core = MomentRetriever(_settings(tmp_path / "store"))
+
+    def interrupted(*_a: object, **_k: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(core, "prepare", interrupted)
+    tool = make_retrieve_moments_tool(core)
+    with pytest.raises(KeyboardInterrupt):
+        _tool_call(tool, {"video": "some_video_1", "query": "a dog"})
+
+    async def slow(*_a: object, **_k: object) -> None:
+        await asyncio.sleep(30)
+
+    monkeypatch.setattr(core, "arun", slow)
+
+    async def cancel() -> None:
+        task = asyncio.ensure_future(tool.ainvoke({"video": "v_1", "query": "a dog"}))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        await task
+
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(cancel())

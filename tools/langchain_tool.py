@@ -867,6 +867,28 @@ def _tool_error(exc: ToolException) -> str:
     return f"Error: {exc.args[0] if exc.args else 'tool failed'}"
 
 
+@contextlib.contextmanager
+def _tool_errors(core: MomentRetriever, tool: str, args: Mapping[str, object]) -> Iterator[None]:
+    """Any failure of a tool's call as the ToolException LangChain hands to the model.
+
+    Not only the library's errors: opening the store, reading a video root or the checkpoint
+    file, or a Chroma client may raise ``OSError``, ``sqlite3`` or chromadb errors while the
+    arguments are still being checked, and LangChain passes anything but a ToolException on
+    raw: a plain ``ToolNode`` then ends the agent's run or shows a traceback to the model.
+    The model reads :meth:`MomentRetriever.model_message` (the log keeps the traceback).
+    Cancellation (``CancelledError``, ``KeyboardInterrupt``: not ``Exception``) and LangGraph's
+    control flow (``GraphBubbleUp``: an interrupt) pass through.
+    """
+    from langgraph.errors import GraphBubbleUp
+
+    try:
+        yield
+    except (ToolException, GraphBubbleUp):
+        raise
+    except Exception as exc:
+        raise ToolException(core.model_message(exc, tool, args)) from exc
+
+
 def make_retrieve_moments_tool(retriever: MomentRetriever | None = None) -> BaseTool:
     """The ``retrieve_moments`` tool over ``retriever`` (default: settings from the environment)."""
     core = retriever or MomentRetriever()
@@ -874,19 +896,15 @@ def make_retrieve_moments_tool(retriever: MomentRetriever | None = None) -> Base
     def run(
         video: str, query: str, top_k: int = DEFAULT_TOP_K, thread_id: str | None = None
     ) -> tuple[str, dict[str, Any]]:
-        try:
+        with _tool_errors(core, "retrieve_moments", {"video": video, "query": query}):
             result = core.run(video, query, top_k, thread_id=thread_id, resume_only=True)
-        except GranAlignError as exc:
-            raise ToolException(core.model_message(exc, "retrieve_moments", {"video": video})) from exc
         return result.content, result.artifact
 
     async def arun(
         video: str, query: str, top_k: int = DEFAULT_TOP_K, thread_id: str | None = None
     ) -> tuple[str, dict[str, Any]]:
-        try:
+        with _tool_errors(core, "retrieve_moments", {"video": video, "query": query}):
             result = await core.arun(video, query, top_k, thread_id=thread_id, resume_only=True)
-        except GranAlignError as exc:
-            raise ToolException(core.model_message(exc, "retrieve_moments", {"video": video})) from exc
         return result.content, result.artifact
 
     return _content_tool("retrieve_moments", RETRIEVE_DESCRIPTION, RetrieveMomentsInput, run, arun)
@@ -913,10 +931,8 @@ def make_list_videos_tool(retriever: MomentRetriever | None = None) -> BaseTool:
     core = retriever or MomentRetriever()
 
     def run(contains: str = "", limit: int = 20) -> tuple[str, dict[str, Any]]:
-        try:
+        with _tool_errors(core, "list_videos", {"contains": contains}):
             found = core.list_videos(contains, limit)
-        except GranAlignError as exc:
-            raise ToolException(core.model_message(exc, "list_videos", {"contains": contains})) from exc
         return found.content, found.artifact
 
     async def arun(contains: str = "", limit: int = 20) -> tuple[str, dict[str, Any]]:
