@@ -26,8 +26,10 @@ from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.tools import StructuredTool, ToolException
 
 from agent.graph import build_agent
+from granalign.errors import InputError
 from granalign.io.locks import StoreBusyError
 from graphs.context import Context
+from tests.servers import http_stub
 from tests.test_agent import _scripted
 from tools.langchain_tool import (
     MomentRetriever,
@@ -431,3 +433,125 @@ def test_cancelling_a_tool_call_still_cancels(tmp_path, monkeypatch):
 
     with pytest.raises(asyncio.CancelledError):
         asyncio.run(cancel())
+
+
+REMOTE_ROOTS = "/srv/remote-videos"
+REMOTE_STORE = "/var/lib/granalign/store"
+
+
+def _remote_server(error: str, message: str, events: list[dict[str, Any]] = ()) -> Any:  # type: ignore[assignment]
+    """A LangGraph server stand-in whose runs stream ``events`` and then fail as a real one
+    reports a run's error (``event: error``, the exception's type and message)."""
+    from http.server import BaseHTTPRequestHandler
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            chunks = [("metadata", {"run_id": "r1"}), *(("custom", e) for e in events)]
+            chunks.append(("error", {"error": error, "message": message}))
+            body = "".join(f"event: {k}\ndata: {json.dumps(v)}\n\n" for k, v in chunks).encode()
+            self.send_response(200)
+            self.send_header("content-type", "text/event-stream")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_a: object) -> None:
+            pass
+
+    return http_stub(Handler)
+
+
+def _remote_settings(url: str, root: Path) -> ToolSettings:
+    return ToolSettings(graph_url=url, roots=(root,), url_allowlist=())
+
+
+def test_a_remote_servers_refusal_keeps_the_callers_path_and_hides_the_servers(tmp_path, caplog):
+    root = tmp_path / "videos"
+    root.mkdir()
+    (root / "a.mp4").write_bytes(b"\x00" * 64)
+    own = str(root / "a.mp4")
+    said = (
+        f"video file not found: no file {own!r} inside the allowed video roots {REMOTE_ROOTS}:/mnt/cold "
+        f"(store {REMOTE_STORE}, Chroma at http://10.9.8.7:8000)."
+    )
+    with _remote_server("InputError", said) as url:
+        tool = make_retrieve_moments_tool(MomentRetriever(_remote_settings(url, root)))
+        with caplog.at_level(logging.WARNING, logger="tools.langchain_tool"):
+            msg = _tool_call(tool, {"video": own, "query": "a dog"})
+            amsg = asyncio.run(
+                tool.ainvoke(
+                    {
+                        "type": "tool_call",
+                        "id": "c2",
+                        "name": tool.name,
+                        "args": {"video": own, "query": "a dog"},
+                    }
+                )
+            )
+    expected = (
+        f"Error: video file not found: no file {own!r} inside the allowed video roots <server path> "
+        "(store <server path>, Chroma at <server address>)."
+    )
+    assert msg.status == "error" and msg.content == expected, msg.content
+    assert amsg.content == expected
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert said in logged
+
+
+def test_a_remote_servers_own_misconfiguration_reaches_a_model_as_its_kind_only(tmp_path, caplog):
+    said = f"checkpoint_db '{REMOTE_STORE}/ck.sqlite' cannot be used: disk I/O error"
+    with _remote_server("ConfigError", said) as url:
+        tool = make_retrieve_moments_tool(MomentRetriever(_remote_settings(url, tmp_path)))
+        with caplog.at_level(logging.WARNING, logger="tools.langchain_tool"):
+            msg = _tool_call(tool, {"video": "some_video_1", "query": "a dog"})
+    assert msg.status == "error" and msg.content == (
+        "Error: the retrieval server refused its own settings (ConfigError), not the arguments; "
+        "retrying will not help until its operator fixes them"
+    )
+    assert said in "\n".join(r.getMessage() for r in caplog.records)
+
+
+def test_a_remote_servers_progress_events_hide_its_folders(tmp_path):
+    event = {"stage": "ingest_start", "video": f"{REMOTE_ROOTS}/a.mp4", "clips": 3}
+    with _remote_server("InputError", "no", [event]) as url:
+        core = MomentRetriever(_remote_settings(url, tmp_path))
+        events: list[dict[str, Any]] = []
+        with pytest.raises(InputError):
+            core.run("some_video_1", "a dog", on_progress=events.append)
+    assert [(e["video"], e["clips"]) for e in events] == [("<server path>", 3)]
+
+
+def test_the_mcp_server_gives_a_remote_refusal_without_the_servers_folders(tmp_path, caplog):
+    from mcp.shared.memory import create_connected_server_and_client_session
+
+    said = f"video 'some_video_1' is not in the store {REMOTE_STORE}; call list_videos"
+    with _remote_server("InputError", said) as url:
+        mcp = build_server(MomentRetriever(_remote_settings(url, tmp_path)))
+
+        async def call() -> Any:
+            async with create_connected_server_and_client_session(mcp) as session:
+                return await session.call_tool(
+                    "retrieve_moments", {"video": "some_video_1", "query": "a dog"}
+                )
+
+        with caplog.at_level(logging.WARNING, logger="tools.langchain_tool"):
+            res = asyncio.run(call())
+    assert res.isError and res.content[0].text == (
+        "Error executing tool retrieve_moments: video 'some_video_1' is not in the store <server path>; "
+        "call list_videos"
+    )
+    assert said in "\n".join(r.getMessage() for r in caplog.records)
+
+
+def test_the_foreign_scrub_replaces_paths_and_addresses_but_not_words_or_stand_ins(tmp_path):
+    red = Redactor.of(paths(tmp_path / "videos", "<video root>"))
+    text = (
+        f"{tmp_path}/videos/b.mp4 and/or 1/2 of ~/x, C:\\srv\\v; see file:///srv/a and "
+        "http://10.0.0.5:8000/docs. Pass '/mine/a.mp4'."
+    )
+    assert red.text(text, ["/mine/a.mp4"], foreign=True) == (
+        "<video root>/b.mp4 and/or 1/2 of <server path>, <server path>; see <server address> and "
+        "<server address>. Pass '/mine/a.mp4'."
+    )
+    assert red.text(text, ["/mine/a.mp4"]).startswith("<video root>/b.mp4 and/or 1/2 of ~/x")

@@ -79,6 +79,7 @@ __all__ = [
     "ListVideosInput",
     "MomentRetriever",
     "MomentsResult",
+    "RemoteRefusal",
     "RetrievalFailed",
     "RetrieveMomentsInput",
     "ToolSettings",
@@ -355,19 +356,48 @@ async def _adispatch(event: dict[str, Any]) -> None:
         await adispatch_custom_event(PROGRESS_EVENT, event)
 
 
+class RemoteRefusal(InputError):
+    """A remote retrieval server refused the call's arguments; its message is that server's.
+
+    ``foreign``: :mod:`tools.redact` treats the text as another host's (absolute paths and
+    URLs outside the caller's own arguments are replaced, see :func:`_remote_error`)."""
+
+    foreign = True
+
+
 def _remote_error(exc: Exception) -> GranAlignError:
-    """A LangGraph server's run error as a message: input errors keep their text."""
+    """A LangGraph server's run error as a message a model may read.
+
+    What the server says decides what a model may see of it:
+
+    * it refused an argument (``InputError``, ``UnsafeInputError``, a builtin ``ValueError``):
+      the caller can fix the call, and the server's words say how ("video 'x' is neither an
+      indexed video id ... call list_videos"), so they are kept, as a :class:`RemoteRefusal`;
+      but that server wrote them for its own operator and may name its video roots, store or
+      model servers, which this host cannot know to replace by name.  So besides this host's
+      own values (the usual :class:`tools.redact.Redactor`), every absolute path and URL that
+      is not inside the caller's own arguments becomes ``<server path>``/``<server address>``:
+      the sentence keeps its sense and the model still reads the path it passed.
+    * its own settings are wrong (``ConfigError``: the tool validates the only settings it
+      sends, ``top_n`` and the answer profile, before the call) or it failed otherwise (a busy
+      store, a model server down): nothing the model can change in its call, so it reads the
+      kind of failure only, never the text (logged in full by the front end).
+    """
     data, kind = getattr(exc, "args", [None])[0], ""
     if isinstance(data, dict):
         kind, message = str(data.get("error", "")), str(data.get("message", ""))
-        if kind in ("InputError", "ConfigError", "UnsafeInputError", "ValueError"):
-            return InputError(message)
+        if kind in ("InputError", "UnsafeInputError", "ValueError"):
+            return RemoteRefusal(message)
         failed = RetrievalFailed(f"the retrieval server failed ({kind or 'error'}): {message}")
     else:
         failed = RetrievalFailed(f"the retrieval server failed: {type(exc).__name__}: {exc}")
-    # the server's own folders and addresses are not known here to be replaced: a model gets the
-    # kind of failure only (the front end logs the message)
-    failed.public = f"the retrieval server failed ({kind or type(exc).__name__}); retry later"
+    if kind == "ConfigError":
+        failed.public = (
+            "the retrieval server refused its own settings (ConfigError), not the arguments; "
+            "retrying will not help until its operator fixes them"
+        )
+    else:
+        failed.public = f"the retrieval server failed ({kind or type(exc).__name__}); retry later"
     return failed
 
 
@@ -375,12 +405,18 @@ class _Events:
     """One run's stream: progress events go to the caller's sinks, the last values are kept."""
 
     def __init__(
-        self, on_progress: Progress | None, redactor: redact.Redactor, keep: tuple[str, ...]
+        self,
+        on_progress: Progress | None,
+        redactor: redact.Redactor,
+        keep: tuple[str, ...],
+        foreign: bool = False,
     ) -> None:
         self.sinks = _parent_sinks()
         self.on_progress = on_progress
         self.values: Mapping[str, Any] | None = None
         self.redactor, self.keep = redactor, keep
+        self.foreign = foreign
+        """A remote server's events: its folders are not known here (see :func:`_remote_error`)."""
 
     def take(self, mode: str, chunk: Any) -> dict[str, Any] | None:
         """The progress payload of a ``custom`` chunk (None for others; ``values`` are kept)."""
@@ -389,9 +425,13 @@ class _Events:
         if mode != "custom" or not isinstance(chunk, dict):
             return None
         # an ingest's events name the file's real path: the caller sees it under a root's stand-in
+        # (a remote server's path as <server path>)
         payload = {
             "tool": "retrieve_moments",
-            **{k: self.redactor.text(v, self.keep) if isinstance(v, str) else v for k, v in chunk.items()},
+            **{
+                k: self.redactor.text(v, self.keep, foreign=self.foreign) if isinstance(v, str) else v
+                for k, v in chunk.items()
+            },
         }
         for sink in self.sinks:
             sink(payload)
@@ -568,7 +608,8 @@ class MomentRetriever:
         req = self._with_thread(
             self.prepare(video, query, top_k), options.get("thread_id"), options.get("resume_only", False)
         )
-        events, t0 = self._events(video, options.get("on_progress")), time.perf_counter()
+        events = self._events(video, options.get("on_progress"), req.context is None)
+        t0 = time.perf_counter()
         try:
             for mode, chunk in _within(self._stream_sync(req), self.settings.timeout_s):
                 payload = events.take(mode, chunk)
@@ -604,7 +645,8 @@ class MomentRetriever:
             req = self._with_thread(prepared, None)
         else:  # a resume reads the checkpoint file: in a thread too
             req = await asyncio.to_thread(self._with_thread, prepared, tid, resume_only)
-        events, t0 = self._events(video, options.get("on_progress")), time.perf_counter()
+        events = self._events(video, options.get("on_progress"), req.context is None)
+        t0 = time.perf_counter()
         try:
             async with asyncio.timeout(self.settings.timeout_s):
                 async for mode, chunk in self._stream_async(req):
@@ -622,8 +664,8 @@ class MomentRetriever:
             raise self._failed(req, exc, TimeoutError) from exc
         return self._finish(req, events.values, time.perf_counter() - t0)
 
-    def _events(self, video: object, on_progress: Progress | None) -> _Events:
-        return _Events(on_progress, self.redactor(), (video,) if isinstance(video, str) else ())
+    def _events(self, video: object, on_progress: Progress | None, remote: bool) -> _Events:
+        return _Events(on_progress, self.redactor(), (video,) if isinstance(video, str) else (), remote)
 
     def _forget(self, req: _Request) -> None:
         """Delete the checkpoint thread of a cancelled in-process run (the caller chose to stop)."""

@@ -15,7 +15,11 @@ model needs none of that to fix its call, and none of it is its user's business.
    the home folder (``~``), Chroma, LangGraph and model server addresses, model paths, and a
    lock holder written as ``pid N on HOST (COMMAND)``.  Only known values are replaced, so a
    message keeps its sense; text inside the caller's own arguments is left alone (a model may
-   be told about the path it passed, not about the roots around it).
+   be told about the path it passed, not about the roots around it);
+3. an error another host wrote (its ``foreign`` attribute is true: a remote retrieval server's
+   refusal, :class:`tools.langchain_tool.RemoteRefusal`) names that host's folders and
+   addresses, which are not known here: besides this host's values, every absolute path and
+   URL outside the caller's own arguments is replaced (:data:`FOREIGN`).
 
 The front ends log the full message first (:func:`logged`), so an operator loses nothing.
 """
@@ -35,7 +39,7 @@ from urllib.parse import urlsplit
 
 from granalign.errors import GranAlignError
 
-__all__ = ["HOLDER", "Redactor", "logged", "model_message"]
+__all__ = ["FOREIGN", "HOLDER", "Redactor", "logged", "model_message"]
 
 HOLDER = re.compile(r"pid \d+ on \S+ \(.*?\)(?=;| \(waited|$)", re.DOTALL)
 """A store lock holder as :func:`granalign.io.locks.store_holder` writes it (the command may
@@ -45,6 +49,15 @@ _END = r"(?![\w-]|\.\w)"
 """A hidden value ends at a path or name boundary: ``/srv/store`` is not ``/srv/store2``."""
 _START = r"(?<![\w.-])"
 """And starts at one: ``/srv/store`` inside ``/data/srv/store`` is another folder."""
+FOREIGN = re.compile(
+    r"[A-Za-z][\w+.-]*://[^\s'\"`<>]+"  # an address: http://10.0.0.5:8000/x, file:///srv/x
+    r"|(?<![\w.~/\\<>:-])(?:~|[A-Za-z]:)?[/\\](?=[\w.~-])[^\s'\"`<>,;]*"  # /srv/x, ~/x, C:\\x
+)
+"""An absolute path or URL in text another host wrote: ``and/or``, ``1/2`` and a stand-in's
+tail (``<video root>/a.mp4``) are not one."""
+FOREIGN_STAND_IN = {"path": "<server path>", "address": "<server address>"}
+_TAIL = ".,:;)]}!?"
+"""Punctuation that ends a sentence around a path, not the path."""
 _WORD = re.compile(r"[\w.-]+")
 """A value that is one name (a relative folder ``store``, a bare host): a word of prose as well."""
 
@@ -77,26 +90,41 @@ class Redactor:
         values = [_value_pattern(v) for v, _ in self.hidden]
         return re.compile("|".join([HOLDER.pattern, *values]), re.DOTALL)
 
-    def text(self, text: str, keep: Iterable[str] = ()) -> str:
+    def text(self, text: str, keep: Iterable[str] = (), *, foreign: bool = False) -> str:
         """``text`` with hidden values replaced, except where they lie inside the caller's own
-        arguments ``keep`` (a hidden value that only overlaps one is still replaced)."""
-        spans = [(m.start(), m.end()) for k in keep if k for m in re.finditer(re.escape(k), text)]
+        arguments ``keep`` (a hidden value that only overlaps one is still replaced); with
+        ``foreign`` (text another host wrote) any other absolute path or URL too."""
+        keep = [k for k in keep if k]
         stands = dict(self.hidden)
 
-        def swap(m: re.Match[str]) -> str:
-            if any(a <= m.start() and m.end() <= b for a, b in spans):
-                return m.group(0)
-            return stands.get(m.group(0), ANOTHER_PROCESS)
+        def inside(where: str, m: re.Match[str]) -> bool:
+            spans = (x.span() for k in keep for x in re.finditer(re.escape(k), where))
+            return any(a <= m.start() and m.end() <= b for a, b in spans)
 
-        return self._pattern.sub(swap, text)
+        def swap(m: re.Match[str]) -> str:
+            return m.group(0) if inside(text, m) else stands.get(m.group(0), ANOTHER_PROCESS)
+
+        known = self._pattern.sub(swap, text)
+        if not foreign:
+            return known
+
+        def scrub(m: re.Match[str]) -> str:  # the caller's arguments are still as it wrote them
+            found = m.group(0)
+            body = found.rstrip(_TAIL)
+            if not body or inside(known, m):
+                return found
+            return FOREIGN_STAND_IN["address" if "://" in body else "path"] + found[len(body) :]
+
+        return FOREIGN.sub(scrub, known)
 
     def message(self, exc: BaseException, keep: Iterable[str] = ()) -> str:
         """The text of ``exc`` a model may read (see the module docstring); an error that is not
         the library's is named by its type and first line (a traceback helps nobody there)."""
+        foreign = bool(getattr(exc, "foreign", False))
         if isinstance(exc, GranAlignError):
-            return self.text(exc.public if exc.public is not None else str(exc), keep)
+            return self.text(exc.public if exc.public is not None else str(exc), keep, foreign=foreign)
         first = str(exc).splitlines()[0] if str(exc) else ""
-        return self.text(f"{type(exc).__name__}{': ' + first if first else ''}", keep)
+        return self.text(f"{type(exc).__name__}{': ' + first if first else ''}", keep, foreign=foreign)
 
 
 def paths(path: str | os.PathLike[str] | None, stand_in: str) -> list[tuple[str, str]]:
