@@ -108,6 +108,18 @@ def test_the_redactor_replaces_known_folders_servers_home_and_lock_holders(tmp_p
     )
 
 
+def test_the_redactor_works_where_there_is_no_home_folder(tmp_path, monkeypatch):
+    """A container under an arbitrary uid has no HOME and no passwd entry: Path.home() raises,
+    and the error meant for the model must still be written."""
+
+    def no_home() -> Path:
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(Path, "home", staticmethod(no_home))
+    red = Redactor.of(paths(tmp_path / "store", "<store>"))
+    assert red.text(f"store {tmp_path / 'store'} is damaged") == "store <store> is damaged"
+
+
 def test_the_redactor_leaves_the_callers_own_argument_but_not_a_value_it_merely_overlaps(tmp_path):
     root = tmp_path / "videos"
     red = Redactor.of(paths(root, "<video root>"))

@@ -82,7 +82,7 @@ class Redactor:
     def of(cls, pairs: Iterable[tuple[str, str]]) -> Redactor:
         """Home folder included; empty and one-character values (``/``, ``.``) are dropped, so a
         stand-in never replaces a bare separator."""
-        found = {value: stand for value, stand in [*pairs, *paths(Path.home(), "~")] if len(value) > 1}
+        found = {value: stand for value, stand in [*pairs, *paths(_home(), "~")] if len(value) > 1}
         return cls(tuple(sorted(found.items(), key=lambda kv: -len(kv[0]))))
 
     @cached_property
@@ -125,6 +125,16 @@ class Redactor:
             return self.text(exc.public if exc.public is not None else str(exc), keep, foreign=foreign)
         first = str(exc).splitlines()[0] if str(exc) else ""
         return self.text(f"{type(exc).__name__}{': ' + first if first else ''}", keep, foreign=foreign)
+
+
+def _home() -> Path | None:
+    """The home folder, or None where there is none to name (no ``HOME`` and a uid without a
+    passwd entry, as in containers run under an arbitrary uid): ``Path.home()`` raises there,
+    and an error message must still reach the model."""
+    try:
+        return Path.home()
+    except (RuntimeError, KeyError, OSError):
+        return None
 
 
 def paths(path: str | os.PathLike[str] | None, stand_in: str) -> list[tuple[str, str]]:
