@@ -8,6 +8,14 @@ query-aware captions, the focus) followed the old text, its remaining ones the n
 records :func:`answer_files` with its checkpoints and a resume compares them
 (:func:`check_unchanged`).  The files are a few small texts: hashing them once per run start or
 resume costs microseconds.
+
+A file is recorded under a key that stays the same while the file does: a shipped prompt by its
+name inside the ``prompts`` package (``prompts:rewrite/core.yaml``), since the package moves with
+every reinstall, new venv or container built at another path, and a user's file (a ``file:``
+rewrite file) by its resolved path, the one the setting names.  Checkpoints of versions that
+keyed every file by its absolute path are still read: such a key counts for the file now
+recorded under the same setting with the same path, or, for a shipped prompt, whose path ends in
+the prompt's name (see :func:`_matches`).
 """
 
 from __future__ import annotations
@@ -30,31 +38,58 @@ __all__ = ["AnswerFile", "answer_files", "check_unchanged", "record"]
 
 @dataclass(frozen=True)
 class AnswerFile:
-    """A file an answer depends on: the setting that brings it in, its path, a digest of its
-    content (None when it cannot be read, ``problem`` saying why)."""
+    """A file an answer depends on: the setting that brings it in, its path (as messages name
+    it), a digest of its content (None when it cannot be read, ``problem`` saying why), and the
+    ``key`` it is recorded under (``prompts:<name>`` for a shipped prompt, the resolved path for
+    a user's file; empty: the path)."""
 
     setting: str
     path: str
     digest: str | None
     problem: str = ""
+    key: str = ""
+
+    @property
+    def record_key(self) -> str:
+        return self.key or self.path
+
+
+SHIPPED = "prompts:"
+"""Prefix of the key of a file shipped in the ``prompts`` package: its name there follows."""
+
+
+def _shipped_key(name: str) -> str:
+    return f"{SHIPPED}{name}"
 
 
 def _digest(content: bytes) -> str:
     return hashlib.sha256(content).hexdigest()[:16]
 
 
-def _on_disk(setting: str, path: Path) -> AnswerFile:
+def _on_disk(setting: str, path: Path, key: str) -> AnswerFile:
     """A file the run reads whenever it needs it (pairs, a rewrite file): its bytes now."""
     try:
-        return AnswerFile(setting, str(path), _digest(path.read_bytes()))
+        return AnswerFile(setting, str(path), _digest(path.read_bytes()), key=key)
     except OSError as exc:
-        return AnswerFile(setting, str(path), None, exc.strerror or type(exc).__name__)
+        return AnswerFile(setting, str(path), None, exc.strerror or type(exc).__name__, key=key)
+
+
+def _user_file(setting: str, path: Path) -> AnswerFile:
+    """A file the user names by path: keyed by that path, resolved (a relative path read from
+    another folder is another file)."""
+    return _on_disk(setting, path, str(path.resolve()))
+
+
+def _pair(pair_id: str) -> AnswerFile:
+    """A prompt pair of the package's pair folder, keyed by its name there."""
+    return _on_disk("prompt_pairs", prompts.pair_file(pair_id), _shipped_key(f"rewrite/{pair_id}.yaml"))
 
 
 def _in_use(setting: str, name: str, text: str) -> AnswerFile:
     """A prompt text read once at import: the text this process answers with, not the file's
     bytes now (an edit reaches answers only in a new process, which is when it must count)."""
-    return AnswerFile(setting, str(prompts.text_file(name)), _digest(text.encode("utf-8")))
+    path = prompts.text_file(name)
+    return AnswerFile(setting, str(path), _digest(text.encode("utf-8")), key=_shipped_key(f"{name}.txt"))
 
 
 def _pair_ids(ctx: Context) -> list[str]:
@@ -79,9 +114,9 @@ def answer_files(ctx: Context) -> list[AnswerFile]:
     ]
     rewriter = parse_spec(ctx.rewriter, role="rewriter")
     if rewriter.engine == "file":
-        files.append(_on_disk("rewriter", Path(rewriter.target)))
+        files.append(_user_file("rewriter", Path(rewriter.target)))
     if rewriter.engine in ("local", "openai"):
-        files += [_on_disk("prompt_pairs", prompts.pair_file(i)) for i in _pair_ids(ctx)]
+        files += [_pair(i) for i in _pair_ids(ctx)]
     if rewriter.engine == "openai":
         from granalign.backends import openai_llm
 
@@ -91,17 +126,46 @@ def answer_files(ctx: Context) -> list[AnswerFile]:
 
 
 def record(files: list[AnswerFile]) -> str:
-    """``[[setting, path, digest], ...]`` as JSON, for a checkpoint's metadata (readable files
+    """``[[setting, key, digest], ...]`` as JSON, for a checkpoint's metadata (readable files
     only: a run that cannot read one fails on it by itself)."""
-    return json.dumps([[f.setting, f.path, f.digest] for f in files if f.digest is not None])
+    return json.dumps([[f.setting, f.record_key, f.digest] for f in files if f.digest is not None])
 
 
 def _recorded(value: Any) -> dict[tuple[str, str], str] | None:
-    """``{(setting, path): digest}`` of a checkpoint's :func:`record`; None when a version
+    """``{(setting, key): digest}`` of a checkpoint's :func:`record`; None when a version
     without digests wrote the checkpoint."""
     if not isinstance(value, str):
         return None
-    return {(setting, path): digest for setting, path, digest in json.loads(value)}
+    return {(setting, key): digest for setting, key, digest in json.loads(value)}
+
+
+def _matches(setting: str, key: str, file: AnswerFile) -> bool:
+    """Whether the recorded ``(setting, key)`` is ``file``.
+
+    The same key, or an absolute path recorded by a version that keyed every file so: the
+    same path, or, for a shipped prompt, a path ending in its name (``…/rewrite/core.yaml`` is
+    ``prompts:rewrite/core.yaml`` wherever the package was then).  The setting, checked equal
+    by the resume before the files are, pins which file of its kind a name can be, so reading
+    an old key by its ending cannot take one prompt for another: the pair ``core`` is
+    ``rewrite/core.yaml`` in any folder.
+    """
+    if setting != file.setting:
+        return False
+    if key == file.record_key or key == file.path:
+        return True
+    if key.startswith(SHIPPED) or not file.record_key.startswith(SHIPPED):
+        return False
+    return Path(key).as_posix().endswith("/" + file.record_key[len(SHIPPED) :])
+
+
+def _now_for(setting: str, key: str, files: list[AnswerFile]) -> AnswerFile | None:
+    """The file now selected that the recorded ``(setting, key)`` names, if any."""
+    return next((f for f in files if _matches(setting, key, f)), None)
+
+
+def _shown(key: str, found: AnswerFile | None) -> str:
+    """How a message names a recorded file: its path now, or its key when none is selected."""
+    return found.path if found is not None else key
 
 
 def check_unchanged(thread_id: str, recorded: Any, files: list[AnswerFile]) -> None:
@@ -115,9 +179,8 @@ def check_unchanged(thread_id: str, recorded: Any, files: list[AnswerFile]) -> N
     then = _recorded(recorded)
     if not then:
         return
-    now = {(f.setting, f.path): f for f in files}
-    for key in then:
-        found = now.get(key)
+    now = {key: _now_for(*key, files) for key in then}
+    for found in now.values():
         if found is not None and found.digest is None:
             raise InputError(
                 f"thread_id {thread_id!r} holds an unfinished run, but its {found.setting} file "
@@ -125,9 +188,9 @@ def check_unchanged(thread_id: str, recorded: Any, files: list[AnswerFile]) -> N
                 "restore the file or start a new run"
             )
     changed = [
-        f"{setting} file {path}"
-        for (setting, path), digest in then.items()
-        if (setting, path) not in now or now[setting, path].digest != digest
+        f"{setting} file {_shown(key, found)}"
+        for (setting, key), digest in then.items()
+        if (found := now[setting, key]) is None or found.digest != digest
     ]
     if changed:
         which = "the file" if len(changed) == 1 else "the files"

@@ -246,6 +246,62 @@ def test_a_run_checkpointed_without_file_digests_resumes(pair_ctx, monkeypatch):
     assert nodes == ["propose", "nms"] and got["moments"] == expected["moments"]
 
 
+def _move_prompts(tmp_path: Path, monkeypatch) -> Path:
+    """The prompts package's files reached through another path, as after a reinstall, a new
+    venv or a container built elsewhere: same content, another absolute path."""
+    moved = tmp_path / "elsewhere" / "prompts"
+    shutil.copytree(prompts.TEXT_DIR, moved, ignore=shutil.ignore_patterns("__pycache__", "*.py", "rewrite"))
+    shutil.copytree(prompts.PROMPT_DIR, moved / "rewrite")
+    monkeypatch.setattr(prompts, "TEXT_DIR", moved)
+    monkeypatch.setattr(prompts, "PROMPT_DIR", moved / "rewrite")
+    return moved
+
+
+def _legacy_record(files: list) -> str:
+    """What a version that keyed every file by its absolute path recorded."""
+    return json.dumps([[f.setting, f.path, f.digest] for f in files if f.digest is not None])
+
+
+@pytest.mark.parametrize("scheme", ["current", "absolute paths"])
+def test_a_run_resumes_after_the_prompts_package_moved_and_an_edit_there_is_refused(
+    pair_ctx, tmp_path, monkeypatch, scheme
+):
+    """The shipped prompts move with the package: a reinstall or a checkout at another path made
+    every pending run 'changed' although no text had.  They are recorded by their name in the
+    package, so the run resumes; an edited prompt at the new place is still refused.  Runs
+    recorded under absolute paths (an older version) are read the same way."""
+    if scheme == "absolute paths":
+        monkeypatch.setattr(durable.answer_files, "record", _legacy_record)
+    expected = plain_graph.invoke(INPUT, context=pair_ctx)
+    _fail_once(pair_ctx, "t-moved", monkeypatch)
+    _fail_once(pair_ctx, "t-edited", monkeypatch)
+    old_core = prompts.PROMPT_DIR / "core.yaml"
+    moved = _move_prompts(tmp_path, monkeypatch)
+    assert prompts.text_file("captions/aware") == moved / "captions" / "aware.txt"
+    got, nodes = _final(pair_ctx, thread_id="t-moved")
+    assert nodes == ["propose", "nms"] and got["moments"] == expected["moments"]
+    core = moved / "rewrite" / "core.yaml"
+    core.write_text(core.read_text(encoding="utf-8").replace("Shorten the query", "Summarise the query"))
+    assert old_core.read_text(encoding="utf-8") != core.read_text(encoding="utf-8")
+    refused = rf"prompt_pairs file {re.escape(str(core))} changed since this run started"
+    with pytest.raises(InputError, match=refused):
+        list(durable.stream_retrieval(pair_ctx, INPUT, thread_id="t-edited"))
+    assert durable.pending_run(pair_ctx, "t-edited")
+
+
+def test_a_rewrite_file_is_recorded_by_its_resolved_path(ctx, tmp_path, monkeypatch):
+    """A user's file is the one its setting names: a relative ``file:`` path is recorded
+    resolved, so the record says which file it was, not a path whose meaning follows the cwd."""
+    from graphs import answer_files
+
+    (tmp_path / "paras.jsonl").write_text(json.dumps({"query": QUERY, "rephrased_query": ["x"]}) + "\n")
+    monkeypatch.chdir(tmp_path)
+    files = answer_files.answer_files(ctx.with_overrides(rewriter="file:paras.jsonl"))
+    recorded = {setting: key for setting, key, _ in json.loads(answer_files.record(files))}
+    assert recorded["rewriter"] == str((tmp_path / "paras.jsonl").resolve())
+    assert recorded["captioner"] == "prompts:captions/agnostic.txt"
+
+
 def test_async_run_resumes_through_the_same_file(ctx, monkeypatch):
     expected = plain_graph.invoke(INPUT, context=ctx)
     monkeypatch.setattr(retrieval_module, "propose_windows", FailOnce())
