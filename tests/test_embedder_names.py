@@ -206,3 +206,64 @@ def test_spec_for_name_reads_a_hub_id_ending_in_8_hex_digits_as_the_hub_id(tmp_p
         assert re.search(f"local:/path/to/{basename}[ ,]", spec_for_name(folder_name)), folder_name
     assert spec_for_name(folder_name).startswith("local:/path/to/models--BAAI--bge-small (the folder")
     assert spec_for_name(resolve_model("org/model")[0]) == "local:org/model"
+
+
+# -- ONNX exports ------------------------------------------------------------------------------
+def _onnx(folder: Path):
+    from granalign.backends.onnx_embedder import OnnxEmbedder
+
+    name, source = resolve_model(str(folder))
+    return OnnxEmbedder(name, Path(source), "onnx")
+
+
+@pytest.fixture
+def onnx_exports(tmp_path, monkeypatch) -> list[Path]:
+    """A cache folder of the test's own; the folders exported from, in order."""
+    from granalign.backends import onnx_embedder
+
+    monkeypatch.setenv("GRANALIGN_ONNX_CACHE", str(tmp_path / "onnx-cache"))
+    exported: list[Path] = []
+    real = onnx_embedder._export_float
+
+    def spy(folder: Path, target: Path) -> None:
+        exported.append(folder)
+        real(folder, target)
+
+    monkeypatch.setattr(onnx_embedder, "_export_float", spy)
+    return exported
+
+
+def test_a_moved_or_copied_folder_reuses_its_onnx_export(tmp_path, onnx_exports):
+    """The export was keyed by the folder's path and mtimes: a copy or a move exported again."""
+    from granalign.backends.onnx_embedder import exported_model
+
+    folder = tiny_model(tmp_path / "a" / "tiny", seed=0)
+    first = exported_model(folder, "onnx")
+    copy = shutil.copytree(folder, tmp_path / "b" / "tiny")  # other path, new mtimes
+    moved = tmp_path / "c" / "tiny"
+    moved.parent.mkdir()
+    shutil.move(folder, moved)
+    assert exported_model(copy, "onnx") == exported_model(moved, "onnx") == first
+    assert onnx_exports == [folder]
+
+
+def test_another_model_at_the_same_path_with_the_same_mtimes_gets_its_own_export(tmp_path, onnx_exports):
+    """A fine-tuned model put where its base was, with the same file sizes and mtimes (an archive
+    or image with normalised timestamps, ``cp -p``), loaded the base's export: its vectors were
+    the base model's under the new model's name."""
+    import os
+
+    from granalign.backends.embedder import SentenceTransformerEmbedder
+
+    folder = tiny_model(tmp_path / "models" / "tiny", seed=0)
+    base = _onnx(folder).embed(CAPTIONS)
+    stamps = {p.relative_to(folder): p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+    shutil.rmtree(folder)
+    tiny_model(folder, seed=1)
+    for rel, ns in stamps.items():
+        os.utime(folder / rel, ns=(ns, ns))
+    tuned = _onnx(folder)
+    got = tuned.embed(CAPTIONS)
+    assert len(onnx_exports) == 2
+    assert not np.allclose(got, base, atol=1e-3)
+    np.testing.assert_allclose(got, SentenceTransformerEmbedder(str(folder)).embed(CAPTIONS), atol=1e-5)

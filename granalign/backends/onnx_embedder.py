@@ -7,16 +7,16 @@ Runtime costs a fraction of the CPU time of PyTorch (int8 about half of float ag
 for the one-time export and quantisation, ``onnx`` (the ``onnx`` extra).
 
 The model folder is exported once with ``torch.onnx.export`` (nothing is downloaded) into a
-cache folder keyed by the folder and its weights, then quantised with ONNX Runtime's dynamic
-int8 quantiser (per-channel weights of the MatMuls: per-tensor weights or quantised embedding
-tables move MiniLM's vectors to cosine ~0.93 of the float ones; per-channel keeps them > 0.99).
+cache folder keyed by the folder's basename and content digest (the one in the embedder's name),
+then quantised with ONNX Runtime's dynamic int8 quantiser (per-channel weights of the MatMuls:
+per-tensor weights or quantised embedding tables move MiniLM's vectors to cosine ~0.93 of the
+float ones; per-channel keeps them > 0.99).
 Tokenisation, mean pooling and L2 normalisation follow the folder's sentence-transformers
 configuration, so the float variant matches ``SentenceTransformer`` to ~1e-7.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from granalign.backends.embedder import model_digest
 from granalign.errors import ConfigError
 
 VARIANTS = ("onnx", "onnx-int8")
@@ -45,15 +46,18 @@ def onnx_cache_dir() -> Path:
     return Path(user_cache_dir("granalign")) / "onnx"
 
 
-def _model_key(folder: Path) -> str:
-    """Changes when the folder or its weights change, so a stale export is never reused."""
-    parts = [str(folder.resolve())]
-    for name in ("config.json", "model.safetensors", "pytorch_model.bin", "tokenizer.json"):
-        path = folder / name
-        if path.exists():
-            stat = path.stat()
-            parts.append(f"{name}:{stat.st_size}:{stat.st_mtime_ns}")
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+def _export_dir(folder: Path) -> Path:
+    """The cache folder of ``folder``'s exports: its basename and its content digest.
+
+    The digest is the one in the embedder's name (:func:`~granalign.backends.embedder.model_digest`:
+    every file's name and size, the small files whole, the weights sampled), so the export follows
+    the model as the stored vectors do: a moved or copied folder reuses it, and another model at
+    the same path gets its own whatever its files' mtimes (an archive or image with normalised
+    timestamps, ``cp -p``) and wherever its weights lie (shards).  Path and mtimes keyed it
+    before, which missed both.
+    """
+    resolved = folder.resolve()
+    return onnx_cache_dir() / f"{resolved.name}-{model_digest(resolved)}"
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -137,7 +141,7 @@ def exported_model(folder: Path, variant: str) -> Path:
     Files are written under a temporary name and renamed, so a killed or concurrent export
     never leaves a half-written model where a later run would load it.
     """
-    cache = onnx_cache_dir() / f"{folder.resolve().name}-{_model_key(folder)}"
+    cache = _export_dir(folder)
     cache.mkdir(parents=True, exist_ok=True)
     float_path = cache / "model.onnx"
     if not float_path.exists():
