@@ -36,6 +36,7 @@ from granalign.backends.rewriter import make_rewriter
 from granalign.errors import InputError
 from granalign.io.store import Store, VideoRecord, default_store_dir, open_store, text_hash
 from granalign.io.store import close_stores as close_open_stores
+from granalign.io.store import store_location as _store_location
 from granalign.io.video import content_hash, parse_roots, resolve_video_path
 from granalign.prompt_files import available_pair_ids, load_prompt_pairs
 from granalign.rewrite import Rewrite, Rewriter, rewrite_queries
@@ -49,6 +50,11 @@ from prompts import DEFAULT_PAIRS, PromptPair, prompt_hash
 def store_for(ctx: Context) -> Store:
     """The run's store; an embedded folder stays locked for this process (see close_stores)."""
     return open_store(ctx.store_dir or None, ctx.chroma_url or None, lock_timeout=ctx.store_lock_timeout)
+
+
+def store_location(ctx: Context) -> str:
+    """Where the run's store is (:attr:`Store.location`), without opening it."""
+    return _store_location(ctx.store_dir or None, ctx.chroma_url or None)
 
 
 def embedder_for(ctx: Context) -> TextEmbedder:

@@ -567,3 +567,43 @@ def test_the_foreign_scrub_replaces_paths_and_addresses_but_not_words_or_stand_i
         "<server address>. Pass '/mine/a.mp4'."
     )
     assert red.text(text, ["/mine/a.mp4"]).startswith("<video root>/b.mp4 and/or 1/2 of ~/x")
+
+
+def test_a_folder_index_stopped_by_a_busy_store_after_a_broken_file_reports_both(
+    busy_store, tmp_path, monkeypatch
+):
+    """A file that failed before the store was first opened (an unreadable video fails at probe)
+    left a result to show; showing it opened the store again for its location: the same store
+    failure again (after another wait of store_lock_timeout), which replaced the folder's error
+    and the summary.  The store is tried once, and both are reported."""
+    from typer.testing import CliRunner
+
+    from granalign.io import store as store_module
+    from tests.test_video import make_video
+    from tools.cli import app
+
+    store, _ = busy_store
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    (folder / "a_broken.mp4").write_text("not a video")
+    for name in ("b.mp4", "c.mp4"):
+        make_video(folder / name, 1.0)
+    opened: list[Path] = []
+    real = store_module._embedded_client
+
+    def counted(path: Path, lock_timeout: float):
+        opened.append(path)
+        return real(path, lock_timeout)
+
+    monkeypatch.setattr(store_module, "_embedded_client", counted)
+    env = {
+        "GRANALIGN_STORE": str(store),
+        "GRANALIGN_VIDEO_ROOTS": str(tmp_path),
+        "GRANALIGN_STORE_LOCK_TIMEOUT": "0",
+    }
+    result = CliRunner().invoke(app, ["index", str(folder), "--jobs", "1"], env=env)
+    assert result.exit_code == 2, result.output
+    flat = " ".join(result.output.split())
+    assert flat.count("error:") == 1 and "1 of 3 videos not attempted" in flat, result.output
+    assert "a_broken.mp4" in flat and "not a video FFmpeg can read" in flat, result.output
+    assert len(opened) == 1, opened

@@ -135,13 +135,14 @@ def _ingest_target(ctx: Any, target: str, jobs: int) -> None:
     except GranAlignError as exc:
         if folder is None or not is_deployment_failure(exc):
             raise
-        if run.results:  # videos finished before the failure: shown, they are in the store
-            _print_ingest_summary(run.results, resources.store_for(ctx).location)
+        if run.results:  # videos done before the failure (stored, or failed on their own)
+            # the location without opening the store: a store that failed would be tried again
+            _print_ingest_summary(run.results, resources.store_location(ctx))
         raise GranAlignError(
             f"{exc}; stopped indexing folder {display_path(target)}: "
             f"{len(files) - run.started} of {len(files)} videos not attempted"
         ) from exc
-    _print_ingest_summary(run.results, resources.store_for(ctx).location)
+    _print_ingest_summary(run.results, resources.store_location(ctx))
     if any(problem for _, _, problem in run.results):
         raise typer.Exit(1)
 
@@ -183,8 +184,9 @@ class _FolderRun:
                 for fut in as_completed(futures):
                     fut.result()
             except BaseException:  # Ctrl-C, a deployment failure (or a bug): start no queued
-                with self._lock:  # video; running ones stop at their next batch (graphs.ingest
-                    self._stop = True  # checks the interrupt flag) or fail alike
+                with self._lock:  # video; the pool then waits for running ones, which stop at
+                    self._stop = True  # their next batch on Ctrl-C (graphs.ingest checks the
+                # interrupt flag), else finish or fail alike: whole batches either way
                 for fut in futures:
                     fut.cancel()
                 raise

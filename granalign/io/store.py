@@ -825,6 +825,19 @@ _STORES: dict[tuple[str, str], Store] = {}
 _STORES_LOCK = threading.Lock()
 
 
+def _where(store_dir: str | Path | None, chroma_url: str | None) -> tuple[str | None, Path]:
+    """(server URL or None, folder) of the store :func:`open_store` opens for these arguments."""
+    url = chroma_url if chroma_url is not None else os.environ.get("CHROMA_URL") or None
+    return url, Path(store_dir).expanduser() if store_dir else default_store_dir()
+
+
+def store_location(store_dir: str | Path | None = None, chroma_url: str | None = None) -> str:
+    """The :attr:`Store.location` of the store :func:`open_store` opens for these arguments,
+    without opening it (one that failed to open would be tried, and waited for, again)."""
+    url, path = _where(store_dir, chroma_url)
+    return url or str(path)
+
+
 def open_store(
     store_dir: str | Path | None = None,
     chroma_url: str | None = None,
@@ -835,8 +848,7 @@ def open_store(
 
     An embedded folder stays locked for this process until :func:`close_stores` (or exit).
     """
-    url = chroma_url if chroma_url is not None else os.environ.get("CHROMA_URL") or None
-    path = Path(store_dir).expanduser() if store_dir else default_store_dir()
+    url, path = _where(store_dir, chroma_url)
     key = (url or "", "" if url else str(path.resolve()))
     with _STORES_LOCK:
         store = _STORES.get(key)
