@@ -12,10 +12,7 @@ resume costs microseconds.
 A file is recorded under a key that stays the same while the file does: a shipped prompt by its
 name inside the ``prompts`` package (``prompts:rewrite/core.yaml``), since the package moves with
 every reinstall, new venv or container built at another path, and a user's file (a ``file:``
-rewrite file) by its resolved path, the one the setting names.  Checkpoints of versions that
-keyed every file by its absolute path are still read: such a key counts for the file now
-recorded under the same setting with the same path, or, for a shipped prompt, whose path ends in
-the prompt's name (see :func:`_matches`).
+rewrite file) by its resolved path, the one the setting names.
 """
 
 from __future__ import annotations
@@ -140,22 +137,8 @@ def _recorded(value: Any) -> dict[tuple[str, str], str] | None:
 
 
 def _matches(setting: str, key: str, file: AnswerFile) -> bool:
-    """Whether the recorded ``(setting, key)`` is ``file``.
-
-    The same key, or an absolute path recorded by a version that keyed every file so: the
-    same path, or, for a shipped prompt, a path ending in its name (``…/rewrite/core.yaml`` is
-    ``prompts:rewrite/core.yaml`` wherever the package was then).  The setting, checked equal
-    by the resume before the files are, pins which file of its kind a name can be, so reading
-    an old key by its ending cannot take one prompt for another: the pair ``core`` is
-    ``rewrite/core.yaml`` in any folder.
-    """
-    if setting != file.setting:
-        return False
-    if key == file.record_key or key == file.path:
-        return True
-    if key.startswith(SHIPPED) or not file.record_key.startswith(SHIPPED):
-        return False
-    return Path(key).as_posix().endswith("/" + file.record_key[len(SHIPPED) :])
+    """Whether the recorded ``(setting, key)`` is ``file``."""
+    return setting == file.setting and key == file.record_key
 
 
 def _now_for(setting: str, key: str, files: list[AnswerFile]) -> AnswerFile | None:

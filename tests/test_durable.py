@@ -257,21 +257,12 @@ def _move_prompts(tmp_path: Path, monkeypatch) -> Path:
     return moved
 
 
-def _legacy_record(files: list) -> str:
-    """What a version that keyed every file by its absolute path recorded."""
-    return json.dumps([[f.setting, f.path, f.digest] for f in files if f.digest is not None])
-
-
-@pytest.mark.parametrize("scheme", ["current", "absolute paths"])
 def test_a_run_resumes_after_the_prompts_package_moved_and_an_edit_there_is_refused(
-    pair_ctx, tmp_path, monkeypatch, scheme
+    pair_ctx, tmp_path, monkeypatch
 ):
     """The shipped prompts move with the package: a reinstall or a checkout at another path made
     every pending run 'changed' although no text had.  They are recorded by their name in the
-    package, so the run resumes; an edited prompt at the new place is still refused.  Runs
-    recorded under absolute paths (an older version) are read the same way."""
-    if scheme == "absolute paths":
-        monkeypatch.setattr(durable.answer_files, "record", _legacy_record)
+    package, so the run resumes; an edited prompt at the new place is still refused."""
     expected = plain_graph.invoke(INPUT, context=pair_ctx)
     _fail_once(pair_ctx, "t-moved", monkeypatch)
     _fail_once(pair_ctx, "t-edited", monkeypatch)
