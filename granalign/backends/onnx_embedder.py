@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from granalign.backends.embedder import model_digest
+from granalign.backends.model_digest import model_digest
 from granalign.errors import ConfigError
 
 VARIANTS = ("onnx", "onnx-int8")
@@ -49,7 +49,7 @@ def onnx_cache_dir() -> Path:
 def _export_dir(folder: Path) -> Path:
     """The cache folder of ``folder``'s exports: its basename and its content digest.
 
-    The digest is the one in the embedder's name (:func:`~granalign.backends.embedder.model_digest`:
+    The digest is the one in the embedder's name (:func:`~granalign.backends.model_digest.model_digest`:
     every file's name and size, the small files whole, the weights sampled), so the export follows
     the model as the stored vectors do: a moved or copied folder reuses it, and another model at
     the same path gets its own whatever its files' mtimes (an archive or image with normalised
