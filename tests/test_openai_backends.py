@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
 from granalign.backends.captioner import OpenAICaptioner, make_captioner
 from granalign.backends.openai_llm import OpenAIRewriter, ServerSettings
@@ -441,6 +442,84 @@ def test_captioner_spreads_frames_over_replicas_and_survives_one_that_is_down(st
     dead = make_captioner(f"openai:{down},{down.replace('/v1', '/w1')}#qwen", attempts=1)
     with pytest.raises(BackendError, match=r"not reachable.*2 replicas.*\(8 of 8 frames failed\)"):
         dead.caption(images, prompts)
+
+
+@pytest.mark.parametrize(
+    ("script", "status", "misconfigured", "requests"),
+    [
+        ([("status", 401)], 401, True, 1),  # a wrong API key
+        ([("status", 403)], 403, True, 1),
+        ([("status", 404)], 404, True, 1),  # a wrong model name or base URL path
+        ([("status", 400)], 400, False, 1),
+        ([("status", 500)], 500, False, 2),
+        ([("limited", 0)], 429, False, 2),
+        ([("raw", b"<html>502</html>")], None, False, 2),
+    ],
+    ids=["401", "403", "404", "400", "500", "429", "200-not-json"],
+)
+def test_a_server_answer_that_says_the_deployment_is_wrong_is_marked_on_the_error(
+    stub, script, status, misconfigured, requests
+):
+    """A captioner server answering 401/403/404 was a BackendError like a 503's, known only by
+    its text, so a folder ingest retried it for every video; the status is now on the error, and
+    ``granalign index`` takes 401/403/404 (not 429, 5xx, timeouts) for a deployment failure."""
+    from PIL import Image
+
+    from tools.cli_index import is_deployment_failure
+
+    state, url = stub
+    state.script = script
+    captioner = OpenAICaptioner(ServerSettings(url, "qwen", attempts=2, backoff_s=0.01))
+    with pytest.raises(BackendError) as err:
+        captioner.caption([Image.new("RGB", (32, 32))], ["x"])
+    assert (err.value.status, err.value.misconfigured) == (status, misconfigured)
+    assert is_deployment_failure(err.value) is misconfigured and len(state.requests) == requests
+    with stub_server() as (other, url2):  # the message of two replicas keeps the last one's status
+        other.script = script
+        both = make_captioner(f"openai:{url},{url2}#qwen", attempts=1)
+        with pytest.raises(BackendError, match="2 replicas tried") as err:
+            both.caption([Image.new("RGB", (32, 32))], ["x"])
+        assert err.value.status == status and is_deployment_failure(err.value) is misconfigured
+
+
+@needs_videos
+def test_a_captioner_server_refusing_the_key_stops_a_folder_index_at_once_random_weights(
+    stub, tmp_path, monkeypatch
+):
+    """HTTP 401 from the captioner server: the folder run ends at the first video with one error
+    (before, every video was ingested up to its first caption and reported the same 401)."""
+    import graphs.ingest as ingest_module
+    from tests.test_video import make_video
+    from tools.cli import app
+
+    state, url = stub
+    state.script = [("status", 401)]
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    for name in ("a.mp4", "b.mp4", "c.mp4"):
+        make_video(folder / name, 1.5)
+    started: list[str] = []
+    real = ingest_module.ingest_video
+
+    def counted(ctx: Any, video: str, on_event: Any = None) -> dict[str, Any]:
+        started.append(video)
+        return real(ctx, video, on_event=on_event)
+
+    monkeypatch.setattr(ingest_module, "ingest_video", counted)
+    env = {
+        "GRANALIGN_STORE": str(tmp_path / "store"),
+        "GRANALIGN_VIDEO_ROOTS": str(tmp_path),
+        "GRANALIGN_CLIP_MODEL": "local:ViT-S-32",
+        "GRANALIGN_CLIP_PRETRAINED": "none",
+        "GRANALIGN_CAPTIONER": f"openai:{url}#qwen",
+    }
+    result = CliRunner().invoke(app, ["index", str(folder), "--jobs", "1"], env=env)
+    assert result.exit_code == 2, result.output
+    assert len(started) == 1, started
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    text = " ".join(result.output.split())
+    assert len(errors) == 1 and "answered HTTP 401" in text, result.output
+    assert "2 of 3 videos not attempted" in text and "failed a.mp4" not in text, result.output
 
 
 # -- graph-level fallbacks with failing servers (local models for the rest) ----------------------

@@ -367,19 +367,21 @@ def test_a_batch_fails_over_to_the_next_captioner_replica_when_its_own_is_down(m
     from granalign.errors import BackendError
     from tools.ray_ingest import _RemoteCaptioner
 
-    def task_error(message: str) -> BaseException:
-        cause = BackendError(message)
+    def task_error(message: str, status: int | None = None) -> BaseException:
+        cause = BackendError(message, status=status)
         trace = "Traceback (most recent call last): ..."
         return ray.exceptions.RayTaskError("Cap.caption", trace, cause).as_instanceof_cause()
 
     class Replica:
-        def __init__(self, up: bool, name: str) -> None:
-            self.up, self.name, self.calls = up, name, 0
+        def __init__(self, up: bool, name: str, status: int | None = None) -> None:
+            self.up, self.name, self.calls, self.status = up, name, 0, status
             self.caption = self
 
         def remote(self, images, prompts):
             self.calls += 1
             if not self.up:
+                if self.status is not None:
+                    return task_error(f"captioner m: {self.name} answered HTTP {self.status}", self.status)
                 return task_error(f"captioner m: the server at http://{self.name}/v1 is not reachable")
             return [f"{self.name}:{len(images)}"]
 
@@ -397,7 +399,11 @@ def test_a_batch_fails_over_to_the_next_captioner_replica_when_its_own_is_down(m
     with pytest.raises(BackendError) as err:
         _RemoteCaptioner([a, Replica(False, "d")], 1, "m").caption(["img"], ["p"])
     tried = "captioner m: the server at http://a/v1 is not reachable (2 captioner replicas tried)"
-    assert str(err.value) == tried
+    assert str(err.value) == tried and err.value.status is None
+    # the HTTP status of the last replica's answer stays on the error (401: a deployment failure)
+    with pytest.raises(BackendError, match=r"HTTP 401 \(2 captioner") as err:
+        _RemoteCaptioner([Replica(False, "e", 401), Replica(False, "f", 401)], 0, "m").caption(["i"], ["p"])
+    assert err.value.status == 401 and err.value.misconfigured
 
 
 # -- a file that is not (or no longer) the one the probe hashed --------------------------------

@@ -150,14 +150,17 @@ def _ingest_target(ctx: Any, target: str, jobs: int) -> None:
 def is_deployment_failure(exc: BaseException) -> bool:
     """Whether ``exc`` is about this deployment rather than one video: a model or setting that
     cannot load (ConfigError), a store folder another process holds, a Chroma server that is
-    gone.  Every later video of a folder would fail the same way (and try to load the missing
-    model again), so a folder ingest stops at the first one instead of skipping video by video;
-    an undecodable or changed file (InputError) or a captioner server's answer for one batch
-    (BackendError) stays the failure of that video."""
-    from granalign.errors import ConfigError
+    gone, a model server that refuses the key or knows no such model or path (HTTP 401, 403,
+    404: ``BackendError.misconfigured``).  Every later video of a folder would fail the same
+    way (and try to load the missing model again), so a folder ingest stops at the first one
+    instead of skipping video by video; an undecodable or changed file (InputError) or a model
+    server busy, failing or timing out for one batch (429, 5xx) stays the failure of that video."""
+    from granalign.errors import BackendError, ConfigError
     from granalign.io.locks import StoreBusyError
     from granalign.io.store import StoreUnavailable
 
+    if isinstance(exc, BackendError) and exc.misconfigured:
+        return True
     return isinstance(exc, ConfigError | StoreBusyError | StoreUnavailable)
 
 

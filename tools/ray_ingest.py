@@ -332,7 +332,8 @@ class _RemoteCaptioner:
                 why = str(cause if isinstance(cause, BaseException) else exc)
                 n = len(self.handles)
                 if k + 1 == n:
-                    raise BackendError(f"{why} ({n} captioner replicas tried)") from None
+                    status = getattr(cause if isinstance(cause, BackendError) else exc, "status", None)
+                    raise BackendError(f"{why} ({n} captioner replicas tried)", status=status) from None
                 log.warning("captioner replica %d of %d failed (%s); trying the next", k + 1, n, why)
                 continue
             return result

@@ -353,7 +353,8 @@ class OpenAICaptioner:
                 except BackendError as exc:
                     self._resting[replica] = time.monotonic() + REPLICA_REST_S
                     if k + 1 == len(order):
-                        raise BackendError(f"{exc}; {len(order)} replicas tried") if k else exc from None
+                        tried = f"{exc}; {len(order)} replicas tried"
+                        raise BackendError(tried, status=exc.status) if k else exc from None
                     continue
                 self._resting.pop(replica, None)
                 return clean_caption(text)
@@ -368,7 +369,8 @@ class OpenAICaptioner:
             first = errors[0]
             if not isinstance(first, BackendError):
                 raise first
-            raise BackendError(f"{first} ({len(errors)} of {len(results)} frames failed)")
+            failed = f"{first} ({len(errors)} of {len(results)} frames failed)"
+            raise BackendError(failed, status=first.status)
         return [r for r in results if isinstance(r, str)]
 
 

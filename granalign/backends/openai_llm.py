@@ -196,7 +196,8 @@ async def call_with_retries(
         except openai.APIStatusError as exc:
             raise BackendError(
                 f"{what}: the server at {settings.shown_url} answered HTTP {exc.status_code}: "
-                f"{_status_message(exc)}"
+                f"{_status_message(exc)}",
+                status=exc.status_code,
             ) from None
     if isinstance(last, openai.APITimeoutError | TimeoutError):
         kind = f"timed out {settings.attempts} time(s) (timeout {settings.timeout_s:g} s per request)"
@@ -208,7 +209,10 @@ async def call_with_retries(
     else:
         status = getattr(last, "status_code", "5xx")
         kind = f"failed {settings.attempts} time(s), last with HTTP {status}: {_status_message(last)}"
-    raise BackendError(f"{what}: the server at {settings.shown_url} {kind}")
+    code = getattr(last, "status_code", None)
+    raise BackendError(
+        f"{what}: the server at {settings.shown_url} {kind}", status=code if isinstance(code, int) else None
+    )
 
 
 _LOOP: asyncio.AbstractEventLoop | None = None
