@@ -278,6 +278,39 @@ def test_a_model_that_cannot_load_stops_a_folder_index_with_one_error(tmp_path, 
     assert "failed b.mp4" not in result.output and "c.mp4" not in result.output
 
 
+def test_two_videos_ended_by_a_deployment_failure_at_once_are_both_reported(tmp_path, monkeypatch):
+    """``--jobs 2``, both running videos fail with the same deployment failure: the first is the
+    folder's error and the second is listed as failed (before, it was in neither the error nor
+    the summary, nor counted as not attempted)."""
+    import threading
+
+    import graphs.ingest as ingest_module
+    from granalign.errors import ConfigError
+
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    for i in range(4):
+        (folder / f"v{i}.mp4").write_bytes(b"stand-in")
+    both_running = threading.Barrier(2, timeout=30)
+    calls: list[str] = []
+
+    def fake_ingest(ctx, video, on_event=None):
+        calls.append(video)
+        both_running.wait()
+        raise ConfigError("captioner model 'qwen' could not be loaded")
+
+    monkeypatch.setattr(ingest_module, "ingest_video", fake_ingest)
+    env = {"GRANALIGN_STORE": str(tmp_path / "store"), "GRANALIGN_VIDEO_ROOTS": str(tmp_path)}
+    result = CliRunner().invoke(app, ["index", str(folder), "--jobs", "2"], env=env)
+    assert result.exit_code == 2, result.output
+    assert len(calls) == 2, calls
+    text = " ".join(result.output.split())
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "2 of 4 videos not attempted" in text, result.output
+    listed = [Path(v).name for v in calls if f"failed {Path(v).name}: captioner model" in text]
+    assert len(listed) == 1, result.output
+
+
 def test_index_cli_needs_exactly_one_source(ctx):
     result = CliRunner().invoke(app, ["index"], env={"GRANALIGN_STORE": ctx.store_dir})
     assert result.exit_code == 2 and "give a video file or folder, or --captions FILE" in result.output

@@ -168,8 +168,10 @@ class _FolderRun:
     """The videos of one ``index`` call, ingested ``jobs`` at a time behind progress bars.
 
     ``results``: (video, output or None, problem) of each video that finished or failed on its
-    own; ``started``: how many were begun.  A deployment failure (:func:`is_deployment_failure`)
-    is raised instead of recorded, and no further video is started after it.
+    own; ``started``: how many were begun.  The first deployment failure
+    (:func:`is_deployment_failure`) is raised instead of recorded, and no further video is
+    started after it; one that ends another running video after it is that video's failure
+    (recorded: the error raised names only the first).
     """
 
     def __init__(self, ctx: Any, files: list[str], *, is_dir: bool) -> None:
@@ -177,6 +179,7 @@ class _FolderRun:
         self.results: list[tuple[str, dict[str, Any] | None, str]] = []
         self.started = 0
         self._stop = False
+        self._failed = False  # a deployment failure has been raised
         self._lock = threading.Lock()
 
     def ingest_all(self, jobs: int) -> None:
@@ -217,7 +220,9 @@ class _FolderRun:
             if not self.is_dir or is_deployment_failure(exc):
                 with self._lock:
                     self._stop = True
-                raise
+                    first, self._failed = not self._failed, True
+                if first:
+                    raise
             got, problem = None, str(exc)
         with self._lock:
             self.results.append((video, got, problem))
