@@ -53,6 +53,7 @@ from langchain_core.messages import (
 )
 from langchain_core.runnables import RunnableLambda
 from langchain_core.tools import BaseTool
+from langgraph.errors import GraphBubbleUp
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
 from langgraph.runtime import Runtime, get_runtime
@@ -504,13 +505,19 @@ class _Nodes:
         return {"messages": replies}
 
     def run_tools(self, state: AgentState) -> dict[str, Any]:
-        """Run the requested tools; every failure becomes an error ToolMessage for the model."""
+        """Run the requested tools; every failure becomes an error ToolMessage for the model.
+
+        LangGraph's own control flow passes through (``GraphBubbleUp``): a tool that calls
+        ``langgraph.types.interrupt`` pauses the run (with a checkpointer), and the node runs
+        again, every call of the step, when it is resumed with ``Command(resume=...)``."""
         steps = self._tool_steps(state)
         try:
             request, tool = next(steps)
             while True:
                 try:
                     reply = tool.invoke(request)
+                except GraphBubbleUp:  # an interrupt() or a Command for a parent graph: LangGraph's
+                    raise  # control flow, not a failure (the run pauses, or the parent takes over)
                 except Exception as exc:
                     reply = _tool_failed(request, exc)
                 request, tool = steps.send(reply)
@@ -524,6 +531,8 @@ class _Nodes:
             while True:
                 try:
                     reply = await tool.ainvoke(request)
+                except GraphBubbleUp:  # an interrupt() or a Command for a parent graph: LangGraph's
+                    raise  # control flow, not a failure (the run pauses, or the parent takes over)
                 except Exception as exc:
                     reply = _tool_failed(request, exc)
                 request, tool = steps.send(reply)

@@ -227,6 +227,43 @@ def test_async_only_tools_run_under_ainvoke_and_fail_readably_under_invoke():
     assert out["messages"][-1].text == "ok"
 
 
+@pytest.mark.parametrize("run_async", [False, True], ids=["invoke", "ainvoke"])
+def test_a_tool_that_asks_a_human_pauses_the_agent_and_resumes_with_the_answer(run_async):
+    """``interrupt()`` inside a tool (a human-in-the-loop approval) raises LangGraph's
+    GraphInterrupt; the tools node turned it into "tool approve failed (GraphInterrupt)" for the
+    model, so the run never paused.  It now pauses, and ``Command(resume=...)`` answers it."""
+    from langgraph.types import Command, interrupt
+
+    asked: list[Any] = []
+
+    def approve(video: str) -> str:
+        """Ask a person before searching the video."""
+        answer = interrupt({"question": f"search {video}?"})
+        asked.append(answer)
+        return f"the person said {answer}"
+
+    tool = StructuredTool.from_function(approve, name="approve")
+    model = _scripted(
+        AIMessage(content="", tool_calls=[_call("approve", {"video": "kitchen.mp4"})]),
+        AIMessage(content="Approved, searching."),
+    )
+    agent = build_agent(model=model, tools=[tool], checkpointer=InMemorySaver())
+    cfg = {"configurable": {"thread_id": f"hitl-{run_async}"}}
+
+    def run(given: Any) -> dict[str, Any]:
+        return asyncio.run(agent.ainvoke(given, cfg)) if run_async else agent.invoke(given, cfg)
+
+    paused = run({"messages": [HumanMessage("search the kitchen video")]})
+    assert [i.value for i in paused["__interrupt__"]] == [{"question": "search kitchen.mp4?"}]
+    assert agent.get_state(cfg).next == ("tools",) and asked == []
+    assert not any(isinstance(m, ToolMessage) for m in agent.get_state(cfg).values["messages"])
+    out = run(Command(resume="yes"))
+    tool_msg = next(m for m in out["messages"] if isinstance(m, ToolMessage))
+    assert tool_msg.status == "success" and tool_msg.text == "the person said yes"
+    assert asked == ["yes"] and out["messages"][-1].text == "Approved, searching."
+    assert len(model.calls) == 2
+
+
 def test_the_tool_budget_ends_a_model_that_only_calls_tools(tools):
     looping = AIMessage(content="", tool_calls=[_call("list_videos", {})])
     model = _scripted(default=looping)
