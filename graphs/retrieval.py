@@ -13,8 +13,11 @@ Each node is a small function of ``(state, runtime: Runtime[Context])``.
 
 Caption-only mode: a video known only by imported captions has no frames, so ``clip_filter``
 and query-aware captions are skipped and that is recorded in ``notes`` (never faked).  A failed
-model server never crashes a run: the rewrite falls back to the original query and aware
-captions fall back to ``aware_missing``, each recorded in ``notes``.
+model server that is down, slow or busy never crashes a run: the rewrite falls back to the
+original query and aware captions fall back to ``aware_missing``, each recorded in ``notes``.
+One that answers 401, 403 or 404 (a wrong API key, model name or base URL path:
+``BackendError.misconfigured``) ends the run with an error that names the setting: every run
+would fall back the same way, and notes alone would hide a broken deployment.
 """
 
 from __future__ import annotations
@@ -228,7 +231,8 @@ def rewrite(state: RewriteTask, runtime: Runtime[Context]) -> dict[str, Any]:
     """Step 1: rewrite the query with one prompt pair (cached in the store).
 
     A model server that fails after its retries gives the original query as a recorded
-    fallback, not cached, so the next run asks the server again.
+    fallback, not cached, so the next run asks the server again; one that answers 401/403/404
+    (misconfigured) ends the run with its error instead.
     """
     ctx = runtime.context
     rewriter = resources.rewriter_for(ctx)
@@ -239,6 +243,8 @@ def rewrite(state: RewriteTask, runtime: Runtime[Context]) -> dict[str, Any]:
             pair = next(p for p in resources.pairs_for(ctx) if p.id == state["pair_id"])
             got = resources.cached_rewrites(ctx, pair, [state["query"]])
     except BackendError as exc:
+        if exc.misconfigured:  # the message names the rewriter setting and what to check
+            raise
         got = [Rewrite(state["pair_id"] or "original", state["query"], state["query"], True, str(exc))]
     notes = [f"rewrite {r.pair_id} fell back to the original query: {r.reason}" for r in got if r.fallback]
     covers = getattr(rewriter, "covers", None)
@@ -283,6 +289,9 @@ def caption(state: RetrievalState, runtime: Runtime[Context]) -> dict[str, Any]:
     try:
         got = resources.aware_captions(ctx, record, clips, state["query"], _focus(state), video_path=path)
     except (BackendError, InputError) as exc:
+        if isinstance(exc, BackendError) and exc.misconfigured:
+            setting = "aware_captioner" if ctx.aware_captioner else "captioner"
+            raise BackendError(f"query-aware captions ({setting}): {exc}", status=exc.status) from None
         _progress(runtime, "caption", failed=True)
         why = f"query-aware captions unavailable ({exc}); the aware channel used aware_missing="
         return {"aware_clips": [], "notes": [why + repr(ctx.aware_missing)]}
@@ -384,8 +393,9 @@ def build_retrieval_graph(checkpointer: BaseCheckpointSaver[Any] | None = None) 
 
     Retries: no node has a LangGraph ``RetryPolicy``.  The served backends retry HTTP 5xx and
     timeouts themselves (``request_attempts``, with backoff) and turn what is left into a
-    BackendError, which the network nodes record as a fallback; a node-level policy would never
-    see an exception to retry.
+    BackendError, which the network nodes record as a fallback (or, for a misconfigured server,
+    raise: no retry changes a 401/403/404); a node-level policy would never see an exception to
+    retry.
     """
     builder = StateGraph(
         RetrievalState, context_schema=Context, input_schema=RetrievalInput, output_schema=RetrievalOutput

@@ -557,6 +557,22 @@ def test_graph_records_fallbacks_when_model_servers_fail_random_weights(local_ct
 
 
 @needs_videos
+def test_an_aware_captioner_refusing_the_key_ends_the_run_naming_its_setting_random_weights(local_ctx, stub):
+    """Full mode: a 401 from the query-aware captioner became ``aware_missing`` with a note on
+    every query; the run now ends with an error naming the ``aware_captioner`` setting."""
+    state, url = stub
+    state.script = [("status", 401)]
+    ctx = local_ctx.with_overrides(aware_captioner=f"openai:{url}#qwen", m=1)
+    with pytest.raises(BackendError) as err:
+        graph.invoke({"video": str(VIDEOS / "bikes.mp4"), "query": QUERY}, context=ctx)
+    text = str(err.value)
+    assert text.startswith(
+        f"query-aware captions (aware_captioner): captioner openai:{url}#qwen answered HTTP 401"
+    )
+    assert "check its API key" in text and err.value.misconfigured
+
+
+@needs_videos
 def test_ingest_with_a_failing_captioner_server_stops_cleanly_random_weights(local_ctx, stub, tmp_path):
     state, url = stub
     state.script = [("content", "a frame"), ("content", "a frame"), ("status", 400)]
@@ -746,3 +762,100 @@ def test_a_server_that_trickles_its_answer_times_out_as_a_whole_request(stub):
     with pytest.raises(BackendError, match=r"timed out 2 time\(s\) \(timeout 1 s per request\)"):
         _rewriter(url, timeout_s=1.0, attempts=2).rewrite_batch([QUERY], CORE)
     assert time.perf_counter() - start < 10
+
+
+# -- a misconfigured server (401/403/404) is an error of the run, not a quiet fallback -----------
+
+
+@pytest.mark.parametrize(
+    ("status", "advice"),
+    [
+        (401, "401 Unauthorized: check its API key ($OPENAI_API_KEY)"),
+        (404, "404 Not Found: check the model name"),
+    ],
+    ids=["401", "404"],
+)
+def test_a_rewriter_that_refuses_the_key_or_model_ends_the_run_with_one_clear_error(
+    stub, tmp_path, status, advice
+):
+    """A rewriter answering 401/404 fell back to the original query with a note, so every answer
+    was quietly caption-only quality and the operator never learned the key or model was wrong;
+    the run now ends with one line naming the setting, its spec, the status and what to check."""
+    state, url = stub
+    state.script = [("status", status)]
+    ctx = _caption_only_store(tmp_path).with_overrides(
+        rewriter=f"openai:{url}#llama", m=2, request_attempts=3
+    )
+    with pytest.raises(BackendError) as err:
+        graph.invoke({"video": "kitchen", "query": "a man is cutting carrots"}, context=ctx)
+    text = str(err.value)
+    assert text.startswith(f"rewriter openai:{url}#llama answered HTTP {advice}"), text
+    assert "\n" not in text and err.value.misconfigured and err.value.status == status
+    assert len(state.requests) == 2  # one per prompt pair: a 401 is not retried
+
+
+def test_a_focus_request_refused_for_the_key_raises_while_a_busy_server_falls_back(stub, tmp_path):
+    """The query focus (same rewriter server) fell back to keywords on a 401 as on a 503."""
+    state, url = stub
+    ctx = Context(store_dir=str(tmp_path / "store"), rewriter=f"openai:{url}#llama", request_attempts=1)
+    state.script = [("status", 503)]
+    assert resources.query_focus(ctx, QUERY).source != "llm"
+    state.script = [("status", 401)]
+    with pytest.raises(
+        BackendError, match=r"^rewriter openai:.*answered HTTP 401 Unauthorized: check its API"
+    ):
+        resources.query_focus(ctx, QUERY)
+
+
+@pytest.mark.parametrize(
+    ("script", "note"),
+    [([("status", 500)], "HTTP 500"), ([("limited", 0)], "HTTP 429"), ([("status", 400)], "HTTP 400")],
+    ids=["500", "429", "400"],
+)
+def test_a_busy_or_refusing_rewriter_still_falls_back_with_a_note(stub, tmp_path, script, note):
+    state, url = stub
+    state.script = script
+    ctx = _caption_only_store(tmp_path).with_overrides(
+        rewriter=f"openai:{url}#llama", m=1, request_attempts=2
+    )
+    out = graph.invoke({"video": "kitchen", "query": "a man is cutting carrots"}, context=ctx)
+    assert out["moments"] and any("rewrite core fell back" in n and note in n for n in out["notes"])
+
+
+def test_a_benchmark_pass_stops_at_the_first_misconfigured_error_not_after_every_query(stub, tmp_path):
+    """``run_queries`` recorded a 401 as a skipped query and went on: 1,550 queries each asked the
+    server, each failed, and the run ended scoring them all as misses.  It now raises the first
+    misconfigured error, after the first chunk."""
+    from tools.bench import Annotation, run_queries
+
+    state, url = stub
+    state.script = [("status", 401)]
+    ctx = _caption_only_store(tmp_path).with_overrides(rewriter=f"openai:{url}#llama", m=1)
+    anns = [Annotation(i, f"a man cuts carrots, take {i}", "kitchen", 16.0, {}) for i in range(12)]
+    with pytest.raises(BackendError, match="answered HTTP 401 Unauthorized") as err:
+        run_queries(anns, ctx, chunk=4)
+    assert err.value.misconfigured and len(state.requests) == 4
+    state.script = [("status", 503)]  # a busy server: the queries are skipped, the pass goes on
+    preds, skipped = run_queries(anns, ctx.with_overrides(request_attempts=1), chunk=4)
+    assert len(preds) == 12 and not skipped and len(state.requests) == 16
+
+
+def test_a_benchmark_stops_before_its_graph_pass_when_the_rewriter_refuses_the_key(stub, tmp_path):
+    """``bench`` warms the rewrite cache before its graph pass: that is its up-front probe, and a
+    401 there ends the run with the same one-line error."""
+    from tools.bench import run_benchmark
+
+    state, url = stub
+    state.script = [("status", 401)]
+    caps = tmp_path / "caps.jsonl"
+    caps.write_text(
+        json.dumps({"vid": "kitchen", "clip_len_s": 2, "captions": ["a man cuts carrots"] * 8}) + "\n"
+    )
+    ann = {"qid": 1, "query": "a man cuts carrots", "vid": "kitchen", "duration": 16}
+    ann |= {"relevant_windows": [[0, 4]], "relevant_clip_ids": [0, 1], "saliency_scores": [[4, 4, 4]] * 2}
+    anns = tmp_path / "anns.jsonl"
+    anns.write_text(json.dumps(ann) + "\n")
+    ctx = Context(store_dir=str(tmp_path / "store"), rewriter=f"openai:{url}#llama", m=1)
+    with pytest.raises(BackendError, match=r"^rewriter openai:.*answered HTTP 401 Unauthorized"):
+        run_benchmark(anns, caps, ctx)
+    assert len(state.requests) == 1

@@ -188,7 +188,10 @@ def run_queries(
     are not run again, so a killed benchmark resumes where it stopped; the result is in
     annotation order either way, equal to an uninterrupted run's.  A query that failed on a
     backend (:class:`BackendError`: a model or Chroma server down or timed out) is not logged,
-    so the re-run the error advises asks again instead of replaying the failure.
+    so the re-run the error advises asks again instead of replaying the failure.  A model server
+    that answers 401/403/404 (``BackendError.misconfigured``: a wrong key, model or path) ends
+    the run at the chunk where it first happens, with its error: every later query would fail
+    the same way, and scoring them all as misses would only hide it.
     """
     done: dict[str, dict[str, Any]] = {}
     if journal is not None:
@@ -208,6 +211,9 @@ def run_queries(
         outs = graph.batch(inputs, config=config, context=ctx, return_exceptions=True)
         rows: list[dict[str, Any]] = []
         retry: list[dict[str, Any]] = []  # a server down or timed out: failed now, not for good
+        misconfigured = next((o for o in outs if isinstance(o, BackendError) and o.misconfigured), None)
+        if misconfigured is not None:  # a wrong key, model or path: every later query fails alike
+            raise misconfigured
         for ann, out in zip(part, outs, strict=True):
             if isinstance(out, BackendError):
                 retry.append({"qid": ann.qid, "skipped": str(out)})

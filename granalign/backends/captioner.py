@@ -342,7 +342,9 @@ class OpenAICaptioner:
             )
             return completion_text(response)  # none: a failure, never an empty caption
 
-        return await call_with_retries(call, settings, what=f"captioner {settings.model}", gate=gate)
+        return await call_with_retries(
+            call, settings, what=f"captioner {settings.model}", gate=gate, role="captioner"
+        )
 
     async def _caption_all(self, urls: list[str], prompts: list[str]) -> list[str]:
         async def one(i: int, url: str, prompt: str) -> str:

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from granalign.errors import BackendError, ConfigError
+from granalign.errors import MISCONFIGURED_STATUSES, BackendError, ConfigError
 from granalign.prompt_files import prompt_text
 from granalign.rewrite import Rewrite, rewrite_from_outputs
 from granalign.text import without_markup
@@ -152,14 +152,42 @@ def _status_message(exc: Any) -> str:
     return (str(getattr(exc, "message", "")) or str(exc))[:300]
 
 
+_MISCONFIGURED_HINTS = {
+    401: "check its API key ($OPENAI_API_KEY)",
+    403: "its API key ($OPENAI_API_KEY) may not use this model: check the key and its permissions",
+    404: "check the model name after '#' and the base URL's path (vLLM serves under /v1)",
+}
+
+
+def misconfigured_message(role: str, settings: ServerSettings, status: int, detail: str) -> str:
+    """One line for a 401/403/404: the setting (``role``), its spec, the status and what to check.
+
+    Such an answer is this deployment's mistake, not a busy server (``BackendError.misconfigured``),
+    so the message says what to fix rather than that the server failed.
+    """
+    from http import HTTPStatus
+
+    try:
+        answer = f"HTTP {status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        answer = f"HTTP {status}"
+    hint = _MISCONFIGURED_HINTS.get(status, "check its settings")
+    spec = f"openai:{settings.shown_url}#{settings.model}"
+    return f"{role} {spec} answered {answer}: {hint} (the server said: {detail})"
+
+
 async def call_with_retries(
     call: Callable[[], Awaitable[T]],
     settings: ServerSettings,
     *,
     what: str,
     gate: asyncio.Semaphore | None = None,
+    role: str | None = None,
 ) -> T:
     """Await ``call()``; retry 5xx, 429 and timeouts with backoff; turn every failure into BackendError.
+
+    ``role``: the setting the server is given in (``rewriter``, ``captioner``); a 401, 403 or 404
+    answer then names it and what to check (:func:`misconfigured_message`).
 
     ``gate`` (the backend's ``concurrency`` semaphore) is held per attempt, not around the
     retries: a request waiting out its backoff or a 429's ``Retry-After`` has nothing in
@@ -194,6 +222,11 @@ async def call_with_retries(
                 f"{what}: the server at {settings.shown_url} is not reachable ({exc.__cause__ or exc})"
             ) from None
         except openai.APIStatusError as exc:
+            if role is not None and exc.status_code in MISCONFIGURED_STATUSES:
+                raise BackendError(
+                    misconfigured_message(role, settings, exc.status_code, _status_message(exc)),
+                    status=exc.status_code,
+                ) from None
             raise BackendError(
                 f"{what}: the server at {settings.shown_url} answered HTTP {exc.status_code}: "
                 f"{_status_message(exc)}",
@@ -447,7 +480,9 @@ class OpenAIRewriter:
             )
             return completion_text(response)
 
-        return await call_with_retries(call, self.settings, what=f"rewriter {self.settings.model}", gate=gate)
+        return await call_with_retries(
+            call, self.settings, what=f"rewriter {self.settings.model}", gate=gate, role="rewriter"
+        )
 
     def rewrite_batch(self, queries: list[str], pair: PromptPair) -> list[Rewrite]:
         """One request per query (all in flight at once); a server failure raises BackendError."""

@@ -33,6 +33,8 @@ def query_focus(rewriter: Rewriter, cache: Store, query: str) -> QueryFocus:
 
     From the rewriter's LLM when it can extract them (``openai:``); otherwise, or when its answer
     is unusable or the server fails, the query's content words, with the reason in ``note``.
+    A server that says the deployment is wrong (401/403/404: ``BackendError.misconfigured``)
+    raises instead: no later query would do better, and a fallback would hide it.
     """
     extract = getattr(rewriter, "extract_focus", None)
     if extract is None:
@@ -47,6 +49,8 @@ def query_focus(rewriter: Rewriter, cache: Store, query: str) -> QueryFocus:
     try:
         entities, actions, problem = extract(query)
     except BackendError as exc:
+        if exc.misconfigured:  # a wrong key, model or path: every query would fall back, unseen
+            raise
         return focus_from_keywords(query, note=str(exc))
     if problem:
         return focus_from_keywords(query, note=f"unusable entities/actions from {rewriter.name}: {problem}")
