@@ -64,6 +64,7 @@ from granalign.errors import BackendError
 from granalign.io.video import VIDEO_EXTENSIONS
 from granalign.text import seconds_text
 from tools.langchain_tool import MAX_CONTAINS_CHARS, MomentRetriever
+from tools.redact import model_message
 from tools.safety import MAX_QUERY_CHARS, MAX_VIDEO_ARG_CHARS, VIDEO_ID_RE
 
 log = logging.getLogger(__name__)
@@ -325,10 +326,36 @@ def _lookup_call(video_id: str) -> dict[str, Any]:
     return {"type": "tool_call", "id": f"{GROUND_CALL_PREFIX}lookup", "name": LIST_TOOL, "args": args}
 
 
-def _grounding_update(need: _Grounding, video: str | None, state: AgentState) -> dict[str, Any]:
-    """Replace the model's ungrounded draft by the agent's own ``retrieve_moments`` call."""
-    if video is None:
-        return {}
+def _lookup_result(call: dict[str, Any], reply: Any, video_id: str) -> bool | str:
+    """A ``list_videos`` reply: whether it lists ``video_id``, or (an error reply) why the
+    look-up failed, with this deployment's internals replaced (:func:`_model_safe`)."""
+    if isinstance(reply, ToolMessage) and reply.status == "error":
+        log.warning("list_videos failed while looking up %r: %s", video_id, reply.text)
+        return _model_safe(call, reply).text or "list_videos failed"
+    return _listed(reply, video_id)
+
+
+def _lookup_failed(exc: Exception, video_id: str) -> str:
+    """A look-up that raised: the reason a model may read (the log keeps the full error)."""
+    return model_message(exc, MomentRetriever().redactor(), log=log, what=LIST_TOOL, keep=[video_id])
+
+
+def _lookup_note(video: str, reason: str) -> str:
+    return f"No moments could be retrieved for this answer: looking up the video {video!r} failed. {reason}"
+
+
+def _grounding_update(
+    need: _Grounding, video: str, state: AgentState, found: bool | str = True
+) -> dict[str, Any]:
+    """Replace the model's ungrounded draft by the agent's own ``retrieve_moments`` call; when
+    the look-up of ``video`` failed (``found`` is the reason), say so under the draft instead."""
+    draft = state["messages"][-1]
+    if isinstance(found, str):  # the store could not say: never "no such video"
+        _emit(get_runtime(AgentContext), step="ground", video=video, failed=True)
+        note = _lookup_note(video, found)
+        if isinstance(draft, AIMessage) and draft.text.strip():
+            return {"messages": [draft.model_copy(update={"content": f"{draft.text.strip()}\n\n{note}"})]}
+        return {"messages": [AIMessage(content=note, name="ground")]}
     query = " ".join(w for w in need.question.split() if w.strip(_EDGE_PUNCT).rstrip(".") != video)
     query = query[:MAX_QUERY_CHARS].strip()
     if not query:
@@ -340,7 +367,6 @@ def _grounding_update(need: _Grounding, video: str | None, state: AgentState) ->
         "args": {"video": video, "query": query},
     }
     _emit(get_runtime(AgentContext), step="ground", video=video, query=query)
-    draft = state["messages"][-1]
     remove = [RemoveMessage(id=draft.id)] if isinstance(draft, AIMessage) and draft.id else []
     return {"messages": [*remove, AIMessage(content="", tool_calls=[call], name="ground")]}
 
@@ -539,46 +565,55 @@ class _Nodes:
         except StopIteration as done:
             return cast(dict[str, Any], done.value)
 
-    def _known(self, mention: _Mention) -> bool:
+    def _known(self, mention: _Mention) -> bool | str:
+        """Whether the store lists ``mention``; a str when the look-up itself failed (the reason,
+        as the model and its user may read it): a busy store or a lost Chroma server is not
+        "no such video"."""
         if mention.checked:
             return True
         if LIST_TOOL not in self.tools:
             return False
+        call = _lookup_call(mention.text)
         try:
-            return _listed(self.tools[LIST_TOOL].invoke(_lookup_call(mention.text)), mention.text)
-        except Exception:
-            log.exception("list_videos failed while looking up %r", mention.text)
-            return False
+            return _lookup_result(call, self.tools[LIST_TOOL].invoke(call), mention.text)
+        except GraphBubbleUp:
+            raise
+        except Exception as exc:
+            return _lookup_failed(exc, mention.text)
 
-    async def _aknown(self, mention: _Mention) -> bool:
+    async def _aknown(self, mention: _Mention) -> bool | str:
         if mention.checked:
             return True
         if LIST_TOOL not in self.tools:
             return False
+        call = _lookup_call(mention.text)
         try:
-            return _listed(await self.tools[LIST_TOOL].ainvoke(_lookup_call(mention.text)), mention.text)
-        except Exception:
-            log.exception("list_videos failed while looking up %r", mention.text)
-            return False
+            return _lookup_result(call, await self.tools[LIST_TOOL].ainvoke(call), mention.text)
+        except GraphBubbleUp:
+            raise
+        except Exception as exc:
+            return _lookup_failed(exc, mention.text)
 
     def ground(self, state: AgentState) -> dict[str, Any]:
         """The model answered without a retrieval: if the conversation names a video, retrieve."""
         need = _grounding_needed(state, self.tools)
         if need is None:
             return {}
-        video = next((m.text for m in need.mentions if self._known(m)), None)
-        return _grounding_update(need, video, state)
+        for mention in need.mentions:
+            found = self._known(mention)
+            if found is not False:
+                return _grounding_update(need, mention.text, state, found)
+        return {}
 
     async def aground(self, state: AgentState) -> dict[str, Any]:
         need = _grounding_needed(state, self.tools)
         if need is None:
             return {}
-        video = None
         for mention in need.mentions:
-            if await self._aknown(mention):
-                video = mention.text
-                break
-        return _grounding_update(need, video, state)
+            found = await self._aknown(mention)
+            if found is not False:
+                return _grounding_update(need, mention.text, state, found)
+        return {}
 
 
 def answer(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:

@@ -525,3 +525,16 @@ def test_a_long_store_id_named_in_the_question_is_grounded(tmp_path):
     assert [node for node, _ in trace] == ["agent", "ground", "tools", "agent", "ground", "answer"]
     (retrieval,) = _retrievals(out["messages"])
     assert retrieval.status == "success" and retrieval.artifact["video_id"] == vid
+
+
+# -- the ground step's look-up: "not found" only when the store says so --------------------------
+
+
+def test_a_video_the_store_does_not_list_is_still_not_found(tools):
+    """The look-up answered and does not list the id: no retrieval, no note, the draft stands."""
+    model = _scripted(AIMessage(content="I know no such video."))
+    out, trace = _traced(
+        build_agent(model=model, tools=tools), {"messages": [HumanMessage("When does x in vid_404_x?")]}
+    )
+    assert [node for node, _ in trace] == ["agent", "ground", "answer"]
+    assert out["messages"][-1].text == "I know no such video."

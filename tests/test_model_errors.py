@@ -607,3 +607,52 @@ def test_a_folder_index_stopped_by_a_busy_store_after_a_broken_file_reports_both
     assert flat.count("error:") == 1 and "1 of 3 videos not attempted" in flat, result.output
     assert "a_broken.mp4" in flat and "not a video FFmpeg can read" in flat, result.output
     assert len(opened) == 1, opened
+
+
+# -- the agent's ground step: a failed look-up is that failure, not "no such video" --------------
+
+
+@pytest.mark.parametrize("use_async", [False, True], ids=["invoke", "ainvoke"])
+def test_a_busy_store_during_the_ground_look_up_is_said_not_taken_for_no_such_video(busy_store, use_async):
+    """Every failure of the ground step's ``list_videos`` look-up read as "not found": with the
+    store held by another process (or a Chroma server gone) the model's ungrounded draft went
+    out as the answer, as if the video did not exist.  The answer now says the look-up failed
+    and why, in the words a model may read (no folder, no lock holder)."""
+    store, pid = busy_store
+    tools = granalign_tools(MomentRetriever(_settings(store)))
+    draft = AIMessage(content="I know no video of that name.")
+    question = {"messages": [HumanMessage("When does the dog jump in some_video_1?")]}
+    agent = build_agent(model=_scripted(draft), tools=tools)
+    out = asyncio.run(agent.ainvoke(question)) if use_async else agent.invoke(question)
+    answer = out["messages"][-1].text
+    assert answer.startswith("I know no video of that name.")
+    assert "looking up the video 'some_video_1' failed" in answer and "in use by another process" in answer
+    assert (
+        "retry later" in answer
+        and out["citations"] == []
+        and not [m for m in out["messages"] if isinstance(m, ToolMessage)]
+    )
+    _assert_clean(answer, store, pid)
+
+
+def test_a_look_up_that_raises_is_reported_as_that_failure():
+    """A third-party ``list_videos`` that raises (a lost server): its error, not "not found"."""
+
+    def broken(contains: str = "", limit: int = 20) -> str:
+        raise ConnectionError("lost the connection to the video index\nTraceback ...")
+
+    def retrieve(video: str, query: str) -> str:
+        raise AssertionError("never called: the video could not be looked up")
+
+    tools = [
+        StructuredTool.from_function(retrieve, name="retrieve_moments", description="r"),
+        StructuredTool.from_function(broken, name="list_videos", description="l"),
+    ]
+    model = _scripted(AIMessage(content="Never heard of it."))
+    question = {"messages": [HumanMessage("When does the dog jump in some_video_1?")]}
+    out = build_agent(model=model, tools=tools).invoke(question)
+    answer = out["messages"][-1].text
+    assert answer == (
+        "Never heard of it.\n\nNo moments could be retrieved for this answer: looking up the video "
+        "'some_video_1' failed. ConnectionError: lost the connection to the video index"
+    )
