@@ -211,9 +211,6 @@ def run_queries(
         outs = graph.batch(inputs, config=config, context=ctx, return_exceptions=True)
         rows: list[dict[str, Any]] = []
         retry: list[dict[str, Any]] = []  # a server down or timed out: failed now, not for good
-        misconfigured = next((o for o in outs if isinstance(o, BackendError) and o.misconfigured), None)
-        if misconfigured is not None:  # a wrong key, model or path: every later query fails alike
-            raise misconfigured
         for ann, out in zip(part, outs, strict=True):
             if isinstance(out, BackendError):
                 retry.append({"qid": ann.qid, "skipped": str(out)})
@@ -225,6 +222,9 @@ def run_queries(
                 rows.append({"qid": ann.qid, "pred": _prediction(ann, out)})
         if journal is not None:  # a re-run asks the server again for the ``retry`` queries
             journal.append(rows)
+        misconfigured = next((o for o in outs if isinstance(o, BackendError) and o.misconfigured), None)
+        if misconfigured is not None:  # a wrong key, model or path: every later query fails alike
+            raise misconfigured  # (after the journal: this chunk's answered queries are kept)
         rows += retry
         done.update((json.dumps(r["qid"]), r) for r in rows)
         finished += len(part)
