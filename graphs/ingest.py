@@ -31,9 +31,9 @@ from langgraph.types import Overwrite
 from granalign.backends.captioner import AGNOSTIC_PROMPT
 from granalign.backends.interrupt import stopped
 from granalign.backends.weights import weights_notes
-from granalign.errors import InputError
-from granalign.io.locks import video_lock
-from granalign.io.store import Store, VideoRecord, caption_id, frame_id
+from granalign.errors import BackendError, ConfigError, InputError
+from granalign.io.locks import StoreBusyError, video_lock
+from granalign.io.store import Store, StoreUnavailable, VideoRecord, caption_id, frame_id
 from granalign.io.video import (
     FrameSampler,
     VideoInfo,
@@ -353,3 +353,16 @@ def ingest_video(
         else:
             result = chunk
     return {k: result.get(k) for k in IngestOutput.__annotations__}
+
+
+def is_deployment_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is about this deployment rather than one video: a model or setting that
+    cannot load (ConfigError), a store folder another process holds, a Chroma server that is
+    gone, a model server that refuses the key or knows no such model or path (HTTP 401, 403,
+    404: ``BackendError.misconfigured``).  Every later video of a folder would fail the same
+    way (and try to load the missing model again), so a folder ingest stops at the first one
+    instead of skipping video by video; an undecodable or changed file (InputError) or a model
+    server busy, failing or timing out for one batch (429, 5xx) stays the failure of that video."""
+    if isinstance(exc, BackendError) and exc.misconfigured:
+        return True
+    return isinstance(exc, ConfigError | StoreBusyError | StoreUnavailable)

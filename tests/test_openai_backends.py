@@ -465,7 +465,7 @@ def test_a_server_answer_that_says_the_deployment_is_wrong_is_marked_on_the_erro
     ``granalign index`` takes 401/403/404 (not 429, 5xx, timeouts) for a deployment failure."""
     from PIL import Image
 
-    from tools.cli_index import is_deployment_failure
+    from graphs.ingest import is_deployment_failure
 
     state, url = stub
     state.script = script

@@ -325,6 +325,38 @@ def test_the_same_bytes_under_two_names_are_encoded_once_on_ray(tmp_path):
     assert rows["copy_of_a.mp4"] == (None, "same content as a.mp4, which failed: the captioner failed")
 
 
+@pytest.mark.parametrize(("status", "stops"), [(401, True), (404, True), (503, False)])
+def test_a_captioner_refusing_the_key_stops_the_ray_run_and_a_busy_one_fails_one_video(
+    tmp_path, status, stops
+):
+    """A captioner answering 401/404 failed each video's tasks one by one, each listed with the
+    same error; the driver now starts no further batch after the first such failure and lists
+    the other videos as not attempted (batches in flight still finish).  A 503 stays the failure
+    of its own video."""
+    from granalign.errors import BackendError
+    from tools.ray_ingest import _Driver
+
+    ctx = Context(store_dir=str(tmp_path / "store"), ingest_batch=2)
+    driver = _Driver(_StandInRay(), ctx, ["a.mp4", "b.mp4", "c.mp4"], lambda **_: None)
+    driver._probed("a.mp4", _probe("sha256-a", 5, [0, 1, 2, 3, 4]), 0)
+    driver._probed("b.mp4", _probe("sha256-b", 2, [0, 1]), 0)
+    driver.queue.pop(0)  # a's first batch is in flight, and fails
+    driver._failed("a.mp4", BackendError(f"captioner answered HTTP {status}", status=status), 2)
+    driver._probed("c.mp4", _probe("sha256-c", 2, [0, 1]), 0)  # a probe that was in flight
+    rows = {video: problem for video, _, problem in driver.results()}
+    assert rows["a.mp4"] == f"captioner answered HTTP {status}"
+    if stops:
+        assert driver.queue == [] and driver.done == driver.total == 7
+        for other in ("b.mp4", "c.mp4"):
+            assert rows[other] == (
+                "not attempted: the run stopped when a.mp4 failed for the whole deployment"
+            )
+    else:
+        # a's other batches stay queued (_submit skips a failed video's), b's and c's run
+        assert [job.video for job in driver.queue] == ["a.mp4", "a.mp4", "b.mp4", "c.mp4"]
+        assert rows["b.mp4"] == rows["c.mp4"] == ""
+
+
 def test_index_on_ray_logs_plain_progress_lines_when_stderr_is_not_a_terminal(tmp_path, monkeypatch):
     """Under nohup or a cluster job rich draws the bar only at the end; plain lines show the run
     is alive (one per ``LOG_EVERY_S``; 0 here, so one per progress report)."""

@@ -121,6 +121,7 @@ def _bar_updater(bar: Progress, task: TaskID) -> Any:
 def _ingest_target(ctx: Any, target: str, jobs: int) -> None:
     from granalign.io.video import display_path, find_videos, video_folder
     from graphs import resources
+    from graphs.ingest import is_deployment_failure
 
     roots = resources.video_roots(ctx)
     folder = video_folder(target, roots)  # a relative folder is looked up under the roots, like a file
@@ -147,29 +148,12 @@ def _ingest_target(ctx: Any, target: str, jobs: int) -> None:
         raise typer.Exit(1)
 
 
-def is_deployment_failure(exc: BaseException) -> bool:
-    """Whether ``exc`` is about this deployment rather than one video: a model or setting that
-    cannot load (ConfigError), a store folder another process holds, a Chroma server that is
-    gone, a model server that refuses the key or knows no such model or path (HTTP 401, 403,
-    404: ``BackendError.misconfigured``).  Every later video of a folder would fail the same
-    way (and try to load the missing model again), so a folder ingest stops at the first one
-    instead of skipping video by video; an undecodable or changed file (InputError) or a model
-    server busy, failing or timing out for one batch (429, 5xx) stays the failure of that video."""
-    from granalign.errors import BackendError, ConfigError
-    from granalign.io.locks import StoreBusyError
-    from granalign.io.store import StoreUnavailable
-
-    if isinstance(exc, BackendError) and exc.misconfigured:
-        return True
-    return isinstance(exc, ConfigError | StoreBusyError | StoreUnavailable)
-
-
 class _FolderRun:
     """The videos of one ``index`` call, ingested ``jobs`` at a time behind progress bars.
 
     ``results``: (video, output or None, problem) of each video that finished or failed on its
     own; ``started``: how many were begun.  The first deployment failure
-    (:func:`is_deployment_failure`) is raised instead of recorded, and no further video is
+    (:func:`graphs.ingest.is_deployment_failure`) is raised instead of recorded, and no further video is
     started after it; one that ends another running video after it is that video's failure
     (recorded: the error raised names only the first).
     """
@@ -208,7 +192,7 @@ class _FolderRun:
 
     def _one(self, bar: Progress, video: str) -> None:
         from granalign.io.video import display_path
-        from graphs.ingest import ingest_video
+        from graphs.ingest import ingest_video, is_deployment_failure
 
         if not self._begin():
             return

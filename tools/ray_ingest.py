@@ -642,6 +642,7 @@ class _Driver:
         self.total = self.done = self.encoded = self.planned = 0
         self.stage_s: dict[str, float] = {}
         self.peak: dict[str, float] = {}
+        self.stopped = ""  # why the run stopped starting work (a deployment failure), if it did
         retry = {"max_retries": TASK_RETRIES, "retry_exceptions": _retryable(ray)}
         self.probe_fn = ray.remote(probe_task).options(num_cpus=1, scheduling_strategy="SPREAD", **retry)
         self.batch_fn = ray.remote(batch_task).options(num_cpus=1, scheduling_strategy="SPREAD", **retry)
@@ -658,7 +659,7 @@ class _Driver:
                 try:
                     got = self.ray.get(ref)
                 except Exception as exc:  # one file's failure: listed, the others go on
-                    self._fail(video, _message(exc), clips)
+                    self._failed(video, exc, clips)
                     continue
                 (self._probed if kind == "probe" else self._batch_done)(video, got, clips)
             self._report()
@@ -672,8 +673,31 @@ class _Driver:
             ref = self.batch_fn.remote(self.ctx, job, self.model_sets, self.env)
             self.pending[ref] = ("batch", job.video, len(job.clips))
 
+    def _failed(self, video: str, exc: BaseException, clips: int) -> None:
+        """A task's failure: that video's, unless it is the deployment's (a model that cannot
+        load, a model server refusing the key or knowing no such model: every later task would
+        fail alike), which stops the run (:meth:`_stop`)."""
+        from graphs.ingest import is_deployment_failure
+
+        self._fail(video, _message(exc), clips)
+        if not self.stopped and is_deployment_failure(_cause(exc)):
+            self._stop(f"not attempted: the run stopped when {video} failed for the whole deployment")
+
+    def _stop(self, why: str) -> None:
+        """Start no further batch: the queued ones are dropped, their videos (and any probed
+        later) listed with ``why``; batches in flight finish, and finished videos stay stored."""
+        self.stopped = why
+        for job in self.queue:
+            plan = self.plans[job.video]
+            plan.problem = plan.problem or why
+            self.done += len(job.clips)
+        self.queue.clear()
+
     def _probed(self, video: str, got: dict[str, Any], _: int) -> None:
         plan = self.plans[video]
+        if self.stopped:  # a probe that was in flight when the run stopped: nothing is queued
+            plan.problem = plan.problem or self.stopped
+            return
         plan.probe = got
         self.total += int(got["n_clips"])
         plan.same_as = self._probed_first(got["video_id"], video)
