@@ -64,7 +64,6 @@ from granalign.errors import BackendError
 from granalign.io.video import VIDEO_EXTENSIONS
 from granalign.text import seconds_text
 from tools.langchain_tool import MAX_CONTAINS_CHARS, MomentRetriever
-from tools.redact import model_message
 from tools.safety import MAX_QUERY_CHARS, MAX_VIDEO_ARG_CHARS, VIDEO_ID_RE
 
 log = logging.getLogger(__name__)
@@ -337,7 +336,7 @@ def _lookup_result(call: dict[str, Any], reply: Any, video_id: str) -> bool | st
 
 def _lookup_failed(exc: Exception, video_id: str) -> str:
     """A look-up that raised: the reason a model may read (the log keeps the full error)."""
-    return model_message(exc, MomentRetriever().redactor(), log=log, what=LIST_TOOL, keep=[video_id])
+    return MomentRetriever().model_message(exc, LIST_TOOL, {"video": video_id})
 
 
 def _lookup_note(video: str, reason: str) -> str:

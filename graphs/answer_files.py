@@ -136,16 +136,6 @@ def _recorded(value: Any) -> dict[tuple[str, str], str] | None:
     return {(setting, key): digest for setting, key, digest in json.loads(value)}
 
 
-def _matches(setting: str, key: str, file: AnswerFile) -> bool:
-    """Whether the recorded ``(setting, key)`` is ``file``."""
-    return setting == file.setting and key == file.record_key
-
-
-def _now_for(setting: str, key: str, files: list[AnswerFile]) -> AnswerFile | None:
-    """The file now selected that the recorded ``(setting, key)`` names, if any."""
-    return next((f for f in files if _matches(setting, key, f)), None)
-
-
 def _shown(key: str, found: AnswerFile | None) -> str:
     """How a message names a recorded file: its path now, or its key when none is selected."""
     return found.path if found is not None else key
@@ -162,7 +152,8 @@ def check_unchanged(thread_id: str, recorded: Any, files: list[AnswerFile]) -> N
     then = _recorded(recorded)
     if not then:
         return
-    now = {key: _now_for(*key, files) for key in then}
+    selected = {(f.setting, f.record_key): f for f in files}
+    now = {key: selected.get(key) for key in then}
     for found in now.values():
         if found is not None and found.digest is None:
             raise InputError(
