@@ -315,29 +315,36 @@ def test_progress_events_name_an_ingested_file_under_its_roots_stand_in(tmp_path
     assert event["video"] == f"<video root>{os.sep}a.mp4" and event["clips"] == 3
 
 
+def _index_on_busy_store(store: Path, roots: Path, folder: Path) -> str:
+    """``granalign index FOLDER --jobs 1`` on the held store without waiting for it: the output
+    on one line, after checking it failed as a deployment failure does (exit status 2)."""
+    from typer.testing import CliRunner
+
+    from tools.cli import app
+
+    env = {
+        "GRANALIGN_STORE": str(store),
+        "GRANALIGN_VIDEO_ROOTS": str(roots),
+        "GRANALIGN_STORE_LOCK_TIMEOUT": "0",
+    }
+    result = CliRunner().invoke(app, ["index", str(folder), "--jobs", "1"], env=env)
+    assert result.exit_code == 2, result.output
+    return " ".join(result.output.split())
+
+
 def test_a_folder_index_on_a_store_another_process_holds_stops_at_the_first_video(busy_store, tmp_path):
     """A store folder held elsewhere is the deployment's failure, not a video's: the folder run
     says so once and attempts no further video (each used to wait for the lock and fail alike)."""
-    from typer.testing import CliRunner
-
     from tests.test_video import make_video
-    from tools.cli import app
 
     store, _ = busy_store
     folder = tmp_path / "videos"
     folder.mkdir()
     for name in ("a.mp4", "b.mp4", "c.mp4"):
         make_video(folder / name, 1.0)
-    env = {
-        "GRANALIGN_STORE": str(store),
-        "GRANALIGN_VIDEO_ROOTS": str(tmp_path),
-        "GRANALIGN_STORE_LOCK_TIMEOUT": "0",
-    }
-    result = CliRunner().invoke(app, ["index", str(folder), "--jobs", "1"], env=env)
-    assert result.exit_code == 2, result.output
-    flat = " ".join(result.output.split())
-    assert flat.count("error:") == 1 and "failed" not in flat, result.output
-    assert "2 of 3 videos not attempted" in flat, result.output
+    flat = _index_on_busy_store(store, tmp_path, folder)
+    assert flat.count("error:") == 1 and "failed" not in flat, flat
+    assert "2 of 3 videos not attempted" in flat, flat
 
 
 # -- failures that are not the library's, and a remote server's words ---------------------------
@@ -576,11 +583,8 @@ def test_a_folder_index_stopped_by_a_busy_store_after_a_broken_file_reports_both
     left a result to show; showing it opened the store again for its location: the same store
     failure again (after another wait of store_lock_timeout), which replaced the folder's error
     and the summary.  The store is tried once, and both are reported."""
-    from typer.testing import CliRunner
-
     from granalign.io import store as store_module
     from tests.test_video import make_video
-    from tools.cli import app
 
     store, _ = busy_store
     folder = tmp_path / "videos"
@@ -596,16 +600,9 @@ def test_a_folder_index_stopped_by_a_busy_store_after_a_broken_file_reports_both
         return real(path, lock_timeout)
 
     monkeypatch.setattr(store_module, "_embedded_client", counted)
-    env = {
-        "GRANALIGN_STORE": str(store),
-        "GRANALIGN_VIDEO_ROOTS": str(tmp_path),
-        "GRANALIGN_STORE_LOCK_TIMEOUT": "0",
-    }
-    result = CliRunner().invoke(app, ["index", str(folder), "--jobs", "1"], env=env)
-    assert result.exit_code == 2, result.output
-    flat = " ".join(result.output.split())
-    assert flat.count("error:") == 1 and "1 of 3 videos not attempted" in flat, result.output
-    assert "a_broken.mp4" in flat and "not a video FFmpeg can read" in flat, result.output
+    flat = _index_on_busy_store(store, tmp_path, folder)
+    assert flat.count("error:") == 1 and "1 of 3 videos not attempted" in flat, flat
+    assert "a_broken.mp4" in flat and "not a video FFmpeg can read" in flat, flat
     assert len(opened) == 1, opened
 
 
