@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from granalign.errors import InputError
-from granalign.io.video import parse_roots, resolve_video_path
+from granalign.io.video import parse_roots, resolve_video_folder, resolve_video_path
 from granalign.text import MAX_QUERY_CHARS, clean_query
 from tools.safety import (
     UnsafeInputError,
@@ -58,6 +58,19 @@ def test_files_inside_the_root_are_accepted(tree):
     assert resolve_video_path(str(tree["root"] / "clip.mp4"), roots) == tree["root"] / "clip.mp4"
     # a link that stays inside resolves to its target (the graph gets a path without links)
     assert resolve_video_path("inner_link.mp4", roots) == tree["root"] / "clip.mp4"
+
+
+def test_a_relative_path_from_above_a_root_is_found_when_it_lies_inside_the_root(tree, monkeypatch):
+    """`granalign index videos` run beside the root `videos` (the current folder outside every
+    root): the path names the root itself, so it is found; a name that stays outside is not
+    looked at (the answer is 'not found', never whether it exists)."""
+    roots = (tree["root"],)
+    monkeypatch.chdir(tree["root"].parent)
+    assert resolve_video_path("root/clip.mp4", roots) == tree["root"] / "clip.mp4"
+    assert resolve_video_folder("root", roots) == tree["root"]
+    assert resolve_video_folder("root/sub", roots) == tree["root"] / "sub"
+    _refused("outside/secret.txt", roots, "no file 'outside/secret.txt' inside the allowed video roots")
+    _refused("root/escape.mp4", roots, "symbolic link that leads outside")
 
 
 def test_dot_dot_is_refused_even_when_it_stays_inside(tree):

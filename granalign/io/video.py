@@ -140,8 +140,9 @@ def _kind_of(mode: int) -> str:
 
 
 def _candidates(given: Path, roots: Sequence[Path]) -> list[Path]:
-    """Where a path may be: itself if absolute; else under the current directory when that lies
-    inside a root (a user working in a video folder), then under each root in order.
+    """Where a path may be: itself if absolute; else under the current directory when that path
+    lies inside a root (a user working in a video folder, or above one: ``index videos`` run
+    beside the root ``videos``), then under each root in order.
 
     Nothing outside the roots is looked at for a relative path, so an answer never tells a
     caller whether some file outside the roots exists.
@@ -149,7 +150,7 @@ def _candidates(given: Path, roots: Sequence[Path]) -> list[Path]:
     if given.is_absolute():
         return [given]
     cwd = Path(os.path.realpath(os.getcwd()))
-    here = [cwd / given] if _inside(cwd, roots) else []
+    here = [cwd / given] if _inside(Path(os.path.abspath(cwd / given)), roots) else []
     return list(dict.fromkeys([*here, *(root / given for root in roots)]))
 
 
