@@ -296,6 +296,26 @@ def test_the_index_summary_prints_ids_whole_at_80_columns(monkeypatch: pytest.Mo
         assert any(vid in line for line in lines), buffer.getvalue()
 
 
+def test_the_index_summary_tells_apart_videos_of_one_name_in_two_folders(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A library of camera folders (cam1/0001.mp4, cam2/0001.mp4): each row and failure line
+    names the video's path below the indexed folder, not its file name alone."""
+    buffer = StringIO()
+    monkeypatch.setattr(cli_index, "out", Console(file=buffer, width=120))
+    monkeypatch.setattr(cli_index, "console", Console(file=buffer, width=120))
+    results = [
+        ("/videos/cam1/0001.mp4", {"video_id": "sha256-0123456789abcdef01234567", "n_clips": 3, "skipped": 0,
+                                   "encoded": 3}, ""),
+        ("/videos/cam2/0001.mp4", None, "cannot read it"),
+    ]  # fmt: skip
+    cli_index._print_ingest_summary(results, "/store")
+    text = buffer.getvalue()
+    assert re.search(r"cam1/0001\.mp4 +│ sha256-0123456789abcdef01234567", text), text
+    assert re.search(r"cam2/0001\.mp4 +│ failed", text), text
+    assert "failed cam2/0001.mp4: cannot read it" in text, text
+
+
 # ------------------------------------------------------------------ thread id at the start
 
 

@@ -160,6 +160,7 @@ class _FolderRun:
 
     def __init__(self, ctx: Any, files: list[str], *, is_dir: bool) -> None:
         self.ctx, self.files, self.is_dir = ctx, files, is_dir
+        self.names = short_names(files)
         self.results: list[tuple[str, dict[str, Any] | None, str]] = []
         self.started = 0
         self._stop = False
@@ -191,12 +192,11 @@ class _FolderRun:
             return True
 
     def _one(self, bar: Progress, video: str) -> None:
-        from granalign.io.video import display_path
         from graphs.ingest import ingest_video, is_deployment_failure
 
         if not self._begin():
             return
-        task = bar.add_task(Path(display_path(video)).name[:30], total=None)
+        task = bar.add_task(self.names[video][-30:], total=None)
         try:
             got: dict[str, Any] | None = ingest_video(self.ctx, video, on_event=_bar_updater(bar, task))
             problem = ""
@@ -211,14 +211,26 @@ class _FolderRun:
         with self._lock:
             self.results.append((video, got, problem))
             if not bar.console.is_terminal:  # a log gets no bars until the end: a line each
-                _log_finished(len(self.results), len(self.files), video, got, problem)
+                _log_finished(len(self.results), len(self.files), self.names[video], got, problem)
 
 
-def _log_finished(n: int, total: int, video: str, got: dict[str, Any] | None, problem: str) -> None:
-    """One plain line for a finished video (stderr is not a terminal)."""
+def short_names(videos: Sequence[str]) -> dict[str, str]:
+    """How each video is shown in progress lines and the summary: its path below the folder
+    that holds them all (its file name when they share one folder), so ``cam1/0001.mp4`` and
+    ``cam2/0001.mp4`` of one library stay two names."""
     from granalign.io.video import display_path
 
-    name = escape(Path(display_path(video)).name)
+    shown = [display_path(v) for v in videos]
+    try:
+        base = os.path.commonpath([os.path.dirname(p) for p in shown])
+    except ValueError:  # relative and absolute paths mixed (a Ray list file): names as given
+        return dict(zip(videos, shown, strict=True))
+    return {v: os.path.relpath(p, base) if base else p for v, p in zip(videos, shown, strict=True)}
+
+
+def _log_finished(n: int, total: int, name: str, got: dict[str, Any] | None, problem: str) -> None:
+    """One plain line for a finished video (stderr is not a terminal)."""
+    name = escape(name)
     if got is None:
         text = f"[{n}/{total}] {name}: failed: {escape(problem)}"
     else:
@@ -252,8 +264,7 @@ def _check_index_target(ctx: Any, target: str, roots: Sequence[Path]) -> None:
 def _print_ingest_summary(results: list[tuple[str, dict[str, Any] | None, str]], location: str) -> None:
     """One row per video; ids are printed whole (never cut to the terminal's width), failure
     reasons on their own lines below the table."""
-    from granalign.io.video import display_path
-
+    names = short_names([video for video, _, _ in results])
     ids = [got["video_id"] for _, got, _ in results if got is not None]
     table = Table(title=f"ingested into {location}")
     table.add_column("video", overflow="fold", min_width=12)
@@ -262,7 +273,7 @@ def _print_ingest_summary(results: list[tuple[str, dict[str, Any] | None, str]],
         table.add_column(col, justify="right", no_wrap=True)
     failed: list[tuple[str, str]] = []
     for video, got, problem in sorted(results):
-        name = Path(display_path(video)).name
+        name = names[video]
         if got is None:
             table.add_row(escape(name), "[red]failed[/]", "", "", "")
             failed.append((name, problem))
@@ -275,7 +286,7 @@ def _print_ingest_summary(results: list[tuple[str, dict[str, Any] | None, str]],
         console.print(f"[red]failed[/] {escape(name)}: {escape(problem)}", highlight=False, soft_wrap=True)
     for video, got, _ in results:
         for note in (got or {}).get("notes") or []:
-            console.print(f"[dim]note ({escape(Path(display_path(video)).name)}): {escape(note)}[/]")
+            console.print(f"[dim]note ({escape(names[video])}): {escape(note)}[/]")
 
 
 @app.command("retrieve")
