@@ -267,6 +267,33 @@ def test_the_rebuild_check_names_leaves_a_healthy_store(tmp_path):
     assert got.exit_code == 0 and not _problems(got.output), got.output
 
 
+def test_check_names_an_unfinished_ingest_which_videos_list_does_not_show(tmp_path):
+    """A killed ingest leaves whole clips and no video record: the store is fine (a re-run
+    finishes it), but only check can name its id, which `videos rm` needs once the file is gone."""
+    folder = tmp_path / "store"
+    _fill(folder, ["vid0"], 5)
+    killed = "sha256-killedmidway"
+    vec = np.random.default_rng(1).standard_normal((3, 384)).astype(np.float32)
+    with Store(folder) as store:
+        store.put_frames(killed, [0, 1, 2], vec, clip_model="ViT-B-32", sampling_key="s")
+        store.put_clip_captions(
+            killed, [0, 1, 2], ["a", "b", "c"], vec, source="qwen", prompt_hash="p", embedder_name=EMBEDDER
+        )
+    assert killed not in _cli("videos", "list", "--store", str(folder)).output
+    close_stores()  # the check's child process opens the folder
+    got = _cli("store", "check", "--store", str(folder))
+    assert got.exit_code == 0 and not _problems(got.output), got.output
+    unfinished = [x for x in got.output.splitlines() if x.startswith("unfinished:")]
+    assert unfinished == [
+        f"unfinished: video {killed}: 3 clips stored, no video record (an ingest or import that "
+        f"stopped): re-run it to finish it, or remove them: granalign videos rm -- {killed}"
+    ], got.output
+    assert _cli("videos", "rm", "--store", str(folder), "--", killed).exit_code == 0
+    close_stores()
+    got = _cli("store", "check", "--store", str(folder))
+    assert got.exit_code == 0 and "unfinished:" not in got.output, got.output
+
+
 def test_recover_leaves_out_caption_rows_past_a_videos_last_clip(tmp_path):
     """Such a video came back as lost ("8 of 5 captions readable"); its 5 clips are all there."""
     folder, new = tmp_path / "store", tmp_path / "new"

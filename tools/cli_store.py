@@ -106,9 +106,27 @@ def check_child(folder: str, url: str) -> int:
         complete=sum(r.complete for r in records),
         ingested=sum(r.has_frames for r in records),
         problems=problems,
+        unfinished=_unfinished(records, per_video),
     )
     store.close()
     return 0
+
+
+def _unfinished(
+    records: list[VideoRecord], per_video: dict[str, dict[str, dict[tuple[str, str], int]]]
+) -> list[tuple[str, int]]:
+    """(video id, clips stored) of each video with clip rows but no video record: an ingest or
+    import that stopped (killed, a lost server, a file truncated mid-way).  ``videos list``
+    shows only recorded videos, so without this line its rows and its id would be nowhere."""
+    recorded = {r.video_id for r in records}
+    clips: dict[str, int] = {}
+    for name, videos in per_video.items():
+        if name.split(".")[0] not in ("captions", "frames"):
+            continue
+        for video_id, per_keys in videos.items():
+            if video_id and video_id not in recorded:
+                clips[video_id] = max(clips.get(video_id, 0), sum(per_keys.values()))
+    return sorted(clips.items())
 
 
 def _record_problem(
@@ -212,6 +230,13 @@ def check_cmd(store: StoreOpt = None, sets: SetOpt = None) -> None:
         f"{s['ingested']} ingested from files); {sizes or 'no collections'}",
         highlight=False,
     )
+    for video_id, n in s.get("unfinished", []):
+        console.print(
+            f"unfinished: video {video_id}: {n} clips stored, no video record (an ingest or import "
+            f"that stopped): re-run it to finish it, or remove them: granalign videos rm -- {video_id}",
+            highlight=False,
+            soft_wrap=True,
+        )
     for problem in s["problems"]:
         console.print(f"[yellow]problem:[/] {problem}", highlight=False)
     if s["problems"]:
