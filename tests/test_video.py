@@ -180,6 +180,31 @@ def test_find_videos_recurses_and_skips_hidden(tmp_path):
     assert [p.relative_to(tmp_path).as_posix() for p in find_videos(tmp_path)] == ["a.mp4", "sub/b.MKV"]
 
 
+def test_find_videos_follows_linked_folders_inside_the_roots_and_lists_the_others(tmp_path):
+    """A library that links in another disk (itself a root) is walked; a link that leads
+    outside the roots is listed, so the probe refuses it in one line, and a link loop ends."""
+    lib, disk2, elsewhere = tmp_path / "lib", tmp_path / "disk2", tmp_path / "elsewhere"
+    for folder in (lib / "own", disk2, elsewhere):
+        folder.mkdir(parents=True)
+    (lib / "own" / "a.mp4").write_bytes(b"x")
+    (disk2 / "b.mp4").write_bytes(b"x")
+    (elsewhere / "c.mp4").write_bytes(b"x")
+    (lib / "archive").symlink_to(disk2, target_is_directory=True)
+    (lib / "secret").symlink_to(elsewhere, target_is_directory=True)
+    (lib / "own" / "loop").symlink_to(lib, target_is_directory=True)
+    roots = (lib.resolve(), disk2.resolve())
+    got = sorted(p.relative_to(lib).as_posix() for p in find_videos(lib, roots))
+    assert got == ["archive/b.mp4", "own/a.mp4", "secret"]
+    with pytest.raises(InputError, match="symbolic link that leads outside the allowed video roots"):
+        resolve_video_path(str(lib / "secret"), roots)
+    # without roots, only links that stay inside the folder are walked
+    assert sorted(p.relative_to(lib).as_posix() for p in find_videos(lib)) == [
+        "archive",
+        "own/a.mp4",
+        "secret",
+    ]
+
+
 # -- probing ---------------------------------------------------------------------------------
 
 

@@ -127,7 +127,7 @@ def _ingest_target(ctx: Any, target: str, jobs: int) -> None:
     folder = video_folder(target, roots)  # a relative folder is looked up under the roots, like a file
     if folder is None:
         _check_index_target(ctx, target, roots)
-    files = [str(p) for p in find_videos(folder)] if folder is not None else [target]
+    files = [str(p) for p in find_videos(folder, roots)] if folder is not None else [target]
     if folder is not None and not files:
         raise InputError(f"folder {display_path(target)} holds no video files")
     run = _FolderRun(ctx, files, is_dir=folder is not None)

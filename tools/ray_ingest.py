@@ -161,7 +161,7 @@ def list_sources(target: str, roots: Sequence[Path]) -> list[str]:
     expanded = os.path.expanduser(target)
     folder = video_folder(target, roots)
     if folder is not None:
-        files = [str(p) for p in find_videos(folder)]
+        files = [str(p) for p in find_videos(folder, roots)]
         if not files:
             raise InputError(f"folder {display_path(target)} holds no video files")
         return files

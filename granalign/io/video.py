@@ -249,11 +249,32 @@ def video_folder(raw: str, roots: Sequence[Path]) -> Path | None:
         return None
 
 
-def find_videos(folder: Path) -> list[Path]:
-    """Video files under ``folder`` (recursive, by extension, sorted; hidden entries skipped)."""
+def find_videos(folder: Path, roots: Sequence[Path] = ()) -> list[Path]:
+    """Video files under ``folder`` (recursive, by extension, sorted; hidden entries skipped).
+
+    Linked folders are followed, as linked files are (a library often links in other disks),
+    when they lead inside ``roots`` (default: ``folder`` itself); a linked folder that leads
+    elsewhere is not walked but listed itself, so the probe refuses it in one line ('a symbolic
+    link that leads outside the allowed video roots') instead of it being skipped unseen.
+    A folder reached twice (a second link to it, or a link to a folder above) is walked once.
+    """
+    inside = [Path(os.path.realpath(r)) for r in roots or (folder,)]
     found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:  # a loop, or a second way into a folder: its files are listed already
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        walked = []
+        for name in sorted(d for d in dirnames if not d.startswith(".")):
+            path = Path(dirpath) / name
+            if os.path.islink(path) and not _inside(Path(os.path.realpath(path)), inside):
+                found.append(path)
+            else:
+                walked.append(name)
+        dirnames[:] = walked
         found.extend(
             Path(dirpath) / name
             for name in sorted(filenames)
