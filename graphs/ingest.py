@@ -43,6 +43,7 @@ from granalign.io.video import (
     content_hash,
     display_path,
     file_stamp,
+    path_text,
     probe_video,
     resolve_video_path,
 )
@@ -290,7 +291,7 @@ def finalize(state: IngestState, runtime: Runtime[Context]) -> dict[str, Any]:
             caption_embedder=resources.embedder_for(ctx).name,
             has_frames=True,
             complete=True,
-            path=display_path(state["path"]),
+            path=path_text(state["path"]),  # opened again for aware captions: not escaped
             clip_model=resources.clip_for(ctx).name,
             caption_prompt=resources.agnostic_prompt_hash(ctx),
             ingest_key=resources.ingest_key(ctx),

@@ -186,6 +186,25 @@ def test_videos_list_and_rm(tmp_path):
     close_stores()
 
 
+def test_file_names_are_listed_and_recovered_as_they_are_not_as_markup_or_terminal_codes(tmp_path):
+    """`[b]` in a name is no bold tag, an ESC shows as \\x1b, and the re-ingest command of a
+    name with spaces is quoted for the shell, so it can be pasted."""
+    folder = tmp_path / "store"
+    _fill(folder, ["vid0"], 3)
+    odd = "/videos/[b]old \x1b[2Jcut.mp4"
+    with Store(folder) as store:
+        store.put_video(dataclasses.replace(store.video(INGESTED), path=odd))
+    listed = _cli("videos", "list", "--store", str(folder))
+    assert listed.exit_code == 0, listed.output
+    assert "/videos/[b]old \\x1b[2Jcut.mp4" in listed.output and "\x1b" not in listed.output
+    close_stores()
+    new = tmp_path / "new"
+    got = _cli("store", "recover", "--store", str(folder), "--to", str(new))
+    assert got.exit_code == 0, got.output
+    assert "re-ingest: granalign index '/videos/[b]old \\x1b[2Jcut.mp4'" in got.output, got.output
+    close_stores()
+
+
 # -- caption rows that do not match a video's record ---------------------------------------------
 
 

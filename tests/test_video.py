@@ -23,6 +23,7 @@ from granalign.io.video import (
     find_videos,
     looks_like_path,
     parse_roots,
+    path_text,
     probe_video,
     resolve_video_path,
     sample_frames,
@@ -165,6 +166,21 @@ def test_non_utf8_file_name_is_read_and_shown_safely(tmp_path):
     shown = display_path(resolved)
     shown.encode("utf-8")  # printable and storable
     assert "\\xe9" in shown
+
+
+@needs_videos
+def test_a_file_name_with_terminal_codes_is_shown_escaped_and_stored_as_it_is(tmp_path):
+    """A name from an upload folder may hold ESC sequences or a newline: every message shows
+    them as \\xNN (they would retitle, recolour or split the operator's terminal lines), FFmpeg's
+    own message quoting the name included; the record keeps the name, so the file opens again."""
+    raw = "evil\x1b]0;pwned\x07\x1b[31mred\nline.mp4"
+    assert display_path(raw) == "evil\\x1b]0;pwned\\x07\\x1b[31mred\\x0aline.mp4"
+    assert path_text(raw) == raw
+    broken = tmp_path / raw
+    broken.write_bytes((VIDEOS / "bikes.mp4").read_bytes()[:1000])
+    with pytest.raises(InputError) as err:
+        probe_video(broken)
+    assert not any(ord(c) < 32 or 127 <= ord(c) < 160 for c in str(err.value)), str(err.value)
 
 
 def test_store_ids_and_paths_are_told_apart():

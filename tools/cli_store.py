@@ -18,6 +18,7 @@ records hold decides what comes back:
 from __future__ import annotations
 
 import json
+import shlex
 import signal
 import sqlite3
 import subprocess
@@ -28,10 +29,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from granalign.errors import InputError
 from granalign.io.store import REWRITES, VIDEOS, VideoRecord, collection_slug, default_store_dir
+from granalign.io.video import display_path
 from tools.cli_common import (
     SetOpt,
     StoreOpt,
@@ -396,8 +399,9 @@ def recover_cmd(
         f"{len(records.rewrites)} cached rewrites; next: use --store {target} (or GRANALIGN_STORE)",
         highlight=False,
     )
-    for rec in plan.reingest:
-        console.print(f"[yellow]re-ingest:[/] granalign index {rec.path or '<file of ' + rec.video_id + '>'}")
+    for rec in plan.reingest:  # a command to paste: the name quoted for the shell, never read as markup
+        shown = display_path(shlex.quote(rec.path)) if rec.path else f"<file of {rec.video_id}>"
+        console.print(f"[yellow]re-ingest:[/] granalign index {escape(shown)}", highlight=False)
     for what in plan.lost:
         console.print(f"[yellow]not recovered:[/] {what}", highlight=False)
     for what in plan.left_out:
@@ -440,7 +444,7 @@ def videos_list_cmd(
             rec.caption_source,
             "yes" if rec.has_frames else "no",
             "yes" if rec.complete else "no",
-            rec.path,
+            escape(display_path(rec.path)),  # a file name is no Rich markup, nor terminal codes
         )
     out.print(table)
 

@@ -61,6 +61,8 @@ __all__ = [
     "find_videos",
     "looks_like_path",
     "parse_roots",
+    "path_text",
+    "printable",
     "probe_video",
     "resolve_video_folder",
     "resolve_video_path",
@@ -86,6 +88,7 @@ VIDEO_EXTENSIONS: tuple[str, ...] = (
 
 ENV_VIDEO_ROOTS = "GRANALIGN_VIDEO_ROOTS"
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _HASH_BLOCK = 1 << 20
 
 
@@ -93,9 +96,23 @@ class VideoNotFound(InputError):
     """No file of that name inside any root (a name shaped like a store id may be an unknown id)."""
 
 
-def display_path(path: str | os.PathLike[str]) -> str:
-    """A printable, UTF-8-safe form of a path (undecodable bytes as ``\\xNN``) for messages and metadata."""
+def path_text(path: str | os.PathLike[str]) -> str:
+    """A UTF-8-safe form of a path (undecodable bytes as ``\\xNN``) for metadata: the video
+    record keeps the name as it is, control characters included, so the file opens again."""
     return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters (C0, DEL, C1) as ``\\xNN``: a file name (or FFmpeg's
+    message quoting one) holding ESC sequences or a newline must not drive the terminal that
+    shows it, nor break a one-line message in two."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def display_path(path: str | os.PathLike[str]) -> str:
+    """A printable, UTF-8-safe form of a path (undecodable bytes and control characters as
+    ``\\xNN``) for messages."""
+    return printable(path_text(path))
 
 
 def looks_like_path(text: str) -> bool:
@@ -408,7 +425,7 @@ def _open(path: Path) -> tuple[IO[bytes], Any]:
 
 def _reason(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:200]
+    return printable(text.splitlines()[0][:200])
 
 
 def _is_cover(stream: Any) -> bool:
