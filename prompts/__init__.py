@@ -279,6 +279,10 @@ def load_prompt_pairs(
                 raise PromptError(f"prompt pair {pair_id!r} is selected twice (it would count double)")
             seen.add(pair_id)
             if pair_id not in available:
+                path = pair_file(pair_id, d)
+                if path.exists():  # only files are listed: name what is there, not "not found"
+                    kind = "a folder" if path.is_dir() else "not a regular file"
+                    raise PromptError(f"{path}: prompt pair {pair_id!r} is {kind}, not a YAML file")
                 raise PromptError(
                     f"prompt pair {pair_id!r} not found in {d}; available: {', '.join(available) or 'none'}"
                 )

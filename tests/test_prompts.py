@@ -230,3 +230,11 @@ def test_caption_and_focus_prompts_are_prompt_files() -> None:
     assert load_text("focus/system") == openai_llm.FOCUS_SYSTEM
     assert load_text("focus/template") == openai_llm.FOCUS_TEMPLATE and "{query}" in openai_llm.FOCUS_TEMPLATE
 
+
+def test_a_pair_file_that_is_a_folder_is_named_as_such(tmp_path: Path) -> None:
+    (tmp_path / "folder.yaml").mkdir()
+    write_pair(tmp_path, "good")
+    where = re.escape(str(tmp_path / "folder.yaml"))
+    with pytest.raises(PromptError, match=where + ": prompt pair 'folder' is a folder"):
+        load_prompt_pairs(["folder"], tmp_path)
+    assert [p.id for p in load_all_prompt_pairs(tmp_path)] == ["good"]  # not a pair, not listed
