@@ -10,7 +10,7 @@ File format (one pair per file)::
 
     id: core                      # must equal the file stem
     description: one line that says what the pair does
-    system: optional system message
+    system: optional system message, sent as written (no {query})
     simplify: template with {query}
     detail: template with {query}
 
@@ -225,6 +225,11 @@ def load_prompt_pair(path: str | os.PathLike[str]) -> PromptPair:
         raise PromptError(f"{p}: field 'id' is {fields['id']!r} but must equal the file stem {p.stem!r}")
     for field in _TEMPLATES:
         _check_template(p, field, fields[field])
+    if "{" + _PLACEHOLDER + "}" in fields.get("system", ""):  # not a template: it would arrive verbatim
+        raise PromptError(
+            f"{p}: field 'system' is sent as written, so {{query}} there would reach the model "
+            "literally; put the query in simplify and detail"
+        )
     return PromptPair(
         id=fields["id"],
         description=fields["description"],

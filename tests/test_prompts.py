@@ -121,6 +121,12 @@ def test_system_is_optional(tmp_path: Path) -> None:
             "empty",
         ),
         ("idstem", lambda t: t.replace("id: idstem", "id: other"), "id", "file stem"),
+        (
+            "sysquery",
+            lambda t: t.replace("You rewrite queries.", "You rewrite the query {query}."),
+            "system",
+            "reach the model literally",
+        ),
     ],
 )
 def test_malformed_file_names_file_and_field(
