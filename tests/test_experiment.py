@@ -328,3 +328,21 @@ def test_a_query_with_a_double_space_is_rewritten_once_as_the_graph_asks_it(stan
     for name in ("pair:core", "Q_s->C_agn"):
         assert run_setting(base, settings[name], [ann], tmp_path / "exp").n == 1
     assert asked == [clean_query(ann.query)]
+
+
+def test_pair_rows_that_score_no_detailed_rewrite_are_named_in_the_report(stand_in, tmp_path):
+    from tools.experiment import detail_unscored_note
+
+    settings = plan_settings(["core", "plain"], 2, True, None)
+    note = detail_unscored_note(Context(), settings)
+    assert note is not None and "rows pair:core, pair:plain, m=2 score only the simplified" in note
+    assert "Q_s+Q_d->C_agn," not in note.split(" score ")[0]  # that row scores Q_d (agnostic)
+    assert detail_unscored_note(Context(aware_missing="agnostic"), settings) is None
+    assert all("Q_d" not in s.description for s in settings if s.name.startswith("pair:"))
+
+    anns = read_annotations(DEMO.annotations, limit=1)
+    base = Context(rewriter="local:stand-in", store_dir=str(tmp_path / "store"))
+    _import_demo_captions(base, {a.vid for a in anns})
+    row = run_setting(base, settings[0], anns, tmp_path / "exp")
+    md = write_reports([row], tmp_path / "exp", note)["md"].read_text()
+    assert md.endswith(f"\nNote: {note}\n")

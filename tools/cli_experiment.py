@@ -64,7 +64,13 @@ def experiment_cmd(
     from granalign.io.captions_import import import_captions, source_name_for
     from graphs import resources
     from tools.bench import captioned_videos, read_annotations
-    from tools.experiment import check_rewriter, plan_settings, run_setting, write_reports
+    from tools.experiment import (
+        check_rewriter,
+        detail_unscored_note,
+        plan_settings,
+        run_setting,
+        write_reports,
+    )
 
     check_output_dir(out_dir, "--out-dir")
     base = make_context(store, sets, rewriter=rewriter)
@@ -107,7 +113,8 @@ def experiment_cmd(
                 f"{setting.name}: R1@0.5 {row.metrics['brief']['MR-full-R1@0.5']:.2f} "
                 f"mAP {row.metrics['brief']['MR-full-mAP']:.2f}" + (" (cached)" if row.cached else "")
             )
-    paths = write_reports(rows, out_dir)
+    note = detail_unscored_note(base, settings)
+    paths = write_reports(rows, out_dir, note)
     table = Table(title=f"{len(anns)} queries" + (f" ({split} half)" if split else ""))
     for col in ("setting", "R1@0.5", "R1@0.7", "mAP", "HL mAP", "q/s"):
         table.add_column(col, justify="right")
@@ -122,4 +129,6 @@ def experiment_cmd(
             f"{r.queries_per_s:.1f}",
         )
     out.print(table)
+    if note:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
     console.print(f"wrote {paths['md']}, {paths['csv']}, {paths['png']}")

@@ -58,9 +58,7 @@ class Setting:
 def pair_settings(pair_ids: Sequence[str], max_m: int) -> list[Setting]:
     """One row per prompt pair (m = 1) and the m = 1..max_m prefixes of ``pair_ids``."""
     rows = [
-        Setting(
-            f"pair:{p}", f"prompt pair {p} alone (Q_s and Q_d, m=1)", {"include_original": False}, pairs=(p,)
-        )
+        Setting(f"pair:{p}", f"prompt pair {p} alone (m=1)", {"include_original": False}, pairs=(p,))
         for p in pair_ids
     ]
     for m in range(2, min(max_m, len(pair_ids)) + 1):
@@ -297,6 +295,30 @@ def run_setting(
     return result
 
 
+def detail_unscored_note(base: Context, settings: Sequence[Setting]) -> str | None:
+    """Which pair rows score no detailed rewrite, or None.
+
+    An experiment is caption-only: there are no query-aware captions, and the detailed side
+    Q_d is matched against those (GranAlign's Q_d -> C_awr), so under ``aware_missing=zero``
+    a pair row's number is its simplified rewrites' alone and an edit of its ``detail``
+    template changes nothing; the reader of the table has to be told.
+    """
+    names = [
+        s.name
+        for s in settings
+        if s.pairs and s.sides == "both" and s.overrides.get("aware_missing", base.aware_missing) == "zero"
+    ]
+    if not names:
+        return None
+    return (
+        f"caption-only: rows {', '.join(names)} score only the simplified rewrites (Q_s); the detailed "
+        "ones (Q_d) are matched against query-aware captions, which caption-only runs have none of "
+        "(aware_missing=zero), so a pair's detail template does not change them. The Q_d->C_agn and "
+        "Q_s+Q_d->C_agn rows score Q_d against the agnostic captions; so do the pair rows with "
+        "--set aware_missing=agnostic."
+    )
+
+
 def results_table(rows: Sequence[RowResult]) -> list[dict[str, Any]]:
     out = []
     for r in rows:
@@ -360,10 +382,11 @@ def comparison_plot(table: Sequence[dict[str, Any]], path: Path) -> Path:
     return path
 
 
-def write_reports(rows: Sequence[RowResult], out_dir: Path) -> dict[str, Path]:
+def write_reports(rows: Sequence[RowResult], out_dir: Path, note: str | None = None) -> dict[str, Path]:
+    """results.md (with ``note`` under the table), results.csv and results.png."""
     table = results_table(rows)
     paths = {"md": out_dir / "results.md", "csv": out_dir / "results.csv", "png": out_dir / "results.png"}
-    atomic_write_text(paths["md"], to_markdown(table))
+    atomic_write_text(paths["md"], to_markdown(table) + (f"\nNote: {note}\n" if note else ""))
     atomic_write_text(paths["csv"], to_csv(table))
     comparison_plot(table, paths["png"])
     return paths
