@@ -43,7 +43,7 @@ def experiment_cmd(
     ),
     rewriter: Annotated[str, typer.Option(help="LLM rewriter for the prompt pairs.")] = "local:smollm2",
     pairs: Annotated[
-        str | None, typer.Option(help="Comma-separated pair ids (default: all shipped).")
+        str | None, typer.Option(help="Comma-separated pair ids (default: every file in prompts/rewrite/).")
     ] = None,
     max_m: Annotated[
         int | None,
