@@ -161,3 +161,40 @@ def test_an_experiment_on_an_empty_captions_file_says_so_before_any_rewrite(tmp_
     assert got.exit_code != 0
     assert f"captions file {empty} is empty; no query could be answered" in " ".join(got.output.split())
     assert not (out / "settings").exists()
+
+
+@pytest.mark.parametrize("how", ["--set", "env", "neither"])
+def test_experiment_takes_the_rewriter_from_set_or_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """``--set rewriter=none`` (or GRANALIGN_REWRITER=none) was overridden by the --rewriter
+    flag's default, local:smollm2: the run used another rewriter than asked, silently.  Now it
+    is the rewriter, so a pair row is refused as for ``--rewriter none``; local:smollm2 (here a
+    stand-in) stays the default when nothing names one."""
+    from granalign.rewrite import Rewrite
+    from prompts import PromptPair
+
+    class StandIn:
+        name, pairless, calls = "stand-in", False, 0
+
+        def rewrite_batch(self, queries: list[str], pair: PromptPair) -> list[Rewrite]:
+            StandIn.calls += len(queries)
+            return [Rewrite(pair.id, q, q) for q in queries]
+
+    real = resources.rewriter_for_spec
+    monkeypatch.setattr(
+        resources, "rewriter_for_spec", lambda spec: StandIn() if spec == "local:smollm2" else real(spec)
+    )
+    monkeypatch.delenv("GRANALIGN_REWRITER", raising=False)
+    args = ["experiment", "--annotations", str(DEMO.annotations), "--captions", str(DEMO.captions),
+            "--limit", "1", "--pairs", "core", "--only", "pair:core",
+            "--store", str(tmp_path / "store"), "--out-dir", str(tmp_path / "exp")]  # fmt: skip
+    env = {"COLUMNS": "400", "GRANALIGN_REWRITER": "none"} if how == "env" else {"COLUMNS": "400"}
+    extra = ["--set", "rewriter=none"] if how == "--set" else []
+    got = CliRunner().invoke(app, args + extra, env=env)
+    if how == "neither":
+        assert got.exit_code == 0 and StandIn.calls > 0, got.output
+    else:
+        assert got.exit_code == 2, got.output
+        assert "rewriter 'none' gives no rewrites per prompt pair" in got.output
+        assert StandIn.calls == 0

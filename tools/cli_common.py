@@ -128,12 +128,16 @@ def _parse_sets(sets: list[str] | None) -> dict[str, str]:
     return pairs
 
 
-def make_context(store: Path | None, sets: list[str] | None, **explicit: Any) -> Any:
+def make_context(
+    store: Path | None, sets: list[str] | None, fallbacks: dict[str, Any] | None = None, **explicit: Any
+) -> Any:
     """Context from defaults, environment, ``--set`` strings and explicit flags (last wins).
 
     ``--set`` values are converted here, so a bad one is reported as the user typed it
     (``--set clip_len=abc: expected a number``), and the environment variable it replaces
-    is not read at all.
+    is not read at all.  ``fallbacks`` are a command's own defaults (``experiment``'s
+    rewriter): used only where neither a flag, ``--set`` nor the environment names the
+    setting, which a flag's default value would silently override.
     """
     from graphs.context import ENV_PREFIX, Context, _coerce, _default_of, misspelt_setting_variables
 
@@ -148,6 +152,9 @@ def make_context(store: Path | None, sets: list[str] | None, **explicit: Any) ->
     env = {k: v for k, v in os.environ.items() if k not in replaced}
     if store is not None:
         explicit["store_dir"] = str(store)
+    for name, value in (fallbacks or {}).items():
+        if name not in overrides and ENV_PREFIX + name.upper() not in env:
+            overrides[name] = value
     overrides.update({k: v for k, v in explicit.items() if v is not None})
     for name, meant in misspelt_setting_variables(os.environ):
         console.print(

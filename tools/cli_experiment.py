@@ -41,7 +41,10 @@ def experiment_cmd(
     out_dir: Annotated[Path, typer.Option("--out-dir", help="Results folder (resumable).")] = Path(
         "runs/experiment"
     ),
-    rewriter: Annotated[str, typer.Option(help="LLM rewriter for the prompt pairs.")] = "local:smollm2",
+    rewriter: Annotated[
+        str | None,
+        typer.Option(help="LLM rewriter for the prompt pairs (default: --set rewriter, else local:smollm2)."),
+    ] = None,
     pairs: Annotated[
         str | None, typer.Option(help="Comma-separated pair ids (default: every file in prompts/rewrite/).")
     ] = None,
@@ -73,7 +76,7 @@ def experiment_cmd(
     )
 
     check_output_dir(out_dir, "--out-dir")
-    base = make_context(store, sets, rewriter=rewriter)
+    base = make_context(store, sets, {"rewriter": "local:smollm2"}, rewriter=rewriter)
     anns = read_annotations(annotations, limit, split)
     settings = plan_settings(
         [p.strip() for p in pairs.split(",")] if pairs else None, max_m, ablation, paraphrases
