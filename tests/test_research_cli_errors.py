@@ -198,3 +198,15 @@ def test_experiment_takes_the_rewriter_from_set_or_the_environment(
         assert got.exit_code == 2, got.output
         assert "rewriter 'none' gives no rewrites per prompt pair" in got.output
         assert StandIn.calls == 0
+
+
+@pytest.mark.parametrize("item", ["prompt_pairs=visual", "m=2", "include_original=false"])
+def test_experiment_refuses_a_set_of_what_each_row_sets_itself(tmp_path: Path, item: str) -> None:
+    """The rows set prompt_pairs, m and include_original themselves: ``--set m=2`` was ignored
+    without a word (the table then reads as if it had applied)."""
+    got = _invoke("experiment", "--annotations", str(DEMO.annotations), "--captions", str(DEMO.captions),
+                  "--limit", "1", "--rewriter", "none", "--only", "Q_r->C_agn", "--set", item,
+                  "--store", str(tmp_path / "store"), "--out-dir", str(tmp_path / "exp"))  # fmt: skip
+    assert got.exit_code == 2, got.output
+    assert f"--set {item}: experiment sets {item.split('=')[0]} per row, so it would be ignored" in got.output
+    assert not (tmp_path / "exp").exists()

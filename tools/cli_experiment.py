@@ -10,7 +10,7 @@ import typer
 from rich.progress import Progress, TaskID
 from rich.table import Table
 
-from granalign.errors import InputError
+from granalign.errors import ConfigError, InputError
 from tools.cli_common import (
     SetOpt,
     SplitOpt,
@@ -31,6 +31,24 @@ def _bar_updater(bar: Progress, task: TaskID) -> Callable[[int, int], None]:
         bar.update(task, completed=done, total=total)
 
     return update
+
+
+#: Settings every row sets itself (a --set of one would be ignored by the rows, silently).
+PER_ROW_SETTINGS = {
+    "prompt_pairs": "choose the pairs with --pairs",
+    "m": "choose the largest m with --max-m",
+    "include_original": "each row says whether it scores the original query",
+}
+
+
+def _refuse_per_row_sets(sets: list[str] | None) -> None:
+    for item in sets or []:
+        name = item.partition("=")[0].strip().lower()
+        if name in PER_ROW_SETTINGS:
+            raise ConfigError(
+                f"--set {item}: experiment sets {name} per row, so it would be ignored; "
+                f"{PER_ROW_SETTINGS[name]}"
+            )
 
 
 @app.command("experiment")
@@ -76,6 +94,7 @@ def experiment_cmd(
     )
 
     check_output_dir(out_dir, "--out-dir")
+    _refuse_per_row_sets(sets)
     base = make_context(store, sets, {"rewriter": "local:smollm2"}, rewriter=rewriter)
     anns = read_annotations(annotations, limit, split)
     settings = plan_settings(
