@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -20,10 +24,20 @@ from tools.langchain_tool import MomentRetriever, RetrievalFailed, ToolSettings
 ANSWER = {"simplified": "a man cuts carrots", "detailed": "a man cuts carrots on a board"}
 
 
-@pytest.fixture
-def held_server() -> Iterator[tuple[str, threading.Event]]:
-    """An OpenAI-compatible rewriter on loopback that answers only once ``release`` is set."""
-    release = threading.Event()
+@dataclass
+class Held:
+    """A held server's address and what it saw: ``release`` lets its answers go."""
+
+    url: str
+    release: threading.Event = field(default_factory=threading.Event)
+    seen: threading.Event = field(default_factory=threading.Event)
+    answered: list[int] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def _held(hold_s: float) -> Iterator[Held]:
+    """An OpenAI-compatible rewriter on loopback that answers once released or after ``hold_s``."""
+    held = Held(url="")
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args: Any) -> None:
@@ -31,7 +45,9 @@ def held_server() -> Iterator[tuple[str, threading.Event]]:
 
         def do_POST(self) -> None:
             self.rfile.read(int(self.headers["Content-Length"]))
-            release.wait(60)
+            held.seen.set()
+            held.release.wait(hold_s)
+            held.answered.append(1)
             message = {"role": "assistant", "content": json.dumps(ANSWER)}
             body = json.dumps(
                 {
@@ -54,21 +70,33 @@ def held_server() -> Iterator[tuple[str, threading.Event]]:
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
+    held.url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
     try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}/v1", release
+        yield held
     finally:
-        release.set()
+        held.release.set()
         httpd.shutdown()
         httpd.server_close()
 
 
-def test_sync_run_stops_at_the_tool_timeout(tmp_path: Path, held_server: tuple[str, threading.Event]) -> None:
-    url, release = held_server
+@pytest.fixture
+def held_server() -> Iterator[tuple[str, threading.Event]]:
+    """An OpenAI-compatible rewriter on loopback that answers only once ``release`` is set."""
+    with _held(60) as held:
+        yield held.url, held.release
+
+
+def _kitchen_store(tmp_path: Path, ctx: Context) -> None:
     caps = tmp_path / "caps.jsonl"
     row = {"vid": "kitchen", "clip_len_s": 2, "captions": ["a man cuts carrots"] * 6}
     caps.write_text(json.dumps(row) + "\n")
-    ctx = Context(store_dir=str(tmp_path / "store"), rewriter=f"openai:{url}#llama", m=1, request_timeout=120)
     import_captions(resources.store_for(ctx), make_embedder(ctx.embedder), caps, source="test")
+
+
+def test_sync_run_stops_at_the_tool_timeout(tmp_path: Path, held_server: tuple[str, threading.Event]) -> None:
+    url, release = held_server
+    ctx = Context(store_dir=str(tmp_path / "store"), rewriter=f"openai:{url}#llama", m=1, request_timeout=120)
+    _kitchen_store(tmp_path, ctx)
     core = MomentRetriever(ToolSettings(context=ctx, roots=(), url_allowlist=(), timeout_s=1.0))
     outcome: dict[str, BaseException | object] = {}
 
@@ -85,3 +113,46 @@ def test_sync_run_stops_at_the_tool_timeout(tmp_path: Path, held_server: tuple[s
     caller.join(120)
     assert isinstance(outcome.get("error"), RetrievalFailed), outcome
     assert "took longer than 1 s" in str(outcome["error"])
+
+
+@pytest.mark.parametrize("how", ["sync timeout", "async timeout", "async cancel"])
+def test_a_call_that_stops_waiting_stops_its_model_requests(tmp_path: Path, how: str) -> None:
+    """A timed-out or cancelled call's nodes stop waiting on the hung server with it.
+
+    Before, they waited ``request_timeout`` × attempts in the caller's worker threads (the
+    event loop's default executor, for async callers): a few calls on a hung rewriter filled it,
+    and every later call in the process, on any server, queued behind them.  Here the workers
+    are joined before the server answers anything: they can only finish if the request was
+    abandoned (the server holds each request 20 s, then answers: a run still waiting would
+    get that answer first).
+    """
+    with _held(20) as held:
+        ctx = Context(
+            store_dir=str(tmp_path / "store"), rewriter=f"openai:{held.url}#llama", m=1, request_timeout=120
+        )
+        _kitchen_store(tmp_path, ctx)
+        core = MomentRetriever(ToolSettings(context=ctx, roots=(), url_allowlist=(), timeout_s=1.0))
+        if how == "sync timeout":
+            with pytest.raises(RetrievalFailed, match="took longer than 1 s"):
+                core.run("kitchen", "a man cuts carrots")
+            for worker in [t for t in threading.enumerate() if t.name == "granalign-tool-run"]:
+                worker.join()
+        else:
+            pool = ThreadPoolExecutor(max_workers=8)
+
+            async def call() -> None:
+                asyncio.get_running_loop().set_default_executor(pool)
+                if how == "async timeout":
+                    with pytest.raises(RetrievalFailed, match="took longer than 1 s"):
+                        await core.arun("kitchen", "a man cuts carrots")
+                    return
+                task = asyncio.create_task(core.arun("kitchen", "a man cuts carrots"))
+                await asyncio.get_running_loop().run_in_executor(None, held.seen.wait, 60)
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+
+            asyncio.run(call())
+            pool.shutdown(wait=True)  # the graph's node threads ran here
+        assert held.seen.is_set()
+        assert held.answered == [], "a node was still waiting for the hung server after the call ended"

@@ -50,6 +50,7 @@ from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import BaseTool, StructuredTool, ToolException
 from pydantic import BaseModel, Field, ValidationError
 
+from granalign.backends.openai_llm import cancel_scope
 from granalign.errors import ConfigError, GranAlignError, InputError
 from granalign.io.video import parse_roots
 from granalign.text import MAX_QUERY_CHARS, clean_query, clean_text, seconds_text
@@ -611,11 +612,12 @@ class MomentRetriever:
         events = self._events(video, options.get("on_progress"), req.context is None)
         t0 = time.perf_counter()
         try:
-            for mode, chunk in _within(self._stream_sync(req), self.settings.timeout_s):
-                payload = events.take(mode, chunk)
-                if payload is not None:
-                    _dispatch(payload)
-                    events.notify(payload)
+            with cancel_scope():  # a timed-out run's model requests stop with it (CancelScope)
+                for mode, chunk in _within(self._stream_sync(req), self.settings.timeout_s):
+                    payload = events.take(mode, chunk)
+                    if payload is not None:
+                        _dispatch(payload)
+                        events.notify(payload)
         except Exception as exc:
             raise self._failed(req, exc, _Overtime) from exc
         return self._finish(req, events.values, time.perf_counter() - t0)
@@ -648,14 +650,16 @@ class MomentRetriever:
         events = self._events(video, options.get("on_progress"), req.context is None)
         t0 = time.perf_counter()
         try:
-            async with asyncio.timeout(self.settings.timeout_s):
-                async for mode, chunk in self._stream_async(req):
-                    payload = events.take(mode, chunk)
-                    if payload is not None:
-                        await _adispatch(payload)
-                        got = events.notify(payload)
-                        if inspect.isawaitable(got):
-                            await got
+            # a timed-out or cancelled run's model requests stop with it (CancelScope)
+            with cancel_scope():
+                async with asyncio.timeout(self.settings.timeout_s):
+                    async for mode, chunk in self._stream_async(req):
+                        payload = events.take(mode, chunk)
+                        if payload is not None:
+                            await _adispatch(payload)
+                            got = events.notify(payload)
+                            if inspect.isawaitable(got):
+                                await got
         except asyncio.CancelledError:
             if options.get("thread_id") is None:  # an id made here: nobody could resume the run
                 self._forget(req)

@@ -30,14 +30,16 @@ the reason recorded (see :func:`granalign.rewrite.rewrite_from_outputs`), never 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import contextvars
 import hashlib
 import json
 import os
 import re
 import threading
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -54,11 +56,14 @@ __all__ = [
     "FOCUS_SYSTEM",
     "FOCUS_TEMPLATE",
     "REWRITE_SCHEMA",
+    "Abandoned",
+    "CancelScope",
     "Channel",
     "OpenAIRewriter",
     "ServerSettings",
     "backend_loop",
     "call_with_retries",
+    "cancel_scope",
     "completion_text",
     "parse_json_object",
     "retry_on",
@@ -278,19 +283,97 @@ def _forget_loop_after_fork() -> None:
 os.register_at_fork(after_in_child=_forget_loop_after_fork)
 
 
+class Abandoned(concurrent.futures.CancelledError):
+    """A model-server request of a run whose caller stopped waiting (see :class:`CancelScope`).
+
+    Not a :class:`BackendError`: the stages that degrade on a failed server (a rewrite falls
+    back to the original query) must not carry an abandoned run on to its end."""
+
+
+class CancelScope:
+    """The model-server requests of one caller's run, which the caller can abandon at once.
+
+    Why: graph nodes are synchronous and wait in worker threads, which nothing can interrupt.
+    A tool call that times out or is cancelled stops waiting, but without this its nodes would
+    keep waiting on a hung server for ``request_timeout`` × ``request_attempts`` (and an ingest
+    on for every further batch, holding the video's ingest lock), filling the caller's thread
+    pool: the next calls, even ones on other servers, would queue behind them.
+    :meth:`cancel` cancels the requests in flight and refuses new ones (:class:`Abandoned`).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._futures: set[concurrent.futures.Future[Any]] = set()
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        with self._lock:
+            self.cancelled = True
+            pending, self._futures = list(self._futures), set()
+        for future in pending:
+            future.cancel()
+
+    def check(self) -> None:
+        if self.cancelled:
+            raise Abandoned("model-server request abandoned: the caller stopped waiting for this run")
+
+    def track(self, future: concurrent.futures.Future[Any]) -> None:
+        with self._lock:
+            if not self.cancelled:
+                self._futures.add(future)
+                return
+        future.cancel()
+
+    def untrack(self, future: concurrent.futures.Future[Any]) -> None:
+        with self._lock:
+            self._futures.discard(future)
+
+
+_SCOPE: contextvars.ContextVar[CancelScope | None] = contextvars.ContextVar(
+    "granalign_cancel_scope", default=None
+)
+
+
+@contextlib.contextmanager
+def cancel_scope() -> Iterator[CancelScope]:
+    """A :class:`CancelScope` for the requests made in this context (and the threads and tasks
+    that copy it, as LangGraph's node runners do); cancelled on the way out, so whatever a
+    finished, failed, timed-out or cancelled run left in flight stops with it."""
+    scope = CancelScope()
+    token = _SCOPE.set(scope)
+    try:
+        yield scope
+    finally:
+        scope.cancel()
+        _SCOPE.reset(token)
+
+
 def run_sync(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run a coroutine on :func:`backend_loop` and wait for it, from any synchronous code.
 
     Graph nodes are synchronous and run in worker threads (or under a caller's own event loop);
     all of them hand their requests to the one backend loop.  If the waiting thread is
-    interrupted (Ctrl-C), the coroutine is cancelled.
+    interrupted (Ctrl-C), or the caller's :func:`cancel_scope` is cancelled, the coroutine is
+    cancelled (the latter raises :class:`Abandoned`).
     """
+    scope = _SCOPE.get()
+    if scope is not None:
+        scope.check()
     future = asyncio.run_coroutine_threadsafe(factory(), backend_loop())
+    if scope is not None:
+        scope.track(future)
     try:
         return future.result()
+    except concurrent.futures.CancelledError:
+        if scope is not None and scope.cancelled:
+            scope.check()
+        raise
     except BaseException:
         future.cancel()
         raise
+    finally:
+        if scope is not None:
+            scope.untrack(future)
 
 
 def async_client(settings: ServerSettings) -> Any:
