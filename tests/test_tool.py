@@ -156,6 +156,20 @@ def test_schema_is_one_a_model_can_follow():
     assert [t.name for t in granalign_tools()] == ["retrieve_moments", "list_videos"]
 
 
+def test_the_description_says_a_score_is_no_evidence_the_moment_happens(demo_store):
+    """Scores are min-max normalised per video: a query about something the video never shows
+    gets windows scored like those of one it does.  A model told only "a score in [0, 1]" reads
+    it as a confidence and answers "at 24 s" about a rocket launch in a dog video."""
+    store, _ = demo_store
+    core = MomentRetriever(_settings(store, rewriter="none"))
+    shown = core.run(DOG_VIDEO, "friends play with a black dog", 1).artifact["moments"][0][2]
+    absent = core.run(DOG_VIDEO, "a rocket launches into space", 1).artifact["moments"][0][2]
+    assert absent >= shown - 0.1  # the fact the description must state
+    description = make_retrieve_moments_tool().description
+    assert "not a confidence that the moment happens" in description
+    assert "even when the video never shows the described moment" in description
+
+
 def test_tool_call_returns_windows_as_text_and_the_result_as_artifact(demo_store):
     from graphs.retrieval import graph
 

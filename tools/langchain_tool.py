@@ -137,8 +137,10 @@ RETRIEVE_DESCRIPTION = (
     "Find WHEN something happens in a video. Give the video (an id from list_videos) and a short "
     "description of what is visible (people, objects, actions), e.g. 'a girl stirs a pot with her mom'. "
     "Returns time windows in seconds from the start of the video, best first, each with a score in "
-    "[0, 1]. Use it for questions like 'when does ... happen' or 'what happens around ...'. "
-    "Errors come back as text explaining what to fix."
+    "[0, 1]. The score only ranks windows within this video: windows come back even when the video "
+    "never shows the described moment, with scores as high as for one it does, so it is not a "
+    "confidence that the moment happens. Use it for questions like 'when does ... happen' or "
+    "'what happens around ...'. Errors come back as text explaining what to fix."
 )
 THREAD_ID_DESCRIPTION = (
     "Only to resume a retrieval that failed: the thread_id its error named, with the same video "

@@ -89,7 +89,10 @@ class MomentsOutput(BaseModel):
     video_id: str = Field(description="The video that was searched.")
     query: str = Field(description="The query as it was used (control characters removed).")
     moments: list[list[float]] = Field(
-        description="Time windows [start_s, end_s, score], best first; seconds from the video's start."
+        description=(
+            "Time windows [start_s, end_s, score], best first; seconds from the video's start. The "
+            "score ranks windows within this video; it is not a confidence that the moment happens."
+        )
     )
     saliency: list[float] = Field(description="Per-clip relevance curve in [0, 1], one value per clip.")
     clip_len_s: float | None = Field(description="Length of one saliency clip in seconds (null if unknown).")
