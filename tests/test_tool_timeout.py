@@ -17,8 +17,12 @@ import pytest
 
 from granalign.backends.embedder import make_embedder
 from granalign.io.captions_import import import_captions
+from granalign.io.locks import video_lock
+from granalign.io.video import content_hash
 from graphs import resources
 from graphs.context import Context
+from tests.conftest import VIDEOS, needs_videos
+from tests.test_ingest import model_context
 from tools.langchain_tool import MomentRetriever, RetrievalFailed, ToolSettings
 
 ANSWER = {"simplified": "a man cuts carrots", "detailed": "a man cuts carrots on a board"}
@@ -156,3 +160,42 @@ def test_a_call_that_stops_waiting_stops_its_model_requests(tmp_path: Path, how:
             pool.shutdown(wait=True)  # the graph's node threads ran here
         assert held.seen.is_set()
         assert held.answered == [], "a node was still waiting for the hung server after the call ended"
+
+
+@needs_videos
+def test_a_cancelled_call_stops_the_ingest_it_started_and_frees_its_lock(tmp_path: Path) -> None:
+    """The ingest of a new file behind a hung captioner stops with the call that started it.
+
+    Before, it went on batch after batch, each request held for ``request_timeout`` ×
+    attempts, holding the video's ingest lock all the while: every later call on that video
+    waited behind it.  Now the worker ends without any answer from the server, the lock is
+    free at once, and the clips stored so far stay for the next call to resume from.
+    """
+    video = VIDEOS / "charades_univtg_example.mp4"  # 16 clips: two batches of 8
+    with _held(10) as held:
+        ctx = model_context(
+            tmp_path / "store",
+            tmp_path,
+            [VIDEOS],
+            captioner=f"openai:{held.url}#vlm",
+            ingest_batch=8,
+            request_timeout=120,
+            rewriter="none",
+        )
+        core = MomentRetriever(ToolSettings(context=ctx, url_allowlist=()))
+        pool = ThreadPoolExecutor(max_workers=8)
+
+        async def call() -> None:  # cancelled once the captioner has the first batch
+            asyncio.get_running_loop().set_default_executor(pool)
+            task = asyncio.create_task(core.arun(str(video), "a person opens a door"))
+            await asyncio.get_running_loop().run_in_executor(None, held.seen.wait, 120)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+        asyncio.run(call())
+        pool.shutdown(wait=True)  # the ingest ran in one of these threads
+        assert held.seen.is_set()
+        assert held.answered == [], "the ingest was still waiting for the hung captioner after the call ended"
+        with video_lock(tmp_path / "store" / "locks", content_hash(video), 0):
+            pass  # free: a held lock raises at once with timeout 0
