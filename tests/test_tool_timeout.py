@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -199,3 +200,39 @@ def test_a_cancelled_call_stops_the_ingest_it_started_and_frees_its_lock(tmp_pat
         assert held.answered == [], "the ingest was still waiting for the hung captioner after the call ended"
         with video_lock(tmp_path / "store" / "locks", content_hash(video), 0):
             pass  # free: a held lock raises at once with timeout 0
+
+
+@pytest.fixture
+def silent_server() -> Iterator[str]:
+    """A loopback address that accepts connections and never answers (a hung Chroma server)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):  # closed at teardown
+            while True:
+                held.append(listener.accept()[0])
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        listener.close()
+        for conn in held:
+            conn.close()
+
+
+@pytest.mark.parametrize("how", ["sync", "async"])
+def test_the_tool_timeout_covers_opening_the_store(
+    silent_server: str, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """Before the run starts, the call opens the store: a Chroma server that accepts and never
+    answers held it for GRANALIGN_CHROMA_TIMEOUT (120 s by default), past a shorter tool timeout."""
+    monkeypatch.setenv("GRANALIGN_CHROMA_TIMEOUT", "8")
+    ctx = Context(chroma_url=silent_server, rewriter="none")
+    core = MomentRetriever(ToolSettings(context=ctx, roots=(), url_allowlist=(), timeout_s=1.0))
+    with pytest.raises(RetrievalFailed, match=r"^retrieval took longer than 1 s$"):
+        if how == "sync":
+            core.run("kitchen", "a man cuts carrots")
+        else:
+            asyncio.run(core.arun("kitchen", "a man cuts carrots"))

@@ -44,7 +44,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypedDict, Unpack
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, Unpack, cast
 
 from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import BaseTool, StructuredTool, ToolException
@@ -112,6 +112,8 @@ MAX_CONTAINS_CHARS = 64
 PROGRESS_EVENT = "granalign_progress"
 """Name of the LangChain custom event that carries retrieval progress (``astream_events``)."""
 
+T = TypeVar("T")
+
 Progress = Callable[[dict[str, Any]], Any]
 """A progress sink: called with each event; may return an awaitable (awaited in async runs)."""
 
@@ -175,8 +177,8 @@ class ToolSettings:
     url_allowlist: tuple[str, ...] | None = None
     """Hosts a video URL may name; None = ``GRANALIGN_URL_ALLOWLIST`` at call time."""
     timeout_s: float = 600.0
-    """Limit of one call, sync or async: past it the caller gets RetrievalFailed at once (a URL's
-    download has the same limit of its own)."""
+    """Limit of one call's run, sync or async, and separately of the steps before it (opening
+    the store, a URL's download): past either the caller gets RetrievalFailed at once."""
     download_dir: Path | None = None
     """Where allowed video URLs are fetched to (in-process runs); None = ``downloads`` beside
     the store (the embedded store's folder, or the user cache with a Chroma server)."""
@@ -492,6 +494,17 @@ def _within(parts: Iterator[Any], timeout_s: float) -> Iterator[Any]:
         stop.set()
 
 
+def _call_within(work: Callable[[], T], timeout_s: float) -> T:
+    """``work()`` in a worker thread (see :func:`_within`), or :class:`_Overtime` at the deadline."""
+
+    def once() -> Iterator[T]:
+        yield work()
+
+    for value in _within(once(), timeout_s):
+        return cast(T, value)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 class MomentRetriever:
     """Validate untrusted arguments, run the retrieval graph, shape the result.
 
@@ -608,9 +621,14 @@ class MomentRetriever:
 
         Options (``on_progress``, ``thread_id``): :class:`RunOptions`.
         """
-        req = self._with_thread(
-            self.prepare(video, query, top_k), options.get("thread_id"), options.get("resume_only", False)
-        )
+        tid, resume_only = options.get("thread_id"), options.get("resume_only", False)
+        try:  # opening the store, a download: limited as the run is (a hung Chroma server)
+            req = _call_within(
+                lambda: self._with_thread(self.prepare(video, query, top_k), tid, resume_only),
+                self.settings.timeout_s,
+            )
+        except _Overtime:
+            raise self._overtime(None) from None
         events = self._events(video, options.get("on_progress"), req.context is None)
         t0 = time.perf_counter()
         try:
@@ -642,13 +660,20 @@ class MomentRetriever:
         """Retrieve moments without blocking the event loop (the graph's sync nodes use threads)."""
         import asyncio
 
-        # prepare reads the store and the file system: in a thread, off the event loop
-        prepared = await asyncio.to_thread(self.prepare, video, query, top_k)
+        # prepare reads the store and the file system: in a thread, off the event loop, and
+        # limited as the run is (a hung Chroma server)
         tid, resume_only = options.get("thread_id"), options.get("resume_only", False)
-        if tid is None:
-            req = self._with_thread(prepared, None)
-        else:  # a resume reads the checkpoint file: in a thread too
-            req = await asyncio.to_thread(self._with_thread, prepared, tid, resume_only)
+        try:
+            async with asyncio.timeout(self.settings.timeout_s) as limit:
+                prepared = await asyncio.to_thread(self.prepare, video, query, top_k)
+                if tid is None:
+                    req = self._with_thread(prepared, None)
+                else:  # a resume reads the checkpoint file: in a thread too
+                    req = await asyncio.to_thread(self._with_thread, prepared, tid, resume_only)
+        except TimeoutError:
+            if limit.expired():
+                raise self._overtime(None) from None
+            raise
         events = self._events(video, options.get("on_progress"), req.context is None)
         t0 = time.perf_counter()
         try:
@@ -709,12 +734,13 @@ class MomentRetriever:
             raise exc
         return self._wrap_failure(exc)
 
-    def _overtime(self, req: _Request) -> RetrievalFailed:
+    def _overtime(self, req: _Request | None) -> RetrievalFailed:
         """A timed-out run is a failed run: in-process, its checkpoint is kept and named, so the
-        caller can resume it (as after any other failure) instead of starting over."""
+        caller can resume it (as after any other failure) instead of starting over.  ``None``:
+        the call timed out before its run started (nothing to resume)."""
         text = f"retrieval took longer than {self.settings.timeout_s:g} s"
         tid = None
-        if req.context is not None and req.thread_id is not None:
+        if req is not None and req.context is not None and req.thread_id is not None:
             from graphs.durable import checkpointer_for
 
             tid = req.thread_id if checkpointer_for(req.context) is not None else None
