@@ -24,7 +24,7 @@ from graphs import resources
 from graphs.context import Context
 from tests.conftest import VIDEOS, needs_videos
 from tests.test_ingest import model_context
-from tools.langchain_tool import MomentRetriever, RetrievalFailed, ToolSettings
+from tools.langchain_tool import MomentRetriever, RetrievalFailed, ToolSettings, make_list_videos_tool
 
 ANSWER = {"simplified": "a man cuts carrots", "detailed": "a man cuts carrots on a board"}
 
@@ -236,3 +236,14 @@ def test_the_tool_timeout_covers_opening_the_store(
             core.run("kitchen", "a man cuts carrots")
         else:
             asyncio.run(core.arun("kitchen", "a man cuts carrots"))
+
+
+def test_list_videos_has_the_tool_timeout_too(silent_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GRANALIGN_CHROMA_TIMEOUT", "8")
+    ctx = Context(chroma_url=silent_server, rewriter="none")
+    core = MomentRetriever(ToolSettings(context=ctx, roots=(), url_allowlist=(), timeout_s=1.0))
+    reply = make_list_videos_tool(core).invoke(
+        {"type": "tool_call", "id": "1", "name": "list_videos", "args": {}}
+    )
+    assert reply.status == "error"
+    assert reply.content == "Error: list_videos took longer than 1 s"

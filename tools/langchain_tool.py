@@ -820,7 +820,16 @@ class MomentRetriever:
         return failed
 
     def list_videos(self, contains: object = "", limit: object = 20) -> VideoList:
-        """Complete videos of the configured store whose id contains ``contains`` (case-insensitive)."""
+        """Complete videos of the configured store whose id contains ``contains`` (case-insensitive).
+
+        Limited by ``timeout_s`` as a retrieval is (a Chroma server that stops answering)."""
+        timeout_s = self.settings.timeout_s
+        try:
+            return _call_within(lambda: self._list_videos(contains, limit), timeout_s)
+        except _Overtime:
+            raise RetrievalFailed(f"list_videos took longer than {timeout_s:g} s") from None
+
+    def _list_videos(self, contains: object, limit: object) -> VideoList:
         n = bounded_int("limit", limit, 1, MAX_LIST_LIMIT)
         needle = clean_text(contains, name="contains", max_chars=MAX_CONTAINS_CHARS, allow_empty=True).lower()
         from graphs import resources
