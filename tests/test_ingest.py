@@ -244,7 +244,8 @@ def test_a_model_that_cannot_load_stops_a_folder_index_with_one_error(tmp_path, 
     """A CLIP checkpoint that is not there: the first video that needs the model ends the folder
     run with one message saying how many videos were not attempted (before, every video loaded
     the model again and printed the same failure); an unreadable file before it still only fails
-    itself."""
+    itself.  The summary lists both videos attempted, the one that stopped the run too (it was
+    left out), and the cause is printed once, in the error."""
     from granalign.backends.clip import OpenClipEncoder
 
     folder = tmp_path / "videos"
@@ -273,15 +274,21 @@ def test_a_model_that_cannot_load_stops_a_folder_index_with_one_error(tmp_path, 
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, result.output
     assert "CLIP model 'ViT-S-32'" in result.output and "could not be loaded" in result.output
-    assert "2 of 4 videos not attempted" in " ".join(result.output.split()), result.output
+    flat = " ".join(result.output.split())
+    assert "stopped indexing folder" in flat and "at b.mp4: 2 of 4 videos not attempted" in flat, flat
     assert "a_broken.mp4" in result.output and "not a video FFmpeg can read" in result.output
-    assert "failed b.mp4" not in result.output and "c.mp4" not in result.output
+    assert re.search(r"b\.mp4 +│ failed", result.output), result.output
+    assert "failed b.mp4: stopped the run: a failure of the whole deployment" in flat, flat
+    assert flat.count("could not be loaded") == 1, flat  # in the error alone
+    assert "c.mp4" not in result.output and "d.mp4" not in result.output  # not attempted
 
 
 def test_two_videos_ended_by_a_deployment_failure_at_once_are_both_reported(tmp_path, monkeypatch):
     """``--jobs 2``, both running videos fail with the same deployment failure: the first is the
     folder's error and the second is listed as failed (before, it was in neither the error nor
-    the summary, nor counted as not attempted)."""
+    the summary, nor counted as not attempted).  Both are in the summary (the first was left
+    out), and the cause is printed once, in the error (it was also the second's log line and
+    its failure line)."""
     import threading
 
     import graphs.ingest as ingest_module
@@ -307,8 +314,13 @@ def test_two_videos_ended_by_a_deployment_failure_at_once_are_both_reported(tmp_
     text = " ".join(result.output.split())
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "2 of 4 videos not attempted" in text, result.output
-    listed = [Path(v).name for v in calls if f"failed {Path(v).name}: captioner model" in text]
-    assert len(listed) == 1, result.output
+    assert text.count("captioner model 'qwen' could not be loaded") == 1, result.output
+    first, second = sorted(calls, key=lambda v: f"failed {Path(v).name}: stopped the run" not in text)
+    assert f"failed {Path(first).name}: stopped the run: a failure of the whole deployment" in text, text
+    assert f"failed {Path(second).name}: ended by the same failure as {Path(first).name}" in text, text
+    assert f"at {Path(first).name}: 2 of 4 videos not attempted" in text, text
+    for video in calls:
+        assert re.search(rf"{Path(video).name} +│ failed", result.output), result.output
 
 
 def test_index_cli_needs_exactly_one_source(ctx):

@@ -134,13 +134,13 @@ def _ingest_target(ctx: Any, target: str, jobs: int) -> None:
     try:
         run.ingest_all(jobs)
     except GranAlignError as exc:
-        if folder is None or not is_deployment_failure(exc):
+        if folder is None or not is_deployment_failure(exc) or run.stopper is None:
             raise
-        if run.results:  # videos done before the failure (stored, or failed on their own)
+        if len(run.results) > 1:  # other videos finished or failed too: the table lists them all
             # the location without opening the store: a store that failed would be tried again
             _print_ingest_summary(run.results, resources.store_location(ctx))
-        raise GranAlignError(
-            f"{exc}; stopped indexing folder {display_path(target)}: "
+        raise GranAlignError(  # the one place the cause is printed (the rows point here)
+            f"{exc}; stopped indexing folder {display_path(target)} at {run.names[run.stopper]}: "
             f"{len(files) - run.started} of {len(files)} videos not attempted"
         ) from exc
     _print_ingest_summary(run.results, resources.store_location(ctx))
@@ -148,14 +148,18 @@ def _ingest_target(ctx: Any, target: str, jobs: int) -> None:
         raise typer.Exit(1)
 
 
+STOPPED_RUN = "stopped the run: a failure of the whole deployment (the error at the end says why)"
+SAME_FAILURE = "ended by the same failure as {video} (the error at the end says why)"
+
+
 class _FolderRun:
     """The videos of one ``index`` call, ingested ``jobs`` at a time behind progress bars.
 
-    ``results``: (video, output or None, problem) of each video that finished or failed on its
-    own; ``started``: how many were begun.  The first deployment failure
-    (:func:`graphs.ingest.is_deployment_failure`) is raised instead of recorded, and no further video is
-    started after it; one that ends another running video after it is that video's failure
-    (recorded: the error raised names only the first).
+    ``results``: (video, output or None, problem) of each video begun; ``started``: how many.
+    The first deployment failure (:func:`graphs.ingest.is_deployment_failure`) is raised as well
+    as recorded, and no further video is started after it; ``stopper`` is its video.  Its cause
+    is said once, by the error raised: its row, and that of each running video the same failure
+    ends after it, point there instead of repeating it (:data:`STOPPED_RUN`, :data:`SAME_FAILURE`).
     """
 
     def __init__(self, ctx: Any, files: list[str], *, is_dir: bool) -> None:
@@ -163,8 +167,9 @@ class _FolderRun:
         self.names = short_names(files)
         self.results: list[tuple[str, dict[str, Any] | None, str]] = []
         self.started = 0
+        self.stopper: str | None = None  # the video whose deployment failure stopped the run
+        self._cause = ""  # that failure's message
         self._stop = False
-        self._failed = False  # a deployment failure has been raised
         self._lock = threading.Lock()
 
     def ingest_all(self, jobs: int) -> None:
@@ -201,13 +206,30 @@ class _FolderRun:
             got: dict[str, Any] | None = ingest_video(self.ctx, video, on_event=_bar_updater(bar, task))
             problem = ""
         except GranAlignError as exc:
-            if not self.is_dir or is_deployment_failure(exc):
-                with self._lock:
-                    self._stop = True
-                    first, self._failed = not self._failed, True
-                if first:
-                    raise
+            if not self.is_dir:
+                raise
+            if is_deployment_failure(exc):
+                if self._deployment_failed(bar, video, str(exc)):
+                    raise  # the run's error (a later one is only recorded)
+                return
             got, problem = None, str(exc)
+        self._record(bar, video, got, problem)
+
+    def _deployment_failed(self, bar: Progress, video: str, cause: str) -> bool:
+        """Stop the run; record ``video`` as the one that stopped it (True: no log line, the
+        error raised names it), or as ended by the same failure (another failure keeps its
+        message), without repeating the cause."""
+        with self._lock:
+            self._stop = True
+            if self.stopper is None:
+                self.stopper, self._cause = video, cause
+                self.results.append((video, None, STOPPED_RUN))
+                return True
+            stopper, same = self.names[self.stopper], cause == self._cause
+        self._record(bar, video, None, SAME_FAILURE.format(video=stopper) if same else cause)
+        return False
+
+    def _record(self, bar: Progress, video: str, got: dict[str, Any] | None, problem: str) -> None:
         with self._lock:
             self.results.append((video, got, problem))
             if not bar.console.is_terminal:  # a log gets no bars until the end: a line each
