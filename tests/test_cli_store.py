@@ -313,6 +313,45 @@ def test_check_names_an_unfinished_ingest_which_videos_list_does_not_show(tmp_pa
     assert got.exit_code == 0 and "unfinished:" not in got.output, got.output
 
 
+def test_recover_lists_the_unfinished_ingests_check_lists(tmp_path):
+    """Clip rows without a video record (a killed ingest, a stopped import) were passed over in
+    silence; recover names each as check does, says it is not recovered and what to re-run."""
+    folder, new = tmp_path / "store", tmp_path / "new"
+    _fill(folder, ["vid0"], 5)
+    vec = np.random.default_rng(1).standard_normal((3, 384)).astype(np.float32)
+    with Store(folder) as store:
+        store.put_frames("sha256-killed", [0, 1, 2], vec, clip_model="ViT-B-32", sampling_key="s")
+        store.put_clip_captions(
+            "sha256-killed",
+            [0, 1],
+            ["a", "b"],
+            vec[:2],
+            source="qwen",
+            prompt_hash="p",
+            embedder_name=EMBEDDER,
+        )
+        store.put_clip_captions(
+            "stopped-import", [0, 1], ["x", "y"], vec[:2], source="m", prompt_hash="", embedder_name=EMBEDDER
+        )
+    close_stores()
+    checked = _cli("store", "check", "--store", str(folder)).output
+    assert "unfinished: video sha256-killed: 3 clips stored" in checked, checked
+    assert "unfinished: video stopped-import: 2 clips stored" in checked, checked
+    got = _cli("store", "recover", "--store", str(folder), "--to", str(new))
+    close_stores()
+    assert got.exit_code == 0, got.output
+    flat = " ".join(got.output.split())
+    tail = (
+        "(an ingest or import that stopped; its clips are not copied): "
+        f"re-run that ingest or import with --store {new}"
+    )
+    for video_id, n in (("sha256-killed", 3), ("stopped-import", 2)):
+        line = f"not recovered: unfinished video {video_id}: {n} clips stored, no video record {tail}"
+        assert line in flat, got.output
+    with Store(new) as store:
+        assert not store.has_clip_records("sha256-killed") and not store.has_clip_records("stopped-import")
+
+
 def test_recover_leaves_out_caption_rows_past_a_videos_last_clip(tmp_path):
     """Such a video came back as lost ("8 of 5 captions readable"); its 5 clips are all there."""
     folder, new = tmp_path / "store", tmp_path / "new"

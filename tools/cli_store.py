@@ -12,7 +12,10 @@ records hold decides what comes back:
   source tag and embedder, so the videos come back whole (embedding is the cheap part);
 * cached LLM rewrites: their JSON, copied as they are;
 * ingested videos (``index VIDEO``): only the file path; CLIP embeddings are not in SQLite, so
-  these are listed for ``granalign index FILE`` (a re-ingest).
+  these are listed for ``granalign index FILE`` (a re-ingest);
+* clips of an ingest or import that stopped (no video record: ``store check``'s ``unfinished:``
+  lines): nothing says which file or captions they came from, so each is listed as not
+  recovered, to be re-run into the new folder.
 """
 
 from __future__ import annotations
@@ -258,6 +261,8 @@ class StoreRecords:
     """(collection, video id, source) -> {clip: caption text}"""
     rewrites: dict[str, tuple[str, dict[str, Any]]]
     """key -> (query text, rewrite JSON)"""
+    unfinished: list[tuple[str, int]] = field(default_factory=list)
+    """(video id, clips stored) of clip rows without a video record, as ``store check`` lists them"""
 
 
 def _metadata_rows(db: sqlite3.Connection) -> dict[tuple[str, str], dict[str, Any]]:
@@ -288,7 +293,12 @@ def read_records(folder: Path) -> StoreRecords:
     except sqlite3.Error as exc:
         raise InputError(f"the records of store {folder} cannot be read from {path}: {exc}") from None
     records = StoreRecords([], defaultdict(dict), {})
+    per_video: dict[str, dict[str, dict[tuple[str, str], int]]] = defaultdict(dict)
     for (name, rid), meta in rows.items():
+        if "video_id" in meta and "clip" in meta:  # a clip row, counted as check counts it
+            per_keys = per_video[name].setdefault(str(meta["video_id"]), {})
+            keys = (str(meta.get("source", "")), str(meta.get("prompt_hash", "")))
+            per_keys[keys] = per_keys.get(keys, 0) + 1
         if name == VIDEOS:
             records.videos.append(VideoRecord.from_metadata(meta))
         elif name == REWRITES and "json" in meta:
@@ -297,6 +307,7 @@ def read_records(folder: Path) -> StoreRecords:
             key = (name, str(meta["video_id"]), str(meta["source"]))
             records.captions[key][int(meta["clip"])] = str(meta.get("chroma:document") or "")
     records.videos.sort(key=lambda r: r.video_id)
+    records.unfinished = _unfinished(records.videos, per_video)
     return records
 
 
@@ -404,6 +415,14 @@ def recover_cmd(
         console.print(f"[yellow]re-ingest:[/] granalign index {escape(shown)}", highlight=False)
     for what in plan.lost:
         console.print(f"[yellow]not recovered:[/] {what}", highlight=False)
+    for video_id, n in records.unfinished:  # check's `unfinished:` lines: no record says what they were
+        console.print(
+            f"[yellow]not recovered:[/] unfinished video {escape(video_id)}: {n} clips stored, no video "
+            f"record (an ingest or import that stopped; its clips are not copied): re-run that ingest "
+            f"or import with --store {escape(str(target))}",
+            highlight=False,
+            soft_wrap=True,
+        )
     for what in plan.left_out:
         console.print(f"[yellow]left out:[/] {what}", highlight=False)
 
