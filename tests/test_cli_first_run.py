@@ -349,6 +349,38 @@ def test_retrieve_prints_the_thread_id_first_so_ctrl_c_can_be_resumed(
     assert json.loads(resumed.stdout[resumed.stdout.index("{") :])["thread_id"] == found.group(1)
 
 
+@pytest.mark.parametrize(
+    ("video", "query", "why"),
+    [
+        ("no_such_video_1", QUERY, "is not in the store"),
+        (PLAIN_VID, " \x07 ", "query is empty"),
+        ("outside.mp4", QUERY, "outside the allowed video roots"),  # a file in tmp_path
+    ],
+)
+def test_retrieve_says_no_thread_id_for_input_it_refuses_at_once(
+    store_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, video: str, query: str, why: str
+) -> None:
+    """A refused input starts no run (its thread is deleted): the id offered to resume it was
+    a dead end.  An accepted one still says it before the work (the Ctrl-C test above)."""
+    monkeypatch.setenv("GRANALIGN_CHECKPOINT_DB", str(tmp_path / "ckpt.sqlite"))
+    if video == "outside.mp4":
+        (tmp_path / video).write_bytes(b"\x00" * 64)
+        video = str(tmp_path / video)
+    got = invoke(
+        "retrieve", "--store", str(store_dir), "--set", f"video_roots={store_dir}", "--", video, query
+    )
+    assert got.exit_code == 2 and why in got.output, got.output
+    assert "thread id" not in got.output and "--thread-id" not in got.output, got.output
+
+
+def test_retrieve_says_the_thread_id_once_before_its_output(store_dir: Path, tmp_path: Path) -> None:
+    got = invoke("retrieve", "--store", str(store_dir), PLAIN_VID, QUERY, env={
+        "GRANALIGN_CHECKPOINT_DB": str(tmp_path / "ckpt.sqlite")})  # fmt: skip
+    assert got.exit_code == 0, got.output
+    said = re.findall(r"thread id (retrieve-[0-9a-f]+) \(to resume this run if it stops", got.output)
+    assert len(said) == 1 and got.output.index("thread id") < got.output.index("rank"), got.output
+
+
 def test_the_library_and_the_tool_hand_out_the_thread_id(store_dir: Path, tmp_path: Path) -> None:
     ctx = Context(store_dir=str(store_dir), checkpoint_db=str(tmp_path / "ckpt.sqlite"))
     seen: list[str] = []

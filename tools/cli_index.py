@@ -351,21 +351,17 @@ def retrieve_cmd(
     tid = clean_thread_id(thread_id) if thread_id is not None else None
     result: dict[str, Any] = {}
     started: list[str] = []
-
-    def on_start(run_tid: str) -> None:
-        """Say the thread id before any work, so a killed or interrupted run can be resumed."""
-        started.append(run_tid)
-        if ctx.checkpointer != "none":
-            console.print(
-                f"thread id {run_tid} (to resume this run if it stops: --thread-id {run_tid})",
-                highlight=False,
-                soft_wrap=True,
-            )
+    said = False
 
     with _progress() as bar:
         task: TaskID | None = None
-        stream = stream_retrieval(ctx, {"video": video, "query": query}, thread_id=tid, on_start=on_start)
+        stream = stream_retrieval(
+            ctx, {"video": video, "query": query}, thread_id=tid, on_start=started.append
+        )
         for mode, chunk in stream:
+            if not said and _run_underway(mode, chunk):
+                said = True
+                _say_thread_id(ctx, started[0])
             if mode == "values":
                 result = chunk
             elif chunk.get("stage") in ("probe", "ingest"):
@@ -397,6 +393,26 @@ def retrieve_cmd(
             title=f"{result['video_id']}: {result['query']}",
         )
         console.print(f"wrote {escape(str(plot))}")
+
+
+def _run_underway(mode: str, chunk: Any) -> bool:
+    """Whether the graph accepted the input: a progress event (the file probed, ingest batches,
+    the video loaded) or state that names the video.  A refused input (no such video, an empty
+    query, a path outside the roots) stops before either, and its thread is deleted."""
+    if not isinstance(chunk, dict):
+        return False
+    return mode == "custom" or (mode == "values" and bool(chunk.get("video_id")))
+
+
+def _say_thread_id(ctx: Any, tid: str) -> None:
+    """Say the thread id as soon as there is a run to resume (a killed or interrupted run raises
+    nothing, so this is the only place it is said)."""
+    if ctx.checkpointer != "none":
+        console.print(
+            f"thread id {tid} (to resume this run if it stops: --thread-id {tid})",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 def _video_and_query(video: str | None, query: str | None, video_opt: str | None) -> tuple[str, str]:
