@@ -47,7 +47,7 @@ def http_server(demo_store, video_root, tmp_path_factory):  # noqa: F811
         yield f"http://127.0.0.1:{port}/mcp"
 
 
-def test_http_server_lists_tools_with_json_schemas_and_answers(http_server, demo_store):  # noqa: F811
+def test_http_server_lists_tools_with_json_schemas_and_answers(http_server, demo_store, video_root):  # noqa: F811
     """The ``mcp`` client over streamable HTTP: tools/list, a call with progress, JSON results."""
     from mcp import ClientSession
     from mcp.client.streamable_http import streamable_http_client
@@ -121,12 +121,14 @@ def test_http_server_lists_tools_with_json_schemas_and_answers(http_server, demo
         "top_k": "less than or equal to 20",
         "long": "at most 500",
         "unknown": "neither an indexed video id",
-        "not_indexed": "is not indexed",
+        "not_indexed": "<video root>/notes.mp4 is not a video FFmpeg can read",  # it tried to ingest it
         "made_up_thread": "thread_id 't-nope' holds no unfinished retrieval to resume",
     }
     for name, res in bad.items():
         assert res.isError, name
         assert expected[name] in res.content[0].text, (name, res.content[0].text)
+    assert "is not indexed" not in bad["not_indexed"].content[0].text
+    assert str(video_root) not in bad["not_indexed"].content[0].text
     assert not still_ok.isError  # the server survived every refusal
     assert still_ok.structuredContent["total"] == 2
 

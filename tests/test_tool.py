@@ -270,13 +270,32 @@ def test_bad_arguments_come_back_as_tool_errors(demo_store, tmp_path, args, expe
     assert msg.artifact is None
 
 
-def test_a_file_inside_the_roots_that_is_not_indexed_is_a_clear_tool_error(demo_store, tmp_path):
+def test_a_file_inside_the_roots_that_fails_to_ingest_says_why(demo_store, tmp_path):
+    """A deployment that ingests new files (auto_ingest, the default) tried this one: the model
+    reads why it failed, with the roots hidden, not that the deployment answers only about its
+    store (it was told so, whatever the reason)."""
     store, _ = demo_store
     (tmp_path / "holiday.mp4").write_bytes(b"\x00" * 64)  # not a decodable video
-    tool = make_retrieve_moments_tool(MomentRetriever(_settings(store, tmp_path)))
+    settings = _settings(store, tmp_path, video_roots=str(tmp_path))  # the graph's roots too
+    msg = _call(
+        make_retrieve_moments_tool(MomentRetriever(settings)), {"video": "holiday.mp4", "query": "a dog"}
+    )
+    assert msg.status == "error"
+    assert "<video root>/holiday.mp4 is not a video FFmpeg can read" in msg.content, msg.content
+    assert "is not indexed" not in msg.content and "only about videos in its store" not in msg.content
+    assert str(tmp_path) not in msg.content, msg.content
+
+
+def test_a_file_inside_the_roots_that_is_not_indexed_is_a_clear_tool_error(demo_store, tmp_path):
+    """A deployment that answers only from its store (auto_ingest off) says so."""
+    store, _ = demo_store
+    (tmp_path / "holiday.mp4").write_bytes(b"\x00" * 64)
+    settings = _settings(store, tmp_path, video_roots=str(tmp_path), auto_ingest=False)
+    tool = make_retrieve_moments_tool(MomentRetriever(settings))
     msg = _call(tool, {"video": "holiday.mp4", "query": "a dog"})
     assert msg.status == "error"
-    assert "is not indexed" in msg.content and "list_videos" in msg.content
+    assert "is not indexed: this deployment answers only about videos in its store" in msg.content
+    assert "list_videos" in msg.content and str(tmp_path) not in msg.content, msg.content
 
 
 def test_a_failing_graph_is_a_tool_error_not_a_crash(demo_store, monkeypatch):

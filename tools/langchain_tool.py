@@ -602,8 +602,11 @@ class MomentRetriever:
         return MomentsResult(out)
 
     def _not_indexed(self, req: _Request, exc: InputError) -> InputError:
-        """Paths and URLs the graph cannot use yet read as 'not indexed', with the graph's reason."""
-        if req.video.kind == "id":
+        """A path or URL refused by a deployment that answers only from its store (``auto_ingest``
+        off) reads as 'not indexed', with the graph's reason.  One that ingests new files
+        refused it for the reason it gives (a file that does not decode, a resume under another
+        video, ...): that reason is the answer, not 'not indexed'."""
+        if req.video.kind == "id" or req.context is None or req.context.auto_ingest:
             return exc
         return InputError(
             f"video {req.video.value!r} is not indexed: this deployment answers only about videos in "
