@@ -323,6 +323,37 @@ def test_two_videos_ended_by_a_deployment_failure_at_once_are_both_reported(tmp_
         assert re.search(rf"{Path(video).name} +│ failed", result.output), result.output
 
 
+def test_a_lost_chroma_server_is_said_once_and_its_video_is_in_the_summary(tmp_path, monkeypatch):
+    """The server goes away while the second video is ingested (``--jobs 1``): the summary lists
+    the first video and the one that stopped the run (it left that one out), and the cause is
+    printed once (the error), not again as that video's failure line."""
+    import graphs.ingest as ingest_module
+    from granalign.io.store import StoreUnavailable
+
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    for i in range(4):
+        (folder / f"v{i}.mp4").write_bytes(b"stand-in")
+    lost = "lost the Chroma server at http://127.0.0.1:9 (ConnectError: [Errno 111] Connection refused)"
+
+    def fake_ingest(ctx, video, on_event=None):
+        if video.endswith("v0.mp4"):
+            return {"video_id": "sha256-v0", "n_clips": 3, "skipped": 0, "encoded": 3, "notes": []}
+        raise StoreUnavailable(lost)
+
+    monkeypatch.setattr(ingest_module, "ingest_video", fake_ingest)
+    env = {"GRANALIGN_STORE": str(tmp_path / "store"), "GRANALIGN_VIDEO_ROOTS": str(tmp_path)}
+    result = CliRunner().invoke(app, ["index", str(folder), "--jobs", "1"], env=env)
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert text.count("lost the Chroma server") == 1, result.output
+    assert re.search(r"v0\.mp4 +│ sha256-v0 +│ +3 │", result.output), result.output
+    assert re.search(r"v1\.mp4 +│ failed", result.output), result.output
+    assert "failed v1.mp4: stopped the run: a failure of the whole deployment" in text, text
+    assert f"error: {lost}" in text and "at v1.mp4: 2 of 4 videos not attempted" in text, text
+    assert "v2.mp4" not in result.output and "v3.mp4" not in result.output
+
+
 def test_index_cli_needs_exactly_one_source(ctx):
     result = CliRunner().invoke(app, ["index"], env={"GRANALIGN_STORE": ctx.store_dir})
     assert result.exit_code == 2 and "give a video file or folder, or --captions FILE" in result.output
