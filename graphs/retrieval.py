@@ -10,6 +10,9 @@ Each node is a small function of ``(state, runtime: Runtime[Context])``.
   CLIP text–image similarity), which needs no rewrite, so it does not wait for one.
 * ``caption`` gets query-aware captions C_awr for the key clips only (cached per query).
 * ``fuse`` computes S_f from both channels; ``propose`` and ``nms`` turn it into windows.
+  ``fuse`` also gives ``match``, the raw cosine of the query with the video's best agnostic
+  captions (:mod:`granalign.core.match`): S_f is normalised per video, so only ``match`` tells
+  a query the video never shows from one it does.
 
 Caption-only mode: a video known only by imported captions has no frames, so ``clip_filter``
 and query-aware captions are skipped and that is recorded in ``notes`` (never faked).  A failed
@@ -314,7 +317,8 @@ def fuse(state: RetrievalState, runtime: Runtime[Context]) -> dict[str, Any]:
     video = resources.video_captions(ctx, state["video_id"])
     rewrites = (Rewrite.from_dict(r) for r in state.get("rewrites", []))
     variants = query_variants(query, rewrites, include_original=ctx.include_original)
-    emb = embed_variants(query, variants, resources.embedder_for(ctx), ctx.drift_threshold)
+    embedder = resources.embedder_for(ctx)
+    emb = embed_variants(query, variants, embedder, ctx.drift_threshold)
     aware = _stored_aware(state, ctx)
     scores = fusion_stage(
         emb.q_s, emb.q_d, video.embeddings, FusionSettings.of(ctx),
@@ -328,6 +332,8 @@ def fuse(state: RetrievalState, runtime: Runtime[Context]) -> dict[str, Any]:
         "variants": [r.to_dict() for r in emb.variants],
         "variant_scores": scores.variant_scores,
         "fused": scores.fused,
+        "match": scores.match,
+        "match_embedder": embedder.name,
     }
 
 

@@ -33,6 +33,12 @@ class RetrievalOutput(TypedDict):
     variants: list[dict[str, Any]]
     mode: str
     notes: list[str]
+    match: float | None
+    """Mean of the 3 best raw cosines of the query with the video's agnostic captions, in [-1, 1]
+    (:func:`granalign.core.match.caption_match`): the scores above are normalised per video, so
+    only this tells whether the video shows the query at all."""
+    match_embedder: str
+    """The text embedder ``match`` was measured with (its thresholds hold for one embedder)."""
 
 
 class RewriteTask(TypedDict):
@@ -76,6 +82,8 @@ class RetrievalState(TypedDict):
     variants: NotRequired[list[dict[str, Any]]]
     variant_scores: NotRequired[list[list[float]]]
     fused: NotRequired[list[float]]
+    match: NotRequired[float | None]
+    match_embedder: NotRequired[str]
     candidates: NotRequired[list[list[float]]]
     moments: NotRequired[list[list[float]]]
     saliency: NotRequired[list[float]]

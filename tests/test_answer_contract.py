@@ -54,6 +54,32 @@ def test_tool_text_gives_the_artifacts_seconds() -> None:
     assert "4. 1.0001–2.0 s" in text
 
 
+def test_tool_text_gives_the_artifacts_match_before_the_windows() -> None:
+    """The one value that says whether the video shows the query at all, as the artifact has it
+    (4 decimals: 0.2996 printed as 0.30 would contradict "below 0.30"), read for MiniLM only."""
+    from tools.langchain_tool import MomentsResult
+
+    art = {"video_id": "v", "query": "q", "moments": [[1.0, 2.0, 0.5]], "mode": "full"}
+    text = MomentsResult(art | {"match": 0.2996, "match_embedder": "all-MiniLM-L6-v2"}).content
+    assert text.splitlines()[1] == (
+        "match 0.2996 (all-MiniLM-L6-v2: below 0.30 the video rarely shows it, "
+        "at or above 0.44 it usually does)"
+    )
+    other = MomentsResult(art | {"match": 0.5, "match_embedder": "e5-small"}).content
+    assert "match 0.5 (uncalibrated: the text embedder is not all-MiniLM-L6-v2)" in other
+    nothing = MomentsResult(art | {"moments": [], "match": 0.1, "match_embedder": "all-MiniLM-L6-v2"}).content
+    assert "no matching moment found.\nmatch 0.1 (all-MiniLM-L6-v2: below 0.30 the video" in nothing
+    before = MomentsResult(art).content  # a deployment from before the match value
+    assert "match" not in before and "1. 1.0–2.0 s" in before
+
+
+def test_mcp_output_documents_the_match_field() -> None:
+    from tools.mcp_server import MomentsOutput
+
+    fields = MomentsOutput.model_json_schema()["properties"]
+    assert "raw cosines" in fields["match"]["description"] and "match_embedder" in fields
+
+
 def test_agent_citations_give_the_artifacts_seconds() -> None:
     from agent.graph import _footer
 

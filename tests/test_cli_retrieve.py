@@ -51,3 +51,16 @@ def test_dollar_signs_in_the_query_do_not_break_the_plot(store_dir: Path, tmp_pa
     got = _retrieve(store_dir, "--video", ODD_VID, "a sign reading $x^$ on a beach", "--plot", str(plot))
     assert got.exception is None or isinstance(got.exception, SystemExit), got.exception
     assert got.exit_code == 0 and plot.is_file(), got.output
+
+
+def test_retrieve_gives_the_match_in_json_and_in_the_table(store_dir: Path) -> None:
+    """The scores are normalised per video; the match says whether the video shows the query."""
+    shown = _retrieve(store_dir, "--video", ODD_VID, "a dog runs on a beach", "--json")
+    absent = _retrieve(store_dir, "--video", ODD_VID, "a rocket launches into space", "--json")
+    assert shown.exit_code == 0 and absent.exit_code == 0, shown.output + absent.output
+    a, b = json.loads(shown.stdout), json.loads(absent.stdout)
+    assert a["match_embedder"] == b["match_embedder"] == "all-MiniLM-L6-v2"
+    assert -1.0 <= b["match"] < 0.30 <= 0.44 <= a["match"] <= 1.0  # a caption says so word for word
+    table = _retrieve(store_dir, "--video", ODD_VID, "a rocket launches into space")
+    assert table.exit_code == 0, table.output
+    assert f"match {b['match']:g} (all-MiniLM-L6-v2: below 0.30 the video rarely shows it" in table.output

@@ -150,6 +150,8 @@ def test_retrieve_cli_prints_windows_and_plots_random_weights(ctx, tmp_path):
         "variants",
         "mode",
         "notes",
+        "match",
+        "match_embedder",
         "thread_id",
     }
     assert out["mode"] == "full" and len(out["saliency"]) == 5 and out["clip_len_s"] == 2.0

@@ -342,6 +342,7 @@ def retrieve_cmd(
     sets: SetOpt = None,
 ) -> None:
     """Find the moments of a video that match a query."""
+    from granalign.core.match import match_reading
     from graphs.durable import stream_retrieval
     from tools.safety import clean_thread_id
 
@@ -369,7 +370,9 @@ def retrieve_cmd(
                     task = bar.add_task("ingest", total=None)
                 _bar_updater(bar, task)(chunk)
     keys = ("video_id", "query", "moments", "saliency", "clip_len_s", "variants", "mode", "notes")
-    result = {k: result[k] for k in keys} | {"thread_id": started[0]}
+    # match: None for a run resumed from a checkpoint written before the graph gave it
+    matched = {k: result.get(k) for k in ("match", "match_embedder")}
+    result = {k: result[k] for k in keys} | matched | {"thread_id": started[0]}
     if as_json:
         out.print_json(json.dumps(result))
     else:
@@ -380,6 +383,8 @@ def retrieve_cmd(
         for i, (s, e, sc) in enumerate(result["moments"], start=1):
             table.add_row(str(i), seconds_text(s), seconds_text(e), f"{sc:.3f}")
         out.print(table)
+        if result["match"] is not None:
+            out.print(escape(match_reading(result["match"], result["match_embedder"])), highlight=False)
         for note in result["notes"]:
             console.print(f"[dim]note: {escape(note)}[/]")
     if plot:

@@ -51,6 +51,7 @@ from langchain_core.tools import BaseTool, StructuredTool, ToolException
 from pydantic import BaseModel, Field, ValidationError
 
 from granalign.backends.openai_llm import cancel_scope
+from granalign.core.match import match_reading
 from granalign.errors import ConfigError, GranAlignError, InputError
 from granalign.io.video import parse_roots
 from granalign.text import MAX_QUERY_CHARS, clean_query, clean_text, seconds_text
@@ -133,7 +134,18 @@ class RunOptions(TypedDict, total=False):
     resume_only: bool
 
 
-_OUTPUT_KEYS = ("video_id", "query", "moments", "saliency", "clip_len_s", "variants", "mode", "notes")
+_OUTPUT_KEYS = (
+    "video_id",
+    "query",
+    "moments",
+    "saliency",
+    "clip_len_s",
+    "variants",
+    "mode",
+    "notes",
+    "match",
+    "match_embedder",
+)
 
 RETRIEVE_DESCRIPTION = (
     "Find WHEN something happens in a video. Give the video (an id from list_videos) and a short "
@@ -141,7 +153,8 @@ RETRIEVE_DESCRIPTION = (
     "Returns time windows in seconds from the start of the video, best first, each with a score in "
     "[0, 1]. The score only ranks windows within this video: windows come back even when the video "
     "never shows the described moment, with scores as high as for one it does, so it is not a "
-    "confidence that the moment happens. Use it for questions like 'when does ... happen' or "
+    "confidence that the moment happens: for that, read the answer's match value (how well the "
+    "video's captions match the description at all). Use it for questions like 'when does ... happen' or "
     "'what happens around ...'. Errors come back as text explaining what to fix."
 )
 THREAD_ID_DESCRIPTION = (
@@ -263,9 +276,13 @@ class MomentsResult:
         a = self.artifact
         moments = a["moments"]
         head = f"Video {a['video_id']}, query {json.dumps(a['query'], ensure_ascii=False)}: "
+        # whether the video shows the query at all, before the windows (a deployment from
+        # before the match value has none)
+        match = [match_reading(a["match"], a.get("match_embedder"))] if a.get("match") is not None else []
         if not moments:
-            return head + "no matching moment found."
+            return "\n".join([head + "no matching moment found.", *match])
         lines = [head + f"{len(moments)} moment(s), best first (seconds from the start of the video):"]
+        lines += match
         lines += [
             f"{i}. {seconds_text(s)}–{seconds_text(e)} s (score {score:.2f})"
             for i, (s, e, score) in enumerate(moments, start=1)
@@ -594,6 +611,8 @@ class MomentRetriever:
         out["saliency"] = [float(x) for x in out.get("saliency", [])]
         out.setdefault("notes", [])
         out.setdefault("variants", [])
+        out["match"] = float(out["match"]) if out.get("match") is not None else None
+        out.setdefault("match_embedder", None)
         clip_len = values.get("clip_len_s")  # the stored video's grid, not Context.clip_len
         out["clip_len_s"] = float(clip_len) if clip_len is not None else None
         out["elapsed_s"] = round(elapsed, 4)

@@ -98,6 +98,17 @@ class MomentsOutput(BaseModel):
     clip_len_s: float | None = Field(description="Length of one saliency clip in seconds (null if unknown).")
     mode: str = Field(description="'full' (frames analysed) or 'caption-only' (stored captions only).")
     notes: list[str] = Field(description="What the run skipped or fell back on.")
+    match: float | None = Field(
+        default=None,
+        description=(
+            "Whether the video shows the query at all: the mean of the 3 best raw cosines between "
+            "the query and the video's captions, in [-1, 1] (null from a deployment that predates it). "
+            "With all-MiniLM-L6-v2 (match_embedder): below 0.30 the video rarely shows it, at or above "
+            "0.44 it usually does, in between uncertain; other embedders are uncalibrated. A caption "
+            "match: what the captions do not mention cannot match."
+        ),
+    )
+    match_embedder: str | None = Field(default=None, description="The text embedder match was measured with.")
     summary: str = Field(description="The same result as a few lines of text.")
 
 
@@ -235,6 +246,8 @@ def build_server(
             clip_len_s=a.get("clip_len_s"),
             mode=a.get("mode", ""),
             notes=a.get("notes", []),
+            match=a.get("match"),
+            match_embedder=a.get("match_embedder"),
             summary=result.content,
         )
 

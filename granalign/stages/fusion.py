@@ -19,6 +19,7 @@ from numpy.typing import NDArray
 
 from granalign.core.feedback import feedback_queries
 from granalign.core.fusion import AwareMissing, fuse_variants, variant_scores
+from granalign.core.match import caption_match
 from granalign.core.similarity import COSINE_NOISE, cosine_similarity, minmax_normalise
 from granalign.core.smoothing import smoothed_similarity
 from granalign.core.validation import ImitationGuard
@@ -105,6 +106,9 @@ class FusedScores:
     variant_scores: list[list[float]]
     fused: list[float]
     aware_clips: int
+    match: float | None = None
+    """How well the video matches the query at all (:func:`~granalign.core.match.caption_match`:
+    raw cosines, unlike the curves); None when no query embedding was given."""
 
 
 def fuse(
@@ -120,7 +124,8 @@ def fuse(
 ) -> FusedScores:
     """S_f of the variants (rows of ``q_s``/``q_d``) over the clips (rows of ``captions``).
 
-    g(Q_d, C_agn) is computed only when ``aware_missing="agnostic"`` uses it.
+    g(Q_d, C_agn) is computed only when ``aware_missing="agnostic"`` uses it.  With ``query_emb``
+    (the original query's embedding) the result also carries the video's ``match``.
     """
     g_s = _agnostic_curves(q_s, captions, settings)
     g_d_agn = _agnostic_curves(q_d, captions, settings) if settings.aware_missing == "agnostic" else None
@@ -138,4 +143,5 @@ def fuse(
         g_s, g_d_aware, mask, g_detailed_agnostic=g_d_agn, aware_missing=settings.aware_missing
     )
     fused = fuse_variants(curves)
-    return FusedScores(np.round(curves, 6).tolist(), np.round(fused, 6).tolist(), int(mask.sum()))
+    match = caption_match(query_emb, captions) if query_emb is not None else None
+    return FusedScores(np.round(curves, 6).tolist(), np.round(fused, 6).tolist(), int(mask.sum()), match)
