@@ -286,3 +286,32 @@ def test_thin_keeps_the_caption_of_a_partial_last_clip(k: int) -> None:
     longer = CaptionedVideo("odd", CLIP, (*video.captions, "past the end"), 149.0)
     (line,) = thin_set([_query(1, "odd", [[140, 149]], duration=149.0)], {"odd": longer}, k).captions
     assert line["captions"] == list(video.captions[::k])
+
+
+def _shift_inputs(tmp_path: Path) -> list[str]:
+    """``shift`` arguments up to the sets: QUERIES and VIDEOS as files, ``--out`` in tmp_path."""
+    ann, caps = tmp_path / "ann.jsonl", tmp_path / "caps.jsonl"
+    ann.write_text("".join(json.dumps(q) + "\n" for q in QUERIES))
+    lines = [{"vid": v.vid, "clip_len_s": CLIP, "captions": list(v.captions)} for v in VIDEOS.values()]
+    caps.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return ["shift", "--annotations", str(ann), "--captions", str(caps), "--out", str(tmp_path / "out")]
+
+
+def test_a_setting_that_leaves_no_query_is_refused_and_writes_nothing(tmp_path: Path) -> None:
+    """``--crop 1e9`` (longer than every video) wrote a set of 0 queries with exit status 0."""
+    got = CliRunner().invoke(app, [*_shift_inputs(tmp_path), "--crop", "1e9"], env={"COLUMNS": "400"})
+    assert got.exit_code == 2, got.output
+    assert "--crop 1e+09: no query is left, dropped 6 (video shorter than the crop)" in got.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_empty_set_among_others_is_named_and_not_written(tmp_path: Path) -> None:
+    args = [*_shift_inputs(tmp_path), "--crop", "1e9,30", "--concat", "9"]  # 4 videos: no group of 9
+    got = CliRunner().invoke(app, args, env={"COLUMNS": "400"})
+    assert got.exit_code == 0, got.output
+    assert "skipped --crop 1e+09: no query is left" in got.output
+    said = "skipped --concat 9: no query is left, dropped 6 (in the last 4 video(s), fewer than 9)"
+    assert said in got.output
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["crop30"]
+    assert set(json.loads((out / "manifest.json").read_text())["sets"]) == {"crop30"}

@@ -56,6 +56,29 @@ def _parse_list(text: str | None, option: str, kind: type[int] | type[float]) ->
     return values
 
 
+def _dropped(result: Any) -> str:
+    """``12 (video shorter than the crop); 3 (...)``: what a set dropped and why."""
+    return "; ".join(f"{n} ({reason})" for reason, n in result.dropped.items()) or "0"
+
+
+def _no_query_left(result: Any) -> str:
+    """``--crop 1e+09: no query is left, dropped 20 (video shorter than the crop)``: the option
+    that asked for an empty set, and why each query went."""
+    kind = next(k for k in ("concat", "crop", "thin") if result.name.startswith(k))
+    return f"--{kind} {result.name[len(kind) :]}: no query is left, dropped {_dropped(result)}"
+
+
+def _non_empty(sets: list[Any]) -> list[Any]:
+    """The sets that hold a query.  An empty set is never written (a benchmark of 0 queries
+    reads as a result): all empty is refused in one line, some empty are named and skipped."""
+    empty = [result for result in sets if not result.annotations]
+    if len(empty) == len(sets):
+        raise InputError("; ".join(_no_query_left(result) for result in empty) + "; nothing written")
+    for result in empty:
+        console.print(f"[yellow]skipped[/] {_no_query_left(result)}; no folder written", highlight=False)
+    return [result for result in sets if result.annotations]
+
+
 @app.command("shift")
 @user_errors
 def shift_cmd(
@@ -86,7 +109,7 @@ def shift_cmd(
     anns = [a.raw for a in read_annotations(annotations, split=split)]
     wanted = {a["vid"] for a in anns}
     videos = [v for v in read_captions_file(captions) if v.vid in wanted]
-    sets = shift_sets(anns, videos, crops=crops, concats=concats, thins=thins, seed=seed)
+    sets = _non_empty(shift_sets(anns, videos, crops=crops, concats=concats, thins=thins, seed=seed))
     manifest: dict[str, Any] = {
         "annotations": str(annotations),
         "captions": str(captions),
@@ -104,7 +127,7 @@ def shift_cmd(
             "videos": len(result.captions),
             "dropped": result.dropped,
         }
-        why = "; ".join(f"{n} ({reason})" for reason, n in result.dropped.items()) or "0"
+        why = _dropped(result)
         rows.append(f"| {result.name} | {len(result.annotations)} | {len(result.captions)} | {why} |")
         console.print(
             f"{result.name}: {len(result.annotations)} queries, {len(result.captions)} videos, dropped {why}"
