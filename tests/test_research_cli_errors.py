@@ -210,3 +210,36 @@ def test_experiment_refuses_a_set_of_what_each_row_sets_itself(tmp_path: Path, i
     assert got.exit_code == 2, got.output
     assert f"--set {item}: experiment sets {item.split('=')[0]} per row, so it would be ignored" in got.output
     assert not (tmp_path / "exp").exists()
+
+
+@pytest.mark.parametrize("bad", ["pair", "rewriter file"])
+def test_bench_refuses_a_bad_pair_or_rewriter_file_before_the_caption_import(
+    tmp_path: Path, bad: str
+) -> None:
+    """A typo in ``--set prompt_pairs`` or a broken ``file:`` rewriter was reported only after
+    the caption import (minutes on a full caption file, written to the store)."""
+    annotations, captions, paraphrases, _ = _paraphrase_run_inputs(tmp_path)
+    paraphrases.write_text('{"qid": 1, "query": "x", "rephrased_query": [}\n')  # malformed
+    store = tmp_path / "store"
+    chosen = ["--set", "prompt_pairs=core,nosuch"] if bad == "pair" else ["--rewriter", f"file:{paraphrases}"]
+    got = _invoke("bench", "--annotations", str(annotations), "--captions", str(captions),
+                  "--store", str(store), *chosen)  # fmt: skip
+    assert got.exit_code == 2, got.output
+    said = " ".join(got.output.split())
+    expected = "prompt pair 'nosuch' not found" if bad == "pair" else "para.jsonl:1: malformed JSON"
+    assert expected in said
+    assert not store.exists()  # nothing imported
+
+
+def test_experiment_refuses_a_bad_paraphrase_file_before_the_import_and_any_row(tmp_path: Path) -> None:
+    """``--paraphrases`` was read only when its row started: after the caption import and the
+    rows planned before it."""
+    annotations, captions, paraphrases, _ = _paraphrase_run_inputs(tmp_path)
+    paraphrases.write_text('{"qid": 1, "query": "x", "rephrased_query": [}\n')  # malformed
+    store, out = tmp_path / "store", tmp_path / "exp"
+    got = _invoke("experiment", "--annotations", str(annotations), "--captions", str(captions),
+                  "--rewriter", "none", "--only", "Q_r->C_agn,Q_r+para->C_agn", "--paraphrases",
+                  str(paraphrases), "--store", str(store), "--out-dir", str(out))  # fmt: skip
+    assert got.exit_code == 2, got.output
+    assert "para.jsonl:1: malformed JSON" in " ".join(got.output.split())
+    assert not store.exists() and not out.exists()

@@ -279,6 +279,7 @@ def run_benchmark(
     pass after this one, and a kill there must not cost this pass again).
     """
     annotations = read_annotations(annotations_path, limit, split)
+    check_run_settings(ctx)
     store = resources.store_for(ctx)
     embedder = resources.embedder_for(ctx)
     t0 = time.perf_counter()
@@ -350,6 +351,15 @@ def run_benchmark(
         resumed_answered,
         kept_journal=journal.path if keep_journal else None,
     )
+
+
+def check_run_settings(ctx: Context) -> None:
+    """Refuse what the settings alone get wrong before the caption import and any model load:
+    the prompt pairs (ids, m, their files) and the rewriter (its spec; a ``file:`` one is read
+    and parsed).  The run reads both only after the import, which on a full caption file takes
+    minutes and writes to the store, to fail then on a typo in ``--set prompt_pairs``."""
+    resources.pairs_for(ctx)
+    resources.rewriter_for(ctx)
 
 
 #: Bumped when the same settings start to give other prediction rows (2: length priors in

@@ -87,6 +87,7 @@ def experiment_cmd(
     from tools.bench import captioned_videos, read_annotations
     from tools.experiment import (
         check_rewriter,
+        check_row_rewriters,
         detail_unscored_note,
         plan_settings,
         run_setting,
@@ -110,6 +111,7 @@ def experiment_cmd(
             )
         settings = [s for s in settings if s.name in wanted]
     check_rewriter(base, settings)
+    check_row_rewriters(base, settings)
     rows = []
     with _progress() as bar:
         imp = bar.add_task("import", total=None)

@@ -227,6 +227,14 @@ def check_rewriter(base: Context, settings: Sequence[Setting]) -> None:
             )
 
 
+def check_row_rewriters(base: Context, settings: Sequence[Setting]) -> None:
+    """Build each row's rewriter before the caption import: a ``--paraphrases`` or ``file:``
+    rewriter file that is missing or malformed is otherwise found only when its row starts,
+    after the import (minutes on a full caption file) and every row before it."""
+    for spec in dict.fromkeys(s.overrides.get("rewriter", base.rewriter) for s in settings):
+        resources.rewriter_for(base.with_overrides(rewriter=spec))
+
+
 def _row_key(base: Context, setting: Setting, annotations: Sequence[Annotation]) -> str:
     """What a finished row and its journal belong to (settings, pairs' text, captions, queries)."""
     return journal_key(
