@@ -243,3 +243,23 @@ def test_experiment_refuses_a_bad_paraphrase_file_before_the_import_and_any_row(
     assert got.exit_code == 2, got.output
     assert "para.jsonl:1: malformed JSON" in " ".join(got.output.split())
     assert not store.exists() and not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("pairs", "said"),
+    [
+        (" ", "--pairs ' ': no pair id given"),
+        ("", "--pairs '': no pair id given"),
+        ("core,,plain", "--pairs 'core,,plain': item 2 is empty"),
+        ("core,plain,", "--pairs 'core,plain,': item 3 is empty"),
+    ],
+)
+def test_experiment_refuses_an_empty_pair_id(tmp_path: Path, pairs: str, said: str) -> None:
+    """An empty item was looked up as a pair: "prompt pair '' not found" (and ``--pairs ""``
+    ran every pair); an unset variable in ``--pairs "$A,$B"`` must not shrink the experiment."""
+    got = _invoke("experiment", "--annotations", str(DEMO.annotations), "--captions", str(DEMO.captions),
+                  "--limit", "1", "--pairs", pairs, "--store", str(tmp_path / "store"),
+                  "--out-dir", str(tmp_path / "exp"))  # fmt: skip
+    assert got.exit_code == 2, got.output
+    assert said in got.output
+    assert not (tmp_path / "store").exists() and not (tmp_path / "exp").exists()

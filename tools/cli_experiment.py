@@ -51,6 +51,30 @@ def _refuse_per_row_sets(sets: list[str] | None) -> None:
             )
 
 
+def _pair_ids(pairs: str | None) -> list[str] | None:
+    """``--pairs core,plain`` as ids; None (no --pairs) is every pair file.
+
+    An empty item is refused, not skipped: ``--pairs "$A,$B"`` with ``B`` unset (or a stray
+    comma) would otherwise run a smaller experiment whose m = k rows are other prefixes than
+    the ones meant, and a blank value would run every pair with the rewriter model.
+    """
+    if pairs is None:
+        return None
+    ids = [p.strip() for p in pairs.split(",")]
+    if not any(ids):
+        raise InputError(
+            f"--pairs {pairs!r}: no pair id given; name them (e.g. core,plain) or leave out --pairs "
+            "for every pair"
+        )
+    blank = next((i for i, p in enumerate(ids, start=1) if not p), None)
+    if blank is not None:
+        raise InputError(
+            f"--pairs {pairs!r}: item {blank} is empty (a doubled or trailing comma?); "
+            "separate pair ids with single commas, e.g. core,plain"
+        )
+    return ids
+
+
 @app.command("experiment")
 @user_errors
 def experiment_cmd(
@@ -98,9 +122,7 @@ def experiment_cmd(
     _refuse_per_row_sets(sets)
     base = make_context(store, sets, {"rewriter": "local:smollm2"}, rewriter=rewriter)
     anns = read_annotations(annotations, limit, split)
-    settings = plan_settings(
-        [p.strip() for p in pairs.split(",")] if pairs else None, max_m, ablation, paraphrases
-    )
+    settings = plan_settings(_pair_ids(pairs), max_m, ablation, paraphrases)
     if only:
         wanted = {n.strip() for n in only.split(",") if n.strip()}
         unknown = sorted(wanted - {s.name for s in settings})
