@@ -263,3 +263,26 @@ def test_experiment_refuses_an_empty_pair_id(tmp_path: Path, pairs: str, said: s
     assert got.exit_code == 2, got.output
     assert said in got.output
     assert not (tmp_path / "store").exists() and not (tmp_path / "exp").exists()
+
+
+def test_experiment_reports_keep_the_rows_of_earlier_only_runs_in_the_folder(tmp_path: Path) -> None:
+    """Each ``--only`` run rewrote results.md/csv with its own rows alone, dropping the finished
+    (still valid) rows of earlier runs in the same --out-dir; rows of other queries stay out."""
+    annotations, captions, paraphrases, paras = _paraphrase_run_inputs(tmp_path)
+    write_jsonl(paraphrases, paras)
+    out = tmp_path / "exp"
+    args = ["experiment", "--annotations", str(annotations), "--captions", str(captions),
+            "--rewriter", "none", "--paraphrases", str(paraphrases), "--store", str(tmp_path / "store"),
+            "--out-dir", str(out), "--only"]  # fmt: skip
+    assert _invoke(*args, "Q_r->C_agn").exit_code == 0
+    got = _invoke(*args, "Q_r+para->C_agn")
+    assert got.exit_code == 0, got.output
+    said = " ".join(got.output.split())
+    assert "the reports also hold row(s) Q_r->C_agn, finished earlier" in said
+    assert "not in the reports (no result" in said and "pair:core" in said
+    rows = [line.split(",")[0] for line in (out / "results.csv").read_text().splitlines()[1:]]
+    assert rows == ["Q_r->C_agn", "Q_r+para->C_agn"]
+    fewer = _invoke(*args, "Q_r+para->C_agn", "--limit", "2")  # other queries: the row is not valid
+    assert fewer.exit_code == 0, fewer.output
+    rows = [line.split(",")[0] for line in (out / "results.csv").read_text().splitlines()[1:]]
+    assert rows == ["Q_r+para->C_agn"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import Progress, TaskID
@@ -24,6 +24,9 @@ from tools.cli_common import (
     user_errors,
 )
 from tools.cli_options import AnnotationsOpt, CaptionsOpt, ConcurrencyOpt, LimitOpt
+
+if TYPE_CHECKING:  # the command imports tools.experiment (the graph) only when it runs
+    from tools.experiment import RowResult, Setting
 
 
 def _bar_updater(bar: Progress, task: TaskID) -> Callable[[int, int], None]:
@@ -75,6 +78,28 @@ def _pair_ids(pairs: str | None) -> list[str] | None:
     return ids
 
 
+def _say_where_rows_come_from(
+    rows: list[RowResult], ran: list[RowResult], planned: list[Setting], out_dir: Path
+) -> None:
+    """Which rows of the reports come from earlier runs (``--only``), and which planned ones
+    the reports lack: a reader of results.md must not take a partial table for the whole."""
+    now = {r.setting.name for r in ran}
+    earlier = [r.setting.name for r in rows if r.setting.name not in now]
+    missing = [s.name for s in planned if s.name not in {r.setting.name for r in rows}]
+    if earlier:
+        console.print(
+            f"the reports also hold row(s) {', '.join(earlier)}, finished earlier in {out_dir} "
+            "under the same settings and queries",
+            highlight=False,
+        )
+    if missing:
+        console.print(
+            f"not in the reports (no result in {out_dir} under these settings and queries): "
+            f"{', '.join(missing)}",
+            highlight=False,
+        )
+
+
 @app.command("experiment")
 @user_errors
 def experiment_cmd(
@@ -114,6 +139,7 @@ def experiment_cmd(
         check_row_rewriters,
         detail_unscored_note,
         plan_settings,
+        report_rows,
         run_setting,
         write_reports,
     )
@@ -122,7 +148,7 @@ def experiment_cmd(
     _refuse_per_row_sets(sets)
     base = make_context(store, sets, {"rewriter": "local:smollm2"}, rewriter=rewriter)
     anns = read_annotations(annotations, limit, split)
-    settings = plan_settings(_pair_ids(pairs), max_m, ablation, paraphrases)
+    settings = planned = plan_settings(_pair_ids(pairs), max_m, ablation, paraphrases)
     if only:
         wanted = {n.strip() for n in only.split(",") if n.strip()}
         unknown = sorted(wanted - {s.name for s in settings})
@@ -159,7 +185,9 @@ def experiment_cmd(
                 f"{setting.name}: R1@0.5 {row.metrics['brief']['MR-full-R1@0.5']:.2f} "
                 f"mAP {row.metrics['brief']['MR-full-mAP']:.2f}" + (" (cached)" if row.cached else "")
             )
-    note = detail_unscored_note(base, settings)
+    ran, rows = rows, report_rows(base, planned, rows, anns, out_dir)
+    _say_where_rows_come_from(rows, ran, planned, out_dir)
+    note = detail_unscored_note(base, [r.setting for r in rows])
     paths = write_reports(rows, out_dir, note)
     table = Table(title=f"{len(anns)} queries" + (f" ({split} half)" if split else ""))
     for col in ("setting", "R1@0.5", "R1@0.7", "mAP", "HL mAP", "q/s"):

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from granalign.errors import InputError
+from granalign.errors import GranAlignError, InputError
 from granalign.evaluation.metrics import evaluate_submission, recall_and_miou
 from granalign.io.jsonl import Journal, atomic_write_text, write_json, write_jsonl
 from granalign.prompt_files import available_pair_ids, load_prompt_pairs
@@ -242,6 +242,37 @@ def _row_key(base: Context, setting: Setting, annotations: Sequence[Annotation])
     )
 
 
+def _row_dir(out_dir: Path, setting: Setting) -> Path:
+    return out_dir / "settings" / setting.name.replace("/", "_").replace(">", "")
+
+
+def report_rows(
+    base: Context,
+    planned: Sequence[Setting],
+    ran: Sequence[RowResult],
+    annotations: Sequence[Annotation],
+    out_dir: Path,
+) -> list[RowResult]:
+    """The rows a report holds, in plan order: this run's, and those of the other planned
+    settings that ``out_dir`` holds a finished row of under the same key (settings, pairs' text,
+    captions, queries), so that ``--only`` runs into one folder add up instead of each report
+    replacing the last one's rows.  A row whose key cannot be made now (e.g. its rewriter file
+    is gone or broken) has no valid result and is left out."""
+    by_name = {row.setting.name: row for row in ran}
+    rows: list[RowResult] = []
+    for setting in planned:
+        row = by_name.get(setting.name)
+        if row is None:
+            try:
+                key = _row_key(base, setting, annotations)
+            except GranAlignError:
+                continue
+            row = _load_cached(_row_dir(out_dir, setting), setting, key)
+        if row is not None:
+            rows.append(row)
+    return rows
+
+
 def run_setting(
     base: Context,
     setting: Setting,
@@ -253,7 +284,7 @@ def run_setting(
 ) -> RowResult:
     """Run one setting (or load its finished result) and save it atomically."""
     check_rewriter(base, [setting])
-    row_dir = out_dir / "settings" / setting.name.replace("/", "_").replace(">", "")
+    row_dir = _row_dir(out_dir, setting)
     key = _row_key(base, setting, annotations)
     cached = _load_cached(row_dir, setting, key)
     if cached is not None:
