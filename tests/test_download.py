@@ -240,9 +240,12 @@ def test_the_least_recently_used_downloads_go_when_the_folder_is_over_budget(
     assert sorted(p.name for p in folder.iterdir()) == sorted([got.name, old[2].name, "notes.txt"])
     # a hit marks the file used: it outlives an older one
     _aged(got, 500)
-    assert download_video(
-        url, folder, check=lambda u: check_url(u, ("127.0.0.1",)), max_bytes=10**9, timeout_s=30
-    ) == got
+    assert (
+        download_video(
+            url, folder, check=lambda u: check_url(u, ("127.0.0.1",)), max_bytes=10**9, timeout_s=30
+        )
+        == got
+    )
     assert prune_downloads(folder, 1000, in_use_s=30) == [old[2]]
     # nothing used within the last in_use_s seconds goes, whatever the budget
     assert prune_downloads(folder, 0, in_use_s=30) == [] and got.exists()

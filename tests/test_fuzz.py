@@ -894,6 +894,7 @@ def test_clips_to_seconds_clamps_or_refuses(windows: np.ndarray, clip_len: float
 # bugs found by the fuzzing above (all fixed): minimal examples as regression tests
 # =============================================================================================
 
+
 @pytest.mark.parametrize("reader", ["iter_jsonl", "read_annotations", "read_captions_file", "FileRewriter"])
 @pytest.mark.parametrize(
     "content",

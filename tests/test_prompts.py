@@ -159,7 +159,7 @@ def test_bad_bytes_name_file_and_line(tmp_path: Path, raw: bytes, problem: str) 
     text = GOOD.format(id="bytes").encode("utf-8")
     path = tmp_path / "bytes.yaml"
     path.write_bytes(text.replace(b"Make it precise", b"Make it pr" + raw + b"cise"))
-    line = text.decode().splitlines().index('detail: |') + 2
+    line = text.decode().splitlines().index("detail: |") + 2
     with pytest.raises(PromptError, match=re.escape(f"{path}:{line}: {problem}")):
         load_prompt_pair(path)
 

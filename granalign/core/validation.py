@@ -27,6 +27,7 @@ from granalign.tokens import content_words
 
 FloatArray = NDArray[np.float64]
 
+
 # -- rewrite drift --------------------------------------------------------------------------------
 def rewrite_similarity(query: ArrayLike, rewrites: ArrayLike) -> FloatArray:
     """Cosine similarity of each rewrite embedding (k, d) with the query embedding (d,)."""
