@@ -56,15 +56,19 @@ def test_tool_text_gives_the_artifacts_seconds() -> None:
 
 def test_tool_text_gives_the_artifacts_match_before_the_windows() -> None:
     """The one value that says whether the video shows the query at all, as the artifact has it
-    (4 decimals: 0.2996 printed as 0.30 would contradict "below 0.30"), read for MiniLM only."""
+    (4 decimals: 0.2996 printed as 0.30 would contradict "below 0.30"), read for MiniLM only,
+    with the upper level for the video's caption count (the saliency curve's length)."""
     from tools.langchain_tool import MomentsResult
 
     art = {"video_id": "v", "query": "q", "moments": [[1.0, 2.0, 0.5]], "mode": "full"}
+    art["saliency"] = [0.1] * 75
     text = MomentsResult(art | {"match": 0.2996, "match_embedder": "all-MiniLM-L6-v2"}).content
     assert text.splitlines()[1] == (
-        "match 0.2996 (all-MiniLM-L6-v2: below 0.30 the video rarely shows it, "
-        "at or above 0.44 it usually does)"
+        "match 0.2996 (all-MiniLM-L6-v2: below 0.30 the video rarely shows it; "
+        "at or above 0.45, for a video of 75 captions, it usually does)"
     )
+    long = MomentsResult(art | {"saliency": [0.1] * 1800, "match": 0.5, "match_embedder": "all-MiniLM-L6-v2"})
+    assert "at or above 0.64, for a video of 1800 captions" in long.content
     other = MomentsResult(art | {"match": 0.5, "match_embedder": "e5-small"}).content
     assert "match 0.5 (uncalibrated: the text embedder is not all-MiniLM-L6-v2)" in other
     nothing = MomentsResult(art | {"moments": [], "match": 0.1, "match_embedder": "all-MiniLM-L6-v2"}).content

@@ -384,7 +384,9 @@ def retrieve_cmd(
             table.add_row(str(i), seconds_text(s), seconds_text(e), f"{sc:.3f}")
         out.print(table)
         if result["match"] is not None:
-            out.print(escape(match_reading(result["match"], result["match_embedder"])), highlight=False)
+            captions = len(result["saliency"]) or None  # the upper level depends on it
+            reading = match_reading(result["match"], result["match_embedder"], captions)
+            out.print(escape(reading), highlight=False)
         for note in result["notes"]:
             console.print(f"[dim]note: {escape(note)}[/]")
     if plot:

@@ -277,8 +277,10 @@ class MomentsResult:
         moments = a["moments"]
         head = f"Video {a['video_id']}, query {json.dumps(a['query'], ensure_ascii=False)}: "
         # whether the video shows the query at all, before the windows (a deployment from
-        # before the match value has none)
-        match = [match_reading(a["match"], a.get("match_embedder"))] if a.get("match") is not None else []
+        # before the match value has none); its upper level depends on the video's caption count
+        captions = len(a.get("saliency") or []) or None
+        got = a.get("match")
+        match = [match_reading(got, a.get("match_embedder"), captions)] if got is not None else []
         if not moments:
             return "\n".join([head + "no matching moment found.", *match])
         lines = [head + f"{len(moments)} moment(s), best first (seconds from the start of the video):"]
