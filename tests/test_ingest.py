@@ -323,6 +323,35 @@ def test_two_videos_ended_by_a_deployment_failure_at_once_are_both_reported(tmp_
         assert re.search(rf"{Path(video).name} +│ failed", result.output), result.output
 
 
+def test_a_deployment_failure_after_every_video_began_names_no_videos_not_attempted(tmp_path, monkeypatch):
+    """``--jobs`` as many as the videos, all running when the deployment fails: none was left
+    out, so the error says where the run stopped and no "0 of 2 videos not attempted"."""
+    import threading
+
+    import graphs.ingest as ingest_module
+    from granalign.errors import ConfigError
+
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    for i in range(2):
+        (folder / f"v{i}.mp4").write_bytes(b"stand-in")
+    both_running = threading.Barrier(2, timeout=30)
+
+    def fake_ingest(ctx, video, on_event=None):
+        both_running.wait()
+        raise ConfigError("captioner model 'qwen' could not be loaded")
+
+    monkeypatch.setattr(ingest_module, "ingest_video", fake_ingest)
+    env = {"GRANALIGN_STORE": str(tmp_path / "store"), "GRANALIGN_VIDEO_ROOTS": str(tmp_path)}
+    result = CliRunner().invoke(app, ["index", str(folder), "--jobs", "2"], env=env)
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert re.search(r"stopped indexing folder .+ at v[01]\.mp4$", text), text
+    assert "not attempted" not in text, text
+    for name in ("v0.mp4", "v1.mp4"):
+        assert re.search(rf"{name} +│ failed", result.output), result.output
+
+
 def test_a_lost_chroma_server_is_said_once_and_its_video_is_in_the_summary(tmp_path, monkeypatch):
     """The server goes away while the second video is ingested (``--jobs 1``): the summary lists
     the first video and the one that stopped the run (it left that one out), and the cause is

@@ -139,9 +139,10 @@ def _ingest_target(ctx: Any, target: str, jobs: int) -> None:
         if len(run.results) > 1:  # other videos finished or failed too: the table lists them all
             # the location without opening the store: a store that failed would be tried again
             _print_ingest_summary(run.results, resources.store_location(ctx))
+        left = len(files) - run.started  # none when every video had begun (--jobs >= the videos)
+        untried = f": {left} of {len(files)} videos not attempted" if left else ""
         raise GranAlignError(  # the one place the cause is printed (the rows point here)
-            f"{exc}; stopped indexing folder {display_path(target)} at {run.names[run.stopper]}: "
-            f"{len(files) - run.started} of {len(files)} videos not attempted"
+            f"{exc}; stopped indexing folder {display_path(target)} at {run.names[run.stopper]}{untried}"
         ) from exc
     _print_ingest_summary(run.results, resources.store_location(ctx))
     if any(problem for _, _, problem in run.results):
