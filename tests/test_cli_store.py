@@ -205,6 +205,35 @@ def test_file_names_are_listed_and_recovered_as_they_are_not_as_markup_or_termin
     close_stores()
 
 
+def test_check_recover_and_rm_print_video_ids_as_they_are_not_as_markup(tmp_path):
+    """Ids are free text (an import's ``vid``): ``a[b]c`` lost its ``[b]`` as a bold tag and
+    ``[red]x`` its ``[red]`` in check's problem and unfinished lines (recover's unfinished line
+    escaped them), and in recover's left-out line and rm's line."""
+    folder, new = tmp_path / "store", tmp_path / "new"
+    bold, red = "a[b]c", "[red]x"
+    _fill(folder, [bold], 5)
+    vec = np.random.default_rng(1).standard_normal((2, 384)).astype(np.float32)
+    with Store(folder) as store:
+        _add_caption_rows(store, bold, [5])
+        store.put_clip_captions(
+            red, [0, 1], ["x", "y"], vec, source="m", prompt_hash="", embedder_name=EMBEDDER
+        )
+    close_stores()
+    got = _cli("store", "check", "--store", str(folder))
+    assert got.exit_code == 1, got.output
+    assert _problems(got.output) == [_extra(bold, 6, 5)], got.output
+    assert f"unfinished: video {red}: 2 clips stored" in got.output, got.output
+    assert f"granalign videos rm -- {red}" in got.output, got.output
+    got = _cli("store", "recover", "--store", str(folder), "--to", str(new))
+    close_stores()
+    assert got.exit_code == 0, got.output
+    assert f"left out: {bold}: 1 caption row past its 5 clips" in got.output, got.output
+    got = _cli("videos", "rm", "--store", str(folder), "--", bold, red)
+    close_stores()
+    assert got.exit_code == 0, got.output
+    assert f"removed {bold}: " in got.output and f"removed {red}: " in got.output, got.output
+
+
 # -- caption rows that do not match a video's record ---------------------------------------------
 
 

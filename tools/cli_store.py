@@ -231,20 +231,22 @@ def check_cmd(store: StoreOpt = None, sets: SetOpt = None) -> None:
         raise InputError(f"store {where} is broken: {_failure(report)}{hint}")
     s = report.summary
     sizes = ", ".join(f"{name} {n}" for name, n in s["collections"].items())
-    console.print(
-        f"[green]ok[/]: store {where}: {s['videos']} videos ({s['complete']} complete, "
+    console.print(  # ids and paths are free text: printed as they are, never read as Rich markup
+        f"[green]ok[/]: store {escape(where)}: {s['videos']} videos ({s['complete']} complete, "
         f"{s['ingested']} ingested from files); {sizes or 'no collections'}",
         highlight=False,
     )
     for video_id, n in s.get("unfinished", []):
         console.print(
-            f"unfinished: video {video_id}: {n} clips stored, no video record (an ingest or import "
-            f"that stopped): re-run it to finish it, or remove them: granalign videos rm -- {video_id}",
+            escape(
+                f"unfinished: video {video_id}: {n} clips stored, no video record (an ingest or import "
+                f"that stopped): re-run it to finish it, or remove them: granalign videos rm -- {video_id}"
+            ),
             highlight=False,
             soft_wrap=True,
         )
     for problem in s["problems"]:
-        console.print(f"[yellow]problem:[/] {problem}", highlight=False)
+        console.print(f"[yellow]problem:[/] {escape(problem)}", highlight=False)
     if s["problems"]:
         raise typer.Exit(1)
 
@@ -406,15 +408,17 @@ def recover_cmd(
             {k: records.rewrites[k][1] for k in keys}, {k: records.rewrites[k][0] for k in keys}
         )
     console.print(
-        f"recovered into {target}: {imported} videos from their captions, "
-        f"{len(records.rewrites)} cached rewrites; next: use --store {target} (or GRANALIGN_STORE)",
+        escape(
+            f"recovered into {target}: {imported} videos from their captions, "
+            f"{len(records.rewrites)} cached rewrites; next: use --store {target} (or GRANALIGN_STORE)"
+        ),
         highlight=False,
     )
     for rec in plan.reingest:  # a command to paste: the name quoted for the shell, never read as markup
         shown = display_path(shlex.quote(rec.path)) if rec.path else f"<file of {rec.video_id}>"
         console.print(f"[yellow]re-ingest:[/] granalign index {escape(shown)}", highlight=False)
     for what in plan.lost:
-        console.print(f"[yellow]not recovered:[/] {what}", highlight=False)
+        console.print(f"[yellow]not recovered:[/] {escape(what)}", highlight=False)
     for video_id, n in records.unfinished:  # check's `unfinished:` lines: no record says what they were
         console.print(
             f"[yellow]not recovered:[/] unfinished video {escape(video_id)}: {n} clips stored, no video "
@@ -424,7 +428,7 @@ def recover_cmd(
             soft_wrap=True,
         )
     for what in plan.left_out:
-        console.print(f"[yellow]left out:[/] {what}", highlight=False)
+        console.print(f"[yellow]left out:[/] {escape(what)}", highlight=False)
 
 
 # -- videos list / rm ---------------------------------------------------------------------------
@@ -495,4 +499,4 @@ def videos_rm_cmd(
         removed = st.delete_video(video_id)
         resources.forget_video(video_id)
         parts = ", ".join(f"{n} from {name}" for name, n in removed.items() if n)
-        console.print(f"removed {video_id}: {parts}", highlight=False)
+        console.print(escape(f"removed {video_id}: {parts}"), highlight=False)
