@@ -383,6 +383,37 @@ def test_a_lost_chroma_server_is_said_once_and_its_video_is_in_the_summary(tmp_p
     assert "v2.mp4" not in result.output and "v3.mp4" not in result.output
 
 
+def test_the_index_summary_says_each_distinct_note_once(tmp_path, monkeypatch):
+    """A note every video gives (random test weights) was printed once per video; it is now said
+    once for all of them, a note some videos give names them, and a video's own note stays."""
+    import graphs.ingest as ingest_module
+    from granalign.errors import InputError
+
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    for i in range(4):
+        (folder / f"v{i}.mp4").write_bytes(b"stand-in")
+    weights = "CLIP ViT-S-32 has random weights (clip_pretrained=none): its scores are meaningless"
+    own = {"v0": ["video is 0.50 s long, shorter than one clip (2 s): one clip covers it"]}
+    some = "some videos' note"
+
+    def fake_ingest(ctx, video, on_event=None):
+        stem = Path(video).stem
+        if stem == "v3":
+            raise InputError("video 'v3.mp4' is not a video FFmpeg can read")
+        notes = [weights, *own.get(stem, []), *([some] if stem != "v1" else []), weights]
+        return {"video_id": f"sha256-{stem}", "n_clips": 1, "skipped": 0, "encoded": 1, "notes": notes}
+
+    monkeypatch.setattr(ingest_module, "ingest_video", fake_ingest)
+    env = {"GRANALIGN_STORE": str(tmp_path / "store"), "GRANALIGN_VIDEO_ROOTS": str(tmp_path)}
+    result = CliRunner().invoke(app, ["index", str(folder), "--jobs", "2"], env=env)
+    assert result.exit_code == 1, result.output  # v3 failed
+    text = " ".join(result.output.split())  # the console wraps long notes
+    assert text.count("random weights") == 1 and f"note (all 3 videos): {weights}" in text, text
+    assert text.count(some) == 1 and f"note (2 videos: v0.mp4, v2.mp4): {some}" in text, text
+    assert f"note (v0.mp4): {own['v0'][0]}" in text, text
+
+
 def test_index_cli_needs_exactly_one_source(ctx):
     result = CliRunner().invoke(app, ["index"], env={"GRANALIGN_STORE": ctx.store_dir})
     assert result.exit_code == 2 and "give a video file or folder, or --captions FILE" in result.output

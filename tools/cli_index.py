@@ -286,7 +286,7 @@ def _check_index_target(ctx: Any, target: str, roots: Sequence[Path]) -> None:
 
 def _print_ingest_summary(results: list[tuple[str, dict[str, Any] | None, str]], location: str) -> None:
     """One row per video; ids are printed whole (never cut to the terminal's width), failure
-    reasons on their own lines below the table."""
+    reasons on their own lines below the table, then each distinct note once."""
     names = short_names([video for video, _, _ in results])
     ids = [got["video_id"] for _, got, _ in results if got is not None]
     table = Table(title=f"ingested into {location}")
@@ -307,9 +307,28 @@ def _print_ingest_summary(results: list[tuple[str, dict[str, Any] | None, str]],
     out.print(table)
     for name, problem in failed:
         console.print(f"[red]failed[/] {escape(name)}: {escape(problem)}", highlight=False, soft_wrap=True)
-    for video, got, _ in results:
-        for note in (got or {}).get("notes") or []:
-            console.print(f"[dim]note ({escape(names[video])}): {escape(note)}[/]")
+    for note, videos in _notes_by_text(results).items():
+        console.print(f"[dim]note ({escape(_videos_text(videos, names, len(ids)))}): {escape(note)}[/]")
+
+
+def _notes_by_text(results: list[tuple[str, dict[str, Any] | None, str]]) -> dict[str, list[str]]:
+    """Each distinct note with the videos that gave it, in the order first given: a note every
+    video gives (random test weights) is said once, not once per video."""
+    notes: dict[str, list[str]] = {}
+    for video, got, _ in sorted(results):  # the table's order
+        for note in dict.fromkeys((got or {}).get("notes") or []):
+            notes.setdefault(note, []).append(video)
+    return notes
+
+
+def _videos_text(videos: list[str], names: dict[str, str], ingested: int) -> str:
+    """Whom a note is about: one video by name, every ingested video by count, else a few names."""
+    if len(videos) == 1:
+        return names[videos[0]]
+    if len(videos) == ingested:
+        return f"all {ingested} videos"
+    shown = ", ".join(names[v] for v in videos[:3])
+    return f"{len(videos)} videos: {shown}" + (f" and {len(videos) - 3} more" if len(videos) > 3 else "")
 
 
 @app.command("retrieve")
