@@ -126,6 +126,30 @@ def test_roots_come_from_the_context_setting_for_the_graph_and_the_tool(
     assert "outside the allowed video roots" in _graph_error(outside, str(root / "clip.mp4"))
 
 
+def test_the_tools_own_roots_are_the_roots_the_graph_runs_with(
+    demo_store,  # noqa: F811
+    root: Path,
+    tmp_path: Path,
+):
+    """``ToolSettings.roots`` and the context's ``video_roots`` differ: a file the tool accepted
+    was refused by the graph ("<video root>/clip.mp4 is outside the allowed video roots"); the
+    graph now runs with the tool's roots, as a download's run already did."""
+    store, _ = demo_store
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    ctx = Context(store_dir=str(store), video_roots=str(elsewhere), auto_ingest=False)
+    retriever = _retriever(ctx, roots=(root,))
+    with pytest.raises(InputError) as err:
+        retriever.run("clip.mp4", "a dog", 3)
+    said = str(err.value)
+    assert "outside the allowed video roots" not in said and "is not indexed" in said, said
+    assert "not in the store" in said, said  # the graph read the file: auto_ingest is off
+    # the other way round the tool refuses, as before: its roots are the caller's limit
+    (elsewhere / "other.mp4").write_bytes(b"\x00" * 64)
+    with pytest.raises(InputError, match="outside the allowed video roots"):
+        retriever.run(str(elsewhere / "other.mp4"), "a dog", 3)
+
+
 # -- a video ingested under other settings ------------------------------------------------------
 
 

@@ -186,7 +186,10 @@ class ToolSettings:
     """In-process retrieval Context (``graphs.context.Context``); None = ``Context.from_env()``."""
     roots: tuple[Path, ...] | None = None
     """Allowed video roots; None = the context's ``video_roots`` setting (in-process) or
-    ``GRANALIGN_VIDEO_ROOTS`` (remote), default the cwd, read at call time."""
+    ``GRANALIGN_VIDEO_ROOTS`` (remote), default the cwd, read at call time.  In-process, roots
+    given here replace the context's for the run too (the graph reads files, a stored video's
+    included, only inside them); ``()`` refuses every path and leaves the context's roots to
+    the stored videos' files.  A remote deployment checks paths against its own roots."""
     url_allowlist: tuple[str, ...] | None = None
     """Hosts a video URL may name; None = ``GRANALIGN_URL_ALLOWLIST`` at call time."""
     timeout_s: float = 600.0
@@ -574,6 +577,8 @@ class MomentRetriever:
         ctx = self._context(settings).with_overrides(top_n=k).for_answers()  # distinct windows
         # the same roots the graph checks the path against (one roots parser, one setting)
         roots = settings.roots if settings.roots is not None else parse_roots(ctx.video_roots)
+        if roots:  # the tool's own roots replace the context's: a path it accepts, the graph does
+            ctx = ctx.with_overrides(video_roots=os.pathsep.join(str(root) for root in roots))
         store = self._store(ctx)
 
         def known(video_id: str) -> bool:
