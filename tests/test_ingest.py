@@ -283,12 +283,10 @@ def test_a_model_that_cannot_load_stops_a_folder_index_with_one_error(tmp_path, 
     assert "c.mp4" not in result.output and "d.mp4" not in result.output  # not attempted
 
 
-def test_two_videos_ended_by_a_deployment_failure_at_once_are_both_reported(tmp_path, monkeypatch):
-    """``--jobs 2``, both running videos fail with the same deployment failure: the first is the
-    folder's error and the second is listed as failed (before, it was in neither the error nor
-    the summary, nor counted as not attempted).  Both are in the summary (the first was left
-    out), and the cause is printed once, in the error (it was also the second's log line and
-    its failure line)."""
+def _index_with_two_running_when_the_deployment_fails(tmp_path, monkeypatch, *, videos: int):
+    """``index FOLDER --jobs 2`` over ``videos`` stand-in files, whose ingest (a stand-in) waits
+    until two videos run and then fails as a deployment does (a model that cannot load).
+    Returns the CLI result and the videos whose ingest began."""
     import threading
 
     import graphs.ingest as ingest_module
@@ -296,7 +294,7 @@ def test_two_videos_ended_by_a_deployment_failure_at_once_are_both_reported(tmp_
 
     folder = tmp_path / "videos"
     folder.mkdir()
-    for i in range(4):
+    for i in range(videos):
         (folder / f"v{i}.mp4").write_bytes(b"stand-in")
     both_running = threading.Barrier(2, timeout=30)
     calls: list[str] = []
@@ -308,7 +306,16 @@ def test_two_videos_ended_by_a_deployment_failure_at_once_are_both_reported(tmp_
 
     monkeypatch.setattr(ingest_module, "ingest_video", fake_ingest)
     env = {"GRANALIGN_STORE": str(tmp_path / "store"), "GRANALIGN_VIDEO_ROOTS": str(tmp_path)}
-    result = CliRunner().invoke(app, ["index", str(folder), "--jobs", "2"], env=env)
+    return CliRunner().invoke(app, ["index", str(folder), "--jobs", "2"], env=env), calls
+
+
+def test_two_videos_ended_by_a_deployment_failure_at_once_are_both_reported(tmp_path, monkeypatch):
+    """``--jobs 2``, both running videos fail with the same deployment failure: the first is the
+    folder's error and the second is listed as failed (before, it was in neither the error nor
+    the summary, nor counted as not attempted).  Both are in the summary (the first was left
+    out), and the cause is printed once, in the error (it was also the second's log line and
+    its failure line)."""
+    result, calls = _index_with_two_running_when_the_deployment_fails(tmp_path, monkeypatch, videos=4)
     assert result.exit_code == 2, result.output
     assert len(calls) == 2, calls
     text = " ".join(result.output.split())
@@ -326,24 +333,7 @@ def test_two_videos_ended_by_a_deployment_failure_at_once_are_both_reported(tmp_
 def test_a_deployment_failure_after_every_video_began_names_no_videos_not_attempted(tmp_path, monkeypatch):
     """``--jobs`` as many as the videos, all running when the deployment fails: none was left
     out, so the error says where the run stopped and no "0 of 2 videos not attempted"."""
-    import threading
-
-    import graphs.ingest as ingest_module
-    from granalign.errors import ConfigError
-
-    folder = tmp_path / "videos"
-    folder.mkdir()
-    for i in range(2):
-        (folder / f"v{i}.mp4").write_bytes(b"stand-in")
-    both_running = threading.Barrier(2, timeout=30)
-
-    def fake_ingest(ctx, video, on_event=None):
-        both_running.wait()
-        raise ConfigError("captioner model 'qwen' could not be loaded")
-
-    monkeypatch.setattr(ingest_module, "ingest_video", fake_ingest)
-    env = {"GRANALIGN_STORE": str(tmp_path / "store"), "GRANALIGN_VIDEO_ROOTS": str(tmp_path)}
-    result = CliRunner().invoke(app, ["index", str(folder), "--jobs", "2"], env=env)
+    result, _ = _index_with_two_running_when_the_deployment_fails(tmp_path, monkeypatch, videos=2)
     assert result.exit_code == 2, result.output
     text = " ".join(result.output.split())
     assert re.search(r"stopped indexing folder .+ at v[01]\.mp4$", text), text

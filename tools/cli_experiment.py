@@ -83,9 +83,9 @@ def _say_where_rows_come_from(
 ) -> None:
     """Which rows of the reports come from earlier runs (``--only``), and which planned ones
     the reports lack: a reader of results.md must not take a partial table for the whole."""
-    now = {r.setting.name for r in ran}
+    now, reported = {r.setting.name for r in ran}, {r.setting.name for r in rows}
     earlier = [r.setting.name for r in rows if r.setting.name not in now]
-    missing = [s.name for s in planned if s.name not in {r.setting.name for r in rows}]
+    missing = [s.name for s in planned if s.name not in reported]
     if earlier:
         console.print(
             f"the reports also hold row(s) {', '.join(earlier)}, finished earlier in {out_dir} "

@@ -364,6 +364,7 @@ def retrieve_cmd(
     """Find the moments of a video that match a query."""
     from granalign.core.match import match_reading
     from graphs.durable import stream_retrieval
+    from graphs.state import RetrievalOutput
     from tools.safety import clean_thread_id
 
     video, query = _video_and_query(video, query, video_opt)
@@ -389,10 +390,9 @@ def retrieve_cmd(
                 if task is None:
                     task = bar.add_task("ingest", total=None)
                 _bar_updater(bar, task)(chunk)
-    keys = ("video_id", "query", "moments", "saliency", "clip_len_s", "variants", "mode", "notes")
     # match: None for a run resumed from a checkpoint written before the graph gave it
-    matched = {k: result.get(k) for k in ("match", "match_embedder")}
-    result = {k: result[k] for k in keys} | matched | {"thread_id": started[0]}
+    got = {"match": None, "match_embedder": None} | result
+    result = {k: got[k] for k in RetrievalOutput.__annotations__} | {"thread_id": started[0]}
     if as_json:
         out.print_json(json.dumps(result))
     else:

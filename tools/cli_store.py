@@ -36,7 +36,14 @@ from rich.markup import escape
 from rich.table import Table
 
 from granalign.errors import InputError
-from granalign.io.store import REWRITES, VIDEOS, VideoRecord, collection_slug, default_store_dir
+from granalign.io.store import (
+    REWRITES,
+    VIDEOS,
+    VideoRecord,
+    collection_slug,
+    count_record,
+    default_store_dir,
+)
 from granalign.io.video import display_path
 from tools.cli_common import (
     SetOpt,
@@ -298,9 +305,7 @@ def read_records(folder: Path) -> StoreRecords:
     per_video: dict[str, dict[str, dict[tuple[str, str], int]]] = defaultdict(dict)
     for (name, rid), meta in rows.items():
         if "video_id" in meta and "clip" in meta:  # a clip row, counted as check counts it
-            per_keys = per_video[name].setdefault(str(meta["video_id"]), {})
-            keys = (str(meta.get("source", "")), str(meta.get("prompt_hash", "")))
-            per_keys[keys] = per_keys.get(keys, 0) + 1
+            count_record(per_video[name], meta)
         if name == VIDEOS:
             records.videos.append(VideoRecord.from_metadata(meta))
         elif name == REWRITES and "json" in meta:

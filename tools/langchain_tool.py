@@ -55,6 +55,7 @@ from granalign.core.match import match_reading
 from granalign.errors import ConfigError, GranAlignError, InputError
 from granalign.io.video import parse_roots
 from granalign.text import MAX_QUERY_CHARS, clean_query, clean_text, seconds_text
+from graphs.state import RetrievalOutput
 from tools import redact
 from tools.safety import (
     MAX_VIDEO_ARG_CHARS,
@@ -134,18 +135,7 @@ class RunOptions(TypedDict, total=False):
     resume_only: bool
 
 
-_OUTPUT_KEYS = (
-    "video_id",
-    "query",
-    "moments",
-    "saliency",
-    "clip_len_s",
-    "variants",
-    "mode",
-    "notes",
-    "match",
-    "match_embedder",
-)
+_OUTPUT_KEYS = tuple(RetrievalOutput.__annotations__)  # the graph's output schema, one list
 
 RETRIEVE_DESCRIPTION = (
     "Find WHEN something happens in a video. Give the video (an id from list_videos) and a short "

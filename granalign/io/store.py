@@ -36,7 +36,7 @@ import os
 import re
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -332,6 +332,15 @@ def _embedded_client(path: Path, lock_timeout: float) -> Any:
     except BaseException:
         release_store_lock(path)
         raise
+
+
+def count_record(tally: dict[str, dict[tuple[str, str], int]], meta: Mapping[str, Any]) -> None:
+    """Count one record in ``tally`` under its ``video_id`` and (``source``, ``prompt_hash``)
+    (empty where it has none): the tally of :meth:`Store.records_per_video`, shared with
+    ``store recover``, which reads the same metadata from SQLite when Chroma cannot open."""
+    keys = (str(meta.get("source", "")), str(meta.get("prompt_hash", "")))
+    per_keys = tally.setdefault(str(meta.get("video_id", "")), {})
+    per_keys[keys] = per_keys.get(keys, 0) + 1
 
 
 class StoreUnavailable(BackendError):
@@ -792,10 +801,7 @@ class Store:
         while True:
             got = col.get(include=["metadatas"], limit=page, offset=offset)
             for meta in got["metadatas"]:
-                meta = meta or {}
-                keys = (str(meta.get("source", "")), str(meta.get("prompt_hash", "")))
-                per_keys = tally.setdefault(str(meta.get("video_id", "")), {})
-                per_keys[keys] = per_keys.get(keys, 0) + 1
+                count_record(tally, meta or {})
             if len(got["ids"]) < page:
                 return tally
             offset += page
