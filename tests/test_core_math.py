@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from granalign.core.feedback import feedback_queries
-from granalign.core.fusion import granular_fusion, variant_scores
+from granalign.core.fusion import fuse_variants, granular_fusion, variant_scores
 from granalign.core.moments import (
     DEFAULT_NMS_IOU,
     clips_to_seconds,
@@ -416,6 +416,43 @@ def test_saliency_plain_floats() -> None:
     assert all(type(x) is float for x in out)
     with pytest.raises(InputError, match="fused"):
         saliency(np.array([0.1, np.inf]))
+
+
+@pytest.mark.parametrize("sigma", [None, np.array([1.0, 2.0])])
+def test_saliency_refuses_a_sigma_that_is_no_number_of_clips(sigma: object) -> None:
+    """None used to pass as 'no smoothing' and an array failed inside numpy ('truth value of an
+    array is ambiguous'): both are one ConfigError naming sigma now, like gaussian_smooth's."""
+    with pytest.raises(ConfigError, match="sigma"):
+        saliency(np.array([0.0, 0.5, 1.0]), sigma=sigma)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("curves", "what"),
+    [
+        (np.array([[0.1, np.nan, 0.3]]), "NaN"),
+        (np.zeros((0, 4)), "non-empty"),
+        (np.zeros(4), "2-D"),
+        ([[0.1, 0.2], [0.3]], "numeric"),
+        (np.array([[0.2, 1.7]]), r"\[0, 1\]"),
+    ],
+)
+def test_fuse_variants_refuses_curves_it_cannot_average(curves: object, what: str) -> None:
+    """A NaN or empty matrix came back as a NaN curve, a 1-D curve as one number and a ragged
+    list as an AttributeError; a researcher calling it with their own curves gets one line."""
+    with pytest.raises(InputError, match=f"curves.*{what}"):
+        fuse_variants(curves)  # type: ignore[arg-type]
+
+
+def test_fuse_variants_takes_plain_lists() -> None:
+    assert fuse_variants([[0.0, 0.5], [1.0, 0.5]]).tolist() == [0.5, 0.5]
+
+
+@pytest.mark.parametrize("threshold", [np.array([0.1, 0.2]), None, "0.5", float("nan"), 1.5])
+def test_high_score_clips_refuses_a_threshold_that_is_no_level(threshold: object) -> None:
+    """An array threshold was broadcast against the curve (a numpy shape error, or silently a
+    per-clip mask when the lengths matched) and None failed inside the comparison."""
+    with pytest.raises(ConfigError, match="threshold"):
+        high_score_clips(np.array([0.1, 0.9]), threshold)  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -142,7 +142,11 @@ def granular_fusion(
     return fuse_variants(curves)
 
 
-def fuse_variants(curves: FloatArray) -> FloatArray:
-    """S_f from the per-pair curves of :func:`variant_scores`: their mean, shape (n,), in [0, 1]."""
-    fused: FloatArray = np.clip(curves.mean(axis=0), 0.0, 1.0)
+def fuse_variants(curves: ArrayLike) -> FloatArray:
+    """S_f from the per-pair curves of :func:`variant_scores`: their mean, shape (n,), in [0, 1].
+
+    Checked like the curves it averages (a non-empty (m, n) matrix of finite values in [0, 1]):
+    a NaN or an empty matrix would otherwise come back as a NaN curve that ranks nothing.
+    """
+    fused: FloatArray = np.clip(_normalised_matrix(curves, "curves").mean(axis=0), 0.0, 1.0)
     return fused

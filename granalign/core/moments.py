@@ -51,7 +51,7 @@ from granalign.core.proposals import (
     generate_proposals,
 )
 from granalign.core.similarity import as_finite_array
-from granalign.core.smoothing import gaussian_smooth
+from granalign.core.smoothing import check_sigma, gaussian_smooth
 from granalign.errors import ConfigError, InputError
 
 FloatArray = NDArray[np.float64]
@@ -195,7 +195,7 @@ def saliency(fused: ArrayLike, *, sigma: float = 0.0) -> list[float]:
     HIT@1 60.00 → 64.90.  The default 0 keeps S_f unchanged.
     """
     curve = as_score_curve(fused, "fused")
-    if sigma:
+    if check_sigma(sigma):  # checked even when 0-like: None or an array is no σ
         curve = np.clip(gaussian_smooth(curve, sigma), 0.0, 1.0)
     values: list[float] = curve.tolist()
     return values

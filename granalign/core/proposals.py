@@ -209,6 +209,7 @@ def high_score_clips(scores: ArrayLike, threshold: float) -> IntArray:
     of a min–max curve) never count as evidence.
     """
     curve = as_score_curve(scores)
+    _check_float("threshold", threshold, 0.0, 1.0)  # a level on the [0, 1] curve, not an array
     return np.flatnonzero(curve > threshold).astype(np.int64)
 
 

@@ -42,7 +42,8 @@ TRUNCATE = 3.0
 MAX_SIGMA = 200.0
 
 
-def _check_sigma(sigma: object) -> float:
+def check_sigma(sigma: object) -> float:
+    """``sigma`` as a float, or ConfigError unless it is a number of clips in [0, MAX_SIGMA]."""
     if isinstance(sigma, bool) or not isinstance(sigma, int | float | np.integer | np.floating):
         raise ConfigError(f"sigma must be a number of clips in [0, {MAX_SIGMA:g}], got {sigma!r}")
     value = float(sigma)
@@ -56,7 +57,7 @@ def gaussian_weights(sigma: float, n: int) -> FloatArray:
 
     r is capped at ``n - 1``: a longer kernel only reaches past both ends of a curve of n clips.
     """
-    s = _check_sigma(sigma)
+    s = check_sigma(sigma)
     if s == 0.0 or n <= 1:
         return np.ones(1)
     radius = min(math.ceil(TRUNCATE * s), n - 1)
@@ -75,7 +76,7 @@ def gaussian_smooth(values: ArrayLike, sigma: float) -> FloatArray:
     [0, 1] and a constant curve stays constant.  ``sigma = 0`` returns a copy unchanged.
     """
     array = as_finite_array(values, "values")
-    s = _check_sigma(sigma)
+    s = check_sigma(sigma)
     if array.ndim == 0 or array.shape[-1] <= 1 or s == 0.0:
         return array.copy()
     peak = float(np.max(np.abs(array))) if array.size else 0.0
