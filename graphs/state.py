@@ -10,16 +10,45 @@ from __future__ import annotations
 import operator
 from typing import Annotated, Any, NotRequired
 
+from pydantic import Field
 from typing_extensions import TypedDict
 
 
 class RetrievalInput(TypedDict):
-    """What a caller gives: a video (store id) and a natural-language query."""
+    """What a caller gives: a video (store id) and a natural-language query.
 
-    video: str
-    query: str
-    qid: NotRequired[int | str | None]
-    duration: NotRequired[float | None]
+    Each field's description is in ``Field``: LangGraph Studio shows it beside the input's form
+    field (an attribute docstring never reaches the graph's JSON schema).
+    """
+
+    video: Annotated[
+        str,
+        Field(
+            description="A store video id (granalign videos list) or a video file inside the video "
+            "roots (ingested first when the store does not know it)."
+        ),
+    ]
+    query: Annotated[
+        str, Field(description="What to find in the video, in natural language (at most 500 characters).")
+    ]
+    qid: NotRequired[
+        Annotated[
+            int | str | None,
+            Field(
+                description="Optional query id: the key a file: rewriter looks the query's "
+                "paraphrases up by (benchmark rows); otherwise unused."
+            ),
+        ]
+    ]
+    duration: NotRequired[
+        Annotated[
+            float | None,
+            Field(
+                description="Optional length of the video in seconds, e.g. an annotation's "
+                "(windows end there); empty = the stored video's."
+            ),
+        ]
+    ]
 
 
 class RetrievalOutput(TypedDict):
@@ -94,7 +123,7 @@ class RetrievalState(TypedDict):
 class IngestInput(TypedDict):
     """A video file to ingest (a path inside the configured video roots)."""
 
-    video: str
+    video: Annotated[str, Field(description="A video file to ingest, inside the video roots (video_roots).")]
 
 
 class IngestOutput(TypedDict):

@@ -282,3 +282,14 @@ def test_caption_rows_past_an_imported_videos_clips_are_refused_not_read(tmp_pat
         graph.invoke({"video": "kitchen", "query": "a red car"}, context=ctx)
     assert f"video 'kitchen' has 12 caption rows for its {len(CAPTIONS)} clips" in str(err.value)
     assert "rebuild it: granalign videos rm -- kitchen, then re-run its import or ingest" in str(err.value)
+
+
+def test_every_input_field_has_a_description_for_the_studio_form():
+    """Studio builds the run form from the input schema; `qid` and `duration` came without a
+    word on what they are (the context settings had descriptions, the inputs none)."""
+    from graphs.ingest import graph as ingest_graph
+
+    for schema in (graph.get_input_jsonschema(), ingest_graph.get_input_jsonschema()):
+        undescribed = [name for name, field in schema["properties"].items() if not field.get("description")]
+        assert not undescribed, f"{schema['title']}: {undescribed}"
+    assert "file: rewriter" in graph.get_input_jsonschema()["properties"]["qid"]["description"]
