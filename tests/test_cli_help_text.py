@@ -96,3 +96,24 @@ def test_a_dash_id_hint_fits_the_command() -> None:
     assert retrieve.exit_code == 2 and "--video ID" in retrieve.output
     typo = CliRunner().invoke(app, ["bench", "-l", "5"], env={"COLUMNS": "300"})
     assert typo.exit_code == 2 and "No such option: -l" in typo.output and "video id" not in typo.output
+
+
+@pytest.mark.parametrize(
+    ("typed", "meant"), [("nms_iuo", "nms_iou"), ("topk", "top_k"), ("rewritter", "rewriter")]
+)
+def test_a_misspelt_set_name_is_one_line_naming_the_setting_meant(typed: str, meant: str) -> None:
+    # it was refused with every setting's name, ~50 of them wrapped over seven lines, and
+    # the one meant somewhere among them
+    result = CliRunner().invoke(app, ["retrieve", "some_video", "a query", "--set", f"{typed}=1"])
+    assert result.exit_code == 2
+    assert _flat(result.output).strip() == (
+        f"error: --set {typed}: unknown setting; did you mean '{meant}'? (granalign settings lists them)"
+    )
+
+
+def test_a_set_name_like_no_setting_is_one_line() -> None:
+    result = CliRunner().invoke(app, ["retrieve", "some_video", "a query", "--set", "colour=red"])
+    assert result.exit_code == 2
+    assert (
+        _flat(result.output).strip() == "error: --set colour: unknown setting (granalign settings lists them)"
+    )

@@ -128,6 +128,16 @@ def _parse_sets(sets: list[str] | None) -> dict[str, str]:
     return pairs
 
 
+def _unknown_setting(key: str, names: list[str]) -> str:
+    """One line for ``--set nms_iuo=...``: the setting it nearly names, not a list of fifty
+    names wrapped over a screen with the one meant somewhere in it."""
+    import difflib
+
+    close = difflib.get_close_matches(key.lower(), names, n=1, cutoff=0.75)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"--set {key}: unknown setting{hint} (granalign settings lists them)"
+
+
 def make_context(
     store: Path | None, sets: list[str] | None, fallbacks: dict[str, Any] | None = None, **explicit: Any
 ) -> Any:
@@ -146,7 +156,7 @@ def make_context(
     for key, value in _parse_sets(sets).items():
         f = by_name.get(key.lower())
         if f is None:
-            raise ConfigError(f"unknown setting {key!r}; allowed: {sorted(by_name)}")
+            raise ConfigError(_unknown_setting(key, list(by_name)))
         overrides[f.name] = _coerce(f.name, value, _default_of(f), source=f"--set {key}={value}")
     replaced = {ENV_PREFIX + name.upper() for name in overrides}
     env = {k: v for k, v in os.environ.items() if k not in replaced}
