@@ -276,6 +276,17 @@ def test_index_of_a_name_that_is_no_file_says_so(
     assert outside.exit_code == 2 and "roots" in error_lines(outside.output)[0]
 
 
+@pytest.mark.parametrize("text", ["", "\n\n"])
+def test_index_of_an_empty_captions_file_is_an_error(tmp_path: Path, store_dir: Path, text: str) -> None:
+    # it printed "0 videos: 0 imported (0 captions)" and exited 0, as if a failed export had
+    # been imported; bench and experiment refuse the same file
+    empty = tmp_path / "captions.jsonl"
+    empty.write_text(text)
+    got = invoke("index", "--captions", str(empty), "--store", str(store_dir))
+    assert got.exit_code == 2
+    assert error_lines(got.output) == [f"error: captions file {empty} is empty: no video to import"]
+
+
 # ------------------------------------------------------------------ index summary
 
 

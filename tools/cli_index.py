@@ -99,6 +99,8 @@ def _import_captions(ctx: Any, captions: Path, source: str | None) -> None:
 
     st, emb = resources.store_for(ctx), resources.embedder_for(ctx)
     report = import_with_bar(st, emb, captions, source or source_name_for(captions), "import")
+    if report.total == 0:  # a failed export: "0 videos imported" with status 0 read as success
+        raise InputError(f"captions file {captions} is empty: no video to import")
     console.print(
         f"{report.total} videos: {report.imported} imported ({report.captions} captions), "
         f"{report.skipped} already in the store at {st.location}"
