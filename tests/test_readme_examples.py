@@ -172,3 +172,23 @@ def test_every_other_command_line_parses(args: list[str]) -> None:
                 assert words[i + 1].split("=", 1)[0] in Context.__dataclass_fields__, words[i + 1]
     helped = CliRunner().invoke(app, [name, "--help"])
     assert helped.exit_code == 0, helped.output
+
+
+def _documented_keys(text: str) -> set[str]:
+    return {key.strip().rstrip("?") for key in text.replace("\n", " ").split(",")}
+
+
+def test_the_graphs_inputs_and_outputs_are_the_keys_the_readme_names() -> None:
+    """The retrieval output lacked ``clip_len_s`` (what a saliency value spans) and the ingest
+    output ``path``: a reader of the README could not know either came back."""
+    from graphs.state import IngestInput, IngestOutput, RetrievalInput, RetrievalOutput
+
+    text = README.read_text(encoding="utf-8")
+    found = re.search(r"input `\{(.*?)\}` \(a file\), output `\{(.*?)\}`", text, re.S)
+    assert found, "the README no longer describes the ingest graph's input and output"
+    assert _documented_keys(found[1]) == set(IngestInput.__annotations__)
+    assert _documented_keys(found[2]) == set(IngestOutput.__annotations__)
+    found = re.search(r"Input `\{(.*?)\}`, output `\{(.*?)\}`", text, re.S)
+    assert found, "the README no longer describes the retrieval graph's input and output"
+    assert _documented_keys(found[1]) == set(RetrievalInput.__annotations__)
+    assert _documented_keys(found[2]) == set(RetrievalOutput.__annotations__)
