@@ -44,7 +44,15 @@ def misspelt_setting_variables(environ: Mapping[str, str]) -> list[tuple[str, st
 
 
 def _meta(description: str, **bounds: Any) -> dict[str, Any]:
-    return {"description": description, **bounds}
+    """A field's description and ``lo``/``hi`` (checked by :func:`_check_field`), the range also
+    as the JSON schema's ``minimum``/``maximum``: pydantic (which builds the schema LangGraph
+    Studio renders as the form) reads a dataclass field's metadata keys named like ``Field``'s
+    arguments, so the form shows the range the run checks, from the same numbers.
+    ``json_schema_extra`` changes the schema only, never what validates."""
+    meta: dict[str, Any] = {"description": description, **bounds}
+    if bounds:
+        meta["json_schema_extra"] = {"minimum": bounds["lo"], "maximum": bounds["hi"]}
+    return meta
 
 
 _MOMENTS = MomentSettings()

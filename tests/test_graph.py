@@ -214,6 +214,31 @@ def test_context_takes_proposal_defaults_and_bounds_from_the_library():
     ProposalParams(**Context(gap=1, num_bins=1, drop_pct=100.0).proposal_kwargs())
 
 
+def test_the_context_schema_studio_renders_shows_the_ranges_and_choices_the_run_checks():
+    """Studio's form is the graph's context JSON schema: a setting's bounds and choices are
+    there (from the same numbers the Context checks), not only found out by a failed run."""
+    from dataclasses import fields
+
+    from graphs.context import _literal_choices
+    from graphs.retrieval import graph
+
+    schema = graph.get_context_jsonschema()
+    assert schema is not None
+    props = schema["properties"]
+    ranged = [f for f in fields(Context) if "lo" in f.metadata]
+    assert {"m", "nms_iou", "top_k", "drift_threshold"} <= {f.name for f in ranged}
+    for f in ranged:
+        lo, hi = f.metadata["lo"], f.metadata["hi"]
+        assert (props[f.name]["minimum"], props[f.name]["maximum"]) == (lo, hi), f.name
+        Context(**{f.name: hi})  # the schema's edge is one the Context accepts
+        with pytest.raises(ConfigError, match=f.name):
+            Context(**{f.name: hi + 1})
+    chosen = [f for f in fields(Context) if _literal_choices(f.type)]
+    assert {"checkpointer", "proposal_mode", "answer_profile", "aware_missing"} <= {f.name for f in chosen}
+    for f in chosen:
+        assert props[f.name]["enum"] == list(_literal_choices(f.type)), f.name
+
+
 @pytest.mark.parametrize(("field", "value"), [("gap", 0), ("nms_iou", 0.0)])
 def test_context_refuses_what_the_proposal_rule_refuses(field, value):
     with pytest.raises(ConfigError, match=field):

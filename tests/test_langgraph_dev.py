@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from granalign.backends.embedder import make_embedder
+from granalign.core.moments import MOMENT_BOUNDS
 from granalign.io.captions_import import import_captions
 from granalign.io.store import Store
 from tests.servers import langgraph_dev
@@ -49,7 +50,10 @@ def test_langgraph_dev_serves_the_retrieval_graph(one_query, served):
         assert assistants, "the retrieval graph is not registered"
         schemas = await client.assistants.get_schemas(assistants[0]["assistant_id"])
         assert set(schemas["input_schema"]["properties"]) >= {"video", "query"}
-        assert "nms_iou" in json.dumps(schemas.get("context_schema") or schemas.get("config_schema"))
+        context_schema = schemas.get("context_schema") or schemas.get("config_schema")
+        assert "nms_iou" in json.dumps(context_schema)
+        top_n = context_schema["properties"]["top_n"]  # Studio's form shows the range a run checks
+        assert (top_n["minimum"], top_n["maximum"]) == MOMENT_BOUNDS["top_n"]
         return await client.runs.wait(
             None,
             "retrieval",
