@@ -56,3 +56,14 @@ def test_smoothed_saliency_is_rounded_too(sigma: float) -> None:
     state: dict[str, Any] = {"candidates": CANDIDATES, "fused": FUSED, "duration": 12.0, **ONE_PER_CLIP}
     out = nms(state, Runtime(context=Context(saliency_sigma=sigma)))  # type: ignore[arg-type]
     assert all(v == round(v, 4) for v in out["saliency"])
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_rounded_answer_refuses_a_non_finite_number_naming_the_argument(bad: float) -> None:
+    """np.round kept NaN, and the answer's JSON then held NaN (no JSON at all for a strict reader)."""
+    from granalign.errors import InputError
+
+    with pytest.raises(InputError, match=r"^moments contains 1 NaN"):
+        rounded_answer([[0.0, 4.0, bad]], [0.5])
+    with pytest.raises(InputError, match=r"^curve contains 1 NaN"):
+        rounded_answer([[0.0, 4.0, 0.5]], [0.5, bad])

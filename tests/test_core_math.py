@@ -699,3 +699,14 @@ def test_one_caption_embedded_in_other_batches_is_a_flat_curve() -> None:
     assert set(scores.fused) == {0.0}
     curves, fused = scores.variant_scores, scores.fused
     assert localize_moments(curves, fused, clip_len=2.0, duration=96.0, contrast=True) == [[0.0, 96.0, 0.0]]
+
+
+@pytest.mark.parametrize("shape", [(), (0,), (2, 0), (2, 3, 4)], ids=str)
+def test_minmax_and_smoothing_refuse_what_is_no_curve_nor_stack_of_curves(shape: tuple[int, ...]) -> None:
+    """A 3-D array was normalised and smoothed along its last axis as if each slice were a video,
+    and gaussian_smooth handed an empty or scalar array back unchanged: callers pass curves."""
+    x = np.full(shape, 0.5)
+    with pytest.raises(InputError, match=r"^scores must .*got shape"):
+        minmax_normalise(x)
+    with pytest.raises(InputError, match=r"^values must .*got shape"):
+        gaussian_smooth(x, 1.0)

@@ -140,3 +140,20 @@ def test_imitation_guard_damps_only_copied_aware_captions_in_full_mode():
     assert on[0, 0] == off[0, 0]  # clip 0: the agnostic caption shows the same thing
     assert on[0, 1] < off[0, 1] and on[0, 1] >= 0.5 * off[0, 1]  # clip 1 copies the query: damped, not erased
     assert np.isclose(on[0, 2], off[0, 2])
+
+
+@pytest.mark.parametrize("bad", [float("nan"), "0.4", True, np.array([0.4, 0.5])], ids=repr)
+def test_a_drift_threshold_that_is_no_number_in_range_is_refused_where_it_is_applied(bad: object) -> None:
+    """NaN compares false with every cosine: drifted flagged nothing and embed_variants's
+    ``threshold > -1`` read it as "off"; a string or an array failed inside numpy."""
+    from granalign.rewrite import Rewrite
+    from granalign.stages.rewrite import embed_variants
+
+    class NoEmbedder:
+        def embed(self, texts: list[str]) -> np.ndarray:
+            raise AssertionError("the threshold is checked before any model runs")
+
+    with pytest.raises(InputError, match=r"^drift threshold must be"):
+        drifted(np.array([0.5, 0.9]), bad)  # type: ignore[arg-type]
+    with pytest.raises(InputError, match=r"^drift threshold must be"):
+        embed_variants("a dog", [Rewrite.original("a dog")], NoEmbedder(), bad)  # type: ignore[arg-type]

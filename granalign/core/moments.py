@@ -209,8 +209,9 @@ def rounded_answer(moments: ArrayLike, curve: ArrayLike) -> tuple[list[list[floa
     depend on the process (BLAS threads, summation order), and 4 decimals is far finer than a
     2-s clip or a relevance score needs.  Plain lists, because the result goes into graph state.
     """
-    rows = np.round(np.asarray(moments, dtype=np.float64).reshape(-1, 3), _DECIMALS)
-    values = np.round(np.asarray(curve, dtype=np.float64).reshape(-1), _DECIMALS)
+    # finite first: np.round keeps NaN, and json.dumps would write it as NaN, which is no JSON
+    rows = np.round(as_finite_array(moments, "moments").reshape(-1, 3), _DECIMALS)
+    values = np.round(as_finite_array(curve, "curve").reshape(-1), _DECIMALS)
     rounded_moments: list[list[float]] = rows.tolist()
     rounded_curve: list[float] = values.tolist()
     return rounded_moments, rounded_curve

@@ -118,7 +118,9 @@ def minmax_normalise(scores: ArrayLike, *, noise: float = 0.0) -> FloatArray:
     any clip in the averaged fusion.  Cosine curves pass ``noise=COSINE_NOISE``.
     """
     s = as_finite_array(scores, "scores")
-    if s.ndim == 0 or s.shape[-1] == 0:
+    if s.ndim not in (1, 2):  # a curve or a stack of curves; 3-D would normalise some other axis
+        raise InputError(f"scores must be a 1-D curve or a 2-D stack of curves, got shape {s.shape}")
+    if s.shape[-1] == 0:
         raise InputError(f"scores must have at least one clip on its last axis, got shape {s.shape}")
     low = s.min(axis=-1, keepdims=True)
     high = s.max(axis=-1, keepdims=True)

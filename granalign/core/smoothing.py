@@ -32,7 +32,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from granalign.core.similarity import COSINE_NOISE, as_finite_array, cosine_similarity, minmax_normalise
-from granalign.errors import ConfigError
+from granalign.errors import ConfigError, InputError
 
 FloatArray = NDArray[np.float64]
 
@@ -67,7 +67,7 @@ def gaussian_weights(sigma: float, n: int) -> FloatArray:
 
 
 def gaussian_smooth(values: ArrayLike, sigma: float) -> FloatArray:
-    """Gaussian smoothing with σ in clips along the last axis, row by row (any leading shape).
+    """Gaussian smoothing with σ in clips along the last axis: a curve (1-D) or each row of a stack (2-D).
 
     Edge-normalised: near the ends only the clips that exist count, each weighted as in the
     interior and divided by the weights actually used, so the first and last clips are not
@@ -77,7 +77,12 @@ def gaussian_smooth(values: ArrayLike, sigma: float) -> FloatArray:
     """
     array = as_finite_array(values, "values")
     s = check_sigma(sigma)
-    if array.ndim == 0 or array.shape[-1] <= 1 or s == 0.0:
+    if array.ndim not in (1, 2) or array.shape[-1] == 0:  # what its callers hand in: curves
+        raise InputError(
+            "values must be a 1-D curve or a 2-D stack of curves with at least one clip, "
+            f"got shape {array.shape}"
+        )
+    if array.shape[-1] == 1 or s == 0.0:
         return array.copy()
     peak = float(np.max(np.abs(array))) if array.size else 0.0
     if peak > 1e300:  # a weighted sum near the float maximum would overflow: smooth the scaled values

@@ -15,6 +15,7 @@ Numpy and the standard library only, so both rules can be unit-tested with const
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -41,14 +42,28 @@ def rewrite_similarity(query: ArrayLike, rewrites: ArrayLike) -> FloatArray:
     return sims
 
 
+def check_drift_threshold(threshold: object) -> float:
+    """``threshold`` as a float, or InputError unless it is a number in [-1, 1].
+
+    Checked where the threshold is applied, not only in the Context: a NaN compares false with
+    every cosine, so ``drifted`` would flag nothing and a caller's ``threshold > -1`` guard would
+    turn validation off without a word; a string or an array fails inside numpy instead.
+    """
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float | np.integer | np.floating):
+        raise InputError(f"drift threshold must be a number in [-1, 1], got {threshold!r}")
+    value = float(threshold)
+    if not math.isfinite(value) or not -1.0 - 1e-9 <= value <= 1.0:
+        raise InputError(f"drift threshold must be in [-1, 1], got {threshold}")
+    return value
+
+
 def drifted(similarities: ArrayLike, threshold: float) -> NDArray[np.bool_]:
     """Which rewrites drifted: similarity to the query strictly below ``threshold``.
 
     ``threshold`` ≤ -1 disables the check (every cosine is ≥ -1).
     """
-    if not -1.0 - 1e-9 <= threshold <= 1.0:
-        raise InputError(f"drift threshold must be in [-1, 1], got {threshold}")
-    return np.asarray(as_finite_array(similarities, "similarities", ndim=1) < threshold)
+    value = check_drift_threshold(threshold)
+    return np.asarray(as_finite_array(similarities, "similarities", ndim=1) < value)
 
 
 # -- over-imitation -------------------------------------------------------------------------------

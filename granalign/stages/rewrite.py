@@ -15,7 +15,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from granalign.backends.embedder import TextEmbedder
-from granalign.core.validation import drifted, rewrite_similarity
+from granalign.core.validation import check_drift_threshold, drifted, rewrite_similarity
 from granalign.rewrite import Rewrite
 
 __all__ = ["EmbeddedVariants", "embed_variants", "query_variants", "replace_drifted"]
@@ -85,10 +85,11 @@ def embed_variants(
 
     ``drift_threshold`` ≤ -1 turns rewrite validation off (every cosine is ≥ -1).
     """
+    threshold = check_drift_threshold(drift_threshold)  # before the model: NaN would read as "off"
     texts = sorted({query} | {t for r in variants for t in (r.simplified, r.detailed)})
     emb = dict(zip(texts, embedder.embed(texts), strict=True))
     replaced = 0
-    if drift_threshold > -1.0:
+    if threshold > -1.0:
         variants, replaced = replace_drifted(variants, query, emb, drift_threshold)
     q_s = np.stack([emb[r.simplified] for r in variants])
     q_d = np.stack([emb[r.detailed] for r in variants])
