@@ -222,9 +222,15 @@ class Context:
     # -- rewriting -------------------------------------------------------------------------------
     prompt_pairs: str = field(
         default="",
-        metadata=_meta("Comma-separated prompt-pair ids from prompts/rewrite; empty = the default m pairs."),
+        metadata=_meta(
+            "Comma-separated prompt-pair ids from prompts/rewrite (used whatever m says; checked even "
+            "with rewriter none); empty = the default m pairs."
+        ),
     )
-    m: int = field(default=3, metadata=_meta("[m] number of prompt pairs (rewrite pairs).", lo=1, hi=16))
+    m: int = field(
+        default=3,
+        metadata=_meta("[m] number of prompt pairs (rewrite pairs) when prompt_pairs is empty.", lo=1, hi=16),
+    )
     include_original: bool = field(
         default=True, metadata=_meta("Also score the original query as a variant (Q_r).")
     )

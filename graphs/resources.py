@@ -202,6 +202,25 @@ def pairs_for(ctx: Context) -> list[PromptPair]:
     return load_prompt_pairs(pair_ids_for(ctx))
 
 
+def prompt_pair_notes(ctx: Context, rewriter: Rewriter) -> list[str]:
+    """Check the run's pair selection, also for a rewriter that reads no pair; the note a run
+    gives when ``prompt_pairs`` and ``m`` disagree.
+
+    Checked even when unused (``bench`` does the same before a run): otherwise
+    ``prompt_pairs=nosuch`` with rewriter ``none`` is accepted and fails only on the day the
+    rewriter changes.  Named pairs are the ones used, whatever ``m`` says (``experiment`` sets
+    both alike); the note keeps ``prompt_pairs=core, m=3`` from reading as three pairs.
+    """
+    pairs = pairs_for(ctx)  # an unknown or broken pair, or m beyond the prompt folder: InputError
+    if is_pairless(rewriter) or not ctx.prompt_pairs.strip() or ctx.m == len(pairs):
+        return []
+    ids = ", ".join(p.id for p in pairs)
+    return [
+        f"prompt_pairs names {len(pairs)} pair(s) ({ids}), so those were used and m={ctx.m} did not "
+        "apply (m only counts the default pairs when prompt_pairs is empty)"
+    ]
+
+
 @dataclass(frozen=True)
 class VideoCaptions:
     record: VideoRecord

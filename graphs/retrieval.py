@@ -177,6 +177,8 @@ def load_video(state: RetrievalState, runtime: Runtime[Context]) -> dict[str, An
     video = state.get("video")
     if not isinstance(video, str) or not video.strip():
         raise InputError("video must be a non-empty string (a store video id or a video file path)")
+    ctx = runtime.context
+    pair_notes = resources.prompt_pair_notes(ctx, resources.rewriter_for(ctx))  # before any ingest
     video_id, path, notes, record = _resolve_video(runtime, video.strip())
     found = resources.video_captions(runtime.context, video_id, check=True, record=record)
     if not found.record.has_frames:
@@ -186,7 +188,7 @@ def load_video(state: RetrievalState, runtime: Runtime[Context]) -> dict[str, An
             f"video is {found.record.duration_s:.2f} s long, shorter than one clip "
             f"({found.record.clip_len_s:g} s): one clip covers it"
         )
-    ctx = runtime.context
+    notes.extend(pair_notes)
     used: list[Any] = [resources.rewriter_for(ctx)]
     if found.record.has_frames:
         used += [resources.clip_for(ctx), resources.captioner_for(ctx)]

@@ -318,3 +318,41 @@ def test_every_input_field_has_a_description_for_the_studio_form():
         undescribed = [name for name, field in schema["properties"].items() if not field.get("description")]
         assert not undescribed, f"{schema['title']}: {undescribed}"
     assert "file: rewriter" in graph.get_input_jsonschema()["properties"]["qid"]["description"]
+
+
+def test_prompt_pairs_are_checked_even_for_a_rewriter_that_reads_none(store_dir):
+    """``prompt_pairs=nosuch`` with rewriter ``none`` ran, and failed only on the day the rewriter
+    changed; ``bench`` already refused it before its run.  So is an m beyond the prompt folder."""
+    with pytest.raises(InputError, match="nosuch"):
+        _run(store_dir, "a dog sleeping", rewriter="none", prompt_pairs="core,nosuch")
+    with pytest.raises(InputError, match="m=16 prompt pairs asked for"):
+        _run(store_dir, "a dog sleeping", rewriter="none", m=16)
+
+
+class _PairRewriter:
+    """A model rewriter stand-in (reads prompt pairs, loads no model)."""
+
+    name, pairless = "pair-stand-in", False
+
+    def rewrite_batch(self, queries: list[str], pair: object) -> list[object]:
+        from granalign.rewrite import Rewrite
+
+        return [Rewrite(getattr(pair, "id", ""), q, f"{q} indoors") for q in queries]
+
+
+def test_a_run_whose_prompt_pairs_override_m_says_so_in_its_notes(store_dir, monkeypatch):
+    """``prompt_pairs=core, m=3`` ran one pair without a word; named pairs still win (as
+    ``experiment --pairs`` has them), and the notes say m did not apply."""
+    fake = _PairRewriter()
+    real = resources.rewriter_for_spec
+    monkeypatch.setattr(resources, "rewriter_for_spec", lambda s: fake if s == "local:pairs" else real(s))
+    out = _run(store_dir, "a dog sleeping", rewriter="local:pairs", prompt_pairs="core", m=3)
+    assert {v["pair_id"] for v in out["variants"]} == {"original", "core"}
+    assert (
+        "prompt_pairs names 1 pair(s) (core), so those were used and m=3 did not apply "
+        "(m only counts the default pairs when prompt_pairs is empty)"
+    ) in out["notes"]
+    agreeing = _run(store_dir, "a dog sleeping", rewriter="local:pairs", prompt_pairs="core", m=1)
+    pairless = _run(store_dir, "a dog sleeping", rewriter="none", prompt_pairs="core", m=3)
+    for quiet in (agreeing, pairless):
+        assert not any("did not apply" in n for n in quiet["notes"])
