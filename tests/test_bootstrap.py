@@ -144,3 +144,47 @@ def test_cli_eval_blames_the_baseline_for_its_own_missing_or_extra_qids(tmp_path
     result = CliRunner().invoke(app, args, env={"COLUMNS": "400"})
     error = " ".join(result.output.split())
     assert result.exit_code == 2 and "2 qids the submission does not answer" in error, error
+
+
+def test_cli_eval_names_each_bad_file_and_prints_nothing_before_a_bad_baseline(tmp_path: Path) -> None:
+    """An error about the submission or the ground truth names the file (as --baseline errors
+    always did), and a bad --baseline is refused before the submission's metrics table."""
+    from typer.testing import CliRunner
+
+    from tools.cli import app
+
+    gt = fixture_path("qvhighlights", "highlight_val_release.jsonl")
+    ours = fixture_path("qvhighlights", "sample_val_preds.jsonl")
+    first = read_jsonl(ours)[0]
+    no_windows = tmp_path / "no_windows.jsonl"
+    no_windows.write_text(json.dumps({"qid": first["qid"]}) + "\n")
+    bad_gt = tmp_path / "bad_gt.jsonl"
+    gt_line = next(r for r in read_jsonl(gt) if r["qid"] == first["qid"])
+    bad_gt.write_text(json.dumps({k: v for k, v in gt_line.items() if k != "relevant_windows"}) + "\n")
+    one = tmp_path / "one.jsonl"
+    one.write_text(json.dumps(first) + "\n")
+    cases = {
+        f"--submission {no_windows}": ["--submission", str(no_windows), "--gt", str(gt), "--allow-subset"],
+        f"--gt {bad_gt}": ["--submission", str(one), "--gt", str(bad_gt)],
+        f"--baseline {no_windows}": [
+            "--submission",
+            str(ours),
+            "--gt",
+            str(gt),
+            "--baseline",
+            str(no_windows),
+        ],
+        str(tmp_path / "absent.jsonl"): [
+            "--submission",
+            str(ours),
+            "--gt",
+            str(gt),
+            "--baseline",
+            str(tmp_path / "absent.jsonl"),
+        ],
+    }
+    for named, args in cases.items():
+        result = CliRunner().invoke(app, ["eval", *args], env={"COLUMNS": "400"})
+        assert result.exit_code == 2, result.output
+        assert result.output.startswith("error:") and named in result.output, result.output
+        assert "MR-full" not in result.output, result.output

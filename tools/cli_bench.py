@@ -31,6 +31,7 @@ from tools.cli_options import AnnotationsOpt, CaptionsOpt, ConcurrencyOpt, Limit
 
 if TYPE_CHECKING:
     from granalign.evaluation.breakdown import LengthBin
+    from granalign.evaluation.metrics import PerQueryMetrics
 
 
 @app.command("eval")
@@ -57,16 +58,23 @@ def eval_cmd(
     from granalign.io.jsonl import read_jsonl, write_json
 
     check_output(out_path, "--out")
+    # every file is read and checked before anything is printed, and each error names its file
+    labels = (f"--submission {submission}", f"--gt {gt}")
     preds, truth = read_jsonl(submission), read_jsonl(gt)
+    base = read_jsonl(baseline) if baseline is not None else None
     try:
-        metrics = evaluate_submission(preds, truth, allow_subset=allow_subset)
-        extra = recall_and_miou(preds, truth, allow_subset=allow_subset)
+        metrics = evaluate_submission(preds, truth, allow_subset=allow_subset, labels=labels)
+        extra = recall_and_miou(preds, truth, allow_subset=allow_subset, labels=labels)
+        pair = (
+            None
+            if base is None
+            else _paired_metrics(preds, base, truth, allow_subset, labels, f"--baseline {baseline}")
+        )
     except InputError as exc:  # the library's advice names its keyword; a CLI user needs the flag
         raise InputError(str(exc).replace("pass allow_subset=True", "pass --allow-subset")) from None
     _print_metrics(metrics, extra, title=f"{submission.name}")
-    if baseline is not None:
-        title = f"{submission.name} − {baseline.name}"
-        _print_paired(preds, read_jsonl(baseline), truth, allow_subset, title, f"--baseline {baseline}")
+    if pair is not None and baseline is not None:
+        _print_paired(pair, f"{submission.name} − {baseline.name}")
     if out_path:
         write_json(out_path, metrics)
         console.print(f"wrote {out_path}")
@@ -77,29 +85,43 @@ PAIRED_METRICS = ("R1@0.5", "R1@0.7", "mAP")
 LENGTH_METRIC = "R1@0.5"
 
 
-def _print_paired(
+def _paired_metrics(
     preds: list[dict[str, Any]],
     base: list[dict[str, Any]],
     truth: list[dict[str, Any]],
     allow_subset: bool,
-    title: str,
+    labels: tuple[str, str] = ("submission", "ground truth"),
     base_label: str = "baseline",
-) -> dict[str, Any]:
-    """Δ R1@0.5 / R1@0.7 / mAP of two submissions on the same queries, paired-bootstrap 95 % CI,
-    then Δ R1@0.5 by the length of each query's longest ground-truth window.
+) -> tuple[PerQueryMetrics, PerQueryMetrics]:
+    """Per-query metrics of a submission and a baseline, separate from printing them so that a
+    bad baseline is refused before any table is printed.
 
-    ``base_label`` names the baseline in errors: its qids must be exactly the submission's.
+    ``labels`` name the submission and the ground truth in errors, ``base_label`` the baseline,
+    whose qids must be exactly the submission's.
+    """
+    from granalign.evaluation.metrics import per_query_metrics
+
+    submission_label, gt_label = labels
+    ours = per_query_metrics(
+        preds, truth, allow_subset=allow_subset, label=submission_label, gt_label=gt_label
+    )
+    # the submission's query set is checked by that call; the baseline's is compared with it below
+    theirs = per_query_metrics(base, truth, allow_subset=True, label=base_label, gt_label=gt_label)
+    _check_same_qids(ours.qids, theirs.qids, base_label)
+    return ours, theirs
+
+
+def _print_paired(pair: tuple[PerQueryMetrics, PerQueryMetrics], title: str) -> dict[str, Any]:
+    """Δ R1@0.5 / R1@0.7 / mAP of two submissions on the same queries (:func:`_paired_metrics`),
+    paired-bootstrap 95 % CI, then Δ R1@0.5 by the length of each query's longest ground-truth window.
+
     Returns ``{"delta_pp": {metric: {"delta", "low", "high"}}, "by_longest_gt_window": [...]}``
     in percent points, for a JSON record.
     """
     from granalign.evaluation.bootstrap import paired_bootstrap
     from granalign.evaluation.breakdown import paired_by_length
-    from granalign.evaluation.metrics import per_query_metrics
 
-    ours = per_query_metrics(preds, truth, allow_subset=allow_subset)
-    # the submission's query set is checked above; the baseline's is compared with it below
-    theirs = per_query_metrics(base, truth, allow_subset=True, label=base_label)
-    _check_same_qids(ours.qids, theirs.qids, base_label)
+    ours, theirs = pair
     order = {qid: i for i, qid in enumerate(theirs.qids)}
     index = [order[q] for q in ours.qids]
     table = Table(title=f"{title}: Δ [95 % CI], paired bootstrap over {len(index)} queries")
@@ -251,7 +273,7 @@ def _run_bench(
     _report_bench(peer, peer_ctx, split, peer_metrics, label=f"proposal_mode {mode}")
     gt = [a.raw for a in result.annotations]
     title = f"ours ({ctx.proposal_mode}) − {mode}"
-    paired = _print_paired(result.scored, peer.scored, gt, False, title)
+    paired = _print_paired(_paired_metrics(result.scored, peer.scored, gt, False), title)
     for path in (peer_out, peer_metrics):
         if path:
             console.print(f"wrote {path}")

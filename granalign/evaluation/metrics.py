@@ -717,6 +717,7 @@ def evaluate_submission(
     ground_truth: Sequence[Mapping[str, Any]],
     *,
     allow_subset: bool = False,
+    labels: tuple[str, str] = ("submission", "ground truth"),
 ) -> dict[str, Any]:
     """Score a QVHighlights submission exactly as the official ``standalone_eval/eval.py``.
 
@@ -728,10 +729,9 @@ def evaluate_submission(
 
     ``allow_subset=True`` scores only the submission's queries (a ``--limit`` run); the numbers
     are then not comparable with full-split results.  See the module docstring for every rule.
+    ``labels`` name the submission and the ground truth in errors (a CLI passes its files).
     """
-    return _evaluate(
-        submission, ground_truth, allow_subset=allow_subset, labels=("submission", "ground truth")
-    )
+    return _evaluate(submission, ground_truth, allow_subset=allow_subset, labels=labels)
 
 
 def evaluate_files(
@@ -753,6 +753,7 @@ def recall_and_miou(
     *,
     thresholds: Sequence[float] = DEFAULT_RECALL_THRESHOLDS,
     allow_subset: bool = False,
+    labels: tuple[str, str] = ("submission", "ground truth"),
 ) -> dict[str, float]:
     """Charades-STA / ActivityNet-Captions style ``R1@t`` and ``mIoU``, in percent (2 decimals).
 
@@ -762,11 +763,11 @@ def recall_and_miou(
     correctly by finding any one of them.  IoU is the standard intersection over union (0 for two
     zero-length windows).  ``R1@t`` counts IoU ``>= t``; ``mIoU`` is the mean of those IoUs; a
     query with no predicted window counts as IoU 0.  Keys are ``"R1@<t>"`` then ``"mIoU"``.
+    ``labels`` name the submission and the ground truth in errors, as in :func:`evaluate_submission`.
     """
     for t in thresholds:
         if not _is_number(t) or not 0.0 < float(t) <= 1.0:
             raise InputError(f"recall threshold {t!r} must be a number in (0, 1]")
-    labels = ("submission", "ground truth")
     predictions, truth = _predictions_and_truth(
         submission, ground_truth, allow_subset=allow_subset, labels=labels
     )
@@ -814,14 +815,16 @@ def per_query_metrics(
     *,
     allow_subset: bool = False,
     label: str = "submission",
+    gt_label: str = "ground truth",
 ) -> PerQueryMetrics:
     """The ``full`` moment-retrieval metrics of :func:`evaluate_submission`, one value per query.
 
     Same parsing, validation and matching code as the aggregate (so the means agree with it);
     a confidence interval needs the per-query values, which the official script never exposes.
-    ``label`` names the submission in errors (a baseline file is not "the submission").
+    ``label`` names the submission in errors (a baseline file is not "the submission"),
+    ``gt_label`` the ground truth.
     """
-    labels = (label, "ground truth")
+    labels = (label, gt_label)
     predictions, truth = _predictions_and_truth(
         submission, ground_truth, allow_subset=allow_subset, labels=labels
     )
