@@ -169,7 +169,11 @@ def test_videos_list_and_rm(tmp_path):
     assert listed.exit_code == 0, listed.output
     assert "3 videos in" in listed.output and long_id in listed.output and "/videos/a.mp4" in listed.output
     as_json = _cli("videos", "list", "--json", "--store", str(folder))
-    assert as_json.exit_code == 0 and as_json.output.count('"video_id"') == 3
+    assert as_json.exit_code == 0, as_json.output
+    listed_ids = [record["video_id"] for record in json.loads(as_json.output)]  # one JSON document
+    assert sorted(listed_ids) == sorted(["-dash_id", long_id, INGESTED])
+    empty = _cli("videos", "list", "--json", "--store", str(tmp_path / "empty"))
+    assert empty.exit_code == 0 and json.loads(empty.output) == [], empty.output
 
     gone = _cli("videos", "rm", "--store", str(folder), "--", "-dash_id", INGESTED)
     assert gone.exit_code == 0, gone.output

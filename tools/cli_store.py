@@ -442,7 +442,9 @@ def recover_cmd(
 @videos_app.command("list")
 @user_errors
 def videos_list_cmd(
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per video.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON array of the video records ([] when none).")
+    ] = False,
     store: StoreOpt = None,
     sets: SetOpt = None,
 ) -> None:
@@ -452,9 +454,8 @@ def videos_list_cmd(
     ctx = make_context(store, sets)
     st = resources.store_for(ctx)
     records = st.list_videos()
-    if as_json:
-        for rec in records:
-            out.print_json(json.dumps(rec.to_metadata()))
+    if as_json:  # one document, as `retrieve --json`: a parser reads it whole, an empty store is []
+        out.print_json(json.dumps([rec.to_metadata() for rec in records]))
         return
     table = Table(title=f"{len(records)} videos in {st.location}")
     table.add_column("video id", overflow="fold")
