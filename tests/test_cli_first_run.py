@@ -287,6 +287,29 @@ def test_index_of_an_empty_captions_file_is_an_error(tmp_path: Path, store_dir: 
     assert error_lines(got.output) == [f"error: captions file {empty} is empty: no video to import"]
 
 
+def test_index_checks_the_captions_file_before_opening_the_store_or_the_embedder(
+    tmp_path: Path, store_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a missing file loaded the embedder and drew an empty "import" bar before its error
+    def must_not_load(ctx: Context) -> None:
+        raise AssertionError("opened before the captions file was checked")
+
+    monkeypatch.setattr(resources, "store_for", must_not_load)
+    monkeypatch.setattr(resources, "embedder_for", must_not_load)
+    (tmp_path / "folder.jsonl").mkdir()
+    (tmp_path / "empty.jsonl").write_text("\n")
+    expected = {
+        "missing.jsonl": "file not found",
+        "folder.jsonl": "is a directory, expected a JSONL file",
+        "empty.jsonl": "is empty: no video to import",
+    }
+    for name, reason in expected.items():
+        got = invoke("index", "--captions", str(tmp_path / name), "--store", str(store_dir))
+        assert got.exit_code == 2, got.output
+        assert [line for line in got.output.splitlines() if line.strip()] == error_lines(got.output)
+        assert str(tmp_path / name) in got.output and reason in got.output, got.output
+
+
 # ------------------------------------------------------------------ index summary
 
 

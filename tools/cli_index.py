@@ -97,14 +97,26 @@ def _import_captions(ctx: Any, captions: Path, source: str | None) -> None:
     from granalign.io.captions_import import source_name_for
     from graphs import resources
 
+    _check_captions_file(captions)
     st, emb = resources.store_for(ctx), resources.embedder_for(ctx)
     report = import_with_bar(st, emb, captions, source or source_name_for(captions), "import")
-    if report.total == 0:  # a failed export: "0 videos imported" with status 0 read as success
-        raise InputError(f"captions file {captions} is empty: no video to import")
     console.print(
         f"{report.total} videos: {report.imported} imported ({report.captions} captions), "
         f"{report.skipped} already in the store at {st.location}"
     )
+
+
+def _check_captions_file(captions: Path) -> None:
+    """Refuse a missing, unreadable or empty captions file (or a bad first line) before the store
+    and the embedder are opened: a typo must not wait for a model and draw an empty bar first."""
+    from granalign.io.captions_import import read_captions_file
+
+    videos = read_captions_file(captions)
+    try:
+        if next(videos, None) is None:  # a failed export: "0 videos imported" with status 0 read as success
+            raise InputError(f"captions file {captions} is empty: no video to import")
+    finally:
+        videos.close()
 
 
 def _bar_updater(bar: Progress, task: TaskID) -> Any:
