@@ -49,6 +49,16 @@ def test_benchmark_help_names_every_benchmark() -> None:
         assert re.search(rf"{name}[^.]*left out of --quick|no [^.]*{name}", shown), name
 
 
+def test_store_recover_help_says_its_store_is_the_damaged_one_read_from() -> None:
+    # --store read "Chroma store folder (default ...)" as everywhere, though recover only reads
+    # it (straight from SQLite) and writes the store given by --to
+    result = CliRunner().invoke(app, ["store", "recover", "--help"], env={"COLUMNS": "400"})
+    assert result.exit_code == 0, result.output
+    shown = _flat(result.output)
+    assert "--store <path> The damaged store folder to recover from:" in shown, shown
+    assert "SQLite file, without Chroma" in shown and "$GRANALIGN_STORE" in shown, shown
+
+
 def test_request_attempts_says_what_is_retried() -> None:
     # it said "only HTTP 5xx and timeouts are retried"; 429s and unusable 200s are retried too
     import openai

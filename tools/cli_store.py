@@ -371,7 +371,14 @@ def _write_manifest(path: Path, lines: list[dict[str, Any]]) -> None:
 @user_errors
 def recover_cmd(
     to: Annotated[Path, typer.Option("--to", help="A new store folder to rebuild into.")],
-    store: StoreOpt = None,
+    store: Annotated[
+        Path | None,
+        typer.Option(
+            "--store",
+            help="The damaged store folder to recover from: its records are read straight from its "
+            "SQLite file, without Chroma, and left in place (default $GRANALIGN_STORE or the user cache).",
+        ),
+    ] = None,
     sets: SetOpt = None,
 ) -> None:
     """Rebuild a broken embedded store into a new folder from the records its SQLite file holds."""
