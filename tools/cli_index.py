@@ -111,12 +111,8 @@ def _check_captions_file(captions: Path) -> None:
     and the embedder are opened: a typo must not wait for a model and draw an empty bar first."""
     from granalign.io.captions_import import read_captions_file
 
-    videos = read_captions_file(captions)
-    try:
-        if next(videos, None) is None:  # a failed export: "0 videos imported" with status 0 read as success
-            raise InputError(f"captions file {captions} is empty: no video to import")
-    finally:
-        videos.close()
+    if next(read_captions_file(captions), None) is None:  # a failed export: "0 imported", status 0
+        raise InputError(f"captions file {captions} is empty: no video to import")
 
 
 def _bar_updater(bar: Progress, task: TaskID) -> Any:
