@@ -166,6 +166,7 @@ def test_cli_eval_names_each_bad_file_and_prints_nothing_before_a_bad_baseline(t
     cases = {
         f"--submission {no_windows}": ["--submission", str(no_windows), "--gt", str(gt), "--allow-subset"],
         f"--gt {bad_gt}": ["--submission", str(one), "--gt", str(bad_gt)],
+        f"--submission {one} vs --gt {gt}: query sets differ": ["--submission", str(one), "--gt", str(gt)],
         f"--baseline {no_windows}": [
             "--submission",
             str(ours),

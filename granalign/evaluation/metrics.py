@@ -331,14 +331,16 @@ def _matched_ground_truth(
         parts = []
         if missing:
             examples = _qid_examples(missing)
-            parts.append(f"{len(missing)} {truth_label} qids missing from the submission (e.g. {examples})")
+            parts.append(f"{len(missing)} ground truth qids missing from the submission (e.g. {examples})")
         if extra:
             parts.append(
-                f"{len(extra)} submission qids not in the {truth_label} (e.g. {_qid_examples(extra)})"
+                f"{len(extra)} submission qids not in the ground truth (e.g. {_qid_examples(extra)})"
             )
         advice = "" if allow_subset else "; pass allow_subset=True to score a subset of the queries"
+        # the error is about both inputs, so it names both (labels may be file names)
+        where = submission_label if truth_label == "ground truth" else f"{submission_label} vs {truth_label}"
         raise InputError(
-            f"{submission_label}: query sets differ: {'; '.join(parts)}{_type_hint(missing, extra)}{advice}"
+            f"{where}: query sets differ: {'; '.join(parts)}{_type_hint(missing, extra)}{advice}"
         )
     return {q: truth[q] for q in pred_qids}
 
