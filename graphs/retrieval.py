@@ -323,7 +323,7 @@ def fuse(state: RetrievalState, runtime: Runtime[Context]) -> dict[str, Any]:
     emb = embed_variants(query, variants, embedder, ctx.drift_threshold)
     aware = _stored_aware(state, ctx)
     scores = fusion_stage(
-        emb.q_s, emb.q_d, video.embeddings, FusionSettings.of(ctx),
+        emb.q_s, emb.q_d, video.checked, FusionSettings.of(ctx),
         aware=aware, agnostic_captions=video.captions, query=query, query_emb=emb.query_emb,
     )  # fmt: skip
     drift = f"{emb.replaced} rewrite side(s) drifted from the query (cosine < {ctx.drift_threshold:g}) "

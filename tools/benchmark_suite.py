@@ -315,7 +315,7 @@ def library_query(ctx: Context, ann: Any) -> list[Any]:
     variants = query_variants(ann.query, found, include_original=ctx.include_original)
     emb = embed_variants(ann.query, variants, resources.embedder_for(ctx), ctx.drift_threshold)
     clip_len = video.record.clip_len_s
-    moments, _ = core_query(video.embeddings, emb.q_s, emb.q_d, ctx, ann.duration, clip_len=clip_len)
+    moments, _ = core_query(video.checked, emb.q_s, emb.q_d, ctx, ann.duration, clip_len=clip_len)
     return moments
 
 

@@ -30,7 +30,13 @@ import math
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from granalign.core.similarity import as_finite_array, unit_rows_exact
+from granalign.core.similarity import (
+    CaptionMatrix,
+    as_finite_array,
+    caption_matrix,
+    unit_cosines,
+    unit_rows_exact,
+)
 from granalign.errors import ConfigError, InputError
 
 FloatArray = NDArray[np.float64]
@@ -70,7 +76,7 @@ def _check(k: object, weight: object) -> tuple[int, float]:
 
 
 def feedback_queries(
-    queries: ArrayLike, captions: ArrayLike, *, k: int = 3, weight: float = 0.5
+    queries: ArrayLike, captions: ArrayLike | CaptionMatrix, *, k: int = 3, weight: float = 0.5
 ) -> FloatArray:
     """Each query (q, d) moved toward its ``k`` best-matching captions (n, d) of one video.
 
@@ -78,10 +84,12 @@ def feedback_queries(
     k is capped at n.  ``k = 0`` or ``weight = 0`` returns the queries unchanged (as float64), so
     a caller can always route through this function.  Ties in similarity keep clip order (a
     stable sort); tied captions are usually identical captions, which give the same mean.
+    ``captions`` may be a :class:`~granalign.core.similarity.CaptionMatrix` (checked once).
     """
     k, w = _check(k, weight)
     q = as_finite_array(queries, "queries", ndim=2)
-    c = as_finite_array(captions, "captions", ndim=2)
+    checked = caption_matrix(captions)
+    c = checked.values
     if q.shape[0] == 0 or c.shape[0] == 0:
         raise InputError(f"queries and captions must be non-empty, got shapes {q.shape} and {c.shape}")
     if q.shape[1] != c.shape[1]:
@@ -91,13 +99,7 @@ def feedback_queries(
     if k == 0 or w == 0.0:
         return q.copy()
     uq = _unit(q)
-    # cos(q, c) = (unit(q) · c) / |c|: only the k chosen captions are scaled to unit length, so
-    # a long video's (n, d) captions are never copied (a 10-h video: 18,000 rows).
-    norms = np.sqrt(np.einsum("ij,ij->i", c, c))
-    if np.all(np.isfinite(norms) & ((norms == 0.0) | (norms > 1e-150))):
-        sims = np.divide(uq @ c.T, norms, out=np.zeros((q.shape[0], c.shape[0])), where=norms > 0)
-    else:  # magnitudes whose squares over- or underflow: the exact unit rows
-        sims = uq @ _unit(c).T
+    sims = unit_cosines(uq, checked)  # only the k chosen captions are scaled to unit length below
     top = _top_k(sims, min(k, c.shape[0]))  # (q, k)
     centroid = _unit(_unit(c[top]).mean(axis=1))  # (q, d)
     moved: FloatArray = _unit(uq + w * centroid)

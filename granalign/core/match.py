@@ -29,7 +29,7 @@ import math
 import numpy as np
 from numpy.typing import ArrayLike
 
-from granalign.core.similarity import as_finite_array, cosine_similarity
+from granalign.core.similarity import CaptionMatrix, as_finite_array, cosine_similarity
 from granalign.errors import ConfigError, InputError
 
 __all__ = [
@@ -54,7 +54,9 @@ LIKELY_BASE, LIKELY_PER_LOG_CAPTION = 0.20, 0.059
 captions (see the module docstring)."""
 
 
-def caption_match(query_emb: ArrayLike, captions: ArrayLike, *, k: int = MATCH_TOP_K) -> float:
+def caption_match(
+    query_emb: ArrayLike, captions: ArrayLike | CaptionMatrix, *, k: int = MATCH_TOP_K
+) -> float:
     """Mean of the ``k`` highest raw cosines between one query embedding (d,) and the video's
     agnostic caption embeddings (n, d) (all n when n < k), rounded to 4 decimals, in [-1, 1].
 

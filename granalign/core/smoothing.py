@@ -31,7 +31,13 @@ import math
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from granalign.core.similarity import COSINE_NOISE, as_finite_array, cosine_similarity, minmax_normalise
+from granalign.core.similarity import (
+    COSINE_NOISE,
+    CaptionMatrix,
+    as_finite_array,
+    cosine_similarity,
+    minmax_normalise,
+)
 from granalign.errors import ConfigError, InputError
 
 FloatArray = NDArray[np.float64]
@@ -103,7 +109,9 @@ def gaussian_smooth(values: ArrayLike, sigma: float) -> FloatArray:
     return smoothed
 
 
-def smoothed_similarity(queries: ArrayLike, captions: ArrayLike, sigma: float = 0.0) -> FloatArray:
+def smoothed_similarity(
+    queries: ArrayLike, captions: ArrayLike | CaptionMatrix, sigma: float = 0.0
+) -> FloatArray:
     """g with temporal smoothing: cosine (q, n) → Gaussian over clips (σ) → min–max per row.
 
     Smoothing comes before the normalisation so that every row still spans exactly [0, 1] (the

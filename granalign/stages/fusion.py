@@ -20,7 +20,13 @@ from numpy.typing import NDArray
 from granalign.core.feedback import feedback_queries
 from granalign.core.fusion import AwareMissing, fuse_variants, variant_scores
 from granalign.core.match import caption_match
-from granalign.core.similarity import COSINE_NOISE, cosine_similarity, minmax_normalise
+from granalign.core.similarity import (
+    COSINE_NOISE,
+    CaptionMatrix,
+    caption_matrix,
+    cosine_similarity,
+    minmax_normalise,
+)
 from granalign.core.smoothing import smoothed_similarity
 from granalign.core.validation import ImitationGuard
 from granalign.stages.aware_captions import AwareCaptions
@@ -47,9 +53,7 @@ class FusionSettings:
         return cls(**{f.name: getattr(settings, f.name) for f in fields(cls)})
 
 
-def _agnostic_curves(
-    queries: NDArray[np.float32], captions: NDArray[np.float32], s: FusionSettings
-) -> FloatArray:
+def _agnostic_curves(queries: NDArray[np.float32], captions: CaptionMatrix, s: FusionSettings) -> FloatArray:
     """g(Q, C_agn) with pseudo-relevance feedback and temporal smoothing, shape (v, n)."""
     fed = feedback_queries(queries, captions, k=s.feedback_k, weight=s.feedback_weight)
     return smoothed_similarity(fed, captions, s.smooth_sigma)
@@ -62,7 +66,7 @@ def aware_channel(
     settings: FusionSettings,
     *,
     agnostic_captions: Sequence[str] = (),
-    agnostic_emb: NDArray[np.float32] | None = None,
+    agnostic_emb: NDArray[np.floating[Any]] | None = None,
     query: str = "",
     query_emb: NDArray[np.float32] | None = None,
 ) -> tuple[FloatArray, NDArray[np.bool_]]:
@@ -114,7 +118,7 @@ class FusedScores:
 def fuse(
     q_s: NDArray[np.float32],
     q_d: NDArray[np.float32],
-    captions: NDArray[np.float32],
+    captions: NDArray[np.float32] | CaptionMatrix,
     settings: FusionSettings,
     *,
     aware: AwareCaptions | None = None,
@@ -126,16 +130,19 @@ def fuse(
 
     g(Q_d, C_agn) is computed only when ``aware_missing="agnostic"`` uses it.  With ``query_emb``
     (the original query's embedding) the result also carries the video's ``match``.
+    ``captions`` may be a :class:`~granalign.core.similarity.CaptionMatrix`, checked once per
+    video for all of its queries (``graphs.resources.VideoCaptions.checked``).
     """
-    g_s = _agnostic_curves(q_s, captions, settings)
-    g_d_agn = _agnostic_curves(q_d, captions, settings) if settings.aware_missing == "agnostic" else None
+    checked = caption_matrix(captions)  # converted and checked once for every read below
+    g_s = _agnostic_curves(q_s, checked, settings)
+    g_d_agn = _agnostic_curves(q_d, checked, settings) if settings.aware_missing == "agnostic" else None
     g_d_aware, mask = aware_channel(
         q_d,
         g_s.shape[1],
         aware,
         settings,
         agnostic_captions=agnostic_captions,
-        agnostic_emb=captions,
+        agnostic_emb=checked.values,
         query=query,
         query_emb=query_emb,
     )
@@ -143,5 +150,5 @@ def fuse(
         g_s, g_d_aware, mask, g_detailed_agnostic=g_d_agn, aware_missing=settings.aware_missing
     )
     fused = fuse_variants(curves)
-    match = caption_match(query_emb, captions) if query_emb is not None else None
+    match = caption_match(query_emb, checked) if query_emb is not None else None
     return FusedScores(np.round(curves, 6).tolist(), np.round(fused, 6).tolist(), int(mask.sum()), match)
