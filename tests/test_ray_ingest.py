@@ -29,7 +29,7 @@ from granalign.io.store import open_store
 from graphs import resources
 from graphs.context import Context
 from graphs.ingest import ingest_video
-from tests.servers import chroma_server
+from tests.servers import chroma_server, free_port
 from tests.test_ingest import build_tiny_vlm_random_weights, model_context
 from tests.test_video import damaged_copy, make_video
 from tools.cli import app
@@ -549,3 +549,92 @@ def test_a_video_replaced_after_its_probe_fails_alone_on_ray_and_nothing_is_stor
         assert got is not None and got["encoded"] == 2
         record = store.video(content_hash(kept))
         assert record is not None and record.complete
+
+
+# -- an address where no Ray head answers ---------------------------------------------------------
+
+
+def test_index_ray_at_an_address_where_no_cluster_runs_is_one_line_and_never_reaches_ray_init(
+    tmp_path, monkeypatch
+):
+    """``--ray HOST:PORT`` with no cluster there (stopped, a wrong port, an unknown host) waited
+    in ray.init for many minutes (20 attempts of up to 30 s) behind a bar that showed nothing;
+    the head is now asked first and the run ends with one line, before the bar and ray.init."""
+    import ray
+
+    def no_init(**_: object) -> None:
+        raise AssertionError("ray.init was called for an address where nothing listens")
+
+    monkeypatch.setattr(ray, "init", no_init)
+    make_video(tmp_path / "a.mp4", 1.0)
+    dead = f"127.0.0.1:{free_port()}"
+    result = CliRunner().invoke(
+        app,
+        ["index", str(tmp_path), "--ray", dead],
+        env={"CHROMA_URL": "http://127.0.0.1:1", "GRANALIGN_VIDEO_ROOTS": str(tmp_path)},
+    )
+    assert result.exit_code == 2, result.output
+    flat = " ".join(result.output.split())
+    assert flat.startswith(f"error: no Ray cluster at --ray '{dead}': no Ray head answers there ("), flat
+    assert "Connection refused" in flat and f"ray start --head --port {dead.rpartition(':')[2]}" in flat
+    assert "connecting to Ray" not in flat
+
+
+def _grpc_server(handler: Any) -> tuple[Any, str]:
+    """A gRPC server on loopback whose every method ``handler(request, context)`` answers."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+
+    class Every(grpc.GenericRpcHandler):
+        def service(self, details: Any) -> Any:
+            return grpc.unary_unary_rpc_method_handler(handler) if handler else None
+
+    server = grpc.server(ThreadPoolExecutor(max_workers=1), handlers=[Every()])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    return server, f"127.0.0.1:{port}"
+
+
+def test_a_ray_head_wanting_a_token_or_a_server_that_is_no_ray_head_is_said_before_ray_init(monkeypatch):
+    """A head started with token authentication (``ray start`` turns it on when ~/.ray/auth_token
+    exists) refused a driver that sends no token, and ray.init ended after 20 s in "Failed to
+    connect to Ray cluster"; another gRPC server made it retry for minutes.  Both are now one line
+    naming the cause; with RAY_AUTH_MODE=token the token is ray.init's to send."""
+    import grpc
+
+    from tools.ray_ingest import _connect
+
+    class NoInit:
+        def init(self, **_: object) -> None:
+            raise AssertionError("ray.init was called")
+
+    class Init:
+        address = ""
+
+        def init(self, address: str, **_: object) -> None:
+            self.address = address
+
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    token_head, address = _grpc_server(
+        lambda request, context: context.abort(grpc.StatusCode.UNAUTHENTICATED, "InvalidAuthToken")
+    )
+    other, other_address = _grpc_server(None)  # answers every method: unimplemented
+    try:
+        with pytest.raises(ConfigError) as err:
+            _connect(NoInit(), address)
+        wants = f"the Ray cluster at --ray '{address}' wants its authentication token"
+        assert str(err.value).startswith(wants)
+        assert "set RAY_AUTH_MODE=token" in str(err.value)
+        with pytest.raises(ConfigError) as err:
+            _connect(NoInit(), other_address)
+        assert str(err.value).startswith(
+            f"no Ray cluster at --ray '{other_address}': the server there is not a Ray head (unimplemented"
+        )
+        monkeypatch.setenv("RAY_AUTH_MODE", "token")
+        with_token = Init()
+        _connect(with_token, address)
+        assert with_token.address == address
+    finally:
+        token_head.stop(None)
+        other.stop(None)

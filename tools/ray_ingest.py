@@ -617,7 +617,53 @@ def _forwarded_env() -> dict[str, str]:
     return {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
 
 
+PROBE_S = 5.0
+"""How long the head's GCS may take to answer the check that comes before ``ray.init``."""
+
+AUTH_HINT = (
+    "the Ray cluster at --ray {address!r} wants its authentication token: set RAY_AUTH_MODE=token "
+    "with the cluster's token in ~/.ray/auth_token or $RAY_AUTH_TOKEN (ray start enables token "
+    "authentication when ~/.ray/auth_token exists)"
+)
+
+
+def _check_head(address: str) -> None:
+    """Ask the GCS at a ``host:port`` address for its cluster id before ``ray.init`` does.
+
+    Why: ``ray.init`` retries an address where no Ray head answers (a wrong port, a stopped
+    cluster, an unknown host, another server) 20 times, up to 30 s each, behind a progress bar
+    that shows nothing; this answers in one line within :data:`PROBE_S`.  A head that wants a
+    token the driver does not send (``ray start`` turns token authentication on when
+    ``~/.ray/auth_token`` exists; ``ray.init`` sends it to an explicit address only with
+    ``RAY_AUTH_MODE=token``) would otherwise end in "Failed to connect" after 20 s.
+    ``auto``, ``local`` and ``ray://`` addresses are left to Ray.
+    """
+    import grpc  # comes with chromadb
+
+    if address in ("auto", "local") or address.startswith("ray://"):
+        return
+    with grpc.insecure_channel(address) as channel:
+        try:
+            channel.unary_unary("/ray.rpc.NodeInfoGcsService/GetClusterId")(b"", timeout=PROBE_S)
+            return
+        except grpc.RpcError as exc:
+            code, details = exc.code(), str(exc.details() or "").strip()
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        if os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
+            return  # ray.init sends the token
+        raise ConfigError(AUTH_HINT.format(address=address))
+    head = "give the head's address (the --port of its `ray start --head`, default 6379)"
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        seen = details.splitlines()[0] if details else f"no answer within {PROBE_S:g} s"
+        port = address.rpartition(":")[2]
+        why = f"no Ray head answers there ({seen}); {head} or start one: ray start --head --port {port}"
+    else:
+        why = f"the server there is not a Ray head ({code.name.lower()}: {details or 'no details'}); {head}"
+    raise ConfigError(f"no Ray cluster at --ray {address!r}: {why}")
+
+
 def _connect(ray: Any, address: str) -> None:
+    _check_head(address)
     try:
         ray.init(
             address=address,
@@ -626,6 +672,9 @@ def _connect(ray: Any, address: str) -> None:
             configure_logging=True,
         )
     except (ConnectionError, RuntimeError, ValueError) as exc:
+        cause = f"{exc} {exc.__cause__ or ''}"
+        if "InvalidAuthToken" in cause or "token authentication" in cause:
+            raise ConfigError(AUTH_HINT.format(address=address)) from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"no Ray cluster at --ray {address!r}: {first}") from None
 
@@ -879,6 +928,7 @@ def index_on_ray(
         TextColumn("{task.fields[failed]} failed videos"),
         TimeElapsedColumn(),
     )
+    _check_head(address)  # a wrong address is one line, before the bar
     console.print(f"[dim]{len(files)} files; connecting to Ray at {address} and loading the models...[/]")
     with Progress(*columns, console=console, transient=False) as bar:
         task = bar.add_task("ray", total=None, failed=0, encoded=0)
