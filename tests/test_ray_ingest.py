@@ -638,3 +638,46 @@ def test_a_ray_head_wanting_a_token_or_a_server_that_is_no_ray_head_is_said_befo
     finally:
         token_head.stop(None)
         other.stop(None)
+
+
+def test_a_ray_progress_line_before_every_video_is_probed_says_the_total_is_so_far(tmp_path, monkeypatch):
+    """The total grows as probes come back: a re-run's first log line read "ray ingest: 3/3
+    clips" with 41 of 44 clips to go (one video of four probed).  The driver now reports how many
+    videos are probed, and the line says the total is so far until all are."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    from tools import cli_common, ray_ingest
+    from tools.ray_ingest import _Driver
+
+    seen: list[dict[str, Any]] = []
+    ctx = Context(store_dir=str(tmp_path / "store"), ingest_batch=2)
+    driver = _Driver(_StandInRay(), ctx, ["a.mp4", "b.mp4"], lambda **kw: seen.append(kw))
+    driver._probed("a.mp4", _probe("sha256-a", 3, [2]), 0)  # two clips stored before
+    driver._report()
+    driver._probed("b.mp4", _probe("sha256-b", 2, [0, 1]), 0)
+    driver._report()
+    assert [(s["done"], s["total"], s["probed"], s["videos"]) for s in seen] == [(2, 3, 1, 2), (2, 5, 2, 2)]
+
+    log = StringIO()
+    monkeypatch.setattr(cli_common, "console", Console(file=log, force_terminal=False, width=100))
+    monkeypatch.setattr(ray_ingest, "LOG_EVERY_S", 0.0)
+    monkeypatch.setattr(ray_ingest, "import_ray", lambda: None)
+    monkeypatch.setattr(ray_ingest, "ray_context", lambda ctx: ctx)
+    monkeypatch.setattr(ray_ingest, "list_sources", lambda target, roots: ["a.mp4", "b.mp4"])
+
+    def fake_ingest(ctx, files, address, on_progress):
+        for report in seen:
+            on_progress(**report)
+        return ray_ingest.RayIngestReport([], 5, 2, 1.0, {}, {}, 1)
+
+    monkeypatch.setattr(ray_ingest, "ingest_on_ray", fake_ingest)
+    ray_ingest.index_on_ray(
+        Context(store_dir=str(tmp_path / "s"), chroma_url="http://127.0.0.1:1"), "x", "auto"
+    )
+    lines = [line for line in log.getvalue().splitlines() if line.startswith("ray ingest: ")]
+    assert lines == [
+        "ray ingest: 2/3 clips so far (1 of 2 videos probed), 0 failed videos",
+        "ray ingest: 2/5 clips, 0 failed videos",
+    ]

@@ -817,7 +817,15 @@ class _Driver:
 
     def _report(self) -> None:
         failed = sum(1 for p in self.plans.values() if p.problem)
-        self.on_progress(done=self.done, total=self.total or None, failed=failed, encoded=self.encoded)
+        probed = sum(1 for p in self.plans.values() if p.probe is not None or p.problem)
+        self.on_progress(
+            done=self.done,
+            total=self.total or None,
+            failed=failed,
+            encoded=self.encoded,
+            probed=probed,
+            videos=len(self.plans),
+        )
 
     def results(self) -> list[tuple[str, dict[str, Any] | None, str]]:
         rows: list[tuple[str, dict[str, Any] | None, str]] = []
@@ -855,9 +863,9 @@ def ingest_on_ray(
 ) -> RayIngestReport:
     """Ingest ``files`` on the Ray cluster at ``address`` into the Chroma server of ``ctx``.
 
-    ``on_progress(done=, total=, failed=, encoded=)`` is called about twice a second (clips done,
-    clips known so far, failed videos, clips encoded by this run).  Connects, starts the model
-    actors, runs, and disconnects.
+    ``on_progress(done=, total=, failed=, encoded=, probed=, videos=)`` is called about twice a
+    second (clips done, clips known so far, failed videos, clips encoded by this run, videos
+    probed or failed, videos in all).  Connects, starts the model actors, runs, and disconnects.
     """
     ray = import_ray()
     ctx = ray_context(ctx)
@@ -936,14 +944,18 @@ def index_on_ray(
 
         logged = [time.monotonic()]
 
-        def on_progress(done: int, total: int | None, failed: int, encoded: int) -> None:
+        def on_progress(
+            done: int, total: int | None, failed: int, encoded: int, probed: int = 0, videos: int = 0
+        ) -> None:
             if not started:  # the clock (and the rate) starts with the work, not the model loading
                 bar.reset(task)
                 started.append(True)
             bar.update(task, completed=done, total=total, failed=failed, encoded=encoded)
             if not console.is_terminal and time.monotonic() - logged[0] >= LOG_EVERY_S:
                 logged[0] = time.monotonic()  # a log (nohup, a job) gets no bar until the end
-                line = f"ray ingest: {done}/{total or '?'} clips, {failed} failed videos"
+                # the total counts the videos probed so far: "3/3 clips" must not read as done
+                known = f" so far ({probed} of {videos} videos probed)" if probed < videos else ""
+                line = f"ray ingest: {done}/{total or '?'} clips{known}, {failed} failed videos"
                 console.print(line, highlight=False)
 
         report = ingest_on_ray(ray_ctx, files, address, on_progress)
