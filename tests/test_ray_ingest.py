@@ -371,6 +371,7 @@ def test_index_on_ray_logs_plain_progress_lines_when_stderr_is_not_a_terminal(tm
     monkeypatch.setattr(ray_ingest, "LOG_EVERY_S", 0.0)
     monkeypatch.setattr(ray_ingest, "import_ray", lambda: None)
     monkeypatch.setattr(ray_ingest, "ray_context", lambda ctx: ctx)
+    monkeypatch.setattr(resources, "store_for", lambda ctx: None)  # no Chroma server here
     monkeypatch.setattr(ray_ingest, "list_sources", lambda target, roots: ["a.mp4", "b.mp4"])
 
     def fake_ingest(ctx, files, address, on_progress):
@@ -566,6 +567,7 @@ def test_index_ray_at_an_address_where_no_cluster_runs_is_one_line_and_never_rea
         raise AssertionError("ray.init was called for an address where nothing listens")
 
     monkeypatch.setattr(ray, "init", no_init)
+    monkeypatch.setattr(resources, "store_for", lambda ctx: None)  # no Chroma server here
     make_video(tmp_path / "a.mp4", 1.0)
     dead = f"127.0.0.1:{free_port()}"
     result = CliRunner().invoke(
@@ -665,6 +667,7 @@ def test_a_ray_progress_line_before_every_video_is_probed_says_the_total_is_so_f
     monkeypatch.setattr(ray_ingest, "LOG_EVERY_S", 0.0)
     monkeypatch.setattr(ray_ingest, "import_ray", lambda: None)
     monkeypatch.setattr(ray_ingest, "ray_context", lambda ctx: ctx)
+    monkeypatch.setattr(resources, "store_for", lambda ctx: None)  # no Chroma server here
     monkeypatch.setattr(ray_ingest, "list_sources", lambda target, roots: ["a.mp4", "b.mp4"])
 
     def fake_ingest(ctx, files, address, on_progress):
@@ -681,3 +684,40 @@ def test_a_ray_progress_line_before_every_video_is_probed_says_the_total_is_so_f
         "ray ingest: 2/3 clips so far (1 of 2 videos probed), 0 failed videos",
         "ray ingest: 2/5 clips, 0 failed videos",
     ]
+
+
+@pytest.mark.parametrize(
+    ("chroma_url", "says"),
+    [
+        ("http://127.0.0.1:{port}", "Chroma server at http://127.0.0.1:{port} is not reachable"),
+        ("127.0.0.1:{port}", "CHROMA_URL '127.0.0.1:{port}' must look like http://host:port"),
+    ],
+)
+def test_index_ray_with_a_chroma_server_that_does_not_answer_is_one_line_before_ray(
+    tmp_path, monkeypatch, chroma_url, says
+):
+    """A wrong CHROMA_URL loaded every model on the cluster, then failed each video with the same
+    line (a library of thousands: thousands of lines, exit status 1); like the one-machine
+    path, it is now one error (exit status 2) before Ray is asked anything."""
+    import ray
+
+    from tools.ray_ingest import ingest_on_ray
+
+    def no_init(**_: object) -> None:
+        raise AssertionError("ray.init was called")
+
+    monkeypatch.setattr(ray, "init", no_init)
+    make_video(tmp_path / "a.mp4", 1.0)
+    port = free_port()
+    url, says = chroma_url.format(port=port), says.format(port=port)
+    result = CliRunner().invoke(
+        app,
+        ["index", str(tmp_path), "--ray", "127.0.0.1:1"],
+        env={"CHROMA_URL": url, "GRANALIGN_VIDEO_ROOTS": str(tmp_path)},
+    )
+    assert result.exit_code == 2, result.output
+    flat = " ".join(result.output.split())
+    assert flat.startswith(f"error: {says}"), flat
+    assert "connecting to Ray" not in flat
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        ingest_on_ray(Context(chroma_url=url, video_roots=str(tmp_path)), [str(tmp_path / "a.mp4")], "auto")

@@ -869,6 +869,7 @@ def ingest_on_ray(
     """
     ray = import_ray()
     ctx = ray_context(ctx)
+    resources.store_for(ctx)  # a Chroma server that does not answer: one line, before any model loads
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     _connect(ray, address)
     try:
@@ -936,7 +937,10 @@ def index_on_ray(
         TextColumn("{task.fields[failed]} failed videos"),
         TimeElapsedColumn(),
     )
-    _check_head(address)  # a wrong address is one line, before the bar
+    # a wrong CHROMA_URL or Ray address is one line, before the bar: not every video's failure
+    # once the models have loaded (the store), not minutes of retries in ray.init (the head)
+    resources.store_for(ray_ctx)
+    _check_head(address)
     console.print(f"[dim]{len(files)} files; connecting to Ray at {address} and loading the models...[/]")
     with Progress(*columns, console=console, transient=False) as bar:
         task = bar.add_task("ray", total=None, failed=0, encoded=0)
