@@ -721,3 +721,49 @@ def test_index_ray_with_a_chroma_server_that_does_not_answer_is_one_line_before_
     assert "connecting to Ray" not in flat
     with pytest.raises(ConfigError, match=re.escape(says)):
         ingest_on_ray(Context(chroma_url=url, video_roots=str(tmp_path)), [str(tmp_path / "a.mp4")], "auto")
+
+
+def test_a_local_captioner_gets_one_actor_per_node_and_no_idle_extra_one():
+    """The per-replica captioner actors were started for a ``local:`` captioner too, which uses
+    one actor per node instead: an actor process per run that nothing ever called.  Only served
+    (``openai:``) captioners get them now, one per replica; a local one, one per node."""
+    from tools.ray_ingest import _start_models
+
+    class Handle:
+        def __init__(self, kind: str, args: tuple[Any, ...]) -> None:
+            self.kind, self.args = kind, args
+            self.ready = self.peak_rss_mib = self
+
+        def remote(self, *_: object) -> str:
+            return {"ClipHost": "clip", "CaptionHost": "captioner", "EmbedHost": "embedder"}[self.kind]
+
+    class StandInRay:
+        def __init__(self) -> None:
+            self.started: list[Handle] = []
+
+        def remote(self, cls: type) -> Any:
+            ray = self
+
+            class Options:
+                def options(self, **_: object) -> Options:
+                    return self
+
+                def remote(self, *args: Any) -> Handle:
+                    ray.started.append(Handle(cls.__name__, args))
+                    return ray.started[-1]
+
+            return Options()
+
+        def nodes(self) -> list[dict[str, Any]]:
+            return [{"NodeID": f"{i:056x}", "Alive": True, "Resources": {"CPU": 1.0}} for i in range(2)]
+
+        def get(self, refs: list[str]) -> list[str]:
+            return list(refs)
+
+    for spec, want in [
+        ("local:/models/tiny-vlm", ["local:/models/tiny-vlm"] * 2),
+        ("openai:http://a/v1,http://b/v1#m", ["openai:http://a/v1#m", "openai:http://b/v1#m"]),
+    ]:
+        ray = StandInRay()
+        _start_models(ray, Context(captioner=spec), {})
+        assert [h.args[1] for h in ray.started if h.kind == "CaptionHost"] == want, spec

@@ -562,8 +562,10 @@ def _start_models(
     clip_cls, cap_cls, emb_cls = ray.remote(ClipHost), ray.remote(CaptionHost), ray.remote(EmbedHost)
     replicas = captioner_replicas(ctx.captioner)
     served = parse_spec(replicas[0], role="captioner").engine == "openai"
-    shared_caps = tuple(
-        cap_cls.options(**common, max_concurrency=4).remote(ctx, spec, "cpu", env) for spec in replicas
+    shared_caps = tuple(  # a local captioner has one actor per node instead (below)
+        cap_cls.options(**common, max_concurrency=4).remote(ctx, spec, "cpu", env)
+        for spec in replicas
+        if served
     )
     handles: dict[str, tuple[Any, tuple[Any, ...], Any]] = {}
     for node in _alive_nodes(ray):
