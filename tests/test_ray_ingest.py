@@ -767,3 +767,19 @@ def test_a_local_captioner_gets_one_actor_per_node_and_no_idle_extra_one():
         ray = StandInRay()
         _start_models(ray, Context(captioner=spec), {})
         assert [h.args[1] for h in ray.started if h.kind == "CaptionHost"] == want, spec
+
+
+def test_the_chroma_timeout_set_for_the_driver_reaches_the_workers(monkeypatch):
+    """GRANALIGN_CHROMA_TIMEOUT bounds each request to the Chroma server, but Ray workers inherit
+    their node's ``ray start`` environment: set beside ``granalign index --ray`` it bounded the
+    driver's requests only, and the batch tasks writing every clip waited the default 120 s on
+    a server that stopped answering.  It now travels with the tasks, like OPENAI_API_KEY."""
+    from granalign.io.store import server_timeout_from_env
+    from tools.ray_ingest import _forwarded_env
+
+    monkeypatch.setenv("GRANALIGN_CHROMA_TIMEOUT", "7")
+    env = _forwarded_env()
+    monkeypatch.delenv("GRANALIGN_CHROMA_TIMEOUT")  # a worker: its node's environment
+    for name, value in env.items():  # what the probe and batch tasks do with the env they get
+        monkeypatch.setenv(name, value)
+    assert server_timeout_from_env() == 7.0

@@ -89,9 +89,11 @@ FORWARDED_ENV = (
     "HF_HOME",
     "HF_HUB_CACHE",
     "ANONYMIZED_TELEMETRY",
+    "GRANALIGN_CHROMA_TIMEOUT",
 )
-"""Driver environment the workers need too (vLLM's bearer token, offline hubs); Ray workers
-inherit the environment of their node's ``ray start``, not the driver's."""
+"""Driver environment the workers need too (vLLM's bearer token, offline hubs, how long a
+request to the Chroma server may wait); Ray workers inherit the environment of their node's
+``ray start``, not the driver's."""
 
 ACTOR_RESTARTS = 4
 """Restarts of a model actor (its node died) before its calls fail; each reloads the model."""
