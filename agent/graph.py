@@ -23,8 +23,13 @@ prebuilt agent, because the behaviour that matters here is in the edges:
 * **Cited answers**: the tool's artifact (moments, saliency) travels in the ``ToolMessage``;
   the ``answer`` node appends the windows (in seconds) when the model's reply does not already
   cite them, and returns them as ``citations`` for a UI.
+* **Concurrent tool calls**: the calls of one model reply run at once, as LangGraph's
+  ``ToolNode`` runs them (threads under ``invoke``, ``asyncio.gather`` under ``ainvoke``), and
+  their replies come back in the order of the calls.
 * **Progress**: every step writes a custom stream event (``stream_mode="custom"``), and the
-  retrieval tool forwards the graph's own stage events into the same stream.
+  retrieval tool forwards the graph's own stage events into the same stream.  A step's
+  ``tool`` events come first, in call order, and each call's ``tool_done`` when it ends, so
+  several calls' events interleave.
 
 Tests drive the loop with a scripted chat model and with a real SmolLM2 behind ``transformers
 serve``; ``langgraph.json`` serves :data:`graph`, whose model comes from
@@ -33,10 +38,11 @@ serve``; ``langgraph.json`` serves :data:`graph`, whose model comes from
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import uuid
-from collections.abc import Generator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Annotated, Any, NotRequired, cast
@@ -51,7 +57,8 @@ from langchain_core.messages import (
     SystemMessage,
     ToolMessage,
 )
-from langchain_core.runnables import RunnableLambda
+from langchain_core.runnables import RunnableConfig, RunnableLambda
+from langchain_core.runnables.config import get_executor_for_config
 from langchain_core.tools import BaseTool
 from langgraph.errors import GraphBubbleUp
 from langgraph.graph import END, START, StateGraph
@@ -441,8 +448,47 @@ def _tool_failed(request: dict[str, Any], exc: Exception) -> ToolMessage:
     )
 
 
-_ToolSteps = Generator[tuple[dict[str, Any], BaseTool], Any, dict[str, Any]]
-"""What the tools node yields (a tool call and its tool), is sent (the reply) and returns."""
+_Plan = list[tuple[dict[str, Any], BaseTool | ToolMessage]]
+"""A step's tool calls in order: each request with its tool, or the error that answers it."""
+_Run = tuple[dict[str, Any], BaseTool, Runtime[AgentContext]]
+"""A tool call to run: the request, its tool and the node's runtime (for progress events)."""
+_Outcome = ToolMessage | GraphBubbleUp
+"""How one tool call of a step ended: its reply, or LangGraph's control flow it raised."""
+
+
+def _run_call(request: dict[str, Any], tool: BaseTool, runtime: Runtime[AgentContext]) -> _Outcome:
+    """One tool call of a step (in a worker thread); a ``GraphBubbleUp`` is returned, not raised,
+    so that :func:`_step_update` raises it once the step's other calls have ended."""
+    try:
+        reply = tool.invoke(request)
+    except GraphBubbleUp as bubble:  # an interrupt() or a Command for a parent graph: LangGraph's
+        return bubble  # control flow, not a failure (the run pauses, or the parent takes over)
+    except Exception as exc:
+        reply = _tool_failed(request, exc)
+    return _tool_reply(request, reply, runtime)
+
+
+async def _arun_call(request: dict[str, Any], tool: BaseTool, runtime: Runtime[AgentContext]) -> _Outcome:
+    try:
+        reply = await tool.ainvoke(request)
+    except GraphBubbleUp as bubble:
+        return bubble
+    except Exception as exc:
+        reply = _tool_failed(request, exc)
+    return _tool_reply(request, reply, runtime)
+
+
+def _step_update(plan: _Plan, outcomes: Sequence[_Outcome]) -> dict[str, Any]:
+    """The replies in the order of the calls (``outcomes``: those of the plan's runnable calls).
+
+    A call that interrupted (or handed over to a parent graph) ends the step the way LangGraph's
+    ``ToolNode`` does: the first such call in call order is raised once every call has ended,
+    and the other replies are dropped (the node runs all of them again on resume)."""
+    bubbles = [o for o in outcomes if isinstance(o, GraphBubbleUp)]
+    if bubbles:
+        raise bubbles[0]
+    replies = iter(cast(Sequence[ToolMessage], outcomes))
+    return {"messages": [target if isinstance(target, ToolMessage) else next(replies) for _, target in plan]}
 
 
 @dataclass(frozen=True)
@@ -486,7 +532,7 @@ class _Nodes:
             raise _model_failed(runtime, exc) from exc
         return _model_reply(reply, budget, runtime)
 
-    def _tool_plan(self, state: AgentState) -> tuple[list[tuple[dict[str, Any], Any]], Runtime[AgentContext]]:
+    def _tool_plan(self, state: AgentState) -> tuple[_Plan, Runtime[AgentContext]]:
         """(tool call, tool or an error ToolMessage) for every call of the last reply.
 
         The ``ground`` node's own call is outside the model's budget: it runs even when the
@@ -495,7 +541,7 @@ class _Nodes:
         last = state["messages"][-1]
         assert isinstance(last, AIMessage)
         budget = _context(runtime).max_tool_calls - _calls_used(state["messages"])
-        plan: list[tuple[dict[str, Any], Any]] = []
+        plan: _Plan = []
         for call in last.tool_calls:
             call_id, name = call.get("id") or "", call["name"]
             request = {"type": "tool_call", "id": call_id, "name": name, "args": call["args"]}
@@ -514,55 +560,38 @@ class _Nodes:
             plan.append(({"id": call_id, "name": name}, _error_message(call_id, name, error)))
         return plan, runtime
 
-    def _tool_steps(self, state: AgentState) -> _ToolSteps:
-        """The tools node as steps: yields each (request, tool) to run and is sent its reply.
-
-        :meth:`run_tools` and :meth:`arun_tools` drive it; they differ only in how a tool runs."""
+    def _tool_calls(self, state: AgentState) -> tuple[_Plan, list[_Run]]:
+        """The plan, and (request, tool, runtime) for each call to run; their ``tool`` events
+        are written now, in call order, before any of them starts."""
         plan, runtime = self._tool_plan(state)
-        replies: list[ToolMessage] = []
-        for request, target in plan:
-            if isinstance(target, ToolMessage):
-                replies.append(target)
-                continue
+        runs: list[_Run] = [(request, tool, runtime) for request, tool in plan if isinstance(tool, BaseTool)]
+        for request, _, _ in runs:
             _emit(runtime, step="tool", name=request["name"])
-            reply = yield request, target
-            replies.append(_tool_reply(request, reply, runtime))
-        return {"messages": replies}
+        return plan, runs
 
-    def run_tools(self, state: AgentState) -> dict[str, Any]:
-        """Run the requested tools; every failure becomes an error ToolMessage for the model.
+    def run_tools(self, state: AgentState, config: RunnableConfig) -> dict[str, Any]:
+        """Run the requested tools at once, as LangGraph's ``ToolNode`` does (threads of the
+        config's executor, ``max_concurrency`` bounding them); every failure becomes an error
+        ToolMessage for the model, and the replies come in the order of the calls.
 
         LangGraph's own control flow passes through (``GraphBubbleUp``): a tool that calls
-        ``langgraph.types.interrupt`` pauses the run (with a checkpointer), and the node runs
-        again, every call of the step, when it is resumed with ``Command(resume=...)``."""
-        steps = self._tool_steps(state)
-        try:
-            request, tool = next(steps)
-            while True:
-                try:
-                    reply = tool.invoke(request)
-                except GraphBubbleUp:  # an interrupt() or a Command for a parent graph: LangGraph's
-                    raise  # control flow, not a failure (the run pauses, or the parent takes over)
-                except Exception as exc:
-                    reply = _tool_failed(request, exc)
-                request, tool = steps.send(reply)
-        except StopIteration as done:
-            return cast(dict[str, Any], done.value)
+        ``langgraph.types.interrupt`` pauses the run (with a checkpointer) once the step's other
+        calls have ended, and the node runs again, every call of the step, when it is resumed
+        with ``Command(resume=...)``."""
+        plan, runs = self._tool_calls(state)
+        with get_executor_for_config(config) as pool:  # copies the context: config, stream, runtime
+            outcomes = list(pool.map(lambda run: _run_call(*run), runs))
+        return _step_update(plan, outcomes)
 
     async def arun_tools(self, state: AgentState) -> dict[str, Any]:
-        steps = self._tool_steps(state)
-        try:
-            request, tool = next(steps)
-            while True:
-                try:
-                    reply = await tool.ainvoke(request)
-                except GraphBubbleUp:  # an interrupt() or a Command for a parent graph: LangGraph's
-                    raise  # control flow, not a failure (the run pauses, or the parent takes over)
-                except Exception as exc:
-                    reply = _tool_failed(request, exc)
-                request, tool = steps.send(reply)
-        except StopIteration as done:
-            return cast(dict[str, Any], done.value)
+        """:meth:`run_tools` on the event loop: the calls run at once (``asyncio.gather``).
+
+        Unlike ``ToolNode``'s async path, which raises the first interrupt at once and leaves
+        the other calls running behind the paused run, the step waits for every call, as the
+        sync path (and ``ToolNode``'s) does."""
+        plan, runs = self._tool_calls(state)
+        outcomes = await asyncio.gather(*(_arun_call(*run) for run in runs))
+        return _step_update(plan, outcomes)
 
     def _known(self, mention: _Mention) -> bool | str:
         """Whether the store lists ``mention``; a str when the look-up itself failed (the reason,

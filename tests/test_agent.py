@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -262,6 +264,195 @@ def test_a_tool_that_asks_a_human_pauses_the_agent_and_resumes_with_the_answer(r
     assert tool_msg.status == "success" and tool_msg.text == "the person said yes"
     assert asked == ["yes"] and out["messages"][-1].text == "Approved, searching."
     assert len(model.calls) == 2
+
+
+# -- several tool calls in one reply run at once, as LangGraph's ToolNode runs them ------------
+
+MEET_TIMEOUT_S = 10.0
+"""How long a call waits for the step's other calls: run one after another, they never meet."""
+
+
+class _Meeting:
+    """Tool calls that must all be running at once before any returns: a barrier with a
+    timeout, so a tools node that runs them one after another fails instead of hanging."""
+
+    def __init__(self, parties: int) -> None:
+        self.parties = parties
+        self.barrier = threading.Barrier(parties, timeout=MEET_TIMEOUT_S)
+        self.abarriers: dict[Any, asyncio.Barrier] = {}
+        self.finished: list[str] = []
+
+    async def ameet(self) -> None:
+        loop = asyncio.get_running_loop()  # an asyncio.Barrier belongs to one event loop
+        barrier = self.abarriers.setdefault(loop, asyncio.Barrier(self.parties))
+        await asyncio.wait_for(barrier.wait(), MEET_TIMEOUT_S)
+
+    def others_finished(self) -> bool:
+        return len(self.finished) >= self.parties - 1
+
+    def tool(self, name: str, last: bool = False) -> StructuredTool:
+        """A tool that meets the others; ``last`` returns only after every other call returned
+        (so the step's calls end in another order than they were made)."""
+        from langgraph.config import get_stream_writer
+
+        def meet(label: str) -> str:
+            """Wait for the other calls of the step."""
+            get_stream_writer()({"meeting": label})  # a call still writes to the run's stream
+            self.barrier.wait()  # BrokenBarrierError after MEET_TIMEOUT_S
+            for _ in range(int(MEET_TIMEOUT_S * 100)):
+                if not last or self.others_finished():
+                    break
+                time.sleep(0.01)
+            self.finished.append(label)
+            return f"{label} met the others"
+
+        async def ameet(label: str) -> str:
+            get_stream_writer()({"meeting": label})
+            await self.ameet()
+            for _ in range(int(MEET_TIMEOUT_S * 100)):
+                if not last or self.others_finished():
+                    break
+                await asyncio.sleep(0.01)
+            self.finished.append(label)
+            return f"{label} met the others"
+
+        return StructuredTool.from_function(meet, coroutine=ameet, name=name, description="Meet.")
+
+
+def _stream(agent: Any, given: Any, run_async: bool, **kw: Any) -> list[tuple[str, Any]]:
+    modes = ["values", "custom"]
+    if not run_async:
+        return list(agent.stream(given, stream_mode=modes, **kw))
+
+    async def run() -> list[tuple[str, Any]]:
+        return [c async for c in agent.astream(given, stream_mode=modes, **kw)]
+
+    return asyncio.run(run())
+
+
+@pytest.mark.parametrize("run_async", [False, True], ids=["invoke", "ainvoke"])
+def test_the_tool_calls_of_one_reply_run_at_once_and_reply_in_call_order(run_async):
+    """Three retrievals of 2 s each took 6 s: the tools node ran a reply's calls one after
+    another.  They now all run at once (each must reach the barrier before any returns), and
+    the replies still come in the order of the calls although the first ends last."""
+    meeting = _Meeting(3)
+    tools = [meeting.tool("slow", last=True), meeting.tool("quick"), meeting.tool("other")]
+    calls = [
+        _call("slow", {"label": "a"}, "c1"),
+        _call("quick", {"label": "b"}, "c2"),
+        _call("other", {"label": "c"}, "c3"),
+    ]
+    model = _scripted(AIMessage(content="", tool_calls=calls), AIMessage(content="all met"))
+    chunks = _stream(build_agent(model=model, tools=tools), {"messages": [HumanMessage("go")]}, run_async)
+    out = [c for mode, c in chunks if mode == "values"][-1]
+    replies = [m for m in out["messages"] if isinstance(m, ToolMessage)]
+    assert [(m.tool_call_id, m.status, m.text) for m in replies] == [
+        ("c1", "success", "a met the others"),
+        ("c2", "success", "b met the others"),
+        ("c3", "success", "c met the others"),
+    ]
+    assert meeting.finished[-1] == "a" and out["messages"][-1].text == "all met"
+    # progress: every call's "tool" event first, in call order; "tool_done" as each call ends
+    custom = [c for mode, c in chunks if mode == "custom"]
+    steps = [(c["agent"], c["name"]) for c in custom if c.get("agent") in ("tool", "tool_done")]
+    assert steps[:3] == [("tool", "slow"), ("tool", "quick"), ("tool", "other")]
+    assert sorted(steps[3:5]) == [("tool_done", "other"), ("tool_done", "quick")]
+    assert steps[5:] == [("tool_done", "slow")]
+    assert sorted(c["meeting"] for c in custom if "meeting" in c) == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("run_async", [False, True], ids=["invoke", "ainvoke"])
+def test_failures_budget_and_redaction_hold_for_calls_that_run_at_once(run_async):
+    """A raising tool, a third-party tool's error naming this server's home folder, an unknown
+    tool, a call past the budget and one that is not JSON, beside two calls that must meet:
+    each gets its own reply, in call order."""
+    meeting = _Meeting(2)
+
+    def explode(video: str) -> str:
+        """Always fails."""
+        raise RuntimeError("boom")
+
+    def leaky(video: str) -> ToolMessage:
+        """Fails naming a server folder (a third-party tool that does not redact)."""
+        text = f"cannot read {Path.home()}/private/{video}"
+        return ToolMessage(content=text, tool_call_id="c3", name="leaky", status="error")
+
+    tools = [
+        meeting.tool("meet"),
+        StructuredTool.from_function(explode, name="explode"),
+        StructuredTool.from_function(leaky, name="leaky"),
+    ]
+    calls = [
+        _call("meet", {"label": "a"}, "c1"),
+        _call("explode", {"video": "x"}, "c2"),
+        _call("leaky", {"video": "clip.mp4"}, "c3"),
+        _call("delete_everything", {}, "c4"),
+        _call("meet", {"label": "b"}, "c5"),
+        _call("explode", {"video": "y"}, "c6"),  # the 6th call of a 5-call budget
+    ]
+    invalid = {"id": "c7", "name": "meet", "args": "{oops", "error": "bad", "type": "invalid_tool_call"}
+    model = _scripted(
+        AIMessage(content="", tool_calls=calls, invalid_tool_calls=[invalid]), AIMessage(content="done")
+    )
+    agent = build_agent(model=model, tools=tools)
+    chunks = _stream(
+        agent, {"messages": [HumanMessage("go")]}, run_async, context=AgentContext(max_tool_calls=5)
+    )
+    out = [c for mode, c in chunks if mode == "values"][-1]
+    replies = {m.tool_call_id: m for m in out["messages"] if isinstance(m, ToolMessage)}
+    assert list(replies) == ["c1", "c2", "c3", "c4", "c5", "c6", "c7"]
+    assert [k for k, m in replies.items() if m.status == "success"] == ["c1", "c5"]
+    assert replies["c1"].text == "a met the others" and replies["c5"].text == "b met the others"
+    assert "tool explode failed (RuntimeError)" in replies["c2"].text
+    assert "private/clip.mp4" in replies["c3"].text and str(Path.home()) not in replies["c3"].text
+    assert "unknown tool 'delete_everything'" in replies["c4"].text
+    assert "budget for this question is used up" in replies["c6"].text
+    assert "not a valid JSON object" in replies["c7"].text
+    assert out["messages"][-1].text == "done"
+
+
+@pytest.mark.parametrize("run_async", [False, True], ids=["invoke", "ainvoke"])
+def test_a_tool_that_interrupts_pauses_the_run_once_the_steps_other_calls_have_ended(run_async):
+    """As LangGraph's ToolNode does: the step's other calls run to their end (none is left
+    running behind the paused run), their replies are dropped, and every call of the step runs
+    again on resume; the replies come in call order."""
+    from langgraph.types import Command, interrupt
+
+    meeting = _Meeting(2)
+
+    def approve(video: str) -> str:
+        """Ask a person, once the other call is running too."""
+        meeting.barrier.wait()
+        meeting.finished.append("approve")  # "m" returns only after this
+        return f"the person said {interrupt({'question': f'search {video}?'})}"
+
+    async def aapprove(video: str) -> str:
+        await meeting.ameet()
+        meeting.finished.append("approve")
+        return f"the person said {interrupt({'question': f'search {video}?'})}"
+
+    tools = [
+        StructuredTool.from_function(approve, coroutine=aapprove, name="approve"),
+        meeting.tool("meet", last=True),
+    ]
+    calls = [_call("approve", {"video": "kitchen.mp4"}, "c1"), _call("meet", {"label": "m"}, "c2")]
+    model = _scripted(AIMessage(content="", tool_calls=calls), AIMessage(content="Approved."))
+    agent = build_agent(model=model, tools=tools, checkpointer=InMemorySaver())
+    cfg = {"configurable": {"thread_id": f"hitl-at-once-{run_async}"}}
+
+    def run(given: Any) -> dict[str, Any]:
+        return asyncio.run(agent.ainvoke(given, cfg)) if run_async else agent.invoke(given, cfg)
+
+    paused = run({"messages": [HumanMessage("search the kitchen video")]})
+    assert [i.value for i in paused["__interrupt__"]] == [{"question": "search kitchen.mp4?"}]
+    assert meeting.finished == ["approve", "m"]  # the other call ended before the run paused
+    assert agent.get_state(cfg).next == ("tools",)
+    assert not any(isinstance(m, ToolMessage) for m in agent.get_state(cfg).values["messages"])
+    out = run(Command(resume="yes"))
+    replies = [(m.tool_call_id, m.status, m.text) for m in out["messages"] if isinstance(m, ToolMessage)]
+    assert replies == [("c1", "success", "the person said yes"), ("c2", "success", "m met the others")]
+    assert sorted(meeting.finished[2:]) == ["approve", "m"]  # both ran again
+    assert out["messages"][-1].text == "Approved." and len(model.calls) == 2
 
 
 def test_the_tool_budget_ends_a_model_that_only_calls_tools(tools):
