@@ -276,6 +276,9 @@ class _StandInRay:
         def options(self, **_: object) -> _StandInRay._Remote:
             return self
 
+        def remote(self, *_: object) -> object:  # a task sent: its ref
+            return object()
+
     def remote(self, _fn: object) -> _StandInRay._Remote:
         return self._Remote()
 
@@ -783,3 +786,40 @@ def test_the_chroma_timeout_set_for_the_driver_reaches_the_workers(monkeypatch):
     for name, value in env.items():  # what the probe and batch tasks do with the env they get
         monkeypatch.setenv(name, value)
     assert server_timeout_from_env() == 7.0
+
+
+def test_a_video_begun_before_the_chroma_server_was_lost_reads_as_unfinished_not_as_not_attempted(tmp_path):
+    """The Chroma server lost mid-run (a deployment failure) stops the run; a video that already
+    had clips stored (by this run, or by an earlier one) or a batch sent was listed as "not
+    attempted", though a re-run continues it.  Like the one-machine folder run, which counts only
+    videos never begun as not attempted, it now reads as unfinished, with its clips stored."""
+    from granalign.io.store import StoreUnavailable
+    from tools.ray_ingest import _Driver
+
+    def send(video: str) -> int:  # the first queued batch of ``video`` goes out: its clips
+        job = next(job for job in driver.queue if job.video == video)
+        driver.queue.remove(job)
+        driver.queue.insert(0, job)
+        driver._submit(max_in_flight=len(driver.pending) + 1)
+        return len(job.clips)
+
+    ctx = Context(store_dir=str(tmp_path / "store"), ingest_batch=2)
+    videos = ["a.mp4", "b.mp4", "c.mp4", "d.mp4"]
+    driver = _Driver(_StandInRay(), ctx, videos, lambda **_: None)
+    driver.model_sets = {}
+    driver._probed("a.mp4", _probe("sha256-a", 6, [0, 1, 2, 3, 4, 5]), 0)
+    driver._probed("b.mp4", _probe("sha256-b", 4, [2, 3]), 0)  # 2 clips stored by an earlier run
+    driver._probed("c.mp4", _probe("sha256-c", 2, [0, 1]), 0)
+    driver._probed("d.mp4", _probe("sha256-d", 4, [0, 1, 2, 3]), 0)
+    first, second, c_only, d_first = send("a.mp4"), send("a.mp4"), send("c.mp4"), send("d.mp4")
+    driver._batch_done("a.mp4", {"timings": {}, "peak_rss_mib": 1.0}, first)  # 2 clips of a stored
+    lost = StoreUnavailable("Chroma server at http://10.0.0.5:8002 is not reachable")
+    driver._failed("c.mp4", lost, c_only)  # the server is gone: the run stops here
+    driver._failed("a.mp4", lost, second)  # batches in flight meet it too
+    driver._failed("d.mp4", lost, d_first)
+    rows = {video: problem for video, _, problem in driver.results()}
+    stopped = "the run stopped when c.mp4 failed for the whole deployment; a re-run continues it"
+    assert rows["a.mp4"] == f"unfinished (2 of 6 clips stored): {stopped}"
+    assert rows["b.mp4"] == f"unfinished (2 of 4 clips stored): {stopped}"
+    assert rows["d.mp4"] == f"unfinished (0 of 4 clips stored): {stopped}"
+    assert rows["c.mp4"] == "Chroma server at http://10.0.0.5:8002 is not reachable"

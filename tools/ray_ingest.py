@@ -502,6 +502,8 @@ class VideoPlan:
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # from the batch tasks (damaged packets)
     same_as: str = ""  # another file of this run with the same bytes: encoded once, under it
+    stored: int = 0  # its clips in the store: an earlier run's (the probe's skipped) and this run's
+    begun: bool = False  # a batch of it was sent: a stopped run leaves it unfinished, not untried
 
 
 @dataclass
@@ -696,6 +698,7 @@ class _Driver:
         self.stage_s: dict[str, float] = {}
         self.peak: dict[str, float] = {}
         self.stopped = ""  # why the run stopped starting work (a deployment failure), if it did
+        self.untried = ""  # the problem of the videos it left: "not attempted: " + why
         retry = {"max_retries": TASK_RETRIES, "retry_exceptions": _retryable(ray)}
         self.probe_fn = ray.remote(probe_task).options(num_cpus=1, scheduling_strategy="SPREAD", **retry)
         self.batch_fn = ray.remote(batch_task).options(num_cpus=1, scheduling_strategy="SPREAD", **retry)
@@ -725,6 +728,7 @@ class _Driver:
                 continue
             ref = self.batch_fn.remote(self.ctx, job, self.model_sets, self.env)
             self.pending[ref] = ("batch", job.video, len(job.clips))
+            self.plans[job.video].begun = True
 
     def _failed(self, video: str, exc: BaseException, clips: int) -> None:
         """A task's failure: that video's, unless it is the deployment's (a model that cannot
@@ -734,24 +738,25 @@ class _Driver:
 
         self._fail(video, _message(exc), clips)
         if not self.stopped and is_deployment_failure(_cause(exc)):
-            self._stop(f"not attempted: the run stopped when {video} failed for the whole deployment")
+            self._stop(f"the run stopped when {video} failed for the whole deployment")
 
     def _stop(self, why: str) -> None:
         """Start no further batch: the queued ones are dropped, their videos (and any probed
-        later) listed with ``why``; batches in flight finish, and finished videos stay stored."""
-        self.stopped = why
+        later) listed as not attempted, ``why`` (:meth:`results` words a begun one as
+        unfinished); batches in flight finish, and finished videos stay stored."""
+        self.stopped, self.untried = why, f"not attempted: {why}"
         for job in self.queue:
             plan = self.plans[job.video]
-            plan.problem = plan.problem or why
+            plan.problem = plan.problem or self.untried
             self.done += len(job.clips)
         self.queue.clear()
 
     def _probed(self, video: str, got: dict[str, Any], _: int) -> None:
         plan = self.plans[video]
+        plan.probe, plan.stored = got, int(got["skipped"])
         if self.stopped:  # a probe that was in flight when the run stopped: nothing is queued
-            plan.problem = plan.problem or self.stopped
+            plan.problem = plan.problem or self.untried
             return
-        plan.probe = got
         self.total += int(got["n_clips"])
         plan.same_as = self._probed_first(got["video_id"], video)
         if plan.same_as:  # the same bytes under two names (a copy, a link): one id, encoded once
@@ -790,6 +795,7 @@ class _Driver:
         plan = self.plans[video]
         self.done += clips
         self.encoded += clips
+        plan.stored += clips
         for stage, seconds in got["timings"].items():
             plan.timings[stage] = plan.timings.get(stage, 0.0) + seconds
             self.stage_s[stage] = self.stage_s.get(stage, 0.0) + seconds
@@ -831,11 +837,20 @@ class _Driver:
             videos=len(self.plans),
         )
 
+    def _problem(self, plan: VideoPlan) -> str:
+        """A video's problem; one the stopped run left after some of its clips were stored or a
+        batch was sent is unfinished, not untried: a re-run continues it (as on one machine,
+        where only videos never begun count as not attempted)."""
+        if plan.problem != self.untried or not (plan.stored or plan.begun) or plan.probe is None:
+            return plan.problem
+        n = int(plan.probe["n_clips"])
+        return f"unfinished ({plan.stored} of {n} clips stored): {self.stopped}; a re-run continues it"
+
     def results(self) -> list[tuple[str, dict[str, Any] | None, str]]:
         rows: list[tuple[str, dict[str, Any] | None, str]] = []
         for video, plan in self.plans.items():
             if plan.problem or plan.probe is None:
-                rows.append((video, None, plan.problem or "not probed"))
+                rows.append((video, None, self._problem(plan) or "not probed"))
                 continue
             got = plan.probe
             if plan.same_as:
