@@ -823,3 +823,29 @@ def test_a_video_begun_before_the_chroma_server_was_lost_reads_as_unfinished_not
     assert rows["b.mp4"] == f"unfinished (2 of 4 clips stored): {stopped}"
     assert rows["d.mp4"] == f"unfinished (0 of 4 clips stored): {stopped}"
     assert rows["c.mp4"] == "Chroma server at http://10.0.0.5:8002 is not reachable"
+
+
+def test_index_ray_auto_with_no_cluster_running_says_so_in_granaligns_words(monkeypatch):
+    """``--ray`` (auto) with no Ray cluster on this host ended with Ray's own message, which
+    tells the user to set an ``--address`` flag granalign does not have; it is now one line
+    saying no cluster was found and how to start one or name its head (ray.init's own discovery
+    is kept, only told to find nothing: the test must not meet another session's cluster)."""
+    import ray
+    from ray._private import services, utils
+
+    from tools.ray_ingest import _connect
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+
+    def no_gcs_process() -> list[str]:  # no gcs_server process on this host
+        return []
+
+    no_gcs_process.cache_clear = lambda: None  # type: ignore[attr-defined]  # ray.init clears it
+    monkeypatch.setattr(services, "find_gcs_addresses", no_gcs_process)
+    monkeypatch.setattr(utils, "read_ray_address", lambda temp_dir=None: None)  # no `ray start`
+    with pytest.raises(ConfigError) as err:
+        _connect(ray, "auto")
+    message = str(err.value)
+    assert message.startswith("no Ray cluster at --ray 'auto': none is running on this host"), message
+    assert "ray start --head" in message and "--ray HOST:PORT" in message
+    assert "--address" not in message and "\n" not in message

@@ -632,6 +632,12 @@ AUTH_HINT = (
     "authentication when ~/.ray/auth_token exists)"
 )
 
+NO_AUTO_CLUSTER = (
+    "no Ray cluster at --ray 'auto': none is running on this host (no `ray start` here, RAY_ADDRESS "
+    "unset); start one with `ray start --head`, or give its head: --ray HOST:PORT"
+)
+"""``--ray`` (auto) finding no cluster: Ray's own message asks for an ``--address`` flag."""
+
 
 def _check_head(address: str) -> None:
     """Ask the GCS at a ``host:port`` address for its cluster id before ``ray.init`` does.
@@ -681,6 +687,8 @@ def _connect(ray: Any, address: str) -> None:
         cause = f"{exc} {exc.__cause__ or ''}"
         if "InvalidAuthToken" in cause or "token authentication" in cause:
             raise ConfigError(AUTH_HINT.format(address=address)) from None
+        if address == "auto" and "Could not find any running Ray instance" in str(exc):
+            raise ConfigError(NO_AUTO_CLUSTER) from None  # Ray's words name an --address flag
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"no Ray cluster at --ray {address!r}: {first}") from None
 
