@@ -512,7 +512,8 @@ class RayIngestReport:
 
     ``results`` has the one-machine path's shape, ``(video, ingest output or None, problem)``.
     ``stage_s`` sums each stage's seconds over all batch tasks; ``peak_rss_mib`` is the largest
-    peak resident set seen per kind of worker process.
+    peak resident set seen per kind of worker process; ``nodes_lost``: nodes of the ``nodes`` the
+    run started on that Ray no longer counts alive at its end (:func:`_lost_nodes`).
     """
 
     results: list[tuple[str, dict[str, Any] | None, str]]
@@ -522,6 +523,7 @@ class RayIngestReport:
     stage_s: dict[str, float]
     peak_rss_mib: dict[str, float]
     nodes: int
+    nodes_lost: int = 0
 
     @property
     def failed(self) -> list[str]:
@@ -550,6 +552,25 @@ def _retryable(ray: Any) -> list[type[BaseException]]:
 
 def _alive_nodes(ray: Any) -> list[dict[str, Any]]:
     return [n for n in ray.nodes() if n.get("Alive")]
+
+
+def _lost_nodes(ray: Any, started_on: Sequence[str]) -> int:
+    """How many of the nodes the run started on are dead now.  Ray recovers (tasks retried,
+    actors restarted elsewhere) without telling the driver; an operator must still hear that a
+    host went away.  A node that died in the last seconds, before the head missed enough of its
+    heartbeats, is not counted yet."""
+    alive = {node["NodeID"] for node in _alive_nodes(ray)}
+    return sum(1 for node_id in started_on if node_id not in alive)
+
+
+def lost_nodes_text(lost: int, nodes: int) -> str:
+    """The summary's line for nodes lost mid-run (the videos they failed, if any, are listed)."""
+    one = lost == 1
+    return (
+        f"{lost} of {nodes} Ray nodes {'was' if one else 'were'} lost during the run; "
+        f"{'its' if one else 'their'} batch tasks were retried and {'its' if one else 'their'} "
+        "model actors restarted on the nodes left"
+    )
 
 
 def _start_models(
@@ -907,6 +928,7 @@ def ingest_on_ray(
         t0 = time.perf_counter()
         driver.run(sets, max_in_flight=max(2, 2 * cpus))
         seconds = time.perf_counter() - t0
+        lost = _lost_nodes(ray, list(sets))
         peaks = driver.peak
         for kind, handle in actors:
             try:
@@ -922,6 +944,7 @@ def ingest_on_ray(
             stage_s={k: round(v, 4) for k, v in driver.stage_s.items()},
             peak_rss_mib={k: round(v, 1) for k, v in peaks.items()},
             nodes=len(sets),
+            nodes_lost=lost,
         )
     finally:
         ray.shutdown()
@@ -994,4 +1017,6 @@ def index_on_ray(
         f"{report.clips_encoded} clips encoded on {report.nodes} node(s) in {report.seconds:.1f} s "
         f"({report.clips_encoded / max(report.seconds, 1e-9):.2f} clips/s)"
     )
+    if report.nodes_lost:
+        console.print(f"[yellow]note:[/] {lost_nodes_text(report.nodes_lost, report.nodes)}", highlight=False)
     return report.results, ray_ctx.chroma_url
