@@ -18,6 +18,13 @@ to it.  Likewise a backend spec may not name a model server the environment does
 not name (:data:`MODEL_KEYS`): loading a folder or checkpoint runs its loader on whatever files
 are there, outside the video roots' check.  Model names and hub ids stay a client's choice.
 
+A retrieval run is also given a :class:`~granalign.backends.openai_llm.CancelScope` for as long
+as the server runs it (:func:`retrieval` hands the graph back inside one): the server cancels
+a run by cancelling its task (a client that goes away with ``on_disconnect="cancel"``, as the
+tool's remote calls do, or ``runs.cancel``), but the graph's nodes wait on model servers in
+worker threads that a cancelled task does not stop; without the scope they kept the hung
+request, and an ingest its lock, for ``request_timeout`` × attempts after the run had ended.
+
 ``langgraph.json`` points at :func:`retrieval` and :func:`ingest` (and ``agent.served.agent``,
 which checks against the agent's own context); in-process callers keep using
 ``graphs.retrieval.graph`` and ``graphs.ingest.graph``.
@@ -25,11 +32,13 @@ which checks against the agent's own context); in-process callers keep using
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+import contextlib
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from granalign.backends.openai_llm import cancel_scope
 from granalign.errors import ConfigError
 from graphs.context import Context
 
@@ -198,11 +207,22 @@ def checked(runtime: ServerRuntime[Any], schema: type = Context, fixed: Collecti
 
 
 def retrieval(runtime: ServerRuntime[Context]) -> Any:
-    """The retrieval graph for one server call; refuses unknown context keys of a run."""
+    """The retrieval graph for one server call; refuses unknown context keys of a run.
+
+    A context manager: the server holds it open while the run streams and leaves it when the
+    run ends, fails or is cancelled, and leaving it abandons the run's model requests."""
     from graphs.retrieval import graph
 
     checked(runtime)
-    return graph
+    return _scoped(graph)
+
+
+@contextlib.contextmanager
+def _scoped(graph: Any) -> Iterator[Any]:
+    """``graph`` while a :func:`cancel_scope` is open: the run's nodes (in threads that copy the
+    run task's context) make their model requests in it, and a cancelled run drops them."""
+    with cancel_scope():
+        yield graph
 
 
 def ingest(runtime: ServerRuntime[Context]) -> Any:

@@ -30,6 +30,7 @@ the tool runs inside a graph (``stream_mode="custom"``), LangChain custom events
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import dataclasses
@@ -41,7 +42,7 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, Unpack, cast
@@ -463,13 +464,15 @@ class _Overtime(Exception):
     """A synchronous run passed the tool's timeout (turned into RetrievalFailed by the caller)."""
 
 
-def _within(parts: Iterator[Any], timeout_s: float) -> Iterator[Any]:
+def _within(parts: Iterable[Any], timeout_s: float) -> Iterator[Any]:
     """The items of ``parts``, produced by a worker thread, until ``timeout_s`` seconds have passed.
 
     A synchronous graph run cannot be interrupted from outside, so it runs in a worker thread
     (with the caller's context variables, so callbacks still find their parent run) while the
     caller waits on a queue: at the deadline the caller gets :class:`_Overtime` at once, as
     ``arun`` does, and the worker closes the stream at its next chunk, which stops the run.
+    ``parts`` with a ``stop`` method (:class:`_AsyncParts`) are told at once, from the caller's
+    thread, when it stops waiting.
     """
     box: queue.Queue[tuple[str, Any]] = queue.Queue()
     stop = threading.Event()
@@ -504,6 +507,56 @@ def _within(parts: Iterator[Any], timeout_s: float) -> Iterator[Any]:
             yield value
     finally:
         stop.set()
+        interrupt = getattr(parts, "stop", None)
+        if interrupt is not None:
+            interrupt()
+
+
+class _AsyncParts:
+    """An async stream's items for :func:`_within`'s worker: it runs the stream on an event loop
+    of its own, and :meth:`stop` (from the caller's thread) cancels the step in progress.
+
+    Why: the sync client of a served graph (``RemoteGraph.stream``) waits in a socket read that
+    no other thread can interrupt, so a timed-out call left its worker reading the HTTP stream
+    until the server's run ended, and the server, seeing no disconnect, ran it to the end.
+    Cancelled, the async stream closes its connection at once; the server then cancels the
+    run (``on_disconnect="cancel"``) and the worker ends.  One :class:`asyncio.Runner` for all
+    steps: one loop and one context, as if a single task iterated the stream.
+    """
+
+    def __init__(self, stream: Callable[[], AsyncIterator[Any]]) -> None:
+        self._stream = stream
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._step: asyncio.Task[Any] | None = None
+        self._stopped = False
+
+    def __iter__(self) -> Iterator[Any]:
+        with asyncio.Runner() as runner:  # closing it closes the stream (shutdown_asyncgens)
+            parts = aiter(self._stream())
+            while True:
+                try:
+                    yield runner.run(self._next(parts))
+                except StopAsyncIteration:
+                    return
+
+    async def _next(self, parts: AsyncIterator[Any]) -> Any:
+        with self._lock:
+            if self._stopped:
+                raise asyncio.CancelledError
+            self._loop, self._step = asyncio.get_running_loop(), asyncio.current_task()
+        try:
+            return await anext(parts)
+        finally:
+            with self._lock:
+                self._step = None
+
+    def stop(self) -> None:
+        """Cancel the step in progress, and any later one (called from the caller's thread)."""
+        with self._lock:
+            self._stopped = True
+            if self._step is not None and self._loop is not None:
+                self._loop.call_soon_threadsafe(self._step.cancel)
 
 
 def _call_within(work: Callable[[], T], timeout_s: float) -> T:
@@ -661,13 +714,12 @@ class MomentRetriever:
             raise self._failed(req, exc, _Overtime) from exc
         return self._finish(req, events.values, time.perf_counter() - t0)
 
-    def _stream_sync(self, req: _Request) -> Any:
-        if self.settings.remote:
-            for part in self._remote(self.settings).stream(
-                self._graph_input(req), **self._remote_kwargs(req)
-            ):
-                yield part[0], part[1]
-            return
+    def _stream_sync(self, req: _Request) -> Iterable[Any]:
+        if self.settings.remote:  # the async stream: a timed-out call can close it (_AsyncParts)
+            return _AsyncParts(lambda: self._stream_async(req))
+        return self._stream_local(req)
+
+    def _stream_local(self, req: _Request) -> Iterator[Any]:
         from graphs.durable import stream_retrieval
 
         yield from stream_retrieval(req.context, self._graph_input(req), **self._durable_args(req))
@@ -768,9 +820,12 @@ class MomentRetriever:
         return failed
 
     def _remote_kwargs(self, req: _Request) -> dict[str, Any]:
-        """What a served graph's ``stream``/``astream`` gets besides the input."""
+        """What a served graph's ``astream`` gets besides the input.
+
+        ``on_disconnect="cancel"``: a call that times out or is cancelled closes its stream, and
+        the server then cancels the run (its default, "continue", ran it to the end for nobody)."""
         context = {"top_n": req.top_k, "answer_profile": "distinct"}  # the tool profile
-        return {"context": context, "stream_mode": ["custom", "values"]}
+        return {"context": context, "stream_mode": ["custom", "values"], "on_disconnect": "cancel"}
 
     def _durable_args(self, req: _Request) -> StreamOptions:
         return {"thread_id": req.thread_id, "config": _isolated_config("retrieve_moments")}

@@ -1,0 +1,140 @@
+"""A tool call on a served graph (``GRANALIGN_GRAPH_URL``) that times out or is cancelled stops
+the server's run, not only its own waiting: a real ``langgraph dev`` whose rewriter hangs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import select
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from graphs.context import Context
+from tests.servers import langgraph_dev
+from tests.test_tool_timeout import _kitchen_store
+from tools.langchain_tool import MomentRetriever, RetrievalFailed, ToolSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Hung:
+    """A model server that never answers: what it saw, and whether its caller went away."""
+
+    url: str = ""
+    seen: threading.Event = field(default_factory=threading.Event)
+    dropped: threading.Event = field(default_factory=threading.Event)
+    open: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@contextlib.contextmanager
+def _hung() -> Iterator[Hung]:
+    """An OpenAI-compatible server on loopback that holds every request until its client closes
+    the connection (then ``dropped`` is set) or the test ends."""
+    hung, done = Hung(), threading.Event()
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            with hung.lock:
+                hung.open += 1
+            hung.seen.set()
+            try:
+                while not done.is_set():
+                    readable, _, _ = select.select([self.connection], [], [], 0.1)
+                    if readable and not self.connection.recv(1, socket.MSG_PEEK):  # EOF: client left
+                        hung.dropped.set()
+                        return
+            finally:
+                with hung.lock:
+                    hung.open -= 1
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    hung.url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    try:
+        yield hung
+    finally:
+        done.set()
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def served_hung(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, Hung]]:
+    """``langgraph dev`` over a one-video store, an assistant whose rewriter is the hung server
+    (the server's environment names it, so a run may use it), and that server; the server is
+    warmed by one tool call on the plain graph (rewriter none), which also checks that a sync
+    remote call still answers."""
+    from langgraph_sdk import get_sync_client
+
+    tmp = tmp_path_factory.mktemp("remote-cancel")
+    _kitchen_store(tmp, Context(store_dir=str(tmp / "store"), rewriter="none"))
+    from granalign.io.store import close_stores
+
+    close_stores()  # the server process opens the store
+    with _hung() as hung:
+        rewriter = f"openai:{hung.url}#llama"
+        env = {"GRANALIGN_STORE": str(tmp / "store"), "GRANALIGN_REWRITER": rewriter, "PYTHONPATH": str(ROOT)}
+        with langgraph_dev(env, tmp / "langgraph.log", timeout=180) as url:
+            plain = MomentRetriever(ToolSettings(graph_url=url, roots=(), url_allowlist=()))
+            assert plain.run("kitchen", "a man cuts carrots").artifact["moments"]
+            context = {"rewriter": rewriter, "m": 1, "request_timeout": 120}
+            assistant = get_sync_client(url=url).assistants.create(graph_id="retrieval", context=context)
+            yield url, assistant["assistant_id"], hung
+
+
+def _workers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "granalign-tool-run"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["sync timeout", "async timeout", "async cancel"])
+def test_a_remote_call_that_stops_waiting_stops_the_servers_run(
+    served_hung: tuple[str, str, Hung], how: str
+) -> None:
+    """Before, the server kept the run (``on_disconnect`` "continue") and its node kept the hung
+    model request until ``request_timeout``; a sync call also left its worker thread reading the
+    HTTP stream until then.  Now the stream is closed when the call ends, the server cancels the
+    run, and the run's model request is dropped: the hung server sees its client go away.
+    (The timeout leaves the warm server ~10× the time it needs to reach the rewriter.)"""
+    url, assistant, hung = served_hung
+    hung.seen.clear()
+    hung.dropped.clear()
+    settings = ToolSettings(graph_url=url, graph_id=assistant, roots=(), url_allowlist=(), timeout_s=10)
+    core = MomentRetriever(settings)
+    if how == "sync timeout":
+        with pytest.raises(RetrievalFailed, match="took longer than 10 s"):
+            core.run("kitchen", "a man cuts carrots")
+    elif how == "async timeout":
+        with pytest.raises(RetrievalFailed, match="took longer than 10 s"):
+            asyncio.run(core.arun("kitchen", "a man cuts carrots"))
+    else:
+
+        async def cancelled() -> None:
+            task = asyncio.create_task(core.arun("kitchen", "a man cuts carrots"))
+            await asyncio.to_thread(hung.seen.wait, 60)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+        asyncio.run(cancelled())
+    assert hung.seen.is_set(), "the served run did not reach the rewriter before the call ended"
+    assert hung.dropped.wait(60), "the server's run still waited for the hung rewriter after the call ended"
+    for worker in _workers():
+        worker.join(60)  # a hang guard only: before, the worker read the stream as long as the run went on
+    assert not _workers(), "a worker thread still read the server's stream after the call ended"
+    with hung.lock:
+        assert hung.open == 0
