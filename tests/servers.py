@@ -4,11 +4,13 @@ langgraph dev) and scripted HTTP stubs."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -104,6 +106,21 @@ def chroma_server(tmp: Path) -> Iterator[str]:
         yield url
 
 
+def dev_config(root: Path, dest: Path) -> Path:
+    """``root``'s langgraph.json with its relative paths (graphs, dependencies) made absolute,
+    written into ``dest``: a server started in ``dest`` serves the same graphs from there."""
+    config = json.loads((root / "langgraph.json").read_text())
+
+    def absolute(spec: str) -> str:
+        return str(root / spec) if spec.startswith(".") else spec
+
+    config["dependencies"] = [absolute(d) for d in config.get("dependencies", [])]
+    config["graphs"] = {name: absolute(spec) for name, spec in config["graphs"].items()}
+    path = dest / "langgraph.json"
+    path.write_text(json.dumps(config, indent=2))
+    return path
+
+
 @contextlib.contextmanager
 def langgraph_dev(
     env: dict[str, str], log: Path, *, extra_args: tuple[str, ...] = (), timeout: float = 240
@@ -112,11 +129,19 @@ def langgraph_dev(
 
     No browser, no reloader, no analytics; the venv's bin goes first on PATH so the server's
     workers find the same ``granalign`` environment.  ``env`` adds to the current environment.
+
+    Each server runs in a fresh folder of its own beside ``log``: the in-memory runtime keeps
+    its threads, runs and store in ``.langgraph_api/`` of its *working directory* (a fixed
+    relative path in ``langgraph_runtime_inmem``) and, at start, restarts the runs it finds
+    there still running or pending.  Started in the repository, every test module's server
+    shared that folder, so one module's unfinished run was restarted inside the next module's
+    server.  (The served graphs' default video root, the working directory, is that folder too.)
     """
     root = Path(__file__).resolve().parents[1]
+    home = Path(tempfile.mkdtemp(prefix="langgraph-dev-", dir=log.parent))
     port = free_port()
     cmd = [str(BIN / "langgraph"), "dev", "--no-browser", "--no-reload", "--host", "127.0.0.1"]
-    cmd += ["--port", str(port), *extra_args]
+    cmd += ["--port", str(port), "--config", str(dev_config(root, home)), *extra_args]
     full_env = {
         "LANGGRAPH_CLI_NO_ANALYTICS": "1",
         "HF_HUB_OFFLINE": "1",
@@ -124,7 +149,7 @@ def langgraph_dev(
         "PATH": f"{BIN}{os.pathsep}{env.get('PATH', os.environ.get('PATH', ''))}",
     }
     url = f"http://127.0.0.1:{port}"
-    with server(cmd, f"{url}/ok", log, cwd=root, env=full_env, timeout=timeout):
+    with server(cmd, f"{url}/ok", log, cwd=home, env=full_env, timeout=timeout):
         yield url
 
 
