@@ -18,8 +18,9 @@ to it.  Likewise a backend spec may not name a model server the environment does
 not name (:data:`MODEL_KEYS`): loading a folder or checkpoint runs its loader on whatever files
 are there, outside the video roots' check.  Model names and hub ids stay a client's choice.
 
-A retrieval run is also given a :class:`~granalign.backends.openai_llm.CancelScope` for as long
-as the server runs it (:func:`retrieval` hands the graph back inside one): the server cancels
+A retrieval or ingest run is also given a :class:`~granalign.backends.openai_llm.CancelScope` for
+as long as the server runs it (:func:`retrieval` and :func:`ingest` hand the graph back inside
+one): the server cancels
 a run by cancelling its task (a client that goes away with ``on_disconnect="cancel"``, as the
 tool's remote calls do, or ``runs.cancel``), but the graph's nodes wait on model servers in
 worker threads that a cancelled task does not stop; without the scope they kept the hung
@@ -226,8 +227,11 @@ def _scoped(graph: Any) -> Iterator[Any]:
 
 
 def ingest(runtime: ServerRuntime[Context]) -> Any:
-    """The ingest graph for one server call; refuses unknown context keys of a run."""
+    """The ingest graph for one server call; refuses unknown context keys of a run.
+
+    Scoped as :func:`retrieval` is: a cancelled ingest drops its model requests and so leaves
+    the video's ingest lock, where its ``encode`` thread went on captioning batch after batch."""
     from graphs.ingest import graph
 
     checked(runtime)
-    return graph
+    return _scoped(graph)
