@@ -437,7 +437,7 @@ def _tool_reply(request: dict[str, Any], reply: Any, runtime: Runtime[AgentConte
         if isinstance(reply, ToolMessage)
         else ToolMessage(content=str(reply), tool_call_id=request["id"], name=request["name"]),
     )
-    _emit(runtime, step="tool_done", name=request["name"], status=message.status)
+    _emit(runtime, step="tool_done", name=request["name"], call_id=request["id"], status=message.status)
     return message
 
 
@@ -566,8 +566,8 @@ class _Nodes:
         plan, runtime = self._tool_plan(state)
         runs: list[_Run] = [(request, tool, runtime) for request, tool in plan if isinstance(tool, BaseTool)]
         for request, _, _ in runs:
-            _emit(runtime, step="tool", name=request["name"])
-        return plan, runs
+            _emit(runtime, step="tool", name=request["name"], call_id=request["id"])  # pairs it with its
+        return plan, runs  # tool_done when several calls overlap
 
     def run_tools(self, state: AgentState, config: RunnableConfig) -> dict[str, Any]:
         """Run the requested tools at once, as LangGraph's ``ToolNode`` does (threads of the

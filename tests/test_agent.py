@@ -358,6 +358,10 @@ def test_the_tool_calls_of_one_reply_run_at_once_and_reply_in_call_order(run_asy
     assert steps[:3] == [("tool", "slow"), ("tool", "quick"), ("tool", "other")]
     assert sorted(steps[3:5]) == [("tool_done", "other"), ("tool_done", "quick")]
     assert steps[5:] == [("tool_done", "slow")]
+    # each event names its call, so a UI can pair a call's tool_done with its tool event
+    ids = [(c["agent"], c["name"], c["call_id"]) for c in custom if c.get("agent") in ("tool", "tool_done")]
+    assert ids[:3] == [("tool", "slow", "c1"), ("tool", "quick", "c2"), ("tool", "other", "c3")]
+    assert ids[5] == ("tool_done", "slow", "c1") and {i[2] for i in ids[3:5]} == {"c2", "c3"}
     assert sorted(c["meeting"] for c in custom if "meeting" in c) == ["a", "b", "c"]
 
 
