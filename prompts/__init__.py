@@ -212,9 +212,31 @@ def _check_fields(path: Path, data: Any) -> dict[str, str]:
     return out
 
 
+_PARSED: dict[tuple[str, bytes], PromptPair] = {}
+"""Pairs already parsed, by (path, the file's bytes): every retrieval checks its pair selection
+(also with a rewriter that reads none), and parsing the YAML of m files each time cost ~2 ms a
+query.  Keyed on the bytes, not the modification time: an edit within the file system's clock
+tick that keeps the size would otherwise read as unchanged; reading a small file is cheap."""
+
+
 def load_prompt_pair(path: str | os.PathLike[str]) -> PromptPair:
     """Load and validate one prompt-pair file (errors name the file and the field)."""
     p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError:
+        return _parse_prompt_pair(p)  # _read_yaml names the problem
+    key = (str(p), raw)
+    pair = _PARSED.get(key)
+    if pair is None:
+        pair = _parse_prompt_pair(p)
+        if len(_PARSED) > 1024:  # edits and other folders add keys; none is ever needed again
+            _PARSED.clear()
+        _PARSED[key] = pair
+    return pair
+
+
+def _parse_prompt_pair(p: Path) -> PromptPair:
     fields = _check_fields(p, _read_yaml(p))
     if "," in fields["id"] or fields["id"] != fields["id"].strip():
         raise PromptError(

@@ -244,3 +244,16 @@ def test_a_pair_file_that_is_a_folder_is_named_as_such(tmp_path: Path) -> None:
     with pytest.raises(PromptError, match=where + ": prompt pair 'folder' is a folder"):
         load_prompt_pairs(["folder"], tmp_path)
     assert [p.id for p in load_all_prompt_pairs(tmp_path)] == ["good"]  # not a pair, not listed
+
+
+def test_an_unchanged_pair_file_is_parsed_once_and_an_edit_is_read_at_once(tmp_path: Path) -> None:
+    """Every retrieval checks its pair selection, so the parsed pairs are kept (by the file's
+    bytes): an unchanged file is not parsed again, and an edit of the same size made within the
+    same clock tick of the file system is still read."""
+    path = write_pair(tmp_path, "p")
+    first = load_prompt_pair(path)
+    assert load_prompt_pair(path) is first
+    path.write_text(GOOD.format(id="p").replace("Make it short", "Make it brief"), encoding="utf-8")
+    edited = load_prompt_pair(path)
+    assert "Make it brief" in edited.simplify and edited is not first
+    assert load_prompt_pair(path) is edited
