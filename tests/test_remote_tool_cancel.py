@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import select
 import socket
 import threading
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -138,3 +140,35 @@ def test_a_remote_call_that_stops_waiting_stops_the_servers_run(
     assert not _workers(), "a worker thread still read the server's stream after the call ended"
     with hung.lock:
         assert hung.open == 0
+
+
+def _connections_to(port: int) -> set[Any]:
+    import psutil
+
+    return {c.laddr for c in psutil.Process().net_connections("tcp") if c.raddr and c.raddr.port == port}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("run_async", [False, True], ids=["sync", "async"])
+def test_a_remote_call_that_ends_leaves_no_connection_to_the_server_open(
+    served_hung: tuple[str, str, Hung], run_async: bool
+) -> None:
+    """Each call builds its own client for the served graph, and its pooled keep-alive connection
+    outlived the call (a sync call's on an event loop closed when the call ended: an "unclosed
+    transport" at garbage collection).  The call now closes its client when its stream ends."""
+    url, _, _ = served_hung
+    port = int(url.rpartition(":")[2])
+    core = MomentRetriever(ToolSettings(graph_url=url, roots=(), url_allowlist=()))
+    gc.collect()  # what earlier calls left (the fixture's clients) is not this call's
+    before = _connections_to(port)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        if run_async:
+            result = asyncio.run(core.arun("kitchen", "a man cuts carrots"))
+        else:
+            result = core.run("kitchen", "a man cuts carrots")
+        left = _connections_to(port) - before
+        gc.collect()
+    assert result.artifact["moments"]
+    assert not left, f"connections to the server still open after the call: {left}"
+    assert not [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]

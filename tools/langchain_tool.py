@@ -782,10 +782,12 @@ class MomentRetriever:
 
     async def _stream_async(self, req: _Request) -> Any:
         if self.settings.remote:
-            async for part in self._remote(self.settings).astream(
-                self._graph_input(req), **self._remote_kwargs(req)
-            ):
-                yield part[0], part[1]
+            remote = self._remote(self.settings)
+            try:
+                async for part in remote.astream(self._graph_input(req), **self._remote_kwargs(req)):
+                    yield part[0], part[1]
+            finally:  # each call has its own client: its pooled connection must not outlive it
+                await remote.client.aclose()  # (a sync call's loop is closed right after)
             return
         from graphs.durable import astream_retrieval
 
