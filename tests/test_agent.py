@@ -276,11 +276,13 @@ class _Meeting:
     """Tool calls that must all be running at once before any returns: a barrier with a
     timeout, so a tools node that runs them one after another fails instead of hanging."""
 
-    def __init__(self, parties: int) -> None:
+    def __init__(self, parties: int, *, reported: bool = False) -> None:
         self.parties = parties
         self.barrier = threading.Barrier(parties, timeout=MEET_TIMEOUT_S)
         self.abarriers: dict[Any, asyncio.Barrier] = {}
         self.finished: list[str] = []
+        self.reported = reported  # whether ``last`` waits for the others' tool_done events
+        self.done_events: list[str] = []  # the tool_done events the test's reader has seen
 
     async def ameet(self) -> None:
         loop = asyncio.get_running_loop()  # an asyncio.Barrier belongs to one event loop
@@ -288,11 +290,15 @@ class _Meeting:
         await asyncio.wait_for(barrier.wait(), MEET_TIMEOUT_S)
 
     def others_finished(self) -> bool:
-        return len(self.finished) >= self.parties - 1
+        """Whether the other calls returned or, with ``reported``, had their ``tool_done``
+        events reach the stream's reader: a tool's return comes before the node writes its
+        event, so a last call that waited only for the returns could write its event first."""
+        return len(self.done_events if self.reported else self.finished) >= self.parties - 1
 
     def tool(self, name: str, last: bool = False) -> StructuredTool:
         """A tool that meets the others; ``last`` returns only after every other call returned
-        (so the step's calls end in another order than they were made)."""
+        (with ``reported``: after their tool_done events were read), so the step's calls end in
+        another order than they were made."""
         from langgraph.config import get_stream_writer
 
         def meet(label: str) -> str:
@@ -319,15 +325,30 @@ class _Meeting:
         return StructuredTool.from_function(meet, coroutine=ameet, name=name, description="Meet.")
 
 
-def _stream(agent: Any, given: Any, run_async: bool, **kw: Any) -> list[tuple[str, Any]]:
+def _stream(
+    agent: Any, given: Any, run_async: bool, meeting: _Meeting | None = None, **kw: Any
+) -> list[tuple[str, Any]]:
+    """The run's (mode, chunk) pairs, read as they come; ``meeting`` is told each tool_done."""
     modes = ["values", "custom"]
+    chunks: list[tuple[str, Any]] = []
+
+    def read(chunk: tuple[str, Any]) -> None:
+        chunks.append(chunk)
+        mode, data = chunk
+        if meeting is not None and mode == "custom" and data.get("agent") == "tool_done":
+            meeting.done_events.append(data["name"])
+
     if not run_async:
-        return list(agent.stream(given, stream_mode=modes, **kw))
+        for chunk in agent.stream(given, stream_mode=modes, **kw):
+            read(chunk)
+        return chunks
 
-    async def run() -> list[tuple[str, Any]]:
-        return [c async for c in agent.astream(given, stream_mode=modes, **kw)]
+    async def run() -> None:
+        async for chunk in agent.astream(given, stream_mode=modes, **kw):
+            read(chunk)
 
-    return asyncio.run(run())
+    asyncio.run(run())
+    return chunks
 
 
 @pytest.mark.parametrize("run_async", [False, True], ids=["invoke", "ainvoke"])
@@ -335,7 +356,7 @@ def test_the_tool_calls_of_one_reply_run_at_once_and_reply_in_call_order(run_asy
     """Three retrievals of 2 s each took 6 s: the tools node ran a reply's calls one after
     another.  They now all run at once (each must reach the barrier before any returns), and
     the replies still come in the order of the calls although the first ends last."""
-    meeting = _Meeting(3)
+    meeting = _Meeting(3, reported=True)
     tools = [meeting.tool("slow", last=True), meeting.tool("quick"), meeting.tool("other")]
     calls = [
         _call("slow", {"label": "a"}, "c1"),
@@ -343,7 +364,8 @@ def test_the_tool_calls_of_one_reply_run_at_once_and_reply_in_call_order(run_asy
         _call("other", {"label": "c"}, "c3"),
     ]
     model = _scripted(AIMessage(content="", tool_calls=calls), AIMessage(content="all met"))
-    chunks = _stream(build_agent(model=model, tools=tools), {"messages": [HumanMessage("go")]}, run_async)
+    agent = build_agent(model=model, tools=tools)
+    chunks = _stream(agent, {"messages": [HumanMessage("go")]}, run_async, meeting)
     out = [c for mode, c in chunks if mode == "values"][-1]
     replies = [m for m in out["messages"] if isinstance(m, ToolMessage)]
     assert [(m.tool_call_id, m.status, m.text) for m in replies] == [
