@@ -43,15 +43,17 @@ def misspelt_setting_variables(environ: Mapping[str, str]) -> list[tuple[str, st
     return found
 
 
-def _meta(description: str, **bounds: Any) -> dict[str, Any]:
+def _meta(description: str, *, lo_excluded: bool = False, **bounds: Any) -> dict[str, Any]:
     """A field's description and ``lo``/``hi`` (checked by :func:`_check_field`), the range also
     as the JSON schema's ``minimum``/``maximum``: pydantic (which builds the schema LangGraph
     Studio renders as the form) reads a dataclass field's metadata keys named like ``Field``'s
     arguments, so the form shows the range the run checks, from the same numbers.
-    ``json_schema_extra`` changes the schema only, never what validates."""
+    ``json_schema_extra`` changes the schema only, never what validates.  ``lo_excluded``: the
+    run also refuses ``lo`` itself (``nms_iou`` = 0), so the schema says ``exclusiveMinimum``."""
     meta: dict[str, Any] = {"description": description, **bounds}
     if bounds:
-        meta["json_schema_extra"] = {"minimum": bounds["lo"], "maximum": bounds["hi"]}
+        low = "exclusiveMinimum" if lo_excluded else "minimum"
+        meta["json_schema_extra"] = {low: bounds["lo"], "maximum": bounds["hi"]}
     return meta
 
 
@@ -374,7 +376,9 @@ class Context:
     )
     nms_iou: float = field(
         default=_MOMENTS.nms_iou,
-        metadata=_meta("Temporal NMS: suppress windows with IoU ≥ this.", **_bounds("nms_iou")),
+        metadata=_meta(
+            "Temporal NMS: suppress windows with IoU ≥ this.", lo_excluded=True, **_bounds("nms_iou")
+        ),
     )
     top_n: int = field(
         default=_MOMENTS.top_n, metadata=_meta("Windows returned per query.", **_bounds("top_n"))

@@ -228,11 +228,17 @@ def test_the_context_schema_studio_renders_shows_the_ranges_and_choices_the_run_
     ranged = [f for f in fields(Context) if "lo" in f.metadata]
     assert {"m", "nms_iou", "top_k", "drift_threshold"} <= {f.name for f in ranged}
     for f in ranged:
-        lo, hi = f.metadata["lo"], f.metadata["hi"]
-        assert (props[f.name]["minimum"], props[f.name]["maximum"]) == (lo, hi), f.name
+        lo, hi, prop = f.metadata["lo"], f.metadata["hi"], props[f.name]
+        assert prop["maximum"] == hi, f.name
         Context(**{f.name: hi})  # the schema's edge is one the Context accepts
         with pytest.raises(ConfigError, match=f.name):
             Context(**{f.name: hi + 1})
+        try:
+            Context(**{f.name: lo})
+        except ConfigError:  # nms_iou=0: a lower edge every run refuses is not offered as one
+            assert prop.get("exclusiveMinimum") == lo and "minimum" not in prop, f.name
+        else:
+            assert prop["minimum"] == lo, f.name
     chosen = [f for f in fields(Context) if _literal_choices(f.type)]
     assert {"checkpointer", "proposal_mode", "answer_profile", "aware_missing"} <= {f.name for f in chosen}
     for f in chosen:
