@@ -362,9 +362,12 @@ def test_a_captioner_refusing_the_key_stops_the_ray_run_and_a_busy_one_fails_one
         assert rows["b.mp4"] == rows["c.mp4"] == ""
 
 
-def test_index_on_ray_logs_plain_progress_lines_when_stderr_is_not_a_terminal(tmp_path, monkeypatch):
-    """Under nohup or a cluster job rich draws the bar only at the end; plain lines show the run
-    is alive (one per ``LOG_EVERY_S``; 0 here, so one per progress report)."""
+def _offline_index_log(
+    monkeypatch: pytest.MonkeyPatch, files: list[str], ingest: Any, *, width: int = 100
+) -> Any:
+    """What ``index_on_ray`` prints, as a StringIO, when stderr is not a terminal (plain lines,
+    one per progress report), with no cluster, no store, ``files`` as the folder's videos and
+    ``ingest`` in place of ``ingest_on_ray``."""
     from io import StringIO
 
     from rich.console import Console
@@ -372,12 +375,20 @@ def test_index_on_ray_logs_plain_progress_lines_when_stderr_is_not_a_terminal(tm
     from tools import cli_common, ray_ingest
 
     log = StringIO()
-    monkeypatch.setattr(cli_common, "console", Console(file=log, force_terminal=False, width=100))
+    monkeypatch.setattr(cli_common, "console", Console(file=log, force_terminal=False, width=width))
     monkeypatch.setattr(ray_ingest, "LOG_EVERY_S", 0.0)
     monkeypatch.setattr(ray_ingest, "import_ray", lambda: None)
     monkeypatch.setattr(ray_ingest, "ray_context", lambda ctx: ctx)
     monkeypatch.setattr(resources, "store_for", lambda ctx: None)  # no Chroma server here
-    monkeypatch.setattr(ray_ingest, "list_sources", lambda target, roots: ["a.mp4", "b.mp4"])
+    monkeypatch.setattr(ray_ingest, "list_sources", lambda target, roots: list(files))
+    monkeypatch.setattr(ray_ingest, "ingest_on_ray", ingest)
+    return log
+
+
+def test_index_on_ray_logs_plain_progress_lines_when_stderr_is_not_a_terminal(tmp_path, monkeypatch):
+    """Under nohup or a cluster job rich draws the bar only at the end; plain lines show the run
+    is alive (one per ``LOG_EVERY_S``; 0 here, so one per progress report)."""
+    from tools import ray_ingest
 
     def fake_ingest(ctx, files, address, on_progress):
         on_progress(done=0, total=None, failed=0, encoded=0)
@@ -385,7 +396,7 @@ def test_index_on_ray_logs_plain_progress_lines_when_stderr_is_not_a_terminal(tm
         on_progress(done=8, total=8, failed=1, encoded=5)
         return ray_ingest.RayIngestReport([], 8, 5, 1.0, {}, {}, 1)
 
-    monkeypatch.setattr(ray_ingest, "ingest_on_ray", fake_ingest)
+    log = _offline_index_log(monkeypatch, ["a.mp4", "b.mp4"], fake_ingest)
     ctx = Context(store_dir=str(tmp_path / "s"), chroma_url="http://127.0.0.1:1")
     ray_ingest.index_on_ray(ctx, "x", "auto")
     lines = [line for line in log.getvalue().splitlines() if line.startswith("ray ingest: ")]
@@ -651,11 +662,7 @@ def test_a_ray_progress_line_before_every_video_is_probed_says_the_total_is_so_f
     """The total grows as probes come back: a re-run's first log line read "ray ingest: 3/3
     clips" with 41 of 44 clips to go (one video of four probed).  The driver now reports how many
     videos are probed, and the line says the total is so far until all are."""
-    from io import StringIO
-
-    from rich.console import Console
-
-    from tools import cli_common, ray_ingest
+    from tools import ray_ingest
     from tools.ray_ingest import _Driver
 
     seen: list[dict[str, Any]] = []
@@ -667,20 +674,12 @@ def test_a_ray_progress_line_before_every_video_is_probed_says_the_total_is_so_f
     driver._report()
     assert [(s["done"], s["total"], s["probed"], s["videos"]) for s in seen] == [(2, 3, 1, 2), (2, 5, 2, 2)]
 
-    log = StringIO()
-    monkeypatch.setattr(cli_common, "console", Console(file=log, force_terminal=False, width=100))
-    monkeypatch.setattr(ray_ingest, "LOG_EVERY_S", 0.0)
-    monkeypatch.setattr(ray_ingest, "import_ray", lambda: None)
-    monkeypatch.setattr(ray_ingest, "ray_context", lambda ctx: ctx)
-    monkeypatch.setattr(resources, "store_for", lambda ctx: None)  # no Chroma server here
-    monkeypatch.setattr(ray_ingest, "list_sources", lambda target, roots: ["a.mp4", "b.mp4"])
-
     def fake_ingest(ctx, files, address, on_progress):
         for report in seen:
             on_progress(**report)
         return ray_ingest.RayIngestReport([], 5, 2, 1.0, {}, {}, 1)
 
-    monkeypatch.setattr(ray_ingest, "ingest_on_ray", fake_ingest)
+    log = _offline_index_log(monkeypatch, ["a.mp4", "b.mp4"], fake_ingest)
     ray_ingest.index_on_ray(
         Context(store_dir=str(tmp_path / "s"), chroma_url="http://127.0.0.1:1"), "x", "auto"
     )
@@ -857,11 +856,7 @@ def test_index_ray_says_when_a_node_was_lost_during_the_run(tmp_path, monkeypatc
     """Ray survives a worker node that dies (tasks retried, actors restarted elsewhere) without a
     word to the driver: the summary said "33 clips encoded on 2 node(s)" as if both had stayed.
     The driver now compares the nodes it started on with those alive at the end, and says so."""
-    from io import StringIO
-
-    from rich.console import Console
-
-    from tools import cli_common, ray_ingest
+    from tools import ray_ingest
     from tools.ray_ingest import _lost_nodes
 
     class Nodes:
@@ -876,17 +871,13 @@ def test_index_ray_says_when_a_node_was_lost_during_the_run(tmp_path, monkeypatc
     assert _lost_nodes(Nodes(), ["head", "worker"]) == 1
     assert _lost_nodes(Nodes(), ["head"]) == 0
 
-    log = StringIO()
-    monkeypatch.setattr(cli_common, "console", Console(file=log, force_terminal=False, width=200))
-    monkeypatch.setattr(ray_ingest, "import_ray", lambda: None)
-    monkeypatch.setattr(ray_ingest, "ray_context", lambda ctx: ctx)
-    monkeypatch.setattr(resources, "store_for", lambda ctx: None)  # no Chroma server here
-    monkeypatch.setattr(ray_ingest, "list_sources", lambda target, roots: ["a.mp4"])
     reports = [
         ray_ingest.RayIngestReport([], 8, 8, 1.0, {}, {}, nodes=2, nodes_lost=1),
         ray_ingest.RayIngestReport([], 8, 8, 1.0, {}, {}, nodes=2),
     ]
-    monkeypatch.setattr(ray_ingest, "ingest_on_ray", lambda ctx, files, address, on_progress: reports.pop(0))
+    log = _offline_index_log(
+        monkeypatch, ["a.mp4"], lambda ctx, files, address, on_progress: reports.pop(0), width=200
+    )
     ctx = Context(store_dir=str(tmp_path / "s"), chroma_url="http://127.0.0.1:1")
     ray_ingest.index_on_ray(ctx, "x", "auto")
     said = "note: 1 of 2 Ray nodes was lost during the run; its batch tasks were retried and its model "

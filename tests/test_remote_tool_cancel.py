@@ -12,14 +12,14 @@ import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from graphs.context import Context
-from tests.servers import langgraph_dev
+from tests.servers import http_stub, langgraph_dev
 from tests.test_tool_timeout import _kitchen_store
 from tools.langchain_tool import MomentRetriever, RetrievalFailed, ToolSettings
 
@@ -62,16 +62,12 @@ def _hung() -> Iterator[Hung]:
                 with hung.lock:
                     hung.open -= 1
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    hung.url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    try:
-        yield hung
-    finally:
-        done.set()
-        httpd.shutdown()
-        httpd.server_close()
+    with http_stub(Handler) as base:
+        hung.url = f"{base}/v1"
+        try:
+            yield hung
+        finally:
+            done.set()  # before the stub stops: its handlers hold requests until then
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from granalign.io.video import content_hash
 from graphs import resources
 from graphs.context import Context
 from tests.conftest import VIDEOS, needs_videos
+from tests.servers import http_stub
 from tests.test_ingest import model_context
 from tools.langchain_tool import MomentRetriever, RetrievalFailed, ToolSettings, make_list_videos_tool
 
@@ -72,16 +73,12 @@ def _held(hold_s: float) -> Iterator[Held]:
             except (BrokenPipeError, ConnectionResetError):
                 pass
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    held.url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    try:
-        yield held
-    finally:
-        held.release.set()
-        httpd.shutdown()
-        httpd.server_close()
+    with http_stub(Handler) as base:
+        held.url = f"{base}/v1"
+        try:
+            yield held
+        finally:
+            held.release.set()  # before the stub stops: its handlers hold answers until then
 
 
 @pytest.fixture
