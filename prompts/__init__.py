@@ -142,14 +142,19 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-def _read_yaml(path: Path) -> Any:
-    """Parse ``path`` with ``safe_load``; syntax errors name the file and the 1-based line."""
+def _read_bytes(path: Path) -> bytes:
+    """The file's bytes; a missing or unreadable file is a PromptError naming it."""
     try:
-        raw = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
         raise PromptError(f"{path}: prompt pair file not found") from None
     except OSError as exc:
         raise PromptError(f"{path}: cannot read prompt pair file ({exc.strerror})") from None
+
+
+def _read_yaml(path: Path, raw: bytes) -> Any:
+    """Parse ``raw`` (the bytes of ``path``) with ``safe_load``; syntax errors name the file and
+    the 1-based line."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -222,22 +227,19 @@ tick that keeps the size would otherwise read as unchanged; reading a small file
 def load_prompt_pair(path: str | os.PathLike[str]) -> PromptPair:
     """Load and validate one prompt-pair file (errors name the file and the field)."""
     p = Path(path)
-    try:
-        raw = p.read_bytes()
-    except OSError:
-        return _parse_prompt_pair(p)  # _read_yaml names the problem
+    raw = _read_bytes(p)
     key = (str(p), raw)
     pair = _PARSED.get(key)
     if pair is None:
-        pair = _parse_prompt_pair(p)
+        pair = _parse_prompt_pair(p, raw)
         if len(_PARSED) > 1024:  # edits and other folders add keys; none is ever needed again
             _PARSED.clear()
         _PARSED[key] = pair
     return pair
 
 
-def _parse_prompt_pair(p: Path) -> PromptPair:
-    fields = _check_fields(p, _read_yaml(p))
+def _parse_prompt_pair(p: Path, raw: bytes) -> PromptPair:
+    fields = _check_fields(p, _read_yaml(p, raw))
     if "," in fields["id"] or fields["id"] != fields["id"].strip():
         raise PromptError(
             f"{p}: pair id {fields['id']!r} cannot be selected (prompt_pairs and --pairs are "

@@ -90,7 +90,7 @@ def embed_variants(
     emb = dict(zip(texts, embedder.embed(texts), strict=True))
     replaced = 0
     if threshold > -1.0:
-        variants, replaced = replace_drifted(variants, query, emb, drift_threshold)
+        variants, replaced = replace_drifted(variants, query, emb, threshold)
     q_s = np.stack([emb[r.simplified] for r in variants])
     q_d = np.stack([emb[r.detailed] for r in variants])
     return EmbeddedVariants(variants, q_s, q_d, emb[query], replaced)
